@@ -1,0 +1,41 @@
+# Front door: `make run` runs the whole job locally, `make test` runs the test suite.
+# Both bootstrap a virtual environment in .venv from the pinned requirements first.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+MAMMO := $(VENV)/bin/mammo
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: help venv run test bench clean
+
+help: ## List the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(STAMP): requirements/lock.txt requirements/test.txt shared/pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	# Exact pins; torch/torchvision come from PyPI (see README: the PyTorch pin).
+	$(VENV)/bin/pip install --quiet -r requirements/lock.txt -r requirements/test.txt
+	$(VENV)/bin/pip install --quiet --no-deps -e shared
+	$(PY) -c "import torch, torchvision, torchvision.ops; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
+	touch $@
+
+venv: $(STAMP) ## Create/refresh the virtual environment
+
+run: $(STAMP) ## Run the whole job locally on the synthetic demo dataset
+	$(MAMMO) run
+
+test: $(STAMP) ## Run the test suite
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP) ## Print data-path throughput figures (JSON)
+	$(MAMMO) data synth --out .cache/bench-data --patients 40 --image-size 512 --seed 1 >/dev/null
+	$(MAMMO) bench data --data .cache/bench-data --image-size 512 --workers 0 --batches 10
+
+clean: ## Remove the virtual environment, caches and local runs
+	rm -rf $(VENV) .cache .mammo .pytest_cache

@@ -1,0 +1,293 @@
+"""Typed run configuration.
+
+One pydantic model per concern; the defaults are the research code's (see the README's
+configuration reference). A run is configured by, in increasing priority: these defaults, a YAML
+file (``--config``), ``--set dotted.key=value`` overrides and the plain CLI flags. Every run
+writes the resolved result next to its outputs (``config.yaml``).
+
+This module must not import torch: the pipeline layer reads these defaults on machines that
+only compile pipelines.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from mammo.errors import ConfigError
+
+Backbone = Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
+LossName = Literal["bce", "bce_pos", "focal", "focal_pos"]
+#: Metric names as ``<level>.<metric>``, e.g. ``image.auc`` or ``breast.pf1``.
+MetricKey = str
+
+
+class _Strict(BaseModel):
+    """Unknown keys are errors: a typo in a config file must not be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    root: str | None = Field(None, description="Dataset directory (train.csv + PNGs) or URI.")
+    images: str | None = Field(
+        None, description="Image directory; default: detected under the dataset directory."
+    )
+    image_size: int = Field(512, ge=16, le=4096, description="Square input size in pixels.")
+    batch_size: int = Field(32, ge=1)
+    workers: int = Field(4, ge=0, description="DataLoader worker processes (0 = main process).")
+    bad_images: Literal["fail", "skip"] = Field(
+        "fail", description="Unreadable/corrupted PNGs: stop with an error, or skip and count."
+    )
+    balanced_sampler: bool = Field(False, description="Class-balanced sampling of training images.")
+    breast_aggregation: Literal["mean", "max"] = Field(
+        "mean", description="How image probabilities of one breast are combined."
+    )
+
+
+class AugmentConfig(_Strict):
+    """Batch-level augmentation on the training device; never applied to evaluation."""
+
+    enabled: bool = True
+    hflip: float = Field(0.5, ge=0, le=1, description="Probability of a horizontal flip.")
+    vflip: float = Field(0.0, ge=0, le=1, description="Probability of a vertical flip.")
+    rotate_degrees: float = Field(10.0, ge=0, le=45)
+    translate: float = Field(0.05, ge=0, le=0.5, description="Max shift as a fraction of size.")
+    scale_min: float = Field(0.9, gt=0)
+    scale_max: float = Field(1.1, gt=0)
+    brightness: float = Field(0.1, ge=0, le=1)
+    contrast: float = Field(0.1, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _scale_order(self) -> AugmentConfig:
+        if self.scale_min > self.scale_max:
+            raise ValueError("scale_min must not exceed scale_max")
+        return self
+
+
+class ModelConfig(_Strict):
+    backbone: Backbone = "resnet50"
+    weights: str | None = Field(
+        None,
+        description="None, a torchvision weights name (e.g. IMAGENET1K_V2, DEFAULT) "
+        "or a local path to a state_dict file.",
+    )
+    in_channels: Literal[1, 3] = Field(
+        1, description="1 = grayscale input (conv1 weights summed), 3 = image repeated."
+    )
+
+
+class LossConfig(_Strict):
+    name: LossName = "bce_pos"
+    focal_alpha: float | None = Field(None, ge=0, le=1, description="Default: 1 - prevalence.")
+    focal_gamma: float = Field(2.0, ge=0)
+
+
+class OptimizerConfig(_Strict):
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(5e-4, ge=0)
+
+
+class PlateauConfig(_Strict):
+    """ReduceLROnPlateau on a validation metric (mode from the metric: max unless loss)."""
+
+    metric: MetricKey = "image.auc"
+    factor: float = Field(0.5, gt=0, lt=1)
+    patience: int = Field(3, ge=0)
+    threshold: float = Field(1e-4, ge=0)
+    cooldown: int = Field(1, ge=0)
+    min_lr: float = Field(1e-8, ge=0)
+
+
+class EarlyStoppingConfig(_Strict):
+    enabled: bool = True
+    metric: MetricKey = "image.auc"
+    patience: int = Field(5, ge=1)
+    min_delta: float = Field(0.01, ge=0)
+    start_epoch: int = Field(5, ge=1, description="Never stop before this epoch (1-based).")
+
+
+class CheckpointConfig(_Strict):
+    primary: MetricKey = Field("image.auc", description="Metric ranking the top-k checkpoints.")
+    top_k: int = Field(3, ge=0)
+
+
+class RunConfig(_Strict):
+    """Settings every training or evaluation command shares."""
+
+    split: str | None = Field(None, description="Split directory written by `mammo split`.")
+    out: str | None = Field(None, description="Output directory of this run.")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
+    seed: int = 42
+    deterministic: bool = Field(False, description="Deterministic kernels (slower).")
+    amp: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU).")
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+
+
+class TrainConfig(RunConfig):
+    """`mammo train`: baseline training with subset warm-up."""
+
+    epochs: int = Field(50, ge=1, description="Upper bound on epochs, warm-up included.")
+    warmup_epochs: int = Field(
+        2, ge=0, description="Leading epochs on the warm-up subset (balanced), then full data."
+    )
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    scheduler: PlateauConfig = Field(default_factory=PlateauConfig)
+    early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> TrainConfig:
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError("warmup_epochs must be smaller than epochs")
+        return self
+
+
+class UnfreezeStep(_Strict):
+    block: Literal["layer4", "layer3", "layer2", "layer1", "conv1"]
+    block_lr: float = Field(gt=0)
+    head_lr: float = Field(gt=0)
+
+
+def _default_unfreeze_steps() -> list[UnfreezeStep]:
+    return [
+        UnfreezeStep(block="layer4", block_lr=5e-5, head_lr=5e-5),
+        UnfreezeStep(block="layer3", block_lr=1e-5, head_lr=3e-5),
+        UnfreezeStep(block="layer2", block_lr=5e-6, head_lr=2e-5),
+        UnfreezeStep(block="layer1", block_lr=2e-7, head_lr=1e-5),
+        UnfreezeStep(block="conv1", block_lr=1e-7, head_lr=1e-5),
+    ]
+
+
+class UnfreezeScheduleConfig(_Strict):
+    """When the next block is unfrozen: after `start_epoch`, once validation has fallen
+    `drop` below its best, and `cooldown` epochs after the previous unfreeze."""
+
+    metric: MetricKey = "image.auc"
+    start_epoch: int = Field(15, ge=1)
+    drop: float = Field(0.0025, ge=0)
+    cooldown: int = Field(12, ge=0)
+    steps: list[UnfreezeStep] = Field(default_factory=_default_unfreeze_steps)
+
+
+class UnfreezeConfig(TrainConfig):
+    """`mammo unfreeze`: gradual unfreezing from a trained checkpoint."""
+
+    init: str | None = Field(None, description="Starting checkpoint (e.g. the baseline's best_auc.pt).")
+    epochs: int = Field(100, ge=1)
+    warmup_epochs: int = 0
+    optimizer: OptimizerConfig = Field(default_factory=lambda: OptimizerConfig(lr=3e-4, weight_decay=1e-4))
+    cosine_t_max: int = Field(50, ge=1, description="CosineAnnealingLR period while blocks unfreeze.")
+    unfreeze: UnfreezeScheduleConfig = Field(default_factory=UnfreezeScheduleConfig)
+    scheduler: PlateauConfig = Field(
+        default_factory=lambda: PlateauConfig(factor=0.3, patience=6),
+        description="ReduceLROnPlateau used after the last block's cooldown.",
+    )
+    early_stopping: EarlyStoppingConfig = Field(
+        default_factory=lambda: EarlyStoppingConfig(patience=10, min_delta=0.002, start_epoch=25)
+    )
+
+
+class EvalConfig(RunConfig):
+    """`mammo evaluate`: threshold chosen on val, applied unchanged to test."""
+
+    checkpoints: list[str] = Field(default_factory=list)
+    threshold_metric: Literal["pf1", "f1"] = Field(
+        "pf1", description="Breast-level metric maximised on val to pick the operating threshold."
+    )
+    rank_metric: MetricKey = Field("breast.auc", description="Metric on val ranking checkpoints.")
+
+
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
+
+
+def parse_value(text: str) -> Any:
+    """Parse a ``--set`` value as YAML so numbers, booleans, null and lists get their types."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    node = tree
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: '{part}' is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """One line naming every offending field, e.g. ``config.yaml: data.image_size: ...``."""
+    parts = []
+    for item in err.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        msg = item["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {msg}")
+    return f"{source}: " + "; ".join(parts)
+
+
+def load_config(
+    model: type[ConfigT],
+    config_file: str | Path | None = None,
+    sets: list[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> ConfigT:
+    """Resolve defaults < YAML file < ``--set`` pairs < explicit overrides (dotted keys)."""
+    tree: dict[str, Any] = {}
+    source = "config"
+    if config_file is not None:
+        source = str(config_file)
+        try:
+            loaded = yaml.safe_load(Path(config_file).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {config_file}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{config_file}: not valid YAML ({exc.__class__.__name__})") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{config_file}: expected a mapping at the top level")
+        tree = loaded or {}
+    for item in sets or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set loss.name=focal")
+        _set_dotted(tree, key.strip(), parse_value(raw))
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(tree, key, value)
+    try:
+        return model.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source)) from None
+
+
+def dump_config(config: BaseModel) -> str:
+    """YAML text of a resolved config, loadable again with ``load_config``."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def lookup_metric(metrics: dict[str, Any], key: MetricKey) -> float | None:
+    """Read ``image.auc``-style keys from nested metric dicts; None when absent or NaN."""
+    node: Any = metrics
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    if node is None:
+        return None
+    value = float(node)
+    return None if value != value else value
+
+
+def metric_mode(key: MetricKey) -> Literal["min", "max"]:
+    """Losses are minimised, every other metric maximised."""
+    return "min" if key.rsplit(".", 1)[-1] == "loss" else "max"

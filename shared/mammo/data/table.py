@@ -1,0 +1,104 @@
+"""Read and validate the RSNA-style ``train.csv`` before any work is done.
+
+Only patient_id, image_id, laterality and cancer are required; every other column (site_id, view,
+age, BIRADS, density, machine_id, ...) is allowed and kept. Ids are kept as strings so that
+leading zeros or non-numeric ids survive a round trip unchanged.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from mammo.errors import DataError
+
+REQUIRED_COLUMNS = ("patient_id", "image_id", "laterality", "cancer")
+#: The full column set of the real RSNA train.csv (the synthetic generator writes all of them).
+RSNA_COLUMNS = (
+    "site_id",
+    "patient_id",
+    "image_id",
+    "laterality",
+    "view",
+    "age",
+    "cancer",
+    "biopsy",
+    "invasive",
+    "BIRADS",
+    "implant",
+    "density",
+    "machine_id",
+    "difficult_negative_case",
+)
+TABLE_NAME = "train.csv"
+
+
+def table_path(root: str | Path) -> Path:
+    """``root`` may be the dataset directory or the CSV file itself."""
+    path = Path(root)
+    return path / TABLE_NAME if path.is_dir() else path
+
+
+def _row(index: int) -> int:
+    """Line number in the CSV file (header is line 1)."""
+    return index + 2
+
+
+def read_table(root: str | Path) -> pd.DataFrame:
+    """Load and validate the table; raise ``DataError`` naming the file and row on bad input."""
+    path = table_path(root)
+    if not path.is_file():
+        raise DataError(f"{path}: dataset table not found")
+    try:
+        table = pd.read_csv(path, dtype={"patient_id": str, "image_id": str, "laterality": str})
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: file is empty") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not a readable CSV ({str(exc).splitlines()[0]})") from None
+    validate_table(table, str(path))
+    table["patient_id"] = table["patient_id"].str.strip()
+    table["image_id"] = table["image_id"].str.strip()
+    table["laterality"] = table["laterality"].str.strip()
+    table["cancer"] = pd.to_numeric(table["cancer"]).astype("int64")
+    return table.reset_index(drop=True)
+
+
+def validate_table(table: pd.DataFrame, source: str) -> None:
+    """Check columns, emptiness, ids, labels and laterality; first problem wins."""
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
+    if missing:
+        raise DataError(f"{source}: missing required column(s): {', '.join(missing)}")
+    if table.empty:
+        raise DataError(f"{source}: table has no rows")
+    for column in ("patient_id", "image_id"):
+        blank = table[column].isna() | (table[column].astype(str).str.strip() == "")
+        if blank.any():
+            raise DataError(f"{source}: row {_row(int(blank.idxmax()))}: empty {column}")
+    labels = pd.to_numeric(table["cancer"], errors="coerce")
+    bad = labels.isna() | ~labels.isin([0, 1])
+    if bad.any():
+        i = int(bad.idxmax())
+        raise DataError(
+            f"{source}: row {_row(i)}: cancer must be 0 or 1, got {table['cancer'].iloc[i]!r}"
+        )
+    side = table["laterality"].astype(str).str.strip()
+    bad = ~side.isin(["L", "R"])
+    if bad.any():
+        i = int(bad.idxmax())
+        raise DataError(
+            f"{source}: row {_row(i)}: laterality must be L or R, got {table['laterality'].iloc[i]!r}"
+        )
+    ids = table["image_id"].astype(str).str.strip()
+    dup = ids.duplicated()
+    if dup.any():
+        i = int(dup.idxmax())
+        first = int(ids[ids == ids.iloc[i]].index[0])
+        raise DataError(
+            f"{source}: row {_row(i)}: duplicate image_id {ids.iloc[i]} (first seen in row {_row(first)})"
+        )
+
+
+def breast_ids(table: pd.DataFrame) -> pd.Series:
+    """Breast key ``{patient_id}_{laterality}``, the competition's prediction_id."""
+    return table["patient_id"].astype(str) + "_" + table["laterality"].astype(str)

@@ -1,0 +1,24 @@
+"""User-facing errors.
+
+Anything a user can cause (bad table, missing file, wrong config value) raises a subclass of
+``MammoError`` with a one-line message naming the file, row or field. The CLI prints that line
+and exits non-zero; only programming errors produce tracebacks.
+"""
+
+
+class MammoError(Exception):
+    """A problem the user can fix; ``str(err)`` is the whole message."""
+
+    exit_code = 2
+
+
+class DataError(MammoError):
+    """The dataset table or an image is invalid."""
+
+
+class ConfigError(MammoError):
+    """A configuration value is invalid."""
+
+
+class CheckpointError(MammoError):
+    """A checkpoint is missing, unreadable or incompatible."""
