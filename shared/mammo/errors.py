@@ -22,3 +22,15 @@ class ConfigError(MammoError):
 
 class CheckpointError(MammoError):
     """A checkpoint is missing, unreadable or incompatible."""
+
+
+class StorageError(MammoError):
+    """Object storage failed: unreachable endpoint, rejected credentials, missing bucket, ..."""
+
+
+class ArtifactNotFoundError(StorageError):
+    """The object (or a step's manifest) does not exist; callers may treat this as "not yet"."""
+
+
+class IntegrityError(StorageError):
+    """Stored bytes do not match their recorded sha256: never load them."""
