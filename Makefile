@@ -10,8 +10,10 @@ PY := $(VENV)/bin/python
 MAMMO := $(VENV)/bin/mammo
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+S3RVER_VERSION := 3.7.1
+S3RVER_STAMP := .cache/s3rver/.installed-$(S3RVER_VERSION)
 
-.PHONY: help venv run test bench clean
+.PHONY: help venv run test test-servers bench clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -30,7 +32,17 @@ venv: $(STAMP) ## Create/refresh the virtual environment
 run: $(STAMP) ## Run the whole job locally on the synthetic demo dataset
 	$(MAMMO) run
 
-test: $(STAMP) ## Run the test suite
+$(S3RVER_STAMP):
+	npm install --prefix .cache/s3rver --no-audit --no-fund --loglevel=error s3rver@$(S3RVER_VERSION)
+	touch $@
+
+test-servers: $(S3RVER_STAMP) ## Install the servers the tests start (s3rver, Pushgateway)
+	@if ! command -v prometheus-pushgateway >/dev/null && [ ! -x /usr/bin/prometheus-pushgateway ]; then \
+	  apt-get install -y --no-install-recommends prometheus-pushgateway \
+	  || { apt-get update && apt-get install -y --no-install-recommends prometheus-pushgateway; }; \
+	fi
+
+test: $(STAMP) test-servers ## Run the test suite
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP) ## Print data-path throughput figures (JSON)

@@ -1,0 +1,114 @@
+"""Telemetry against a real Pushgateway: what is pushed is read back over HTTP."""
+
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+
+import pytest
+
+from mammo.errors import ConfigError
+from mammo.telemetry import Telemetry
+
+from servers import Pushgateway, free_port
+
+EPOCH = dict(
+    train_loss=0.61,
+    val_loss=0.55,
+    val_auc=0.72,
+    val_pr_auc=0.18,
+    val_pf1=0.21,
+    lr=1e-3,
+    duration_s=12.5,
+    images_per_s=480.0,
+)
+
+
+def _run_id() -> str:
+    return f"run-{uuid.uuid4().hex[:8]}"
+
+
+def _values(gateway: Pushgateway, run_id: str) -> dict[str, float]:
+    """mammo_* series of one run, by name; also checks they carry only the allowed labels."""
+    found = {}
+    for sample in gateway.samples(run_id=run_id):
+        if sample.name.startswith("mammo_"):
+            assert set(sample.labels) <= {"job", "instance", "component", "run_id"}, sample
+            assert sample.labels["job"] == "mammo"
+            found[sample.name] = sample.value
+    return found
+
+
+def test_epochs_and_the_end_of_a_step_are_pushed(pushgateway: Pushgateway) -> None:
+    run_id = _run_id()
+    telemetry = Telemetry("baseline", run_id)
+    with telemetry.step():
+        assert telemetry.epoch(1, **EPOCH)
+        first = _values(pushgateway, run_id)
+        assert first["mammo_epoch"] == 1
+        assert first["mammo_val_auc"] == pytest.approx(0.72)
+        assert first["mammo_images_per_second"] == 480.0
+        assert "mammo_step_success" not in first  # still running: neither success nor failure
+        assert telemetry.epoch(2, **{**EPOCH, "val_auc": None, "lr": 5e-4})
+
+    values = _values(pushgateway, run_id)
+    assert values["mammo_epoch"] == 2
+    assert math.isnan(values["mammo_val_auc"])  # not computable this epoch: NaN, not stale
+    assert values["mammo_learning_rate"] == pytest.approx(5e-4)
+    assert values["mammo_train_loss"] == pytest.approx(0.61)
+    assert values["mammo_val_pr_auc"] == pytest.approx(0.18)
+    assert values["mammo_val_pf1"] == pytest.approx(0.21)
+    assert values["mammo_epoch_duration_seconds"] == 12.5
+    assert values["mammo_step_success"] == 1
+    assert values["mammo_step_duration_seconds"] >= 0
+    assert values["mammo_step_end_timestamp_seconds"] > 1.6e9
+    labels = {s.labels["component"] for s in pushgateway.samples(run_id=run_id)}
+    assert labels == {"baseline"}
+
+
+def test_a_failing_step_is_pushed_as_failure(pushgateway: Pushgateway) -> None:
+    run_id = _run_id()
+    with pytest.raises(RuntimeError, match="boom"):
+        with Telemetry("evaluate", run_id).step():
+            raise RuntimeError("boom")
+    values = _values(pushgateway, run_id)
+    assert values["mammo_step_success"] == 0
+    assert "mammo_train_loss" not in values  # no epoch ran: no made-up zeros
+
+
+def test_without_a_pushgateway_nothing_is_pushed(
+    pushgateway: Pushgateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MAMMO_PUSHGATEWAY_URL")
+    run_id = _run_id()
+    telemetry = Telemetry("baseline", run_id)
+    assert not telemetry.enabled
+    with telemetry.step():
+        assert not telemetry.epoch(1, **EPOCH)
+    assert pushgateway.samples(run_id=run_id) == []
+
+
+def test_unreachable_pushgateway_warns_once_and_the_run_goes_on(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("MAMMO_PUSHGATEWAY_URL", f"http://127.0.0.1:{free_port()}")
+    telemetry = Telemetry("unfreeze", _run_id())
+    with caplog.at_level(logging.WARNING, logger="mammo.telemetry"):
+        with telemetry.step():
+            for epoch in range(1, 4):
+                assert not telemetry.epoch(epoch, **EPOCH)
+    warnings = [
+        r for r in caplog.records if r.name == "mammo.telemetry" and r.levelno >= logging.WARNING
+    ]
+    assert len(warnings) == 1
+    assert "not reachable" in warnings[0].getMessage()
+
+
+@pytest.mark.parametrize(
+    "component, run_id",
+    [("baseline", "patient/10006"), ("baseline", "../etc"), ("base line", "r1"), ("", "r1")],
+)
+def test_labels_are_plain_names(component: str, run_id: str) -> None:
+    with pytest.raises(ConfigError):
+        Telemetry(component, run_id)
