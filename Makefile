@@ -42,7 +42,7 @@ test-servers: $(S3RVER_STAMP) ## Install the servers the tests start (s3rver, Pu
 	  || { apt-get update && apt-get install -y --no-install-recommends prometheus-pushgateway; }; \
 	fi
 
-test: $(STAMP) test-servers ## Run the test suite
+test: $(STAMP) test-servers test-tools ## Run the test suite
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP) ## Print data-path throughput figures (JSON)
@@ -51,3 +51,5 @@ bench: $(STAMP) ## Print data-path throughput figures (JSON)
 
 clean: ## Remove the virtual environment, caches and local runs
 	rm -rf $(VENV) .cache .mammo .pytest_cache
+
+include k8s/kind.mk

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
+# Applies the project's stack (an overlay of k8s/: OVERLAY=kind|gpu) and waits until MinIO and
+# the Pushgateway are ready and the bucket exists. Idempotent. Needs KFP installed first (its
+# namespace holds the pipeline's Secret, ConfigMap and ServiceAccount). Context: KUBE_CONTEXT,
+# else the current one.
+set -euo pipefail
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+OVERLAY="${OVERLAY:-gpu}"
+WAIT_TIMEOUT="${WAIT_TIMEOUT:-300s}"
+overlay_dir="$ROOT/k8s/overlays/$OVERLAY"
+
+[[ -d "$overlay_dir" ]] || die "no overlay '$OVERLAY' in k8s/overlays (have: $(ls "$ROOT/k8s/overlays"))."
+for env_file in "$ROOT/k8s/base/mammo/minio.env" "$ROOT/k8s/base/kubeflow/minio.env"; do
+  [[ -f "$env_file" ]] || die "${env_file#"$ROOT"/} is missing: run 'make cluster-secrets' (or copy its .example and fill it in)."
+done
+use_cluster_context
+kc get namespace "$KFP_NAMESPACE" >/dev/null 2>&1 \
+  || die "namespace $KFP_NAMESPACE does not exist: install Kubeflow Pipelines first ('make kfp-install')."
+
+# Jobs are immutable: drop the previous setup Job so that its new version can run (it is idempotent).
+kc -n "$MAMMO_NAMESPACE" delete job minio-setup --ignore-not-found >/dev/null
+
+log "applying k8s/overlays/$OVERLAY"
+kc apply -k "$overlay_dir" || die "kubectl apply -k k8s/overlays/$OVERLAY failed (see above)."
+
+log "waiting for MinIO, the Pushgateway and the bucket setup"
+for deployment in minio pushgateway; do
+  kc -n "$MAMMO_NAMESPACE" rollout status "deployment/$deployment" --timeout="$WAIT_TIMEOUT" \
+    || die "deployment $deployment is not ready after $WAIT_TIMEOUT: 'kubectl -n $MAMMO_NAMESPACE describe deployment $deployment' and its pods' events say why."
+done
+if ! kc -n "$MAMMO_NAMESPACE" wait --for=condition=complete job/minio-setup --timeout="$WAIT_TIMEOUT"; then
+  kc -n "$MAMMO_NAMESPACE" logs job/minio-setup --tail=20 >&2 || true
+  die "the MinIO setup Job did not complete within $WAIT_TIMEOUT (its log is above)."
+fi
+log "stack ready: MinIO minio.$MAMMO_NAMESPACE.svc:9000 (bucket $MAMMO_BUCKET), Pushgateway pushgateway.$MAMMO_NAMESPACE.svc:9091"

@@ -1,0 +1,419 @@
+"""Static checks of k8s/: every overlay renders offline with `kubectl kustomize`, passes strict
+schema validation for Kubernetes 1.32 (`kubernetes-validate`), and the rendered objects say what
+matters: non-root containers with limits, credentials only by reference, the images of
+images.env, Services and NetworkPolicies that select the pods they mean to.
+
+The Secret generators read git-ignored env files; the tests render a copy of k8s/ in which those
+files are the committed examples (placeholders).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import yaml
+
+from test_containers import read_images_env
+
+ROOT = Path(__file__).resolve().parents[1]
+K8S_VERSION = "1.32.0"
+OVERLAYS = ["kind", "gpu"]
+#: The label the pipeline sets on its pods (kfp-kubernetes add_pod_label) to reach MinIO and
+#: the Pushgateway; documented in docs/kubernetes.md.
+PIPELINE_LABEL = ("app.kubernetes.io/part-of", "mammo-pipeline")
+PIPELINE_NAMESPACES = {"kubeflow", "mammo"}
+#: Images built by this project; their kind/gpu values come from images.env.
+PROFILE_IMAGE_KEYS = {"kind": {"TRAIN_IMAGE_CPU", "EVAL_IMAGE"}, "gpu": {"TRAIN_IMAGE", "EVAL_IMAGE"}}
+#: Operator CRDs the schema validator cannot know; checked structurally below instead.
+CRD_KINDS = {"ServiceMonitor"}
+CREDENTIAL_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|ACCESS_KEY|ROOT_USER", re.I)
+
+
+@pytest.fixture(scope="module")
+def k8s_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """k8s/ with the example env files in place of the real, git-ignored ones."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.fail("kubectl is not on PATH (it renders the overlays offline)")
+    copy = tmp_path_factory.mktemp("k8s") / "k8s"
+    shutil.copytree(ROOT / "k8s", copy, ignore=shutil.ignore_patterns("minio.env"))
+    for example in copy.rglob("minio.env.example"):
+        shutil.copy(example, example.with_suffix(""))
+    # The documented way to add the ServiceMonitor: an overlay plus the optional component.
+    with_monitor = copy / "overlays" / "gpu-servicemonitor"
+    with_monitor.mkdir()
+    (with_monitor / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        "resources: [../gpu]\ncomponents: [../../components/servicemonitor]\n"
+    )
+    return copy
+
+
+def _render(k8s_copy: Path, overlay: str) -> list[dict[str, Any]]:
+    result = subprocess.run(
+        ["kubectl", "kustomize", str(k8s_copy / "overlays" / overlay)],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+@pytest.fixture(scope="module")
+def rendered(k8s_copy: Path) -> dict[str, list[dict[str, Any]]]:
+    return {overlay: _render(k8s_copy, overlay) for overlay in [*OVERLAYS, "gpu-servicemonitor"]}
+
+
+def _objects(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [doc for doc in docs if doc["kind"] == kind]
+
+
+def _one(docs: list[dict[str, Any]], kind: str, name: str, namespace: str | None = None):
+    found = [
+        doc for doc in _objects(docs, kind)
+        if doc["metadata"]["name"] == name
+        and (namespace is None or doc["metadata"].get("namespace") == namespace)
+    ]
+    assert len(found) == 1, f"{kind} {namespace}/{name}: {len(found)} found"
+    return found[0]
+
+
+def _pod_templates(docs: list[dict[str, Any]]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """(workload name, namespace, pod template) for every object that makes pods."""
+    for doc in docs:
+        spec = doc.get("spec", {})
+        if doc["kind"] in {"Deployment", "StatefulSet", "DaemonSet", "Job"}:
+            template = spec["template"]
+        elif doc["kind"] == "CronJob":
+            template = spec["jobTemplate"]["spec"]["template"]
+        else:
+            continue
+        yield doc["metadata"]["name"], doc["metadata"]["namespace"], template
+
+
+def _containers(template: dict[str, Any]) -> list[dict[str, Any]]:
+    spec = template["spec"]
+    return [*spec.get("initContainers", []), *spec["containers"]]
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Kubernetes label-selector semantics (matchLabels and matchExpressions)."""
+    if not all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        key, operator, values = expression["key"], expression["operator"], expression.get("values", [])
+        if operator == "In" and labels.get(key) not in values:
+            return False
+        if operator == "NotIn" and labels.get(key) in values:
+            return False
+        if operator == "Exists" and key not in labels:
+            return False
+        if operator == "DoesNotExist" and key in labels:
+            return False
+    return True
+
+
+def _selected_namespaces(selector: dict[str, Any], candidates: set[str]) -> set[str]:
+    return {ns for ns in candidates if _selects(selector, {"kubernetes.io/metadata.name": ns})}
+
+
+def _container_ports(template: dict[str, Any]) -> dict[Any, int]:
+    ports: dict[Any, int] = {}
+    for container in _containers(template):
+        for port in container.get("ports", []):
+            ports[port["containerPort"]] = port["containerPort"]
+            if "name" in port:
+                ports[port["name"]] = port["containerPort"]
+    return ports
+
+
+@pytest.mark.parametrize("overlay", [*OVERLAYS, "gpu-servicemonitor"])
+def test_overlay_passes_strict_schema_validation(
+    rendered: dict[str, list[dict[str, Any]]], overlay: str, tmp_path: Path
+) -> None:
+    docs = [doc for doc in rendered[overlay] if doc["kind"] not in CRD_KINDS]
+    manifest = tmp_path / f"{overlay}.yaml"
+    manifest.write_text(yaml.safe_dump_all(docs))
+    validator = Path(sys.executable).parent / "kubernetes-validate"
+    result = subprocess.run(
+        [str(validator), "--strict", "-k", K8S_VERSION, str(manifest)],
+        capture_output=True, text=True,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert output.count(" passed for resource ") == len(docs), output
+
+
+def test_servicemonitor_scrapes_the_pushgateway_service(
+    rendered: dict[str, list[dict[str, Any]]]
+) -> None:
+    docs = rendered["gpu-servicemonitor"]
+    monitor = _one(docs, "ServiceMonitor", "pushgateway", "mammo")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    service = _one(docs, "Service", "pushgateway", "mammo")
+    assert _selects(monitor["spec"]["selector"], service["metadata"]["labels"])
+    assert monitor["spec"]["namespaceSelector"]["matchNames"] == ["mammo"]
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] in {port["name"] for port in service["spec"]["ports"]}
+    assert endpoint["honorLabels"] is True
+    # Without the component, no overlay needs the Prometheus Operator's CRD.
+    for overlay in OVERLAYS:
+        assert not _objects(rendered[overlay], "ServiceMonitor")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_container_is_non_root_restricted_and_limited(
+    rendered: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    templates = list(_pod_templates(rendered[overlay]))
+    assert {name for name, _, _ in templates} == {"minio", "minio-setup", "pushgateway", "mammo-retrain"}
+    for name, _, template in templates:
+        pod = template["spec"].get("securityContext", {})
+        assert pod.get("seccompProfile", {}).get("type") == "RuntimeDefault", name
+        for container in _containers(template):
+            where = f"{name}/{container['name']}"
+            security = {**pod, **container.get("securityContext", {})}
+            assert security.get("runAsNonRoot") is True, where
+            assert security.get("runAsUser", 0) != 0, where
+            assert security.get("allowPrivilegeEscalation") is False, where
+            assert security.get("readOnlyRootFilesystem") is True, where
+            assert security.get("capabilities", {}).get("drop") == ["ALL"], where
+            resources = container.get("resources", {})
+            for bound in ["requests", "limits"]:
+                assert {"cpu", "memory"} <= set(resources.get(bound, {})), f"{where}: {bound}"
+        if any(doc["kind"] == "Deployment" and doc["metadata"]["name"] == name
+               for doc in rendered[overlay]):
+            ports = _container_ports(template)
+            for container in _containers(template):
+                for probe in ["readinessProbe", "livenessProbe"]:
+                    assert container[probe]["httpGet"]["port"] in ports, f"{name}: {probe}"
+    namespace = _one(rendered[overlay], "Namespace", "mammo")
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+def test_kind_is_smaller_than_gpu(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    def sizes(overlay: str) -> tuple[str, str]:
+        docs = rendered[overlay]
+        pvc = _one(docs, "PersistentVolumeClaim", "minio-data", "mammo")
+        minio = _one(docs, "Deployment", "minio", "mammo")
+        memory = minio["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"]
+        return pvc["spec"]["resources"]["requests"]["storage"], memory
+
+    assert sizes("kind") == ("5Gi", "1Gi")
+    assert sizes("gpu") == ("200Gi", "8Gi")
+
+
+def _image_names(docs: list[dict[str, Any]]) -> set[str]:
+    return {c["image"] for _, _, t in _pod_templates(docs) for c in _containers(t)}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_images_are_those_of_images_env(
+    rendered: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    images = read_images_env()
+    registry = images["MAMMO_REGISTRY"]
+    used = _image_names(rendered[overlay])
+    own = {image for image in used if image.startswith(f"{registry}/") or "mammo-" in image}
+    assert own == {images["EVAL_IMAGE"]}
+    assert own <= {images[key] for key in PROFILE_IMAGE_KEYS[overlay]}
+    for image in used - own:  # third-party images: pinned, never :latest
+        assert re.search(r":[\w.-]+$", image) and not image.endswith(":latest"), image
+
+
+@pytest.mark.parametrize(("overlay", "profile"), [("kind", "kind"), ("gpu", "gpu")])
+def test_scheduled_retraining_is_suspended_and_uses_the_profile(
+    rendered: dict[str, list[dict[str, Any]]], overlay: str, profile: str
+) -> None:
+    cronjob = _one(rendered[overlay], "CronJob", "mammo-retrain", "mammo")
+    assert cronjob["spec"]["suspend"] is True
+    assert cronjob["spec"]["concurrencyPolicy"] == "Forbid"
+    pod = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "mammo-retrain"
+    (container,) = pod["containers"]
+    assert container["args"][:2] == ["pipeline", "submit"]
+    assert f"--profile={profile}" in container["args"] and "--wait" in container["args"]
+    if overlay == "kind":
+        assert container["imagePullPolicy"] == "IfNotPresent"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_credentials_only_by_reference(
+    rendered: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    docs = rendered[overlay]
+    secrets = {
+        (doc["metadata"]["namespace"], doc["metadata"]["name"]): set(doc["data"])
+        for doc in _objects(docs, "Secret")
+    }
+    assert secrets == {
+        ("mammo", "mammo-minio"): {
+            "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD", "MINIO_ACCESS_KEY", "MINIO_SECRET_KEY"
+        },
+        # Pipeline pods get the bucket user's keys, never MinIO's root credentials.
+        ("kubeflow", "mammo-minio"): {"MINIO_ACCESS_KEY", "MINIO_SECRET_KEY"},
+    }
+    for name, namespace, template in _pod_templates(docs):
+        for container in _containers(template):
+            for env in container.get("env", []):
+                reference = env.get("valueFrom", {}).get("secretKeyRef")
+                if reference is not None:
+                    assert reference["key"] in secrets[(namespace, reference["name"])], env
+                elif CREDENTIAL_NAME.search(env["name"]):
+                    # Only a file path may stand in such a variable, never a credential.
+                    assert env["value"].startswith("/"), f"{name}: {env['name']} is literal"
+
+
+def test_no_plaintext_credentials_in_k8s_files() -> None:
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "k8s"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout.split()
+    assert "k8s/base/mammo/minio.env.example" in files
+    assert not [f for f in files if f.endswith("minio.env")], "real credential files are ignored"
+    for real in ["k8s/base/mammo/minio.env", "k8s/base/kubeflow/minio.env"]:
+        ignored = subprocess.run(["git", "check-ignore", "-q", real], cwd=ROOT)
+        assert ignored.returncode == 0, f"{real} must be git-ignored"
+    assigned = re.compile(
+        r"(?<![a-z])(password|secret_?key|access_?key|root_user|token)\s*[:=]\s*[\"']?([^\s\"'#]+)",
+        re.I,
+    )
+    for name in files:
+        text = (ROOT / name).read_text()
+        for document in yaml.safe_load_all(text) if name.endswith(".yaml") else []:
+            assert not (document and document.get("kind") == "Secret"), f"{name}: literal Secret"
+        for line in text.splitlines():
+            if line.lstrip().startswith("#"):
+                continue
+            for match in assigned.finditer(line):
+                value = match.group(2)
+                assert value == "CHANGE_ME" or value.startswith(("$", "/")), f"{name}: {line}"
+            assert not re.search(r"AKIA[0-9A-Z]{16}|minioadmin|minio123", line), f"{name}: {line}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_services_select_their_pods_and_ports(
+    rendered: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    docs = rendered[overlay]
+    templates = list(_pod_templates(docs))
+    expected = {"minio": "minio", "pushgateway": "pushgateway"}
+    for service in _objects(docs, "Service"):
+        namespace = service["metadata"]["namespace"]
+        selected = [
+            (name, template) for name, ns, template in templates
+            if ns == namespace and _selects({"matchLabels": service["spec"]["selector"]},
+                                            template["metadata"]["labels"])
+        ]
+        assert [name for name, _ in selected] == [expected[service["metadata"]["name"]]]
+        ports = _container_ports(selected[0][1])
+        for port in service["spec"]["ports"]:
+            assert port["targetPort"] in ports, f"{service['metadata']['name']}: {port}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_network_policies_admit_only_the_intended_pods(
+    rendered: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    docs = rendered[overlay]
+    templates = list(_pod_templates(docs))
+    policies = {p["metadata"]["name"]: p for p in _objects(docs, "NetworkPolicy")}
+    assert set(policies) == {"default-deny-ingress", "minio-clients", "pushgateway-clients"}
+    assert all(p["metadata"]["namespace"] == "mammo" for p in policies.values())
+    assert policies["default-deny-ingress"]["spec"] == {"podSelector": {}, "policyTypes": ["Ingress"]}
+
+    def admitted(policy: dict[str, Any]) -> tuple[set[str], bool, set[str], set[int]]:
+        """Our workloads admitted, whether pipeline pods are, other namespaces, ports."""
+        ours: set[str] = set()
+        pipeline = False
+        elsewhere: set[str] = set()
+        for rule in policy["spec"]["ingress"]:
+            for peer in rule["from"]:
+                namespaces = (
+                    _selected_namespaces(peer["namespaceSelector"], PIPELINE_NAMESPACES | {"monitoring"})
+                    if "namespaceSelector" in peer else {policy["metadata"]["namespace"]}
+                )
+                if peer["podSelector"].get("matchLabels") == dict([PIPELINE_LABEL]):
+                    assert namespaces == PIPELINE_NAMESPACES
+                    pipeline = True
+                    continue
+                elsewhere |= namespaces - {"mammo"}
+                ours |= {
+                    name for name, ns, template in templates
+                    if ns in namespaces and _selects(peer["podSelector"], template["metadata"]["labels"])
+                }
+        ports = {port["port"] for rule in policy["spec"]["ingress"] for port in rule["ports"]}
+        return ours, pipeline, elsewhere, ports
+
+    for name, target, ours, others in [
+        ("minio-clients", "minio", {"minio-setup"}, set()),
+        ("pushgateway-clients", "pushgateway", set(), {"monitoring"}),
+    ]:
+        policy = policies[name]
+        selected = [n for n, ns, t in templates
+                    if ns == "mammo" and _selects(policy["spec"]["podSelector"], t["metadata"]["labels"])]
+        assert selected == [target]
+        got_ours, pipeline, elsewhere, ports = admitted(policy)
+        assert (got_ours, pipeline, elsewhere) == (ours, True, others), name
+        target_template = next(t for n, _, t in templates if n == target)
+        assert ports <= set(_container_ports(target_template).values()), name
+    # The stack's own pods are not pipeline pods: no template carries the pipeline label.
+    for name, _, template in templates:
+        assert template["metadata"]["labels"].get(PIPELINE_LABEL[0]) != PIPELINE_LABEL[1], name
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_pipeline_runtime_config_points_at_the_services(
+    rendered: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    docs = rendered[overlay]
+    config = _one(docs, "ConfigMap", "mammo-runtime", "kubeflow")["data"]
+    assert set(config) == {"MINIO_ENDPOINT", "MINIO_SECURE", "MINIO_REGION", "MAMMO_PUSHGATEWAY_URL"}
+
+    def service_address(name: str) -> set[str]:
+        service = _one(docs, "Service", name, "mammo")
+        return {f"{name}.mammo.svc.cluster.local:{p['port']}" for p in service["spec"]["ports"]}
+
+    assert config["MINIO_ENDPOINT"] in service_address("minio")
+    assert config["MAMMO_PUSHGATEWAY_URL"].removeprefix("http://") in service_address("pushgateway")
+    scrape = yaml.safe_load((ROOT / "k8s/monitoring/prometheus-scrape.yaml").read_text())
+    (job,) = scrape["scrape_configs"]
+    assert job["honor_labels"] is True
+    assert job["static_configs"][0]["targets"] == [config["MAMMO_PUSHGATEWAY_URL"].removeprefix("http://")]
+    account = _one(docs, "ServiceAccount", "mammo-pipeline", "kubeflow")
+    binding = _one(docs, "RoleBinding", "mammo-pipeline", "kubeflow")
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": "kubeflow"}
+    ]
+    role = _one(docs, "Role", binding["roleRef"]["name"], "kubeflow")
+    assert not any("*" in rule["verbs"] or "*" in rule["resources"] for rule in role["rules"])
+    assert all(
+        rule.get("resourceNames") for rule in role["rules"] if rule["resources"] == ["secrets"]
+    )
+
+
+def test_pipeline_label_and_names_are_documented() -> None:
+    docs = (ROOT / "docs/kubernetes.md").read_text()
+    for needle in [
+        f"{PIPELINE_LABEL[0]}: {PIPELINE_LABEL[1]}", "mammo-minio", "mammo-runtime",
+        "mammo-pipeline", "minio.mammo.svc.cluster.local:9000",
+    ]:
+        assert needle in docs, needle
+
+
+def test_dashboard_and_documented_queries_use_pushed_metrics() -> None:
+    """The Grafana dashboard and the docs' PromQL name only metrics the telemetry pushes."""
+    dashboard = json.loads((ROOT / "k8s/monitoring/grafana-dashboard.json").read_text())
+    expressions = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    assert expressions and all('job="mammo"' in expr for expr in expressions)
+    telemetry = (ROOT / "shared/mammo/telemetry.py").read_text()
+    docs = (ROOT / "docs/kubernetes.md").read_text()
+    queries = docs.split("```promql", 1)[1].split("```", 1)[0]
+    for name in set(re.findall(r"\bmammo_\w+", " ".join(expressions) + queries)):
+        assert f'"{name}"' in telemetry, f"{name} is not a metric of mammo.telemetry"
