@@ -123,7 +123,10 @@ class RunConfig(_Strict):
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
     seed: int = 42
     deterministic: bool = Field(False, description="Deterministic kernels (slower).")
-    amp: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU).")
+    amp: bool = Field(True, description="Mixed precision on CUDA (ignored on CPU).")
+    amp_dtype: Literal["bf16", "fp16"] = Field(
+        "bf16", description="bf16 (Ampere and newer) or fp16 with loss scaling (e.g. T4, V100)."
+    )
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
 
@@ -291,3 +294,85 @@ def lookup_metric(metrics: dict[str, Any], key: MetricKey) -> float | None:
 def metric_mode(key: MetricKey) -> Literal["min", "max"]:
     """Losses are minimised, every other metric maximised."""
     return "min" if key.rsplit(".", 1)[-1] == "loss" else "max"
+
+
+class PipelineParams(_Strict):
+    """The knobs of a whole run (split -> baseline -> unfreeze -> evaluate), flat so that
+    they map one-to-one onto pipeline parameters. ``stage_configs`` turns them into each
+    stage's config; ``*_set`` lists carry any further ``dotted.key=value`` overrides."""
+
+    data: str | None = Field(None, description="Dataset directory or URI (train.csv + PNGs).")
+    image_size: int = Field(512, ge=16, le=4096)
+    backbone: Backbone = "resnet50"
+    weights: str | None = None
+    in_channels: Literal[1, 3] = 1
+    batch_size: int = Field(32, ge=1)
+    workers: int = Field(4, ge=0)
+    device: str = "auto"
+    seed: int = 42
+    val_frac: float = Field(0.15, ge=0, lt=1)
+    test_frac: float = Field(0.15, ge=0, lt=1)
+    warmup_ratio: int = Field(3, ge=0)
+    loss: LossName = "bce_pos"
+    augment: bool = True
+    baseline_epochs: int = Field(50, ge=1)
+    warmup_epochs: int = Field(2, ge=0)
+    baseline_lr: float = Field(1e-3, gt=0)
+    unfreeze_epochs: int = Field(100, ge=1)
+    unfreeze_lr: float = Field(3e-4, gt=0)
+    threshold_metric: Literal["pf1", "f1"] = "pf1"
+    rank_metric: MetricKey = "breast.auc"
+    baseline_set: list[str] = Field(default_factory=list)
+    unfreeze_set: list[str] = Field(default_factory=list)
+    evaluate_set: list[str] = Field(default_factory=list)
+
+
+def stage_configs(params: PipelineParams, *, split: str, runs: dict[str, str]) -> tuple[TrainConfig, UnfreezeConfig, EvalConfig]:
+    """Stage configs for one run; ``runs`` maps baseline/unfreeze/evaluate to output dirs."""
+    common = {
+        "data.root": params.data,
+        "data.image_size": params.image_size,
+        "data.batch_size": params.batch_size,
+        "data.workers": params.workers,
+        "model.backbone": params.backbone,
+        "model.weights": params.weights,
+        "model.in_channels": params.in_channels,
+        "device": params.device,
+        "seed": params.seed,
+        "split": split,
+    }
+    trained = {"loss.name": params.loss, "augment.enabled": params.augment}
+    baseline = load_config(
+        TrainConfig,
+        sets=params.baseline_set,
+        overrides={
+            **common,
+            **trained,
+            "out": runs["baseline"],
+            "epochs": params.baseline_epochs,
+            "warmup_epochs": params.warmup_epochs,
+            "optimizer.lr": params.baseline_lr,
+        },
+    )
+    unfreeze = load_config(
+        UnfreezeConfig,
+        sets=params.unfreeze_set,
+        overrides={
+            **common,
+            **trained,
+            "out": runs["unfreeze"],
+            "epochs": params.unfreeze_epochs,
+            "optimizer.lr": params.unfreeze_lr,
+        },
+    )
+    evaluation = load_config(
+        EvalConfig,
+        sets=params.evaluate_set,
+        overrides={
+            **common,
+            "out": runs["evaluate"],
+            "threshold_metric": params.threshold_metric,
+            "rank_metric": params.rank_metric,
+        },
+    )
+    return baseline, unfreeze, evaluation

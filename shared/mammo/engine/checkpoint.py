@@ -1,0 +1,173 @@
+"""Self-describing checkpoints and the policy that decides which ones to keep.
+
+A checkpoint is a plain dict saved with ``torch.save``: model, optimiser, scheduler and AMP
+scaler state, epoch, resolved config, validation metrics, split fingerprint and library versions.
+It holds only tensors and plain Python values so it loads with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+
+from mammo import __version__
+from mammo.config import ModelConfig, lookup_metric, metric_mode
+from mammo.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "mammo-checkpoint/1"
+#: File name -> metric it tracks. pF1 is the competition metric, judged per breast.
+BEST_CHECKPOINTS = {
+    "best_loss.pt": "image.loss",
+    "best_auc.pt": "image.auc",
+    "best_pr_auc.pt": "image.pr_auc",
+    "best_pf1.pt": "breast.pf1",
+}
+LAST = "last.pt"
+
+#: Called with (path, name) after a checkpoint file is written, and with (path, None) after one
+#: is deleted, so a caller can mirror the run directory to object storage as it changes.
+CheckpointListener = Callable[[Path, "str | None"], None]
+
+
+def library_versions() -> dict[str, str]:
+    return {
+        "mammo": __version__,
+        "torch": str(torch.__version__),  # a TorchVersion object, which weights_only refuses
+        "torchvision": str(torchvision.__version__),
+        "python": platform.python_version(),
+    }
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write through a temporary file in the same directory, then rename: never half-written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load on CPU with ``weights_only=True``; a missing or foreign file is a one-line error."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for truncated/foreign files
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        unpickler = [line for line in lines if line.startswith("WeightsUnpickler error")]
+        reason = (unpickler or lines or [type(exc).__name__])[0]
+        raise CheckpointError(f"{path}: not a readable checkpoint ({reason[:200]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a mammo checkpoint (expected format {FORMAT})")
+    return payload
+
+
+def model_from_checkpoint(payload: dict[str, Any], source: str = "checkpoint") -> torch.nn.Module:
+    """Rebuild the network a checkpoint was trained with and load its weights."""
+    from mammo.models import build_model
+
+    config = ModelConfig.model_validate({**payload["model_config"], "weights": None})
+    model = build_model(config)
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise CheckpointError(f"{source}: weights do not fit {config.backbone} ({first[:200]})") from None
+    return model
+
+
+class CheckpointKeeper:
+    """Writes ``last.pt`` every epoch, ``best_<metric>.pt`` on improvement and keeps the
+    ``top_k`` best epochs by the primary metric as ``topk_epochNNN.pt``."""
+
+    def __init__(self, out_dir: Path, primary: str, top_k: int, listener: CheckpointListener | None = None) -> None:
+        self.out_dir = out_dir
+        self.primary = primary
+        self.top_k = top_k
+        self.listener = listener
+        self.best: dict[str, float] = {}
+        self.topk: list[tuple[float, int]] = []  # (primary value, epoch), best first
+
+    def _better(self, key: str, value: float, than: float) -> bool:
+        return value < than if metric_mode(key) == "min" else value > than
+
+    def _notify(self, path: Path, name: str | None) -> None:
+        if self.listener is not None:
+            self.listener(path, name)
+
+    def _copy(self, source: Path, name: str) -> None:
+        target = self.out_dir / name
+        atomic_write(target, lambda tmp: shutil.copyfile(source, tmp))
+        self._notify(target, name)
+
+    def update(
+        self, epoch: int, metrics: dict[str, Any], make_payload: Callable[[dict[str, Any]], dict[str, Any]]
+    ) -> list[str]:
+        """Save this epoch where it earns a place; return the file names written.
+
+        ``make_payload`` receives the keeper's state after this epoch, to store inside the
+        checkpoint, so a resumed run continues with the right bests and top-k."""
+        improved = self._record_bests(metrics)
+        entered, evicted = self._rank(epoch, metrics)
+        last = self.out_dir / LAST
+        save_checkpoint(make_payload(self.state_dict()), last)
+        self._notify(last, LAST)
+        written = [LAST]
+        names = improved + ([f"topk_epoch{epoch:03d}.pt"] if entered else [])
+        for name in names:
+            self._copy(last, name)
+            written.append(name)
+        for old in evicted:
+            path = self.out_dir / f"topk_epoch{old:03d}.pt"
+            path.unlink(missing_ok=True)
+            self._notify(path, None)
+        return written
+
+    def _record_bests(self, metrics: dict[str, Any]) -> list[str]:
+        improved = []
+        for name, key in BEST_CHECKPOINTS.items():
+            value = lookup_metric(metrics, key)
+            if value is None:
+                continue
+            if key not in self.best or self._better(key, value, self.best[key]):
+                self.best[key] = value
+                improved.append(name)
+        return improved
+
+    def _rank(self, epoch: int, metrics: dict[str, Any]) -> tuple[bool, list[int]]:
+        """Insert this epoch into the top-k; return (entered, evicted epochs)."""
+        value = lookup_metric(metrics, self.primary)
+        if self.top_k == 0 or value is None:
+            return False, []
+        sign = -1.0 if metric_mode(self.primary) == "max" else 1.0
+        ranked = sorted([*self.topk, (value, epoch)], key=lambda item: (sign * item[0], item[1]))
+        self.topk = ranked[: self.top_k]
+        return (value, epoch) in self.topk, [e for _, e in ranked[self.top_k :] if e != epoch]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": dict(self.best), "topk": [[v, e] for v, e in self.topk]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best = {k: float(v) for k, v in state["best"].items()}
+        self.topk = [(float(v), int(e)) for v, e in state["topk"]]

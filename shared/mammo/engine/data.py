@@ -1,0 +1,118 @@
+"""Join a stored split with the dataset on disk and build the loaders a run needs."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+from mammo.config import RunConfig
+from mammo.data.dataset import MammoImages, balanced_sampler, make_loader
+from mammo.data.layout import open_dataset
+from mammo.data.table import breast_ids, table_path
+from mammo.errors import ConfigError, DataError
+from mammo.split import SPLIT_CSV, read_split
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SplitData:
+    """The dataset rows a split refers to, with their split name and image path."""
+
+    frame: pd.DataFrame  # patient_id, image_id, laterality, cancer, split, breast_id, path
+    summary: dict[str, Any]
+    fingerprint: str  # sha256 of split.csv: identifies the exact assignment a model saw
+
+    def rows(self, name: str) -> pd.DataFrame:
+        return self.frame[self.frame["split"] == name].reset_index(drop=True)
+
+    def warmup_rows(self) -> pd.DataFrame:
+        keep = set(self.summary["warmup"]["breasts"])
+        train = self.rows("train")
+        return train[train["breast_id"].isin(keep)].reset_index(drop=True)
+
+
+def require(value: Any, flag: str) -> Any:
+    if value in (None, "", []):
+        raise ConfigError(f"{flag} is required")
+    return value
+
+
+def load_split_data(config: RunConfig) -> SplitData:
+    """Read the split and the dataset; every image of the split must exist in the dataset."""
+    root = require(config.data.root, "--data (data.root)")
+    split_dir = require(config.split, "--split (split)")
+    table, paths = open_dataset(root, config.data.images)
+    assignments, summary = read_split(split_dir)
+    table = table.assign(path=paths)
+    merged = assignments[["image_id", "split", "cancer"]].merge(
+        table[["patient_id", "image_id", "laterality", "cancer", "path"]],
+        on="image_id",
+        how="left",
+        suffixes=("_split", ""),
+    )
+    absent = merged["path"].isna()
+    if absent.any():
+        example = merged.loc[absent, "image_id"].iloc[0]
+        raise DataError(
+            f"{split_dir}: {int(absent.sum())} image(s) of the split are not in "
+            f"{table_path(root)} (e.g. image_id {example}); rebuild the split for this dataset"
+        )
+    changed = merged["cancer_split"].astype(int) != merged["cancer"].astype(int)
+    if changed.any():
+        example = merged.loc[changed, "image_id"].iloc[0]
+        raise DataError(
+            f"{split_dir}: cancer label of image_id {example} differs from {table_path(root)}; "
+            "rebuild the split for this dataset"
+        )
+    frame = merged.drop(columns="cancer_split")
+    frame["cancer"] = frame["cancer"].astype(int)
+    frame["breast_id"] = breast_ids(frame)
+    unused = len(table) - len(frame)
+    if unused:
+        log.info("%d dataset image(s) are not in the split and are not used", unused)
+    digest = hashlib.sha256((Path(split_dir) / SPLIT_CSV).read_bytes()).hexdigest()
+    return SplitData(frame=frame, summary=summary, fingerprint=digest)
+
+
+def image_loader(
+    rows: pd.DataFrame,
+    config: RunConfig,
+    device: torch.device,
+    *,
+    train: bool,
+    seed: int,
+    balanced: bool = False,
+) -> DataLoader:
+    """Loader over ``rows``: shuffled (or class-balanced) for training, in order otherwise."""
+    dataset = MammoImages(
+        rows["path"].tolist(),
+        rows["cancer"].tolist(),
+        config.data.image_size,
+        bad_images=config.data.bad_images,
+    )
+    sampler = balanced_sampler(rows["cancer"].tolist(), seed) if train and balanced else None
+    return make_loader(
+        dataset,
+        batch_size=config.data.batch_size,
+        workers=config.data.workers,
+        shuffle=train and sampler is None,
+        sampler=sampler,
+        drop_last=False,
+        device=device,
+        seed=seed,
+    )
+
+
+def reseed_loader(loader: DataLoader, seed: int) -> None:
+    """Make this epoch's shuffling a function of ``seed`` only (resume reproduces the run)."""
+    for source in (loader.generator, getattr(loader.sampler, "generator", None)):
+        if isinstance(source, torch.Generator):
+            source.manual_seed(seed)

@@ -1,0 +1,255 @@
+"""The epoch loop shared by both training stages.
+
+``Trainer.run`` reads top to bottom: set up data, model, loss and optimiser; optionally resume
+from ``last.pt``; then per epoch train, validate, step the schedule, check early stopping and
+save checkpoints. Stages (baseline, gradual unfreezing) subclass it and fill in the model,
+optimiser, schedule and which rows an epoch trains on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+from mammo.config import TrainConfig, dump_config, lookup_metric, metric_mode
+from mammo.data.augment import BatchTransform
+from mammo.engine.checkpoint import (
+    FORMAT,
+    LAST,
+    CheckpointKeeper,
+    CheckpointListener,
+    atomic_write,
+    library_versions,
+    load_checkpoint,
+)
+from mammo.engine.data import SplitData, image_loader, load_split_data, require, reseed_loader
+from mammo.engine.early_stopping import EarlyStopping
+from mammo.engine.loop import Predictions, predict, train_one_epoch
+from mammo.engine.runtime import Precision, epoch_seed, resolve_device, seed_everything
+from mammo.errors import CheckpointError, DataError
+from mammo.losses import build_loss
+from mammo.metrics import evaluate_predictions, to_jsonable
+
+log = logging.getLogger(__name__)
+
+EpochListener = Callable[[dict[str, Any]], None]
+
+
+def validation_metrics(rows: pd.DataFrame, preds: Predictions, how: str) -> dict[str, Any]:
+    """Image- and breast-level metrics at threshold 0.5 for the rows that were predicted."""
+    frame = rows.iloc[preds.index][["patient_id", "laterality"]].assign(
+        label=rows["cancer"].to_numpy()[preds.index], prob=preds.probs
+    )
+    return to_jsonable(evaluate_predictions(frame, how=how, loss=preds.loss))
+
+
+def write_json(path: Path, payload: Any) -> None:
+    text = json.dumps(to_jsonable(payload), indent=2, sort_keys=True) + "\n"
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+class Trainer:
+    stage = "train"
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        on_checkpoint: CheckpointListener | None = None,
+        on_epoch: EpochListener | None = None,
+    ) -> None:
+        self.config = config
+        self.out_dir = Path(require(config.out, "--out (out)"))
+        self.on_checkpoint = on_checkpoint
+        self.on_epoch = on_epoch
+
+    # --- what a stage provides ------------------------------------------------------------
+
+    def build_model(self) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def build_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
+        raise NotImplementedError
+
+    def train_rows(self, epoch: int) -> tuple[str, pd.DataFrame]:
+        """(phase name, rows) this epoch trains on."""
+        return "full", self.data.rows("train")
+
+    def after_validation(self, epoch: int, metrics: dict[str, Any]) -> None:
+        """Step the learning-rate schedule (and, for unfreezing, the block schedule)."""
+
+    def after_train_mode(self, model: torch.nn.Module) -> None:
+        """Adjust modules after ``model.train()`` (e.g. keep frozen BatchNorm in eval)."""
+
+    def schedule_state(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def load_schedule_state(self, state: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    # --- the loop --------------------------------------------------------------------------
+
+    def run(self, resume: bool = False) -> dict[str, Any]:
+        config = self.config
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        seed_everything(config.seed, config.deterministic)
+        self.device = device = resolve_device(config.device)
+        self.precision = Precision(device, config.amp, config.amp_dtype)
+        self.data = load_split_data(config)
+        val_rows = self.data.rows("val")
+        train_rows = self.data.rows("train")
+        if train_rows.empty or val_rows.empty:
+            raise DataError(f"{config.split}: the split needs training and validation images")
+        prevalence = float(train_rows["cancer"].mean())
+        self.loss_fn = build_loss(config.loss, prevalence).to(device)
+        log.info(
+            "%s on %s: %d train / %d val images, training prevalence %.4f",
+            self.stage, device, len(train_rows), len(val_rows), prevalence,
+        )
+        self.model = self.build_model().to(device, memory_format=torch.channels_last)
+        self.optimizer = self.build_optimizer(self.model)
+        atomic_write(self.out_dir / "config.yaml", lambda tmp: tmp.write_text(dump_config(config)))
+        transform = BatchTransform(config.augment, config.model.in_channels).to(device)
+        val_transform = BatchTransform(None, config.model.in_channels).to(device)
+        val_loader = image_loader(val_rows, config, device, train=False, seed=config.seed)
+        keeper = CheckpointKeeper(self.out_dir, config.checkpoint.primary, config.checkpoint.top_k, self.on_checkpoint)
+        es = config.early_stopping
+        stopper = EarlyStopping(metric_mode(es.metric), es.patience, es.min_delta, es.start_epoch)
+        history: list[dict[str, Any]] = []
+        first_epoch = 1
+        if resume:
+            state = self._resume()
+            if state is not None:
+                keeper.load_state_dict(state["trainer"]["keeper"])
+                stopper.load_state_dict(state["trainer"]["early_stopping"])
+                history = list(state["history"])
+                first_epoch = int(state["epoch"]) + 1
+                if state["stopped_early"] or state["epoch"] >= config.epochs:
+                    log.info("%s: run in %s already finished at epoch %d", self.stage, self.out_dir, state["epoch"])
+                    return self._summary(history, keeper, stopped=bool(state["stopped_early"]))
+
+        loaders: dict[str, DataLoader] = {}
+        stopped = False
+        for epoch in range(first_epoch, config.epochs + 1):
+            seed = epoch_seed(config.seed, epoch)
+            torch.manual_seed(seed)
+            phase, rows = self.train_rows(epoch)
+            if phase not in loaders:
+                loaders[phase] = image_loader(
+                    rows, config, device, train=True, seed=seed, balanced=config.data.balanced_sampler
+                )
+            reseed_loader(loaders[phase], seed)
+            stats = train_one_epoch(
+                self.model, loaders[phase], transform, self.loss_fn, self.optimizer, self.precision,
+                device, desc=f"epoch {epoch} {phase}", after_train_mode=self.after_train_mode,
+            )
+            preds = predict(
+                self.model, val_loader, val_transform, self.precision, device,
+                desc=f"epoch {epoch} val", loss_fn=self.loss_fn,
+            )
+            metrics = validation_metrics(val_rows, preds, config.data.breast_aggregation)
+            lr = self.optimizer.param_groups[0]["lr"]
+            self.after_validation(epoch, metrics)
+            stopped = es.enabled and stopper.step(epoch, lookup_metric(metrics, es.metric))
+            record = {
+                "epoch": epoch,
+                "phase": phase,
+                "train_loss": stats.loss,
+                "train_images": stats.images,
+                "skipped_images": stats.skipped + preds.skipped,
+                "epoch_seconds": stats.seconds,
+                "images_per_second": stats.images_per_second,
+                "lr": lr,
+                "val": metrics,
+            }
+            history.append(to_jsonable(record))
+
+            def payload(keeper_state: dict[str, Any]) -> dict[str, Any]:
+                return self._payload(epoch, metrics, history, keeper_state, stopper, stopped)
+
+            keeper.update(epoch, metrics, payload)
+            write_json(self.out_dir / "history.json", history)
+            log.info(
+                "%s epoch %d/%d [%s] train_loss=%.4f val_loss=%s auc=%s pr_auc=%s breast_pf1=%s lr=%.2e %.0f img/s",
+                self.stage, epoch, config.epochs, phase, stats.loss,
+                _fmt(lookup_metric(metrics, "image.loss")), _fmt(lookup_metric(metrics, "image.auc")),
+                _fmt(lookup_metric(metrics, "image.pr_auc")), _fmt(lookup_metric(metrics, "breast.pf1")),
+                lr, stats.images_per_second,
+            )
+            if self.on_epoch is not None:
+                self.on_epoch(record)
+            if stopped:
+                log.info("%s: early stopping at epoch %d (%s did not improve)", self.stage, epoch, es.metric)
+                break
+        return self._summary(history, keeper, stopped)
+
+    # --- checkpoints -----------------------------------------------------------------------
+
+    def _payload(
+        self,
+        epoch: int,
+        metrics: dict[str, Any],
+        history: list[dict[str, Any]],
+        keeper_state: dict[str, Any],
+        stopper: EarlyStopping,
+        stopped: bool,
+    ) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "stage": self.stage,
+            "epoch": epoch,
+            "stopped_early": stopped,
+            "model": self.model.state_dict(),
+            "model_config": self.config.model.model_dump(mode="json"),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule_state(),
+            "scaler": self.precision.scaler.state_dict(),
+            "trainer": {"keeper": keeper_state, "early_stopping": stopper.state_dict()},
+            "config": self.config.model_dump(mode="json"),
+            "metrics": metrics,
+            "history": list(history),
+            "split_fingerprint": self.data.fingerprint,
+            "image_size": self.config.data.image_size,
+            "versions": library_versions(),
+        }
+
+    def _resume(self) -> dict[str, Any] | None:
+        path = self.out_dir / LAST
+        if not path.exists():
+            log.info("%s: nothing to resume in %s, starting from epoch 1", self.stage, self.out_dir)
+            return None
+        state = load_checkpoint(path)
+        if state["stage"] != self.stage:
+            raise CheckpointError(f"{path}: written by stage {state['stage']!r}, cannot resume {self.stage!r}")
+        if state["split_fingerprint"] != self.data.fingerprint:
+            raise CheckpointError(f"{path}: trained on a different split; use a new --out to start over")
+        self.model.load_state_dict(state["model"])
+        self.load_schedule_state(state["schedule"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.precision.scaler.load_state_dict(state["scaler"])
+        log.info("%s: resuming %s after epoch %d", self.stage, self.out_dir, state["epoch"])
+        return state
+
+    def _summary(self, history: list[dict[str, Any]], keeper: CheckpointKeeper, stopped: bool) -> dict[str, Any]:
+        summary = {
+            "stage": self.stage,
+            "out": str(self.out_dir),
+            "epochs_run": len(history),
+            "stopped_early": stopped,
+            "best": keeper.best,
+            "checkpoints": sorted(p.name for p in self.out_dir.glob("*.pt")),
+            "last_val": history[-1]["val"] if history else None,
+        }
+        write_json(self.out_dir / "summary.json", summary)
+        return to_jsonable(summary)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
