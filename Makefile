@@ -18,12 +18,15 @@ S3RVER_STAMP := .cache/s3rver/.installed-$(S3RVER_VERSION)
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-$(STAMP): requirements/lock.txt requirements/test.txt shared/pyproject.toml
+# The three packages of this repository: training code, KFP components, pipelines.
+PACKAGES := $(wildcard shared/pyproject.toml components/pyproject.toml pipelines/pyproject.toml)
+
+$(STAMP): requirements/lock.txt requirements/test.txt $(PACKAGES)
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	# Exact pins; torch/torchvision come from PyPI (see README: the PyTorch pin).
 	$(VENV)/bin/pip install --quiet -r requirements/lock.txt -r requirements/test.txt
-	$(VENV)/bin/pip install --quiet --no-deps -e shared
+	$(VENV)/bin/pip install --quiet --no-deps $(foreach p,$(PACKAGES),-e $(dir $(p)))
 	$(PY) -c "import torch, torchvision, torchvision.ops; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
 	touch $@
 

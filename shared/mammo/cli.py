@@ -161,6 +161,25 @@ def _cmd_run(args: argparse.Namespace) -> None:
     )
 
 
+def _delegate(module: str, package_dir: str) -> Handler:
+    """Subcommand families that live in their own packages (components, pipelines), so that
+    the training package does not depend on them: ``mammo component ...`` runs
+    ``mammo_components.cli.main(argv)``."""
+
+    def handler(args: argparse.Namespace) -> None:
+        try:
+            target = __import__(module, fromlist=["main"])
+        except ModuleNotFoundError as exc:
+            if exc.name and module.startswith(exc.name):
+                raise MammoError(f"{module} is not installed (pip install -e {package_dir})") from None
+            raise
+        code = target.main(args.rest)
+        if code:
+            raise SystemExit(code)
+
+    return handler
+
+
 # --- parser ---------------------------------------------------------------------------------
 
 
@@ -270,6 +289,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="demo: tiny CPU-friendly settings; full: the research defaults.")
     _add_config_args(run)
     run.set_defaults(handler=_cmd_run)
+
+    for name, module, package_dir, text in (
+        ("component", "mammo_components.cli", "components", "Run one pipeline component from the command line."),
+        ("pipeline", "mammo_pipelines.cli", "pipelines", "Compile, submit and schedule the Kubeflow pipeline."),
+    ):
+        family = sub.add_parser(name, help=text, add_help=False, prefix_chars="\0")
+        family.add_argument("rest", nargs=argparse.REMAINDER)
+        family.set_defaults(handler=_delegate(module, package_dir))
     return parser
 
 
