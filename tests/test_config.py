@@ -1,0 +1,122 @@
+"""Typed configuration: defaults, YAML, --set overrides and one-line errors naming the field."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from mammo.config import (
+    PipelineParams,
+    TrainConfig,
+    UnfreezeConfig,
+    dump_config,
+    load_config,
+    lookup_metric,
+    metric_mode,
+    stage_configs,
+)
+from mammo.errors import ConfigError
+
+
+def test_defaults_are_the_research_defaults():
+    train = TrainConfig()
+    assert (train.optimizer.lr, train.optimizer.weight_decay) == (1e-3, 5e-4)
+    assert (train.scheduler.factor, train.scheduler.patience, train.scheduler.cooldown) == (0.5, 3, 1)
+    assert (train.early_stopping.patience, train.early_stopping.min_delta, train.early_stopping.start_epoch) == (5, 0.01, 5)
+    assert train.epochs == 50 and train.model.backbone == "resnet50" and train.data.image_size == 512
+    unfreeze = UnfreezeConfig()
+    assert (unfreeze.optimizer.lr, unfreeze.optimizer.weight_decay, unfreeze.cosine_t_max) == (3e-4, 1e-4, 50)
+    assert [s.block for s in unfreeze.unfreeze.steps] == ["layer4", "layer3", "layer2", "layer1", "conv1"]
+    assert [(s.block_lr, s.head_lr) for s in unfreeze.unfreeze.steps][1] == (1e-5, 3e-5)
+    assert (unfreeze.unfreeze.start_epoch, unfreeze.unfreeze.drop, unfreeze.unfreeze.cooldown) == (15, 0.0025, 12)
+    assert (unfreeze.scheduler.factor, unfreeze.scheduler.patience) == (0.3, 6)
+    assert (unfreeze.early_stopping.patience, unfreeze.early_stopping.min_delta, unfreeze.early_stopping.start_epoch) == (10, 0.002, 25)
+
+
+def test_yaml_then_set_then_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"epochs": 7, "loss": {"name": "focal"}, "data": {"batch_size": 8}}))
+    config = load_config(
+        TrainConfig,
+        path,
+        sets=["loss.focal_gamma=3", "data.batch_size=16", "augment.enabled=false"],
+        overrides={"data.batch_size": 64, "model.backbone": None},
+    )
+    assert config.epochs == 7
+    assert config.loss.name == "focal" and config.loss.focal_gamma == 3.0
+    assert config.data.batch_size == 64  # explicit flag beats --set beats YAML
+    assert config.augment.enabled is False
+    assert config.model.backbone == "resnet50"  # None means "flag not given"
+
+
+def test_resolved_config_round_trips(tmp_path):
+    config = load_config(TrainConfig, sets=["epochs=3", "model.backbone=resnet18"])
+    path = tmp_path / "resolved.yaml"
+    path.write_text(dump_config(config))
+    assert load_config(TrainConfig, path) == config
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (["data.image_size=0"], "data.image_size: Input should be greater than or equal to 16"),
+        (["model.backbone=vgg16"], "model.backbone: Input should be 'resnet18'"),
+        (["loss.nmae=focal"], "loss.nmae: Extra inputs are not permitted"),
+        (["epochs=3", "warmup_epochs=3"], "warmup_epochs must be smaller than epochs"),
+        (["epochs"], "expected key=value"),
+        (["epochs=5", "epochs.x=1"], "'epochs' is a value, not a section"),
+    ],
+)
+def test_bad_values_give_one_line_naming_the_field(sets, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(TrainConfig, sets=sets)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_bad_config_files(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(TrainConfig, tmp_path / "absent.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(TrainConfig, bad)
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping at the top level"):
+        load_config(TrainConfig, listing)
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("optimiser:\n  lr: 0.1\n")
+    with pytest.raises(ConfigError, match=rf"{typo.name}: optimiser: Extra inputs"):
+        load_config(TrainConfig, typo)
+
+
+def test_metric_helpers():
+    metrics = {"image": {"auc": 0.8, "loss": 0.3, "pf1": float("nan")}, "breast": {"pf1": None}}
+    assert lookup_metric(metrics, "image.auc") == 0.8
+    assert lookup_metric(metrics, "image.pf1") is None
+    assert lookup_metric(metrics, "breast.pf1") is None
+    assert lookup_metric(metrics, "breast.auc") is None
+    assert metric_mode("image.loss") == "min" and metric_mode("breast.auc") == "max"
+
+
+def test_stage_configs_map_the_flat_pipeline_parameters():
+    params = PipelineParams(
+        data="/d", image_size=64, backbone="resnet18", baseline_epochs=4, warmup_epochs=1,
+        unfreeze_epochs=3, loss="focal", baseline_set=["scheduler.patience=1"],
+        unfreeze_set=["unfreeze.start_epoch=1"],
+    )
+    runs = {"baseline": "/r/b", "unfreeze": "/r/u", "evaluate": "/r/e"}
+    baseline, unfreeze, evaluation = stage_configs(params, split="/s", runs=runs)
+    assert (baseline.epochs, baseline.warmup_epochs, baseline.loss.name, baseline.scheduler.patience) == (4, 1, "focal", 1)
+    assert (unfreeze.epochs, unfreeze.unfreeze.start_epoch, unfreeze.out) == (3, 1, "/r/u")
+    for config in (baseline, unfreeze, evaluation):
+        assert (config.data.root, config.split, config.data.image_size, config.model.backbone) == ("/d", "/s", 64, "resnet18")
+
+
+def test_config_module_does_not_import_torch():
+    code = "import sys, mammo.config, mammo.cli; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
