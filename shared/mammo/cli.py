@@ -149,6 +149,18 @@ def _cmd_bench_data(args: argparse.Namespace) -> None:
     print(json.dumps(result, sort_keys=False))
 
 
+def _cmd_config_show(args: argparse.Namespace) -> None:
+    from mammo import config as cfg
+
+    model = {
+        "train": cfg.TrainConfig,
+        "unfreeze": cfg.UnfreezeConfig,
+        "evaluate": cfg.EvalConfig,
+        "pipeline": cfg.PipelineParams,
+    }[args.stage]
+    print(cfg.dump_config(cfg.load_config(model, args.config, args.sets)), end="")
+
+
 def _cmd_run(args: argparse.Namespace) -> None:
     from mammo.local_run import run_local
 
@@ -261,6 +273,17 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--threshold-metric", choices=["pf1", "f1"],
                           help="Breast-level metric maximised on val (default pf1).")
     evaluate.set_defaults(handler=_cmd_evaluate)
+
+    config = sub.add_parser("config", help="Show configuration defaults and resolved configs.")
+    config_sub = config.add_subparsers(dest="config_command", metavar="SUBCOMMAND", required=True)
+    show = config_sub.add_parser(
+        "show",
+        help="Print a stage's resolved configuration as YAML (defaults < --config < --set).",
+        description="The output is a valid --config file: save it, edit it, pass it back.",
+    )
+    show.add_argument("stage", choices=["train", "unfreeze", "evaluate", "pipeline"])
+    _add_config_args(show)
+    show.set_defaults(handler=_cmd_config_show)
 
     bench = sub.add_parser("bench", help="Benchmarks that print figures.")
     bench_sub = bench.add_subparsers(dest="bench_command", metavar="SUBCOMMAND", required=True)
