@@ -7,6 +7,8 @@ ports of 127.0.0.1 and stopped at the end.
   ``MINIO_*`` set so that ``mammo.storage`` reaches it, and a short retry budget.
 - ``s3_proxy``: ``s3_env`` reached through a ``FaultProxy`` (faults on demand, request log).
 - ``pushgateway``: a Pushgateway with ``MAMMO_PUSHGATEWAY_URL`` pointing at it.
+
+Data: ``tiny_dataset``, a small synthetic dataset written once per session.
 """
 
 from __future__ import annotations
@@ -28,6 +30,19 @@ from servers import (
 )
 
 TEST_RETRY_SECONDS = "2"
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic RSNA-layout dataset (40 patients, 32 px, nested layout), written once.
+
+    Read-only for tests: copy it first to change anything.
+    """
+    from mammo.data.synth import write_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("tiny") / "data"
+    write_synthetic_dataset(root, patients=40, image_size=32, prevalence=0.3, seed=0)
+    return root
 
 
 @pytest.fixture(scope="session")

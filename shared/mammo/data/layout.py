@@ -1,0 +1,106 @@
+"""Find the PNG of every table row, whichever of the common RSNA export layouts is on disk.
+
+Exports of the RSNA data come as ``{patient_id}/{image_id}.png`` (nested), flat
+``{image_id}.png`` or flat ``{patient_id}_{image_id}.png``, either in the dataset directory
+itself or in a subdirectory such as ``train_images_processed_512/``. The layout and directory
+are detected from the first few rows only (a glob over 54k files would be slow); every row's
+file is then checked so that a missing image stops the run before any training starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import pandas as pd
+
+from mammo.data.table import read_table, table_path
+from mammo.errors import DataError
+
+log = logging.getLogger(__name__)
+
+#: Path of one image relative to the image directory, from (patient_id, image_id).
+Layout = Callable[[str, str], str]
+
+LAYOUTS: dict[str, Layout] = {
+    "nested": lambda patient, image: os.path.join(patient, f"{image}.png"),
+    "flat": lambda patient, image: f"{image}.png",
+    "flat_patient": lambda patient, image: f"{patient}_{image}.png",
+}
+#: Rows probed to detect the layout; a few misses among them are tolerated.
+PROBE_ROWS = 8
+
+
+def _dataset_dir(root: str | Path) -> Path:
+    """The directory holding ``train.csv`` (``root`` may name the CSV file itself)."""
+    return table_path(root).parent
+
+
+def _candidate_dirs(base: Path) -> Iterator[Path]:
+    """The dataset directory first, then its subdirectories, those named like images first."""
+    yield base
+    names = sorted(e.name for e in os.scandir(base) if e.is_dir() and not e.name.startswith("."))
+    names.sort(key=lambda name: "image" not in name.lower())
+    yield from (base / name for name in names)
+
+
+def _hits(directory: Path, layout: Layout, probe: list[tuple[str, str]]) -> int:
+    return sum(os.path.isfile(os.path.join(directory, layout(p, i))) for p, i in probe)
+
+
+def _detect(dirs: Iterable[Path], probe: list[tuple[str, str]]) -> tuple[Path, str] | None:
+    """First (directory, layout name) finding every probed file, else the one finding most."""
+    best: tuple[int, Path, str] | None = None
+    for directory in dirs:
+        for name, layout in LAYOUTS.items():
+            hits = _hits(directory, layout, probe)
+            if hits == len(probe):
+                return directory, name
+            if hits and (best is None or hits > best[0]):
+                best = (hits, directory, name)
+    return None if best is None else (best[1], best[2])
+
+
+def resolve_image_paths(
+    root: str | Path, table: pd.DataFrame, images: str | Path | None = None
+) -> list[str]:
+    """One PNG path per table row, in table order; ``DataError`` if any file is missing."""
+    source = table_path(root)
+    ids = list(zip(table["patient_id"].astype(str), table["image_id"].astype(str), strict=True))
+    probe = ids[:PROBE_ROWS]
+    if images is not None:
+        image_dir = Path(images)
+        if not image_dir.is_dir():
+            raise DataError(f"{image_dir}: image directory not found")
+        directory, layout = _detect([image_dir], probe) or (image_dir, "nested")
+    else:
+        base = _dataset_dir(root)
+        if not base.is_dir():
+            raise DataError(f"{base}: dataset directory not found")
+        found = _detect(_candidate_dirs(base), probe)
+        if found is None:
+            patient, image = probe[0]
+            raise DataError(
+                f"{source}: no images found for the first rows in {base} or its subdirectories "
+                f"(looked for {patient}/{image}.png, {image}.png and {patient}_{image}.png); "
+                "pass the image directory explicitly"
+            )
+        directory, layout = found
+    log.info("images: %s (%s layout)", directory, layout)
+    paths = [os.path.join(directory, LAYOUTS[layout](p, i)) for p, i in ids]
+    missing = [n for n, path in enumerate(paths) if not os.path.isfile(path)]
+    if missing:
+        first = missing[0]
+        raise DataError(
+            f"{source}: row {first + 2}: image_id {ids[first][1]}: image not found at "
+            f"{paths[first]} ({len(missing)} of {len(paths)} images missing)"
+        )
+    return paths
+
+
+def open_dataset(root: str | Path, images: str | Path | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """Read and validate ``train.csv``, then resolve every row's image path."""
+    table = read_table(root)
+    return table, resolve_image_paths(root, table, images)

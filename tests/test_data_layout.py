@@ -1,0 +1,97 @@
+"""Image layout detection: nested, flat and patient-prefixed flat files, found or given."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from mammo.data.layout import open_dataset, resolve_image_paths
+from mammo.data.table import read_table
+from mammo.errors import DataError
+
+
+def _copy_as(src: Path, dst_root: Path, image_dir: str, layout: str) -> tuple[Path, Path]:
+    """Copy the tiny dataset to ``dst_root`` with its images in ``image_dir`` and ``layout``."""
+    dst_root.mkdir(parents=True, exist_ok=True)
+    shutil.copy(src / "train.csv", dst_root / "train.csv")
+    table = read_table(src)
+    images = dst_root / image_dir
+    for patient, image in zip(table["patient_id"], table["image_id"], strict=True):
+        name = {
+            "nested": Path(patient) / f"{image}.png",
+            "flat": Path(f"{image}.png"),
+            "flat_patient": Path(f"{patient}_{image}.png"),
+        }[layout]
+        (images / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src / "train_images" / patient / f"{image}.png", images / name)
+    return dst_root, images
+
+
+def _expected(images: Path, table: pd.DataFrame, layout: str) -> list[str]:
+    out = []
+    for patient, image in zip(table["patient_id"], table["image_id"], strict=True):
+        name = {"nested": f"{patient}/{image}.png", "flat": f"{image}.png", "flat_patient": f"{patient}_{image}.png"}
+        out.append(str(images / name[layout]))
+    return out
+
+
+@pytest.mark.parametrize("layout", ["nested", "flat", "flat_patient"])
+@pytest.mark.parametrize("image_dir", [".", "train_images_processed_512"])
+def test_layouts_are_detected_in_the_dataset_dir_or_a_subdirectory(
+    tiny_dataset: Path, tmp_path: Path, layout: str, image_dir: str
+) -> None:
+    root, images = _copy_as(tiny_dataset, tmp_path / "ds", image_dir, layout)
+    (root / "notes").mkdir()  # an unrelated subdirectory must not confuse detection
+    table, paths = open_dataset(root)
+    assert [Path(p) for p in paths] == [Path(p) for p in _expected(images, table, layout)]
+
+
+def test_dataset_root_may_name_the_csv_file(tiny_dataset: Path) -> None:
+    table, paths = open_dataset(tiny_dataset / "train.csv")
+    assert len(paths) == len(table)
+    assert Path(paths[0]) == tiny_dataset / "train_images" / table["patient_id"][0] / f"{table['image_id'][0]}.png"
+
+
+def test_explicit_image_directory_elsewhere(tiny_dataset: Path, tmp_path: Path) -> None:
+    _, images = _copy_as(tiny_dataset, tmp_path / "elsewhere", "pngs", "flat_patient")
+    table = read_table(tiny_dataset)
+    paths = resolve_image_paths(tiny_dataset, table, images=images)
+    assert paths == _expected(images, table, "flat_patient")
+
+
+def test_explicit_image_directory_must_exist(tiny_dataset: Path, tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="image directory not found"):
+        open_dataset(tiny_dataset, images=tmp_path / "nope")
+
+
+def test_missing_image_names_row_id_path_and_count(tiny_dataset: Path, tmp_path: Path) -> None:
+    root, images = _copy_as(tiny_dataset, tmp_path / "ds", "train_images", "nested")
+    table = read_table(root)
+    for row in (11, 17):
+        (images / table["patient_id"][row] / f"{table['image_id'][row]}.png").unlink()
+    with pytest.raises(DataError) as err:
+        open_dataset(root)
+    message = str(err.value)
+    assert "\n" not in message
+    assert f"row {11 + 2}" in message
+    assert table["image_id"][11] in message
+    assert str(images / table["patient_id"][11] / f"{table['image_id'][11]}.png") in message
+    assert f"2 of {len(table)} images missing" in message
+
+
+def test_missing_first_images_still_detects_the_layout(tiny_dataset: Path, tmp_path: Path) -> None:
+    root, images = _copy_as(tiny_dataset, tmp_path / "ds", "train_images", "flat")
+    table = read_table(root)
+    (images / f"{table['image_id'][0]}.png").unlink()
+    with pytest.raises(DataError, match=rf"row 2: image_id {table['image_id'][0]}: .*{images}"):
+        open_dataset(root)
+
+
+def test_no_images_anywhere(tiny_dataset: Path, tmp_path: Path) -> None:
+    (tmp_path / "ds").mkdir()
+    shutil.copy(tiny_dataset / "train.csv", tmp_path / "ds" / "train.csv")
+    with pytest.raises(DataError, match="no images found for the first rows"):
+        open_dataset(tmp_path / "ds")
