@@ -12,7 +12,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from mammo.config import EvalConfig, lookup_metric, metric_mode
@@ -22,7 +21,14 @@ from mammo.engine.data import SplitData, image_loader, load_split_data, require
 from mammo.engine.loop import predict
 from mammo.engine.runtime import Precision, resolve_device, seed_everything
 from mammo.engine.trainer import write_json
-from mammo.metrics import aggregate_breasts, best_f1, best_pf1_threshold, evaluate_predictions, to_jsonable
+from mammo.metrics import (
+    aggregate_breasts,
+    best_f1,
+    best_pf1_threshold,
+    evaluate_predictions,
+    format_metric,
+    to_jsonable,
+)
 from mammo.report import write_plots, write_report
 
 log = logging.getLogger(__name__)
@@ -148,7 +154,7 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
     plots = write_plots(out, best_images, best_breasts)
     write_json(out / "metrics.json", metrics)
     write_report(out / "report.html", metrics, data.summary, plots)
-    log.info("best candidate: %s (%s %s)", best["name"], config.rank_metric, _fmt(lookup_metric(best["val"], config.rank_metric)))
+    log.info("best candidate: %s (%s %s)", best["name"], config.rank_metric, format_metric(lookup_metric(best["val"], config.rank_metric)))
     return {
         "out": str(out),
         "best": best["name"],
@@ -176,7 +182,3 @@ def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def _write_csv(path: Path, frame: pd.DataFrame) -> None:
     atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False, float_format="%.6f"))
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None or np.isnan(value) else f"{value:.4f}"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import math
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
 from mammo import __version__  # noqa: E402
 from mammo.engine.checkpoint import atomic_write, library_versions  # noqa: E402
+from mammo.metrics import format_metric  # noqa: E402
 
 SPLIT_COLOURS = {"val": "tab:blue", "test": "tab:orange"}
 
@@ -70,18 +70,10 @@ def write_plots(out: Path, images: pd.DataFrame, breasts: pd.DataFrame) -> dict[
     return paths
 
 
-def _fmt(value: Any, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
 def write_report(path: Path, metrics: dict[str, Any], split_summary: dict[str, Any], plots: dict[str, Path]) -> None:
     """A single HTML file (plots inlined) for an engineer reviewing a model with clinicians."""
     env = Environment(loader=PackageLoader("mammo", "templates"), autoescape=select_autoescape(["html"]))
-    env.filters["num"] = _fmt
+    env.filters["num"] = lambda value, digits=3: format_metric(value, digits)
     images = {name: base64.b64encode(p.read_bytes()).decode("ascii") for name, p in plots.items()}
     html = env.get_template("report.html").render(
         metrics=metrics,

@@ -11,9 +11,9 @@ from typing import Any
 import pandas as pd
 import torch
 
-from mammo.config import TrainConfig, lookup_metric, metric_mode
+from mammo.config import TrainConfig, lookup_metric
 from mammo.engine.checkpoint import CheckpointListener
-from mammo.engine.trainer import EpochListener, Trainer
+from mammo.engine.trainer import EpochListener, Trainer, plateau_scheduler
 from mammo.models import build_model
 
 
@@ -26,16 +26,7 @@ class BaselineTrainer(Trainer):
     def build_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
         opt = self.config.optimizer
         optimizer = torch.optim.Adam(model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
-        sched = self.config.scheduler
-        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer,
-            mode=metric_mode(sched.metric),
-            factor=sched.factor,
-            patience=sched.patience,
-            threshold=sched.threshold,
-            cooldown=sched.cooldown,
-            min_lr=sched.min_lr,
-        )
+        self.scheduler = plateau_scheduler(optimizer, self.config.scheduler)
         return optimizer
 
     def train_rows(self, epoch: int) -> tuple[str, pd.DataFrame]:

@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from mammo.config import TrainConfig, dump_config, lookup_metric, metric_mode
+from mammo.config import PlateauConfig, TrainConfig, dump_config, lookup_metric, metric_mode
 from mammo.data.augment import BatchTransform
 from mammo.engine.checkpoint import (
     FORMAT,
@@ -36,7 +36,7 @@ from mammo.engine.loop import Predictions, predict, train_one_epoch
 from mammo.engine.runtime import Precision, epoch_seed, resolve_device, seed_everything
 from mammo.errors import CheckpointError, DataError
 from mammo.losses import build_loss
-from mammo.metrics import evaluate_predictions, to_jsonable
+from mammo.metrics import evaluate_predictions, format_metric, to_jsonable
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,19 @@ def validation_metrics(rows: pd.DataFrame, preds: Predictions, how: str) -> dict
         label=rows["cancer"].to_numpy()[preds.index], prob=preds.probs
     )
     return to_jsonable(evaluate_predictions(frame, how=how, loss=preds.loss))
+
+
+def plateau_scheduler(optimizer: torch.optim.Optimizer, config: PlateauConfig) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
+    """ReduceLROnPlateau on a validation metric, minimising losses and maximising the rest."""
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer,
+        mode=metric_mode(config.metric),
+        factor=config.factor,
+        patience=config.patience,
+        threshold=config.threshold,
+        cooldown=config.cooldown,
+        min_lr=config.min_lr,
+    )
 
 
 def write_json(path: Path, payload: Any) -> None:
@@ -179,8 +192,8 @@ class Trainer:
             log.info(
                 "%s epoch %d/%d [%s] train_loss=%.4f val_loss=%s auc=%s pr_auc=%s breast_pf1=%s lr=%.2e %.0f img/s",
                 self.stage, epoch, config.epochs, phase, stats.loss,
-                _fmt(lookup_metric(metrics, "image.loss")), _fmt(lookup_metric(metrics, "image.auc")),
-                _fmt(lookup_metric(metrics, "image.pr_auc")), _fmt(lookup_metric(metrics, "breast.pf1")),
+                format_metric(lookup_metric(metrics, "image.loss")), format_metric(lookup_metric(metrics, "image.auc")),
+                format_metric(lookup_metric(metrics, "image.pr_auc")), format_metric(lookup_metric(metrics, "breast.pf1")),
                 lr, stats.images_per_second,
             )
             if self.on_epoch is not None:
@@ -249,7 +262,3 @@ class Trainer:
         }
         write_json(self.out_dir / "summary.json", summary)
         return to_jsonable(summary)
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"

@@ -20,7 +20,7 @@ import torch
 from mammo.config import UnfreezeConfig, lookup_metric, metric_mode
 from mammo.engine.checkpoint import CheckpointListener, load_checkpoint, model_from_checkpoint
 from mammo.engine.data import require
-from mammo.engine.trainer import EpochListener, Trainer
+from mammo.engine.trainer import EpochListener, Trainer, plateau_scheduler
 from mammo.models import block_modules, head_parameters
 
 log = logging.getLogger(__name__)
@@ -74,16 +74,7 @@ class UnfreezeTrainer(Trainer):
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=self.config.cosine_t_max)
 
     def _start_plateau(self) -> None:
-        sched = self.config.scheduler
-        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            self.optimizer,
-            mode=metric_mode(sched.metric),
-            factor=sched.factor,
-            patience=sched.patience,
-            threshold=sched.threshold,
-            cooldown=sched.cooldown,
-            min_lr=sched.min_lr,
-        )
+        self.scheduler = plateau_scheduler(self.optimizer, self.config.scheduler)
         self.phase = "plateau"
 
     def _unfreeze_next(self) -> str:
