@@ -16,7 +16,7 @@ import pandas as pd
 
 from mammo.config import EvalConfig, lookup_metric, metric_mode
 from mammo.data.augment import BatchTransform
-from mammo.engine.checkpoint import atomic_write, load_checkpoint, model_from_checkpoint
+from mammo.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from mammo.engine.data import SplitData, image_loader, load_split_data, require
 from mammo.engine.loop import predict
 from mammo.engine.runtime import Precision, resolve_device, seed_everything
@@ -30,6 +30,7 @@ from mammo.metrics import (
     to_jsonable,
 )
 from mammo.report import write_plots, write_report
+from mammo.storage.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -181,4 +182,5 @@ def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write_csv(path: Path, frame: pd.DataFrame) -> None:
-    atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False, float_format="%.6f"))
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False, float_format="%.6f")

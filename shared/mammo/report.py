@@ -16,8 +16,9 @@ from sklearn.calibration import calibration_curve  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
 from mammo import __version__  # noqa: E402
-from mammo.engine.checkpoint import atomic_write, library_versions  # noqa: E402
+from mammo.engine.checkpoint import library_versions  # noqa: E402
 from mammo.metrics import format_metric  # noqa: E402
+from mammo.storage.atomic import atomic_path, write_text_atomic  # noqa: E402
 
 SPLIT_COLOURS = {"val": "tab:blue", "test": "tab:orange"}
 
@@ -32,7 +33,8 @@ def _curves(images: pd.DataFrame, breasts: pd.DataFrame):
 
 
 def _save(fig: plt.Figure, path: Path) -> None:
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -82,4 +84,4 @@ def write_report(path: Path, metrics: dict[str, Any], split_summary: dict[str, A
         version=__version__,
         versions=library_versions(),
     )
-    atomic_write(path, lambda tmp: tmp.write_text(html, encoding="utf-8"))
+    write_text_atomic(path, html)

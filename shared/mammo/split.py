@@ -17,8 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ import pandas as pd
 
 from mammo.data.table import breast_ids, read_table, validate_table
 from mammo.errors import ConfigError, DataError
+from mammo.storage.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -218,30 +217,14 @@ def build_split(
     return Split(assignments=rows, summary=summary)
 
 
-def _temp_file(path: Path, text: str) -> Path:
-    """Write ``text`` to a temp file beside ``path``; the caller renames it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-        handle.write(text)
-    return Path(tmp)
-
-
 def write_split(split: Split, out: str | Path) -> None:
-    """Write split.csv and split.json into ``out``; nothing half-written on failure."""
+    """Write split.csv and split.json into ``out``; both appear only once both are written."""
     out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
     csv_text = split.assignments[list(COLUMNS)].to_csv(index=False, lineterminator="\n")
     json_text = json.dumps(split.summary, indent=2, sort_keys=True) + "\n"
-    temps: list[tuple[Path, Path]] = []
-    try:
-        for name, text in ((SPLIT_CSV, csv_text), (SPLIT_JSON, json_text)):
-            target = out_dir / name
-            temps.append((_temp_file(target, text), target))
-        for tmp, target in temps:
-            os.replace(tmp, target)
-    finally:
-        for tmp, _ in temps:
-            tmp.unlink(missing_ok=True)
+    with atomic_path(out_dir / SPLIT_CSV) as csv_tmp, atomic_path(out_dir / SPLIT_JSON) as json_tmp:
+        csv_tmp.write_bytes(csv_text.encode("utf-8"))
+        json_tmp.write_bytes(json_text.encode("utf-8"))
 
 
 def read_split(directory: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:

@@ -12,8 +12,6 @@ position. Everything derives from ``seed``, so the same arguments give byte-iden
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +23,7 @@ import torch.nn.functional as F
 from torchvision.io import write_png
 from mammo.data.table import RSNA_COLUMNS, TABLE_NAME
 from mammo.errors import ConfigError
+from mammo.storage.atomic import atomic_path
 from mammo.progress import track
 
 IMAGE_DIR = "train_images"
@@ -166,14 +165,8 @@ def _image_path(images: Path, row: pd.Series, layout: str) -> Path:
 
 def _write_csv(table: pd.DataFrame, path: Path) -> None:
     """Atomically: a dataset without its train.csv is visibly incomplete, never half-written."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            table.to_csv(handle, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False)
 
 
 def write_synthetic_dataset(

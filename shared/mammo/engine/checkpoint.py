@@ -8,10 +8,8 @@ It holds only tensors and plain Python values so it loads with ``weights_only=Tr
 from __future__ import annotations
 
 import logging
-import os
 import platform
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ import torchvision
 from mammo import __version__
 from mammo.config import ModelConfig, lookup_metric, metric_mode
 from mammo.errors import CheckpointError
+from mammo.storage.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -49,21 +48,9 @@ def library_versions() -> dict[str, str]:
     }
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file in the same directory, then rename: never half-written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -118,7 +105,8 @@ class CheckpointKeeper:
 
     def _copy(self, source: Path, name: str) -> None:
         target = self.out_dir / name
-        atomic_write(target, lambda tmp: shutil.copyfile(source, tmp))
+        with atomic_path(target) as tmp:
+            shutil.copyfile(source, tmp)
         self._notify(target, name)
 
     def update(

@@ -26,7 +26,6 @@ from mammo.engine.checkpoint import (
     LAST,
     CheckpointKeeper,
     CheckpointListener,
-    atomic_write,
     library_versions,
     load_checkpoint,
 )
@@ -36,6 +35,7 @@ from mammo.engine.loop import Predictions, predict, train_one_epoch
 from mammo.engine.runtime import Precision, epoch_seed, resolve_device, seed_everything
 from mammo.errors import CheckpointError, DataError
 from mammo.losses import build_loss
+from mammo.storage.atomic import write_text_atomic
 from mammo.metrics import evaluate_predictions, format_metric, to_jsonable
 
 log = logging.getLogger(__name__)
@@ -65,8 +65,7 @@ def plateau_scheduler(optimizer: torch.optim.Optimizer, config: PlateauConfig) -
 
 
 def write_json(path: Path, payload: Any) -> None:
-    text = json.dumps(to_jsonable(payload), indent=2, sort_keys=True) + "\n"
-    atomic_write(path, lambda tmp: tmp.write_text(text))
+    write_text_atomic(path, json.dumps(to_jsonable(payload), indent=2, sort_keys=True) + "\n")
 
 
 class Trainer:
@@ -128,7 +127,7 @@ class Trainer:
         )
         self.model = self.build_model().to(device, memory_format=torch.channels_last)
         self.optimizer = self.build_optimizer(self.model)
-        atomic_write(self.out_dir / "config.yaml", lambda tmp: tmp.write_text(dump_config(config)))
+        write_text_atomic(self.out_dir / "config.yaml", dump_config(config))
         transform = BatchTransform(config.augment, config.model.in_channels).to(device)
         val_transform = BatchTransform(None, config.model.in_channels).to(device)
         val_loader = image_loader(val_rows, config, device, train=False, seed=config.seed)

@@ -14,26 +14,40 @@ TEMP_SUFFIX = ".tmp"
 
 
 @contextmanager
-def atomic_file(path: str | Path, *, durable: bool = True) -> Iterator[BinaryIO]:
-    """Yield a binary handle; on success the content replaces ``path`` in one step, on error
-    the temp file is removed and ``path`` is untouched.
+def atomic_path(path: str | Path, *, durable: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` for a writer that wants a file name (torch.save,
+    savefig, to_csv); on success it replaces ``path`` in one step, on error it is removed and
+    ``path`` is untouched.
 
     ``durable`` also fsyncs before the rename (survives power loss); caches, which can be
     fetched again, skip it for speed.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=target.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=target.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            yield handle
-            if durable:
-                handle.flush()
+        yield tmp
+        if durable:
+            with open(tmp, "rb") as handle:
                 os.fsync(handle.fileno())
         os.replace(tmp, target)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def atomic_file(path: str | Path, *, durable: bool = True) -> Iterator[BinaryIO]:
+    """``atomic_path`` for writers that want a binary handle."""
+    with atomic_path(path, durable=durable) as tmp, open(tmp, "wb") as handle:
+        yield handle
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def is_temp_name(name: str) -> bool:
