@@ -30,6 +30,10 @@ REPO = Path(__file__).resolve().parents[1]
 S3RVER_BIN = REPO / ".cache" / "s3rver" / "node_modules" / ".bin" / "s3rver"
 HOST = "127.0.0.1"
 
+#: Talks to the test servers directly: ``urlopen``'s global opener caches whatever proxy
+#: variables were set when it was first used (a test may set a refusing proxy on purpose).
+_direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -175,14 +179,14 @@ class Pushgateway:
 
     def _ready(self) -> bool:
         try:
-            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as response:
+            with _direct.open(f"{self.url}/-/ready", timeout=1) as response:
                 return bool(response.status == 200)
         except OSError:
             return False
 
     def samples(self, **labels: str) -> list[Sample]:
         """Series the gateway exposes on ``/metrics`` whose labels include ``labels``."""
-        with urllib.request.urlopen(f"{self.url}/metrics", timeout=5) as response:
+        with _direct.open(f"{self.url}/metrics", timeout=5) as response:
             text = response.read().decode()
         found = []
         for family in text_string_to_metric_families(text):
