@@ -246,7 +246,7 @@ def test_evaluate_ranks_candidates_and_writes_report(learnable, baseline_run, tm
             assert m["threshold"] == pytest.approx(metrics["threshold"])
     assert metrics["test"]["breast"]["auc"] > 0.75
     for name in ("predictions_image.csv", "predictions_breast.csv", "roc.png", "pr.png",
-                 "calibration.png", "report.html"):
+                 "calibration.png", "report.html", "config.yaml"):
         assert (tmp_path / "eval" / name).stat().st_size > 0
     html = (tmp_path / "eval" / "report.html").read_text()
     assert "data:image/png;base64," in html and metrics["best"] in html

@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from mammo.config import EvalConfig, lookup_metric, metric_mode
+from mammo.config import EvalConfig, dump_config, lookup_metric, metric_mode
 from mammo.data.augment import BatchTransform
 from mammo.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from mammo.engine.data import SplitData, image_loader, load_split_data, require
@@ -30,7 +30,7 @@ from mammo.metrics import (
     to_jsonable,
 )
 from mammo.report import write_plots, write_report
-from mammo.storage.atomic import atomic_path
+from mammo.storage.atomic import atomic_path, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
         "candidates": [candidates[i] for i in order],
         "split_fingerprint": data.fingerprint,
     }
-    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "config.yaml", dump_config(config))
     predictions = pd.concat(image_frames, ignore_index=True)
     breasts = pd.concat(
         [
