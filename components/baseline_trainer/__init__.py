@@ -1,0 +1,1 @@
+"""Baseline trainer component: warm-up, full data, early stopping; resumable from storage."""

@@ -1,0 +1,1 @@
+"""Evaluator component: scores checkpoints on val/test and names the best candidate."""

@@ -1,0 +1,1 @@
+"""Unfreeze trainer component: gradual unfreezing from a baseline checkpoint URI."""
