@@ -241,7 +241,7 @@ class Trainer:
         if state["stage"] != self.stage:
             raise CheckpointError(f"{path}: written by stage {state['stage']!r}, cannot resume {self.stage!r}")
         if state["split_fingerprint"] != self.data.fingerprint:
-            raise CheckpointError(f"{path}: trained on a different split; use a new --out to start over")
+            raise CheckpointError(f"{path}: trained on a different split; start over in a new output location")
         self.model.load_state_dict(state["model"])
         self.load_schedule_state(state["schedule"])
         self.optimizer.load_state_dict(state["optimizer"])
