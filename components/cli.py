@@ -115,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Local scratch and cache (default: $MAMMO_CACHE_DIR or ~/.cache/mammo).")
         p.add_argument("--run-id", metavar="ID",
                        help="Telemetry label; default: <run-id> of a .../runs/<run-id>/... output URI.")
+    # The promoter has flags of its own (mammo_components.promoter.cli).
+    promoter = sub.add_parser("promoter", help="Promote an evaluator run's best candidate to production.",
+                              add_help=False, prefix_chars="\0")
+    promoter.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -145,6 +149,10 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2), already printed by argparse
         return int(exc.code or 0)
+    if args.component == "promoter":
+        from mammo_components.promoter.cli import main as promote
+
+        return promote(args.rest)
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

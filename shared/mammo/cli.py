@@ -170,6 +170,8 @@ def _cmd_run(args: argparse.Namespace) -> None:
         preset=args.preset,
         config_file=args.config,
         sets=args.sets,
+        store=args.store,
+        verbose=args.verbose,
     )
 
 
@@ -302,12 +304,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser(
         "run",
-        help="The whole job on this machine: synthetic data (or --data) -> split -> baseline "
-        "-> unfreeze -> evaluate.",
+        help="The whole job on this machine: the Kubeflow pipeline (split -> baseline -> "
+        "unfreeze -> evaluate -> promote) through kfp.local, on synthetic data or --data.",
     )
     run.add_argument("--data", metavar="DIR", help="Real RSNA-layout dataset (default: demo data).")
     run.add_argument("--workdir", default=".mammo", metavar="DIR",
-                     help="Local store for data, splits and runs (default .mammo).")
+                     help="Local store for data, splits, runs and models (default .mammo).")
+    run.add_argument("--store", metavar="URI",
+                     help="Store instead of --workdir, e.g. s3://mammo (default: $MAMMO_STORE_URI; "
+                     "s3://mammo when MINIO_ENDPOINT is set).")
+    run.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                     help="Show every step's full log (also: mammo -v run).")
     run.add_argument("--preset", choices=["demo", "full"], default="demo",
                      help="demo: tiny CPU-friendly settings; full: the research defaults.")
     _add_config_args(run)

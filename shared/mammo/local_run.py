@@ -1,24 +1,34 @@
-"""``mammo run``: the whole job on one machine, on the local disk.
+"""``mammo run``: the whole job on one machine, as the same Kubeflow pipeline the cluster runs.
 
-split -> baseline -> unfreeze -> evaluate, laid out like the object store of a cluster run:
-``<workdir>/datasets/...``, ``<workdir>/splits/<fingerprint>/``, ``<workdir>/runs/<run-id>/<stage>/``.
+The ``mammo-training`` pipeline (split builder -> baseline trainer -> unfreeze trainer ->
+evaluator -> promoter) runs through kfp.local, each step a subprocess of this Python
+environment. Its store is a local directory (``--workdir``, the embedded default) laid out like
+the cluster's bucket - ``splits/``, ``runs/<run-id>/<component>/``, ``models/<name>/production/``
+- or, when ``MINIO_ENDPOINT`` is set, MinIO (``s3://mammo``, or ``--store``/``MAMMO_STORE_URI``).
 Without ``--data`` it generates (once) and uses the synthetic demo dataset.
+
+Parameters: preset < ``--config`` file < ``--set key=value`` < ``--data``; keys are pipeline
+parameters (``mammo pipeline params``). The pipeline package is imported lazily: it is a
+separate package (``pipelines/``), installed by the Makefile.
 """
 
 from __future__ import annotations
 
-import logging
+import os
 import time
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
-from mammo.config import PipelineParams, load_config, stage_configs
-from mammo.errors import ConfigError
+from mammo.config import PipelineParams, format_validation_error, load_config
+from mammo.errors import ConfigError, MammoError
 
-log = logging.getLogger(__name__)
+#: Pipeline parameters that are not PipelineParams fields but may be set like them.
+PIPELINE_ONLY = ("model_name", "promotion_metric", "promotion_margin")
+DEFAULT_BUCKET_URI = "s3://mammo"
 
 
 def load_preset(name: str) -> dict[str, Any]:
@@ -26,15 +36,49 @@ def load_preset(name: str) -> dict[str, Any]:
     return yaml.safe_load(text) or {}
 
 
-def resolve_params(preset: str, config_file: str | None, sets: list[str], data: str | None) -> tuple[PipelineParams, dict[str, Any]]:
-    """Preset < config file < --set < --data; returns the params and the demo-data recipe."""
+def _read_mapping(path: str) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping of pipeline parameters at the top level")
+    return loaded or {}
+
+
+def resolve_params(
+    preset: str, config_file: str | None, sets: list[str], data: str | None
+) -> tuple[PipelineParams, dict[str, Any], dict[str, Any]]:
+    """Preset < config file < --set < --data. Returns the training params, the pipeline-only
+    values (model name, promotion rule) and the demo-data recipe."""
+    from mammo_pipelines.parameters import coerce, pipeline_parameters
+
     chosen = load_preset(preset)
-    base = dict(chosen.get("params", {}))
+    tree = dict(chosen.get("params") or {})
+    source = f"preset {preset}"
     if config_file is not None:
-        base = {**base, **load_config(PipelineParams, config_file).model_dump(exclude_unset=True)}
-    params = load_config(PipelineParams, None, sets, {"data": data})
-    merged = PipelineParams.model_validate({**base, **params.model_dump(exclude_unset=True)})
-    return merged, dict(chosen.get("synth", {}))
+        tree.update(_read_mapping(config_file))
+        source = config_file
+    extra_params = {p.name: p for p in pipeline_parameters(dataset_uri="", with_gpus=False) if p.name in PIPELINE_ONLY}
+    extra = {key: tree.pop(key) for key in PIPELINE_ONLY if key in tree}
+    for key, value in extra.items():
+        extra[key] = coerce(extra_params[key], str(value))
+    training_sets = []
+    for item in sets:
+        key, sep, raw = item.partition("=")
+        if sep and key.strip() in PIPELINE_ONLY:
+            extra[key.strip()] = coerce(extra_params[key.strip()], raw)
+        else:
+            training_sets.append(item)
+    try:
+        base = PipelineParams.model_validate(tree).model_dump(exclude_unset=True)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source)) from None
+    overrides = load_config(PipelineParams, None, training_sets, {"data": data})
+    merged = PipelineParams.model_validate({**base, **overrides.model_dump(exclude_unset=True)})
+    return merged, extra, dict(chosen.get("synth") or {})
 
 
 def demo_dataset(workdir: Path, recipe: dict[str, Any]) -> Path:
@@ -44,68 +88,121 @@ def demo_dataset(workdir: Path, recipe: dict[str, Any]) -> Path:
     name = f"demo-{recipe.get('patients', 200)}p-{recipe.get('image_size', 512)}px-s{recipe.get('seed', 0)}"
     target = workdir / "datasets" / name
     if not (target / "train.csv").exists():
-        log.info("generating the synthetic demo dataset in %s", target)
+        print(f"mammo run: generating the synthetic demo dataset in {target}", flush=True)
         write_synthetic_dataset(target, **recipe)
     return target
 
 
-def run_local(workdir: str, data: str | None, preset: str, config_file: str | None, sets: list[str]) -> dict[str, Any]:
-    from mammo.engine.baseline import train_baseline
-    from mammo.engine.unfreeze import train_unfreeze
-    from mammo.evaluate import evaluate
-    from mammo.split import run_split
+def choose_store(workdir: Path, store: str | None) -> tuple[str, str]:
+    """The store URI and how to describe it: ``--store``, ``MAMMO_STORE_URI``, MinIO's bucket
+    ``mammo`` when ``MINIO_ENDPOINT`` is set, else the local work directory."""
+    chosen = store or os.environ.get("MAMMO_STORE_URI")
+    endpoint = os.environ.get("MINIO_ENDPOINT")
+    if chosen is None and endpoint:
+        chosen = DEFAULT_BUCKET_URI
+    if chosen is None:
+        return str(workdir), "local directory"
+    if chosen.startswith("s3://"):
+        if not endpoint:
+            raise ConfigError(f"store {chosen}: set MINIO_ENDPOINT (and MINIO_ACCESS_KEY/MINIO_SECRET_KEY) to use S3")
+        return chosen, f"S3 at {endpoint}"
+    return str(Path(chosen).resolve()), "local directory"
+
+
+def pipeline_arguments(params: PipelineParams, extra: dict[str, Any], store_uri: str) -> dict[str, Any]:
+    """PipelineParams (+ pipeline-only values) as the pipeline's arguments."""
+    values = params.model_dump(mode="json")
+    values["dataset_uri"] = values.pop("data")
+    values["weights"] = values["weights"] or ""
+    return {**values, **extra, "store_uri": store_uri}
+
+
+def run_local(
+    workdir: str,
+    data: str | None,
+    preset: str,
+    config_file: str | None,
+    sets: list[str],
+    store: str | None = None,
+    verbose: bool = False,
+) -> dict[str, Any]:
+    """Run the pipeline locally and print a summary; returns what the summary shows."""
+    try:
+        from mammo_pipelines.local import run_locally
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith(("mammo_pipelines", "mammo_components", "kfp")):
+            raise MammoError(f"{exc.name} is not installed: run `make venv` (or pip install -e pipelines -e components)") from None
+        raise
 
     root = Path(workdir).resolve()
-    params, recipe = resolve_params(preset, config_file, sets, data)
+    params, extra, recipe = resolve_params(preset, config_file, sets, data)
     if params.data is None:
         params.data = str(demo_dataset(root, recipe))
-    elif not Path(params.data).exists():
-        raise ConfigError(f"--data: {params.data} does not exist")
-    print(f"mammo run: local store {root}", flush=True)
+    elif not params.data.startswith("s3://"):
+        if not Path(params.data).exists():
+            raise ConfigError(f"--data: {params.data} does not exist")
+        params.data = str(Path(params.data).resolve())
+    store_uri, kind = choose_store(root, store)
+    arguments = pipeline_arguments(params, extra, store_uri)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    log_file = root / "logs" / f"run-{stamp}.log"
+    print(f"mammo run: store {store_uri} ({kind}); data {params.data}", flush=True)
+    print(f"mammo run: pipeline mammo-training through kfp.local; full log {log_file}", flush=True)
     started = time.monotonic()
-
-    split_tmp = root / "splits" / ".incoming"
-    summary = run_split(
-        data=params.data, out=str(split_tmp), val_frac=params.val_frac, test_frac=params.test_frac,
-        seed=params.seed, warmup_ratio=params.warmup_ratio,
+    outcome = run_locally(
+        arguments, pipeline_root=root / "kfp-local", log_file=log_file,
+        cache_dir=root / "cache", verbose=verbose,
     )
-    split_dir = root / "splits" / summary["fingerprint"]
-    if split_dir.exists():
-        for f in split_tmp.iterdir():
-            f.unlink()
-        split_tmp.rmdir()
-    else:
-        split_tmp.rename(split_dir)
-    run_id = time.strftime("%Y%m%d-%H%M%S")
-    run_dir = root / "runs" / run_id
-    runs = {stage: str(run_dir / stage) for stage in ("baseline", "unfreeze", "evaluate")}
-    baseline_cfg, unfreeze_cfg, eval_cfg = stage_configs(params, split=str(split_dir), runs=runs)
-
-    print(f"[1/4] split {split_dir.name[:12]}: done", flush=True)
-    print(f"[2/4] baseline training ({baseline_cfg.epochs} epochs max) -> {runs['baseline']}", flush=True)
-    train_baseline(baseline_cfg)
-    unfreeze_cfg.init = str(Path(runs["baseline"]) / "best_auc.pt")
-    print(f"[3/4] gradual unfreezing ({unfreeze_cfg.epochs} epochs max) -> {runs['unfreeze']}", flush=True)
-    train_unfreeze(unfreeze_cfg)
-    eval_cfg.checkpoints = [unfreeze_cfg.init, str(Path(runs["unfreeze"]) / "best_auc.pt")]
-    print(f"[4/4] evaluation -> {runs['evaluate']}", flush=True)
-    result = evaluate(eval_cfg)
-    print_summary(result, time.monotonic() - started)
-    return result
+    summary = summarize(outcome, store_uri, arguments.get("model_name"), log_file)
+    print_summary(summary, time.monotonic() - started)
+    return summary
 
 
-def print_summary(result: dict[str, Any], seconds: float) -> None:
-    def cell(value: Any) -> str:
-        return "  n/a " if value is None else f"{value:6.3f}"
+def summarize(outcome: dict[str, Any], store_uri: str, model_name: str | None, log_file: Path) -> dict[str, Any]:
+    """What happened: metrics, whether production now holds this run's best model, locations."""
+    from mammo.storage import ArtifactNotFoundError, join, production_model_uri, read_manifest
+    from mammo_pipelines.parameters import DEFAULT_MODEL_NAME
 
-    print(f"\nbest model: {result['best']} (threshold {cell(result['threshold']).strip()})")
+    name = model_name or DEFAULT_MODEL_NAME
+    production = production_model_uri(store_uri, name)
+    try:
+        current = read_manifest(production).metadata.get("sha256")
+    except ArtifactNotFoundError:
+        current = None
+    decision = outcome["decision"]
+    run_prefix = join(store_uri, "runs", outcome["run_id"])
+    return {
+        "best": outcome["name"],
+        "best_uri": outcome["uri"],
+        "threshold": outcome["threshold"],
+        "metrics": outcome["metrics"],
+        "promoted": bool(decision["promote"]) and current == outcome["sha256"],
+        "reason": decision["reason"],
+        "production_uri": production,
+        "report_uri": outcome["report_uri"],
+        "checkpoints": [join(run_prefix, "baseline_trainer"), join(run_prefix, "unfreeze_trainer")],
+        "run_id": outcome["run_id"],
+        "log": str(log_file),
+    }
+
+
+def _cell(value: Any) -> str:
+    return "   n/a" if value is None else f"{value:6.3f}"
+
+
+def print_summary(summary: dict[str, Any], seconds: float) -> None:
+    print(f"\nbest model: {summary['best']} (threshold {_cell(summary['threshold']).strip()})")
     print(f"{'split':<6}{'level':<8}{'AUC':>7}{'PR-AUC':>8}{'pF1':>7}{'sens':>7}{'spec':>7}")
     for split in ("val", "test"):
         for level in ("image", "breast"):
-            m = result[split][level]
+            m = summary["metrics"][split][level]
             print(
-                f"{split:<6}{level:<8}{cell(m['auc']):>7}{cell(m['pr_auc']):>8}{cell(m['pf1']):>7}"
-                f"{cell(m['sensitivity']):>7}{cell(m['specificity']):>7}"
+                f"{split:<6}{level:<8}{_cell(m.get('auc')):>7}{_cell(m.get('pr_auc')):>8}{_cell(m.get('pf1')):>7}"
+                f"{_cell(m.get('sensitivity')):>7}{_cell(m.get('specificity')):>7}"
             )
-    print(f"\nreport: {result['out']}/report.html")
-    print(f"finished in {seconds / 60:.1f} min")
+    verdict = "promoted to" if summary["promoted"] else "not promoted; production stays"
+    print(f"\nmodel: {verdict} {summary['production_uri']} ({summary['reason']})")
+    print(f"report:      {summary['report_uri']}")
+    print(f"checkpoints: {summary['checkpoints'][0]}/")
+    print(f"             {summary['checkpoints'][1]}/")
+    print(f"finished in {seconds / 60:.1f} min (run {summary['run_id']})")

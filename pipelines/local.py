@@ -1,0 +1,168 @@
+"""Run the pipeline on this machine through kfp.local, the same definition the cluster runs.
+
+kfp.local's ``SubprocessRunner(use_venv=False)`` executes each step as a subprocess of this
+Python environment (where ``mammo_components`` and torch are installed) and ignores the
+kfp-kubernetes settings. It prints every step's full executor log; ``run_locally`` keeps all of
+it in a log file and, unless ``verbose``, shows only progress: which step runs, the trainers'
+epochs, and how each step ended.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import re
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from mammo.errors import MammoError
+from mammo_pipelines import steps
+from mammo_pipelines.pipeline import build_pipeline
+from mammo_pipelines.profiles import get_profile
+
+#: Task names (as kfp.local prints them) -> what the progress line calls them, in order.
+STEPS = {
+    "split-builder": "split builder",
+    "baseline-trainer": "baseline trainer",
+    "unfreeze-trainer": "unfreeze trainer",
+    "evaluator": "evaluator",
+    "promoter": "promoter",
+}
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_START = re.compile(r"Executing task '([\w-]+)'")
+_END = re.compile(r"Task '([\w-]+)' finished with status (\w+)")
+_EPOCH = re.compile(r"(baseline|unfreeze) epoch (\d+)/(\d+) .*?auc=(\S+)")
+_ERROR = re.compile(r"^\s*((?:[\w.]+\.)?\w*(?:Error|Exception)): (.+)$")
+
+
+class StepFailed(MammoError):
+    """A pipeline step failed; the message names it and its last error line."""
+
+
+@dataclass
+class _State:
+    current: str | None = None
+    started: float = 0.0
+    error: str | None = None
+
+
+class ProgressFilter(io.TextIOBase):
+    """Receives kfp.local's output (it prints everything to stdout): writes all of it to
+    ``log`` and shows progress lines on ``screen``, or everything when ``verbose``."""
+
+    def __init__(self, log: TextIO, screen: TextIO, verbose: bool) -> None:
+        self.log = log
+        self.screen = screen
+        self.verbose = verbose
+        self.state = _State()
+        self._partial = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.log.write(text)
+        if self.verbose:
+            self.screen.write(text)
+        lines = (self._partial + text).split("\n")
+        self._partial = lines.pop()
+        for line in lines:
+            self._line(_ANSI.sub("", line))
+        return len(text)
+
+    def flush(self) -> None:
+        self.log.flush()
+        self.screen.flush()
+
+    def _show(self, text: str) -> None:
+        if not self.verbose:
+            self.screen.write(text + "\n")
+            self.screen.flush()
+
+    def _line(self, line: str) -> None:
+        state = self.state
+        if (match := _START.search(line)) and match.group(1) in STEPS:
+            state.current, state.started, state.error = match.group(1), time.monotonic(), None
+            number = list(STEPS).index(state.current) + 1
+            self._show(f"[{number}/{len(STEPS)}] {STEPS[state.current]} ...")
+        elif match := _EPOCH.search(line):
+            stage, epoch, total, auc = match.groups()
+            self._show(f"      {stage} epoch {epoch}/{total}: val AUC {auc}")
+        elif (match := _ERROR.match(line)) and state.current:
+            state.error = f"{match.group(1).rsplit('.', 1)[-1]}: {match.group(2)}"
+        elif (match := _END.search(line)) and match.group(1) in STEPS:
+            seconds = time.monotonic() - state.started
+            verdict = "done" if match.group(2) == "SUCCESS" else "FAILED"
+            self._show(f"      {STEPS[match.group(1)]} {verdict} in {seconds:.0f} s")
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """Environment for the step subprocesses (they inherit this process's), restored after."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextlib.contextmanager
+def _quiet_root(verbose: bool) -> Iterator[None]:
+    """kfp.local logs a few lines through the root logger outside its own handlers; keep
+    them off the screen unless verbose."""
+    root = logging.getLogger()
+    level = root.level
+    if not verbose:
+        root.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def run_locally(
+    arguments: dict[str, Any],
+    *,
+    pipeline_root: Path,
+    log_file: Path,
+    cache_dir: Path,
+    verbose: bool = False,
+) -> dict[str, Any]:
+    """Run the pipeline with ``arguments``; return the evaluator's best-candidate metadata
+    (metrics, report URI, promotion verdict, run id). A failed step raises ``StepFailed``."""
+    from kfp import local
+
+    profile = get_profile("kind", train_image=steps.TRAIN_IMAGE, eval_image=steps.EVAL_IMAGE)
+    pipeline = build_pipeline(profile)
+    pipeline_root.mkdir(parents=True, exist_ok=True)
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))
+    env = {"MAMMO_CACHE_DIR": os.environ.get("MAMMO_CACHE_DIR") or str(cache_dir), "PYTHONUNBUFFERED": "1"}
+    with log_file.open("w") as log, _environment(env), warnings.catch_warnings(), _quiet_root(verbose):
+        # Expected here: placeholder images without "python" in their names, and cluster
+        # settings (resources, labels) that kfp.local ignores.
+        warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)
+        warnings.filterwarnings("ignore", message=".*no effect in the current local runner.*", category=UserWarning)
+        progress = ProgressFilter(log, sys.stdout, verbose)
+        try:
+            with contextlib.redirect_stdout(progress):
+                task = pipeline(**arguments)
+        except RuntimeError as err:
+            failed = progress.state.current or "pipeline"
+            detail = progress.state.error or str(err).splitlines()[0]
+            raise StepFailed(
+                f"{STEPS.get(failed, failed)} failed: {detail} (full log: {log_file})"
+            ) from None
+    return dict(task.outputs["Output"].metadata)

@@ -1,0 +1,179 @@
+"""The ``mammo-training`` pipeline: split builder -> baseline trainer -> unfreeze trainer ->
+evaluator -> promoter (only when the evaluator says the best candidate beats production).
+
+``build_pipeline(profile)`` returns the pipeline for one compile profile: its typed parameters
+come from ``parameters.pipeline_parameters`` (the fields of ``mammo.config.PipelineParams`` plus
+the pipeline's own), its cluster settings from the profile (``profiles``) through
+kfp-kubernetes. kfp.local ignores the cluster settings, so ``mammo run`` executes this same
+definition on one machine.
+
+Caching (KFP's cache key is the component, its image and its input values):
+
+- split builder: off. It reads ``dataset_uri``, whose contents can change behind the same URI.
+- baseline and unfreeze trainers: on. Their inputs include ``run_id``, a digest of every
+  dataset object's name, size and ETag, of the split, of all parameters and of the code, so
+  any change to the data, split, settings or images changes the key.
+- evaluator: off. Its promotion verdict depends on the current production model, which other
+  runs change.
+- promoter: off. It changes the production model.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any
+
+from kfp import compiler, dsl, kubernetes
+from kfp.dsl import Model, PipelineTask
+
+import mammo
+from mammo_pipelines import steps
+from mammo_pipelines.parameters import PipelineParameter, pipeline_parameters
+from mammo_pipelines.profiles import CONFIG_MAP_KEYS, POD_LABEL, SECRET_KEYS, Profile, Resources
+
+PIPELINE_NAME = "mammo-training"
+DESCRIPTION = (
+    "Breast-cancer classifier on screening mammograms: patient-level split, baseline training "
+    "with warm-up, gradual unfreezing, evaluation on val/test, promotion of the best model."
+)
+SHM_VOLUME = "dshm"
+
+
+def _runtime(task: PipelineTask, profile: Profile, resources: Resources) -> PipelineTask:
+    """Settings every step shares: storage credentials by reference, endpoints from the
+    ConfigMap, the pod label MinIO's NetworkPolicy admits, pull policy and resources."""
+    kubernetes.use_secret_as_env(
+        task, secret_name=profile.secret_name, secret_key_to_env={key: key for key in SECRET_KEYS}
+    )
+    kubernetes.use_config_map_as_env(
+        task,
+        config_map_name=profile.config_map_name,
+        config_map_key_to_env={key: key for key in CONFIG_MAP_KEYS},
+    )
+    kubernetes.add_pod_label(task, *POD_LABEL)
+    kubernetes.set_image_pull_policy(task, profile.image_pull_policy)
+    task.set_cpu_request(resources.cpu_request).set_cpu_limit(resources.cpu_limit)
+    task.set_memory_request(resources.memory_request).set_memory_limit(resources.memory_limit)
+    return task
+
+
+def _placement(task: PipelineTask, profile: Profile) -> None:
+    """Node selector and tolerations of GPU steps."""
+    for key, value in sorted(profile.node_selector.items()):
+        kubernetes.add_node_selector(task, key, value)
+    for toleration in profile.tolerations:
+        kubernetes.add_toleration(
+            task, key=toleration.key, operator=toleration.operator,
+            value=toleration.value, effect=toleration.effect,
+        )
+
+
+def _trainer(task: PipelineTask, profile: Profile, gpus: Any, name: str) -> PipelineTask:
+    """Training image, GPUs, memory-backed /dev/shm for DataLoader workers, retries."""
+    task.set_display_name(name).set_container_image(profile.train_image)
+    _runtime(task, profile, profile.trainer)
+    kubernetes.empty_dir_mount(
+        task, volume_name=SHM_VOLUME, mount_path="/dev/shm", medium="Memory", size_limit=profile.shm_size
+    )
+    if profile.gpu_type is not None:
+        task.set_accelerator_type(profile.gpu_type).set_accelerator_limit(gpus)
+        _placement(task, profile)
+    retry = profile.retry
+    task.set_retry(
+        num_retries=retry.attempts, backoff_duration=retry.backoff,
+        backoff_factor=retry.factor, backoff_max_duration=retry.max_backoff,
+    )
+    task.set_caching_options(True)
+    return task
+
+
+def code_version(profile: Profile) -> str:
+    """Part of every run id: results of other images or another mammo version are not reused."""
+    return f"mammo {mammo.__version__}; train {profile.train_image}; eval {profile.evaluator_image}"
+
+
+def _wire(profile: Profile, args: dict[str, Any]) -> Any:
+    """The pipeline body: five steps, their data flow and their cluster settings. Returns the
+    evaluator's best-candidate Model (the pipeline's output: metrics, report, verdict)."""
+    split_task = steps.split_builder(
+        code_version=code_version(profile),
+        **{name: value for name, value in args.items()
+           if name not in ("model_name", "trainer_gpus")},
+    )
+    split_task.set_display_name("split builder").set_container_image(profile.eval_image)
+    _runtime(split_task, profile, profile.light).set_caching_options(False)
+
+    shared = {
+        "dataset_uri": args["dataset_uri"],
+        "split_uri": split_task.outputs["split_uri"],
+        "store_uri": args["store_uri"],
+        "run_id": split_task.outputs["run_id"],
+        "params": split_task.outputs["params"],
+    }
+    gpus = args.get("trainer_gpus", 0)
+    baseline = _trainer(steps.baseline_trainer(**shared), profile, gpus, "baseline trainer")
+    unfreeze = _trainer(
+        steps.unfreeze_trainer(init=baseline.outputs["model"], **shared), profile, gpus, "unfreeze trainer"
+    )
+
+    evaluation = steps.evaluator(
+        baseline=baseline.outputs["model"],
+        unfreeze=unfreeze.outputs["model"],
+        model_name=args["model_name"],
+        promotion_metric=args["promotion_metric"],
+        promotion_margin=args["promotion_margin"],
+        **shared,
+    )
+    evaluation.set_display_name("evaluator").set_container_image(profile.evaluator_image)
+    _runtime(evaluation, profile, profile.evaluator).set_caching_options(False)
+    if profile.evaluator_gpus and profile.gpu_type is not None:
+        evaluation.set_accelerator_type(profile.gpu_type).set_accelerator_limit(profile.evaluator_gpus)
+        _placement(evaluation, profile)
+        kubernetes.empty_dir_mount(
+            evaluation, volume_name=SHM_VOLUME, mount_path="/dev/shm", medium="Memory",
+            size_limit=profile.shm_size,
+        )
+
+    with dsl.If(evaluation.outputs["Output"] == True, name="beats-production"):  # noqa: E712 (KFP condition)
+        promotion = steps.promoter(
+            candidate=evaluation.outputs["best"],
+            store_uri=args["store_uri"],
+            model_name=args["model_name"],
+            promotion_metric=args["promotion_metric"],
+            promotion_margin=args["promotion_margin"],
+            dataset_fingerprint=split_task.outputs["dataset_fingerprint"],
+        )
+        promotion.set_display_name("promoter").set_container_image(profile.eval_image)
+        _runtime(promotion, profile, profile.light).set_caching_options(False)
+    return evaluation.outputs["best"]
+
+
+def parameters_for(profile: Profile) -> list[PipelineParameter]:
+    return pipeline_parameters(dataset_uri=profile.dataset_uri, with_gpus=profile.has_gpus)
+
+
+def build_pipeline(profile: Profile):  # -> kfp GraphComponent
+    """The pipeline for ``profile``; its signature is the parameter table (typed, defaults)."""
+    parameters = parameters_for(profile)
+    names = [p.name for p in parameters]
+
+    def mammo_training(*args: Any) -> Any:
+        return _wire(profile, dict(zip(names, args, strict=True)))
+
+    mammo_training.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [
+            inspect.Parameter(p.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=p.default, annotation=p.type)
+            for p in parameters
+        ],
+        return_annotation=Model,
+    )
+    return dsl.pipeline(name=PIPELINE_NAME, description=DESCRIPTION)(mammo_training)
+
+
+def compile_pipeline(profile: Profile, out: str | Path) -> Path:
+    """Write the pipeline spec (YAML) for ``profile`` to ``out``; returns the path."""
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(build_pipeline(profile), package_path=str(path))
+    return path
