@@ -39,6 +39,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _START = re.compile(r"Executing task '([\w-]+)'")
 _END = re.compile(r"Task '([\w-]+)' finished with status (\w+)")
 _EPOCH = re.compile(r"(baseline|unfreeze) epoch (\d+)/(\d+) .*?auc=(\S+)")
+_FINISHED = re.compile(r"(baseline|unfreeze): run in \S+ already finished at epoch (\d+)")
 _ERROR = re.compile(r"^\s*((?:[\w.]+\.)?\w*(?:Error|Exception)): (.+)$")
 
 
@@ -95,6 +96,8 @@ class ProgressFilter(io.TextIOBase):
         elif match := _EPOCH.search(line):
             stage, epoch, total, auc = match.groups()
             self._show(f"      {stage} epoch {epoch}/{total}: val AUC {auc}")
+        elif match := _FINISHED.search(line):
+            self._show(f"      {match.group(1)}: finished earlier at epoch {match.group(2)} (same run id), reused")
         elif (match := _ERROR.match(line)) and state.current:
             state.error = f"{match.group(1).rsplit('.', 1)[-1]}: {match.group(2)}"
         elif (match := _END.search(line)) and match.group(1) in STEPS:

@@ -155,13 +155,14 @@ def unfreeze_trainer(
     import json
     import logging
 
+    from mammo.errors import IntegrityError
     from mammo.storage import run_uri, stat
     from mammo_components.unfreeze_trainer.entrypoint import run
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     recorded = stat(init.metadata["uri"]).sha256
     if recorded != init.metadata["sha256"]:
-        raise RuntimeError(f"{init.metadata['uri']}: sha256 {recorded} is not the baseline's {init.metadata['sha256']}")
+        raise IntegrityError(f"{init.metadata['uri']}: sha256 {recorded} is not the baseline's {init.metadata['sha256']}")
     result = run(
         dataset_uri=dataset_uri, split_uri=split_uri, init_uri=init.metadata["uri"], params=params,
         run_uri=run_uri(store_uri, run_id, "unfreeze_trainer"),

@@ -215,3 +215,13 @@ def test_compiles_without_torch(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path.parent, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert (tmp_path / "gpu.yaml").stat().st_size > 0 and (tmp_path / "kind.yaml").stat().st_size > 0
+
+
+def test_every_parameter_is_in_the_readme_reference() -> None:
+    from mammo_pipelines.pipeline import parameters_for
+    from mammo_pipelines.profiles import get_profile
+
+    readme = (Path(__file__).resolve().parents[1] / "pipelines" / "README.md").read_text()
+    reference = readme.split("## Parameters", 1)[1].split("\n## ", 1)[0]
+    for parameter in parameters_for(get_profile("gpu", train_image="t", eval_image="e")):
+        assert f"`{parameter.name}`" in reference, parameter.name

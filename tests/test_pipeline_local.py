@@ -94,6 +94,7 @@ def test_local_run_promotes_the_first_model_and_not_an_equal_one(
     out = capsys.readouterr().out
     assert second["run_id"] == first["run_id"] and not second["promoted"]
     assert second["reason"] == "this model is already in production"
+    assert "baseline: finished earlier at epoch 1" in out and "unfreeze: finished earlier at epoch 1" in out
     assert "[5/5] promoter" not in out and "not promoted" in out
     assert storage.read_manifest(first["production_uri"]) == production
 
