@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from mammo.config import PipelineParams, parse_value
-from mammo.errors import ConfigError, MammoError
+from mammo.cli import run_guarded
+from mammo.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -160,18 +161,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     component = COMPONENTS[args.component]
     kwargs = {f.dest: getattr(args, f.dest) for f in component.flags}
-    try:
+
+    def call() -> None:
         params = load_params(args.params_json, args.param_pairs)
         entrypoint = import_module(component.module)
         result = entrypoint.run(**kwargs, params=params, workdir=args.workdir, run_id=args.run_id)
-    except MammoError as err:
-        print(f"mammo: error: {err}", file=sys.stderr)
-        return err.exit_code
-    except KeyboardInterrupt:
-        print("mammo: interrupted", file=sys.stderr)
-        return 130
-    print(json.dumps(result, indent=2))
-    return 0
+        print(json.dumps(result, indent=2))
+
+    return run_guarded(call)
 
 
 if __name__ == "__main__":

@@ -424,3 +424,22 @@ def run_trainer(
         }
         publish_outputs(run_dir, run_uri, result, {"component": component, "metrics": metrics})
     return result
+
+
+def record_trainer_artifacts(result: Mapping[str, Any], model: Any, metrics: Any) -> None:
+    """Fill a pipeline step's KFP ``Model`` artifact (metadata: the best checkpoint's URI,
+    sha256 and validation metrics; file: the whole result) and ``Metrics`` from a trainer's
+    result. Duck-typed on the artifacts, so this package does not depend on kfp."""
+    model.metadata.update(
+        {
+            "uri": result["best_uri"],
+            "sha256": result["best_sha256"],
+            "metrics": result["metrics"],
+            "epochs_run": result["epochs_run"],
+            "stopped_early": result["stopped_early"],
+        }
+    )
+    Path(model.path).write_text(json.dumps(result, indent=2))
+    for name, value in result["metrics"].items():
+        if isinstance(value, (int, float)):
+            metrics.log_metric(f"val.{name}", float(value))

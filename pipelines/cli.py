@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mammo.errors import ConfigError, MammoError
+from mammo.cli import run_guarded
+from mammo.errors import ConfigError
 from mammo_pipelines import remote
 from mammo_pipelines.parameters import check_arguments, describe, parse_params
 from mammo_pipelines.pipeline import PIPELINE_NAME, compile_pipeline, parameters_for
@@ -240,14 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2), already printed by argparse
         return int(exc.code or 0)
-    try:
-        return int(args.handler(args))
-    except MammoError as err:
-        print(f"mammo: error: {err}", file=sys.stderr)
-        return err.exit_code
-    except KeyboardInterrupt:
-        print("mammo: interrupted", file=sys.stderr)
-        return 130
+    return run_guarded(lambda: args.handler(args))
 
 
 if __name__ == "__main__":

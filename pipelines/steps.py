@@ -117,26 +117,18 @@ def baseline_trainer(
 ):
     """Baseline training; checkpoints go to <store>/runs/<run_id>/baseline_trainer/ as they are
     saved, and a restarted pod resumes from the last one there."""
-    import json
     import logging
 
     from mammo.storage import run_uri
     from mammo_components.baseline_trainer.entrypoint import run
+    from mammo_components.common import record_trainer_artifacts
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     result = run(
         dataset_uri=dataset_uri, split_uri=split_uri, params=params,
         run_uri=run_uri(store_uri, run_id, "baseline_trainer"),
     )
-    model.metadata.update({
-        "uri": result["best_uri"], "sha256": result["best_sha256"], "metrics": result["metrics"],
-        "epochs_run": result["epochs_run"], "stopped_early": result["stopped_early"],
-    })
-    with open(model.path, "w") as f:
-        json.dump(result, f, indent=2)
-    for name, value in result["metrics"].items():
-        if isinstance(value, (int, float)):
-            metrics.log_metric(f"val.{name}", float(value))
+    record_trainer_artifacts(result, model, metrics)
 
 
 @dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
@@ -152,11 +144,11 @@ def unfreeze_trainer(
 ):
     """Gradual unfreezing from the baseline's best checkpoint (its URI and sha256 travel in the
     Model artifact's metadata); same storage and resume behaviour as the baseline."""
-    import json
     import logging
 
     from mammo.errors import IntegrityError
     from mammo.storage import run_uri, stat
+    from mammo_components.common import record_trainer_artifacts
     from mammo_components.unfreeze_trainer.entrypoint import run
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -167,15 +159,7 @@ def unfreeze_trainer(
         dataset_uri=dataset_uri, split_uri=split_uri, init_uri=init.metadata["uri"], params=params,
         run_uri=run_uri(store_uri, run_id, "unfreeze_trainer"),
     )
-    model.metadata.update({
-        "uri": result["best_uri"], "sha256": result["best_sha256"], "metrics": result["metrics"],
-        "epochs_run": result["epochs_run"], "stopped_early": result["stopped_early"],
-    })
-    with open(model.path, "w") as f:
-        json.dump(result, f, indent=2)
-    for name, value in result["metrics"].items():
-        if isinstance(value, (int, float)):
-            metrics.log_metric(f"val.{name}", float(value))
+    record_trainer_artifacts(result, model, metrics)
 
 
 @dsl.component(base_image=EVAL_IMAGE, install_kfp_package=False)

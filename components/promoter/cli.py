@@ -10,10 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 
 from mammo import storage
-from mammo.errors import MammoError
+from mammo.cli import run_guarded
 from mammo_components.promoter.entrypoint import run
 
 RESULT_NAME = "result.json"
@@ -41,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # --help (0) or a usage error (2), already printed by argparse
         return int(exc.code or 0)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    try:
+
+    def call() -> None:
         manifest = storage.read_manifest(args.evaluation)
         if RESULT_NAME not in manifest.objects:
             raise storage.ArtifactNotFoundError(
@@ -54,8 +54,6 @@ def main(argv: list[str] | None = None) -> int:
             metric=args.metric, margin=args.margin,
             provenance={"evaluation_uri": args.evaluation, "report_uri": evaluation.get("report_uri")},
         )
-    except MammoError as err:
-        print(f"mammo: error: {err}", file=sys.stderr)
-        return err.exit_code
-    print(json.dumps(result, indent=2))
-    return 0
+        print(json.dumps(result, indent=2))
+
+    return run_guarded(call)

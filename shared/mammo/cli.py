@@ -10,7 +10,8 @@ import argparse
 import json
 import logging
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from mammo import __version__
 from mammo.errors import MammoError
@@ -338,15 +339,20 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    return run_guarded(lambda: args.handler(args))
+
+
+def run_guarded(call: Callable[[], int | None]) -> int:
+    """Run a command; a user mistake (``MammoError``) becomes one line on stderr and its exit
+    code, Ctrl-C exit 130. Shared by every ``mammo`` command family."""
     try:
-        args.handler(args)
+        return int(call() or 0)
     except MammoError as err:
         print(f"mammo: error: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print("mammo: interrupted", file=sys.stderr)
         return 130
-    return 0
 
 
 if __name__ == "__main__":
