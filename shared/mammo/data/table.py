@@ -51,7 +51,8 @@ def read_table(root: str | Path) -> pd.DataFrame:
     if not path.is_file():
         raise DataError(f"{path}: dataset table not found")
     try:
-        table = pd.read_csv(path, dtype={"patient_id": str, "image_id": str, "laterality": str})
+        # Required columns as text: ids keep leading zeros, and errors quote the value as written.
+        table = pd.read_csv(path, dtype={c: str for c in REQUIRED_COLUMNS})
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: file is empty") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
@@ -60,7 +61,7 @@ def read_table(root: str | Path) -> pd.DataFrame:
     table["patient_id"] = table["patient_id"].str.strip()
     table["image_id"] = table["image_id"].str.strip()
     table["laterality"] = table["laterality"].str.strip()
-    table["cancer"] = pd.to_numeric(table["cancer"]).astype("int64")
+    table["cancer"] = pd.to_numeric(table["cancer"].str.strip()).astype("int64")
     return table.reset_index(drop=True)
 
 
@@ -75,7 +76,7 @@ def validate_table(table: pd.DataFrame, source: str) -> None:
         blank = table[column].isna() | (table[column].astype(str).str.strip() == "")
         if blank.any():
             raise DataError(f"{source}: row {_row(int(blank.idxmax()))}: empty {column}")
-    labels = pd.to_numeric(table["cancer"], errors="coerce")
+    labels = pd.to_numeric(table["cancer"].astype(str).str.strip(), errors="coerce")
     bad = labels.isna() | ~labels.isin([0, 1])
     if bad.any():
         i = int(bad.idxmax())
