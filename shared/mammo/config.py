@@ -239,6 +239,19 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     return f"{source}: " + "; ".join(parts)
 
 
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """A YAML file holding a mapping (an empty file is an empty one); one-line errors otherwise."""
+    try:
+        loaded = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return loaded or {}
+
+
 def load_config(
     model: type[ConfigT],
     config_file: str | Path | None = None,
@@ -250,15 +263,7 @@ def load_config(
     source = "config"
     if config_file is not None:
         source = str(config_file)
-        try:
-            loaded = yaml.safe_load(Path(config_file).read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {config_file}") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{config_file}: not valid YAML ({exc.__class__.__name__})") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{config_file}: expected a mapping at the top level")
-        tree = loaded or {}
+        tree = read_yaml_mapping(config_file)
     for item in sets or []:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():

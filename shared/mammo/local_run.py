@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from mammo.config import PipelineParams, format_validation_error, load_config
+from mammo.config import PipelineParams, format_validation_error, load_config, read_yaml_mapping
 from mammo.errors import ConfigError, MammoError
 
 #: Pipeline parameters that are not PipelineParams fields but may be set like them.
@@ -34,18 +34,6 @@ DEFAULT_BUCKET_URI = "s3://mammo"
 def load_preset(name: str) -> dict[str, Any]:
     text = resources.files("mammo").joinpath("presets", f"{name}.yaml").read_text()
     return yaml.safe_load(text) or {}
-
-
-def _read_mapping(path: str) -> dict[str, Any]:
-    try:
-        loaded = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
-    if loaded is not None and not isinstance(loaded, dict):
-        raise ConfigError(f"{path}: expected a mapping of pipeline parameters at the top level")
-    return loaded or {}
 
 
 def resolve_params(
@@ -59,7 +47,7 @@ def resolve_params(
     tree = dict(chosen.get("params") or {})
     source = f"preset {preset}"
     if config_file is not None:
-        tree.update(_read_mapping(config_file))
+        tree.update(read_yaml_mapping(config_file))
         source = config_file
     extra_params = {p.name: p for p in pipeline_parameters(dataset_uri="", with_gpus=False) if p.name in PIPELINE_ONLY}
     extra = {key: tree.pop(key) for key in PIPELINE_ONLY if key in tree}
