@@ -17,7 +17,6 @@ from typing import Any
 
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader
 
 from mammo.config import PlateauConfig, TrainConfig, dump_config, lookup_metric, metric_mode
 from mammo.data.augment import BatchTransform
@@ -49,6 +48,12 @@ def validation_metrics(rows: pd.DataFrame, preds: Predictions, how: str) -> dict
         label=rows["cancer"].to_numpy()[preds.index], prob=preds.probs
     )
     return to_jsonable(evaluate_predictions(frame, how=how, loss=preds.loss))
+
+
+def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The figures worth a glance in a summary; history.json and the checkpoints hold the rest."""
+    keys = ("loss", "auc", "pr_auc", "pf1", "n", "prevalence")
+    return {level: {k: metrics[level].get(k) for k in keys} for level in ("image", "breast")}
 
 
 def plateau_scheduler(optimizer: torch.optim.Optimizer, config: PlateauConfig) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
@@ -147,19 +152,21 @@ class Trainer:
                     log.info("%s: run in %s already finished at epoch %d", self.stage, self.out_dir, state["epoch"])
                     return self._summary(history, keeper, stopped=bool(state["stopped_early"]))
 
-        loaders: dict[str, DataLoader] = {}
+        # One training loader at a time: the warm-up loader (and its persistent workers) goes
+        # when the full-data phase starts.
+        loader_phase, loader = "", None
         stopped = False
         for epoch in range(first_epoch, config.epochs + 1):
             seed = epoch_seed(config.seed, epoch)
             torch.manual_seed(seed)
             phase, rows = self.train_rows(epoch)
-            if phase not in loaders:
-                loaders[phase] = image_loader(
+            if loader is None or phase != loader_phase:
+                loader_phase, loader = phase, image_loader(
                     rows, config, device, train=True, seed=seed, balanced=config.data.balanced_sampler
                 )
-            reseed_loader(loaders[phase], seed)
+            reseed_loader(loader, seed)
             stats = train_one_epoch(
-                self.model, loaders[phase], transform, self.loss_fn, self.optimizer, self.precision,
+                self.model, loader, transform, self.loss_fn, self.optimizer, self.precision,
                 device, desc=f"epoch {epoch} {phase}", after_train_mode=self.after_train_mode,
             )
             preds = predict(
@@ -257,7 +264,7 @@ class Trainer:
             "stopped_early": stopped,
             "best": keeper.best,
             "checkpoints": sorted(p.name for p in self.out_dir.glob("*.pt")),
-            "last_val": history[-1]["val"] if history else None,
+            "last_val": _headline(history[-1]["val"]) if history else None,
         }
         write_json(self.out_dir / "summary.json", summary)
         return to_jsonable(summary)
