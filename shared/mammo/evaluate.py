@@ -27,6 +27,7 @@ from mammo.metrics import (
     best_pf1_threshold,
     evaluate_predictions,
     format_metric,
+    headline,
     to_jsonable,
 )
 from mammo.report import write_plots, write_report
@@ -160,8 +161,8 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
         "out": str(out),
         "best": best["name"],
         "threshold": best["threshold"],
-        "val": {lvl: _headline(best["val"][lvl]) for lvl in ("image", "breast")},
-        "test": {lvl: _headline(best["test"][lvl]) for lvl in ("image", "breast")},
+        "val": headline(best["val"]),
+        "test": headline(best["test"]),
         "ranking": [{"name": c["name"], config.rank_metric: lookup_metric(c["val"], config.rank_metric)} for c in metrics["candidates"]],
     }
 
@@ -175,10 +176,6 @@ def rank_candidates(candidates: list[dict[str, Any]], key: str) -> list[int]:
         return (1, 0.0, i) if value is None else (0, sign * value, i)
 
     return sorted(range(len(candidates)), key=sort_key)
-
-
-def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {k: metrics.get(k) for k in ("auc", "pr_auc", "pf1", "sensitivity", "specificity", "n")}
 
 
 def _write_csv(path: Path, frame: pd.DataFrame) -> None:

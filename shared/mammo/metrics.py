@@ -208,3 +208,12 @@ def format_metric(value: Any, digits: int = 4) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
+
+
+#: Figures worth a glance in command output; the full set stays in metrics/history files.
+HEADLINE_KEYS = ("loss", "auc", "pr_auc", "pf1", "sensitivity", "specificity", "n", "prevalence")
+
+
+def headline(metrics: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``{"image": {...}, "breast": {...}}`` cut down to ``HEADLINE_KEYS``."""
+    return {level: {k: metrics[level].get(k) for k in HEADLINE_KEYS} for level in ("image", "breast")}

@@ -35,7 +35,7 @@ from mammo.engine.runtime import Precision, epoch_seed, resolve_device, seed_eve
 from mammo.errors import CheckpointError, DataError
 from mammo.losses import build_loss
 from mammo.storage.atomic import write_text_atomic
-from mammo.metrics import evaluate_predictions, format_metric, to_jsonable
+from mammo.metrics import evaluate_predictions, format_metric, headline, to_jsonable
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +48,6 @@ def validation_metrics(rows: pd.DataFrame, preds: Predictions, how: str) -> dict
         label=rows["cancer"].to_numpy()[preds.index], prob=preds.probs
     )
     return to_jsonable(evaluate_predictions(frame, how=how, loss=preds.loss))
-
-
-def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
-    """The figures worth a glance in a summary; history.json and the checkpoints hold the rest."""
-    keys = ("loss", "auc", "pr_auc", "pf1", "n", "prevalence")
-    return {level: {k: metrics[level].get(k) for k in keys} for level in ("image", "breast")}
 
 
 def plateau_scheduler(optimizer: torch.optim.Optimizer, config: PlateauConfig) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
@@ -264,7 +258,7 @@ class Trainer:
             "stopped_early": stopped,
             "best": keeper.best,
             "checkpoints": sorted(p.name for p in self.out_dir.glob("*.pt")),
-            "last_val": _headline(history[-1]["val"]) if history else None,
+            "last_val": headline(history[-1]["val"]) if history else None,
         }
         write_json(self.out_dir / "summary.json", summary)
         return to_jsonable(summary)
