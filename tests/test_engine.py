@@ -250,3 +250,4 @@ def test_evaluate_ranks_candidates_and_writes_report(learnable, baseline_run, tm
         assert (tmp_path / "eval" / name).stat().st_size > 0
     html = (tmp_path / "eval" / "report.html").read_text()
     assert "data:image/png;base64," in html and metrics["best"] in html
+    assert [row for row in ("train", "val", "test", "all") if f"<tr><td>{row}</td>" in html] == ["train", "val", "test", "all"]
