@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,7 @@ def write_json(path: Path, payload: Any) -> None:
     write_text_atomic(path, json.dumps(to_jsonable(payload), indent=2, sort_keys=True) + "\n")
 
 
-class Trainer:
+class Trainer(ABC):
     stage = "train"
 
     def __init__(
@@ -83,27 +84,32 @@ class Trainer:
 
     # --- what a stage provides ------------------------------------------------------------
 
+    @abstractmethod
     def build_model(self) -> torch.nn.Module:
-        raise NotImplementedError
+        """The network, on the CPU."""
 
+    @abstractmethod
     def build_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
-        raise NotImplementedError
+        """The optimiser (and the stage's learning-rate schedule)."""
 
     def train_rows(self, epoch: int) -> tuple[str, pd.DataFrame]:
         """(phase name, rows) this epoch trains on."""
         return "full", self.data.rows("train")
 
+    @abstractmethod
     def after_validation(self, epoch: int, metrics: dict[str, Any]) -> None:
         """Step the learning-rate schedule (and, for unfreezing, the block schedule)."""
 
     def after_train_mode(self, model: torch.nn.Module) -> None:
         """Adjust modules after ``model.train()`` (e.g. keep frozen BatchNorm in eval)."""
 
+    @abstractmethod
     def schedule_state(self) -> dict[str, Any]:
-        raise NotImplementedError
+        """Everything the schedule needs to resume, as plain values and state dicts."""
 
+    @abstractmethod
     def load_schedule_state(self, state: dict[str, Any]) -> None:
-        raise NotImplementedError
+        """Restore ``schedule_state``; called before the optimiser's state is loaded."""
 
     # --- the loop --------------------------------------------------------------------------
 
