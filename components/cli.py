@@ -17,7 +17,7 @@ from importlib import import_module
 from pathlib import Path
 from typing import Any
 
-from mammo.config import PipelineParams, parse_value
+from mammo.config import PipelineParams, parse_value, split_pair
 from mammo.cli import run_guarded
 from mammo.errors import ConfigError
 
@@ -137,10 +137,8 @@ def load_params(params_json: str | None, pairs: list[str]) -> dict[str, Any]:
             raise ConfigError(f"--params-json {params_json}: expected a JSON object")
         params.update(loaded)
     for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--param {pair!r}: expected key=value, e.g. --param backbone=resnet18")
-        params[key.strip()] = parse_value(raw)
+        key, raw = split_pair(pair, "--param", "backbone=resnet18")
+        params[key] = parse_value(raw)
     return params
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
-from mammo.config import PipelineParams, format_validation_error, parse_value, stage_configs
+from mammo.config import PipelineParams, format_validation_error, parse_value, split_pair, stage_configs
 from mammo.errors import ConfigError
 
 #: Parameter types KFP knows (STRING, NUMBER_INTEGER, NUMBER_DOUBLE, BOOLEAN, LIST).
@@ -130,10 +130,7 @@ def parse_params(pairs: list[str], parameters: list[PipelineParameter]) -> dict[
     known = {p.name: p for p in parameters}
     result: dict[str, Any] = {}
     for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ConfigError(f"--param {pair!r}: expected key=value, e.g. --param dataset_uri=s3://mammo/datasets/rsna")
+        key, raw = split_pair(pair, "--param", "dataset_uri=s3://mammo/datasets/rsna")
         if key not in known:
             raise ConfigError(f"--param {key}: unknown parameter (see `mammo pipeline params`)")
         result[key] = coerce(known[key], raw)

@@ -218,6 +218,14 @@ def parse_value(text: str) -> Any:
         return text
 
 
+def split_pair(pair: str, flag: str, example: str) -> tuple[str, str]:
+    """``key=value`` from a repeatable option (--set, --param); one-line error otherwise."""
+    key, sep, raw = pair.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"{flag} {pair!r}: expected key=value, e.g. {flag} {example}")
+    return key.strip(), raw
+
+
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node = tree
     parts = dotted.split(".")
@@ -265,10 +273,8 @@ def load_config(
         source = str(config_file)
         tree = read_yaml_mapping(config_file)
     for item in sets or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set loss.name=focal")
-        _set_dotted(tree, key.strip(), parse_value(raw))
+        key, raw = split_pair(item, "--set", "loss.name=focal")
+        _set_dotted(tree, key, parse_value(raw))
     for key, value in (overrides or {}).items():
         if value is not None:
             _set_dotted(tree, key, value)
