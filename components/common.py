@@ -252,7 +252,7 @@ class RunMirror:
     of the epoch, after them, and top-k files the engine evicted are deleted only after that:
     storage never holds a resume point whose best/top-k files are missing, and a killed pod
     loses at most the epoch it was in. A file with the content of one already uploaded
-    (``best_auc.pt`` is a copy of ``last.pt``) is copied server-side instead of sent again.
+    (the best and top-k names of one epoch) is copied server-side instead of sent again.
     """
 
     def __init__(self, run_dir: Path, run_uri: str, resume_name: str) -> None:

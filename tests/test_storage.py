@@ -98,6 +98,31 @@ def test_copy_keeps_content_and_checksum(root: str) -> None:
     assert storage.stat(dst).sha256 == _sha(b"weights")
 
 
+def test_local_copy_takes_no_second_copy_of_the_bytes(tmp_path: Path) -> None:
+    src, dst = tmp_path / "runs/r1/best_auc.pt", tmp_path / "models/demo/model.pt"
+    storage.put_bytes(b"weights", str(src))
+    storage.copy(str(src), str(dst))
+    assert dst.stat().st_ino == src.stat().st_ino  # a hard link
+    storage.put_bytes(b"next epoch", str(src))  # replacing the source leaves the copy alone
+    storage.delete(str(src))
+    assert storage.get_bytes(str(dst)) == b"weights"
+
+
+def test_a_corrupted_object_stays_refused_when_copied(root: str, request: pytest.FixtureRequest) -> None:
+    src = storage.join(root, "runs/r1/best_auc.pt")
+    storage.put_bytes(b"weights", src)
+    _tamper(src, b"garbage", request)
+    dst = storage.join(root, "models/demo/model.pt")
+    if storage.is_remote(root):  # a server-side copy carries the recorded sha256 along
+        storage.copy(src, dst)
+        with pytest.raises(IntegrityError, match="integrity check failed for .*model.pt"):
+            storage.get_bytes(dst)
+    else:  # the local copy reads the source, so it refuses at once
+        with pytest.raises(IntegrityError, match="integrity check failed for .*best_auc.pt"):
+            storage.copy(src, dst)
+        assert not storage.exists(dst)
+
+
 def test_delete_and_delete_prefix(root: str) -> None:
     for key in ["p/a", "p/b/c", "q/d"]:
         storage.put_bytes(b"x", storage.join(root, key))

@@ -1,15 +1,15 @@
 """Self-describing checkpoints and the policy that decides which ones to keep.
 
-A checkpoint is a plain dict saved with ``torch.save``: model, optimiser, scheduler and AMP
-scaler state, epoch, resolved config, validation metrics, split fingerprint and library versions.
-It holds only tensors and plain Python values so it loads with ``weights_only=True``.
+A checkpoint is a plain dict saved with ``torch.save``: model weights, epoch, resolved config,
+validation metrics, split fingerprint and library versions; ``last.pt``, the resume point, also
+holds the optimiser, schedule, AMP scaler and trainer state. It holds only tensors and plain
+Python values so it loads with ``weights_only=True``.
 """
 
 from __future__ import annotations
 
 import logging
 import platform
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ import torchvision
 from mammo import __version__
 from mammo.config import ModelConfig, lookup_metric, metric_mode
 from mammo.errors import CheckpointError
-from mammo.storage.atomic import atomic_path
+from mammo.storage.atomic import atomic_path, link_or_copy
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,9 @@ BEST_CHECKPOINTS = {
     "best_pf1.pt": "breast.pf1",
 }
 LAST = "last.pt"
+#: What only a resumed run needs. Best and top-k checkpoints leave it out: with Adam, whose two
+#: moment buffers are each as large as the weights, they are a third of the size of ``last.pt``.
+RESUME_KEYS = ("optimizer", "schedule", "scaler", "trainer")
 
 #: Called with (path, name) after a checkpoint file is written, and with (path, None) after one
 #: is deleted, so a caller can mirror the run directory to object storage as it changes.
@@ -51,6 +54,10 @@ def library_versions() -> dict[str, str]:
 def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
+
+
+def without_resume_state(payload: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in payload.items() if key not in RESUME_KEYS}
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -86,7 +93,10 @@ def model_from_checkpoint(payload: dict[str, Any], source: str = "checkpoint") -
 
 class CheckpointKeeper:
     """Writes ``last.pt`` every epoch, ``best_<metric>.pt`` on improvement and keeps the
-    ``top_k`` best epochs by the primary metric as ``topk_epochNNN.pt``."""
+    ``top_k`` best epochs by the primary metric as ``topk_epochNNN.pt``.
+
+    An epoch that earns several names is saved once (without resume state) and hard-linked to
+    the others, so a run directory holds each epoch's weights at most once."""
 
     def __init__(self, out_dir: Path, primary: str, top_k: int, listener: CheckpointListener | None = None) -> None:
         self.out_dir = out_dir
@@ -103,10 +113,9 @@ class CheckpointKeeper:
         if self.listener is not None:
             self.listener(path, name)
 
-    def _copy(self, source: Path, name: str) -> None:
+    def _link(self, source: Path, name: str) -> None:
         target = self.out_dir / name
-        with atomic_path(target) as tmp:
-            shutil.copyfile(source, tmp)
+        link_or_copy(source, target)
         self._notify(target, name)
 
     def update(
@@ -118,19 +127,22 @@ class CheckpointKeeper:
         checkpoint, so a resumed run continues with the right bests and top-k."""
         improved = self._record_bests(metrics)
         entered, evicted = self._rank(epoch, metrics)
+        payload = make_payload(self.state_dict())
         last = self.out_dir / LAST
-        save_checkpoint(make_payload(self.state_dict()), last)
+        save_checkpoint(payload, last)
         self._notify(last, LAST)
-        written = [LAST]
         names = improved + ([f"topk_epoch{epoch:03d}.pt"] if entered else [])
-        for name in names:
-            self._copy(last, name)
-            written.append(name)
+        if names:
+            first = self.out_dir / names[0]
+            save_checkpoint(without_resume_state(payload), first)
+            self._notify(first, names[0])
+            for name in names[1:]:
+                self._link(first, name)
         for old in evicted:
             path = self.out_dir / f"topk_epoch{old:03d}.pt"
             path.unlink(missing_ok=True)
             self._notify(path, None)
-        return written
+        return [LAST, *names]
 
     def _record_bests(self, metrics: dict[str, Any]) -> list[str]:
         improved = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,6 +44,18 @@ def atomic_file(path: str | Path, *, durable: bool = True) -> Iterator[BinaryIO]
     """``atomic_path`` for writers that want a binary handle."""
     with atomic_path(path, durable=durable) as tmp, open(tmp, "wb") as handle:
         yield handle
+
+
+def link_or_copy(source: str | Path, target: str | Path) -> None:
+    """``target`` with the content of ``source``, atomically: a hard link where the file system
+    allows (no second copy on disk), else a copy. Only for files that are never changed in
+    place, only replaced, which is how every file here is written."""
+    with atomic_path(target) as tmp:
+        tmp.unlink()
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
