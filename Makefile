@@ -24,8 +24,9 @@ PACKAGES := $(wildcard shared/pyproject.toml components/pyproject.toml pipelines
 $(STAMP): requirements/lock.txt requirements/test.txt $(PACKAGES)
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	# Exact pins; torch/torchvision come from PyPI (see README: the PyTorch pin).
-	$(VENV)/bin/pip install --quiet -r requirements/lock.txt -r requirements/test.txt
+	# Exact pins; torch/torchvision come from PyPI (see README: the PyTorch pin). No pip cache:
+	# it would keep a second copy of the ~3 GB of CUDA wheels.
+	$(VENV)/bin/pip install --quiet --no-cache-dir -r requirements/lock.txt -r requirements/test.txt
 	$(VENV)/bin/pip install --quiet --no-deps $(foreach p,$(PACKAGES),-e $(dir $(p)))
 	$(PY) -c "import torch, torchvision, torchvision.ops; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
 	touch $@
