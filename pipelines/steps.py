@@ -56,10 +56,12 @@ def split_builder(
     """Validates the run's parameters (the promotion rule too), builds (or reuses) the dataset's fixed split, and names
     the run after everything its results depend on: dataset objects (names, sizes, ETags),
     split, parameters, images and the installed code. Never cached: it reads data that can
-    change behind its URI."""
+    change behind its URI. Its telemetry is pushed once that run id exists (a failure before
+    it shows in KFP only)."""
     import hashlib
     import json
     import logging
+    import time
     from collections import namedtuple
     from pathlib import Path
 
@@ -67,10 +69,12 @@ def split_builder(
     import mammo_components
     from mammo.config import PipelineParams
     from mammo.storage import open_store
+    from mammo.telemetry import Telemetry
     from mammo_components.promoter.entrypoint import check_rule
     from mammo_components.split_builder.entrypoint import run
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    started = time.monotonic()
     check_rule(promotion_metric, promotion_margin)
     params = PipelineParams.model_validate({
         "data": dataset_uri, "image_size": image_size, "backbone": backbone,
@@ -94,6 +98,7 @@ def split_builder(
         "code": [code_version, code.hexdigest()],
     }
     run_id = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    Telemetry("split_builder", run_id).finish(True, time.monotonic() - started)
     split.metadata.update({
         "uri": result["split_uri"], "sha256": result["split_sha256"],
         "dataset_fingerprint": result["dataset_fingerprint"], "reused": result["reused"],

@@ -1,6 +1,7 @@
 """The whole mammo-training pipeline through kfp.local (`mammo run`), on tiny synthetic data:
 on the local store (promotes the first model, not an equal one on the second run) and on the
-S3 server (a run on grown data keeps every earlier patient in its split)."""
+S3 server (a run on grown data keeps every earlier patient in its split, and every step reports
+to the Pushgateway under the run's id)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from mammo.local_run import run_local
 from mammo.split import SPLIT_CSV
 from mammo_components.split_builder.entrypoint import latest_split
 from mammo_components.split_builder.entrypoint import run as build_split
-from servers import S3Env
+from servers import Pushgateway, S3Env
 
 #: One epoch per trainer at 32 px: the point is the pipeline, not the model.
 TINY = {
@@ -118,7 +119,7 @@ def _split_of(prefix: str, local: Path) -> pd.DataFrame:
 
 
 def test_s3_run_on_grown_data_keeps_every_old_patient_in_its_split(
-    s3_env: S3Env, tiny_dataset: Path, tiny_config: str, tmp_path: Path
+    s3_env: S3Env, pushgateway: Pushgateway, tiny_dataset: Path, tiny_config: str, tmp_path: Path
 ) -> None:
     data = tmp_path / "data"
     shutil.copytree(tiny_dataset, data)
@@ -137,3 +138,9 @@ def test_s3_run_on_grown_data_keeps_every_old_patient_in_its_split(
     grown = _split_of(prefix, tmp_path / "new")
     assert (grown.loc[old.index] == old).all()
     assert set(grown.index) == set(old.index) | new_patients
+
+    # every step that computes something reported to the Pushgateway under the run's id
+    for component in ("split_builder", "baseline_trainer", "unfreeze_trainer", "evaluator"):
+        pushed = {x.name: x.value for x in pushgateway.samples(component=component, run_id=result["run_id"])}
+        assert pushed.get("mammo_step_success") == 1, (component, pushed)
+        assert pushed["mammo_step_duration_seconds"] > 0
