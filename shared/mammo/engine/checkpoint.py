@@ -1,9 +1,8 @@
 """Self-describing checkpoints and the policy that decides which ones to keep.
 
-A checkpoint is a plain dict saved with ``torch.save``: model weights, epoch, resolved config,
-validation metrics, split fingerprint and library versions; ``last.pt``, the resume point, also
-holds the optimiser, schedule, AMP scaler and trainer state. It holds only tensors and plain
-Python values so it loads with ``weights_only=True``.
+A checkpoint is a plain dict saved with ``torch.save``: model, optimiser, scheduler and AMP
+scaler state, epoch, resolved config, validation metrics, split fingerprint and library versions.
+It holds only tensors and plain Python values so it loads with ``weights_only=True``.
 """
 
 from __future__ import annotations
@@ -33,9 +32,6 @@ BEST_CHECKPOINTS = {
     "best_pf1.pt": "breast.pf1",
 }
 LAST = "last.pt"
-#: What only a resumed run needs. Best and top-k checkpoints leave it out: with Adam, whose two
-#: moment buffers are each as large as the weights, they are a third of the size of ``last.pt``.
-RESUME_KEYS = ("optimizer", "schedule", "scaler", "trainer")
 
 #: Called with (path, name) after a checkpoint file is written, and with (path, None) after one
 #: is deleted, so a caller can mirror the run directory to object storage as it changes.
@@ -54,10 +50,6 @@ def library_versions() -> dict[str, str]:
 def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-
-
-def without_resume_state(payload: dict[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in payload.items() if key not in RESUME_KEYS}
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -95,8 +87,9 @@ class CheckpointKeeper:
     """Writes ``last.pt`` every epoch, ``best_<metric>.pt`` on improvement and keeps the
     ``top_k`` best epochs by the primary metric as ``topk_epochNNN.pt``.
 
-    An epoch that earns several names is saved once (without resume state) and hard-linked to
-    the others, so a run directory holds each epoch's weights at most once."""
+    An epoch is saved once, as ``last.pt``; the other names it earns are hard links to that
+    file, so a run directory holds each epoch at most once (a ResNet-50 checkpoint with Adam
+    state is about 300 MB)."""
 
     def __init__(self, out_dir: Path, primary: str, top_k: int, listener: CheckpointListener | None = None) -> None:
         self.out_dir = out_dir
@@ -127,17 +120,12 @@ class CheckpointKeeper:
         checkpoint, so a resumed run continues with the right bests and top-k."""
         improved = self._record_bests(metrics)
         entered, evicted = self._rank(epoch, metrics)
-        payload = make_payload(self.state_dict())
         last = self.out_dir / LAST
-        save_checkpoint(payload, last)
+        save_checkpoint(make_payload(self.state_dict()), last)
         self._notify(last, LAST)
         names = improved + ([f"topk_epoch{epoch:03d}.pt"] if entered else [])
-        if names:
-            first = self.out_dir / names[0]
-            save_checkpoint(without_resume_state(payload), first)
-            self._notify(first, names[0])
-            for name in names[1:]:
-                self._link(first, name)
+        for name in names:
+            self._link(last, name)
         for old in evicted:
             path = self.out_dir / f"topk_epoch{old:03d}.pt"
             path.unlink(missing_ok=True)
