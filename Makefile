@@ -21,15 +21,21 @@ help: ## List the targets
 # The three packages of this repository: training code, KFP components, pipelines.
 PACKAGES := $(wildcard shared/pyproject.toml components/pyproject.toml pipelines/pyproject.toml)
 
+# Quiet on purpose: the first screen of `make run` should be the job. setuptools' notes on
+# editable installs are silenced, and so are pip's notes on unreachable local index folders.
+PIP_QUIET := PYTHONWARNINGS=ignore $(VENV)/bin/pip
+PIP_FILTER := 2> >(grep -v '^WARNING: Location' >&2)
+
 $(STAMP): requirements/lock.txt requirements/test.txt $(PACKAGES)
-	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --upgrade pip
-	# Exact pins; torch/torchvision come from PyPI (see README: the PyTorch pin). No pip cache:
-	# it would keep a second copy of the ~3 GB of CUDA wheels.
-	$(VENV)/bin/pip install --quiet --no-cache-dir -r requirements/lock.txt -r requirements/test.txt
-	$(VENV)/bin/pip install --quiet --no-deps $(foreach p,$(PACKAGES),-e $(dir $(p)))
-	$(PY) -c "import torch, torchvision, torchvision.ops; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
-	touch $@
+	@echo "make: installing the virtual environment in $(VENV) (once; a few minutes, ~6 GB)"
+	@$(PYTHON) -m venv $(VENV)
+	@$(PIP_QUIET) install --quiet --upgrade pip $(PIP_FILTER)
+	@# Exact pins; torch/torchvision come from PyPI (see README: the PyTorch pin). No pip cache:
+	@# it would keep a second copy of the ~3 GB of CUDA wheels.
+	@$(PIP_QUIET) install --quiet --no-cache-dir -r requirements/lock.txt -r requirements/test.txt $(PIP_FILTER)
+	@$(PIP_QUIET) install --quiet --no-deps $(foreach p,$(PACKAGES),-e $(dir $(p))) $(PIP_FILTER)
+	@$(PY) -c "import torch, torchvision, torchvision.ops; print('make: torch', torch.__version__, 'torchvision', torchvision.__version__)"
+	@touch $@
 
 venv: $(STAMP) ## Create/refresh the virtual environment
 

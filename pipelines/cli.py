@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mammo.cli import run_guarded
+from mammo.console import run_guarded
 from mammo.errors import ConfigError
 from mammo_pipelines import remote
 from mammo_pipelines.parameters import check_arguments, describe, parse_params

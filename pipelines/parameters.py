@@ -1,10 +1,10 @@
 """The pipeline's typed parameters, derived from ``mammo.config.PipelineParams``.
 
-Every ``PipelineParams`` field becomes a pipeline parameter of the same name, type and default
-(``data`` is called ``dataset_uri`` here; ``weights`` uses ``""`` for "none", since KFP
-parameters cannot be null). The pipeline adds what only the pipeline knows: where the store
-is, the model's name, the promotion rule and, in the ``gpu`` profile, GPUs per trainer. This one
-table drives the pipeline's signature, ``--param`` parsing and the README's reference.
+Every ``PipelineParams`` field becomes a pipeline parameter of the same name, type, default and
+description (``data`` is called ``dataset_uri`` here; ``weights`` uses ``""`` for "none", since
+KFP parameters cannot be null). The pipeline adds what only the pipeline knows: where the store
+is and, in the ``gpu`` profile, GPUs per trainer. This one table drives the pipeline's
+signature and parameter descriptions, ``--param`` parsing and the README's reference.
 """
 
 from __future__ import annotations
@@ -23,38 +23,8 @@ from mammo.errors import ConfigError
 #: Parameter types KFP knows (STRING, NUMBER_INTEGER, NUMBER_DOUBLE, BOOLEAN, LIST).
 ParamType = type
 
-#: Descriptions of the PipelineParams fields that have none of their own.
-HELP = {
-    "image_size": "Square input size in pixels.",
-    "backbone": "resnet18, resnet34, resnet50, resnet101 or resnet152.",
-    "weights": "Initial weights: empty (none), a torchvision weights name (e.g. IMAGENET1K_V2) or a state_dict file path in the image.",
-    "in_channels": "1 = grayscale input (conv1 weights summed), 3 = image repeated.",
-    "batch_size": "Images per training step.",
-    "workers": "DataLoader worker processes per step (0 = main process).",
-    "device": "auto, cpu, cuda, cuda:N or mps.",
-    "seed": "Seed of the split, the sampling and the initialisation.",
-    "val_frac": "Fraction of patients in the validation split (new patients only; old ones keep theirs).",
-    "test_frac": "Fraction of patients in the test split (new patients only; old ones keep theirs).",
-    "warmup_ratio": "Warm-up subset: all positive training breasts plus this many times as many negatives.",
-    "loss": "bce, bce_pos (pos_weight from the training prevalence), focal or focal_pos.",
-    "augment": "Batch-level augmentation of training images.",
-    "baseline_epochs": "Upper bound on baseline epochs, warm-up included (early stopping may end sooner).",
-    "warmup_epochs": "Leading baseline epochs on the balanced warm-up subset.",
-    "baseline_lr": "Adam learning rate of the baseline.",
-    "unfreeze_epochs": "Upper bound on gradual-unfreezing epochs.",
-    "unfreeze_lr": "Learning rate of the head while the backbone is frozen.",
-    "threshold_metric": "Breast-level metric maximised on val to choose the operating threshold (pf1 or f1).",
-    "rank_metric": "Validation metric ranking the candidate checkpoints, e.g. breast.auc.",
-    "baseline_set": "Further baseline settings as dotted key=value strings, e.g. [\"early_stopping.patience=3\"].",
-    "unfreeze_set": "Further unfreeze settings as dotted key=value strings, e.g. [\"unfreeze.start_epoch=5\"].",
-    "evaluate_set": "Further evaluation settings as dotted key=value strings.",
-}
-
 #: Default store of cluster runs: the bucket of the project's MinIO (docs/kubernetes.md).
 DEFAULT_STORE = "s3://mammo"
-DEFAULT_MODEL_NAME = "mammo"
-DEFAULT_PROMOTION_METRIC = "test.breast.auc"
-DEFAULT_PROMOTION_MARGIN = 0.005
 
 
 @dataclass(frozen=True)
@@ -95,7 +65,7 @@ def _from_params(name: str, info: FieldInfo) -> PipelineParameter:
         name=name,
         type=_kfp_type(info.annotation),
         default=_default(info),
-        help=info.description or HELP.get(name, ""),
+        help=info.description or "",
         field=name,
     )
 
@@ -107,18 +77,8 @@ def pipeline_parameters(*, dataset_uri: str, with_gpus: bool) -> list[PipelinePa
     head = [
         PipelineParameter("dataset_uri", str, dataset_uri, "Dataset prefix (train.csv + PNGs): s3://bucket/key or a local path.", "data"),
         PipelineParameter("store_uri", str, DEFAULT_STORE, "Root of splits/, runs/ and models/: s3://bucket[/prefix] or a local path."),
-        PipelineParameter("model_name", str, DEFAULT_MODEL_NAME, "Name under models/<name>/production/ of the promoted model."),
     ]
-    tail = [
-        PipelineParameter(
-            "promotion_metric", str, DEFAULT_PROMOTION_METRIC,
-            "Metric deciding promotion, <split>.<level>.<metric>, e.g. test.breast.auc or val.image.pr_auc.",
-        ),
-        PipelineParameter(
-            "promotion_margin", float, DEFAULT_PROMOTION_MARGIN,
-            "The best candidate replaces production only when it beats it by more than this (absolute).",
-        ),
-    ]
+    tail = []
     if with_gpus:
         tail.append(PipelineParameter("trainer_gpus", int, 1, "GPUs requested by each trainer pod."))
     return [*head, *fields.values(), *tail]

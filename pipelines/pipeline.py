@@ -161,6 +161,11 @@ def build_pipeline(profile: Profile):  # -> kfp GraphComponent
     def mammo_training(*args: Any) -> Any:
         return _wire(profile, dict(zip(names, args, strict=True)))
 
+    # KFP reads each parameter's description (shown in the UI's run form) from an Args section.
+    mammo_training.__doc__ = DESCRIPTION + "\n\nArgs:\n" + "".join(
+        f"    {p.name}: {' '.join(p.help.split())}\n" for p in parameters
+    )
+
     mammo_training.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
         [
             inspect.Parameter(p.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=p.default, annotation=p.type)

@@ -29,11 +29,50 @@ def test_stage_commands_share_the_common_flags(command, capsys):
     with pytest.raises(SystemExit):
         main([command, "--help"])
     text = capsys.readouterr().out
-    flags = ["--data", "--split", "--out", "--image-size", "--backbone", "--weights", "--batch-size",
-             "--workers", "--device", "--seed", "--config", "--set"]
-    flags.append("--checkpoint" if command == "evaluate" else "--epochs")
+    flags = ["--data", "--split", "--out", "--image-size", "--batch-size",
+             "--workers", "--device", "--seed", "--config", "--set", "--json"]
+    flags += ["--checkpoint"] if command == "evaluate" else ["--epochs", "--backbone", "--weights"]
     for flag in flags:
         assert flag in text, flag
+    if command == "evaluate":  # the checkpoint decides the model, so the flags that would not count are absent
+        assert "--backbone" not in text and "--weights" not in text
+
+
+@pytest.mark.parametrize("command", ["train", "unfreeze", "evaluate", "split", "data synth", "bench data"])
+def test_every_option_has_help_and_values_show_their_default(command, capsys):
+    with pytest.raises(SystemExit):
+        main([*command.split(), "--help"])
+    options = capsys.readouterr().out.split("options:")[1]
+    entries = [e for e in options.split("\n  -")[1:] if not e.startswith(("h, --help", "-help"))]
+    for entry in entries:
+        name, *rest = entry.split(None, 1)
+        assert rest and rest[0].strip(), f"{command} -{name}: no help"
+    for flag in ("--batch-size", "--workers", "--seed", "--epochs", "--patients", "--val-frac", "--image-size"):
+        for entry in entries:
+            if entry.startswith(f"-{flag} "):
+                assert "default" in " ".join(entry.split()), f"{command} {flag}: default not shown"
+
+
+def test_help_shows_the_stage_own_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["unfreeze", "--help"])
+    assert "(default: 100)" in " ".join(capsys.readouterr().out.split())  # unfreeze epochs, not train's 50
+
+
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["split", "--data", "s3://bucket/ds", "--out", "x"], "--data"),
+        (["train", "--data", "d", "--split", "s3://bucket/splits/1", "--out", "x"], "--split"),
+        (["evaluate", "--data", "d", "--split", "s", "--out", "s3://b/o", "--checkpoint", "c.pt"], "--out"),
+        (["evaluate", "--data", "d", "--split", "s", "--out", "o", "--checkpoint", "s3://b/c.pt"], "--checkpoint"),
+    ],
+)
+def test_stage_commands_refuse_storage_uris_in_one_line(argv, flag, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"mammo: error: {flag} s3://") and "mammo component" in err
+    assert len(err.splitlines()) == 1
 
 
 def test_missing_required_setting_is_one_line(tmp_path):

@@ -65,7 +65,6 @@ def test_resolved_config_round_trips(tmp_path):
         (["data.image_size=0"], "data.image_size: Input should be greater than or equal to 16"),
         (["model.backbone=vgg16"], "model.backbone: Input should be 'resnet18'"),
         (["loss.nmae=focal"], "loss.nmae: Extra inputs are not permitted"),
-        (["epochs=3", "warmup_epochs=3"], "warmup_epochs must be smaller than epochs"),
         (["epochs"], "expected key=value"),
         (["epochs=5", "epochs.x=1"], "'epochs' is a value, not a section"),
     ],
@@ -120,3 +119,21 @@ def test_stage_configs_map_the_flat_pipeline_parameters():
 def test_config_module_does_not_import_torch():
     code = "import sys, mammo.config, mammo.cli; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize(("epochs", "warmup", "expected"), [(1, 2, 0), (3, 3, 2), (5, 2, 2)])
+def test_warmup_longer_than_the_run_is_cut_with_one_log_line(epochs, warmup, expected, caplog):
+    config = load_config(TrainConfig, sets=[f"epochs={epochs}", f"warmup_epochs={warmup}"])
+    assert config.warmup_epochs == expected
+    cut = [r for r in caplog.records if "warmup_epochs" in r.getMessage()]
+    assert len(cut) == (expected != warmup)
+
+
+def test_pipeline_params_carry_the_promotion_rule_and_a_description_each():
+    params = load_config(PipelineParams, sets=["promotion_margin=0.01", "model_name=m2"])
+    assert (params.promotion_margin, params.model_name, params.promotion_metric) == (0.01, "m2", "test.breast.auc")
+    assert "promotion_margin" not in params.training_values()
+    assert all(info.description for info in PipelineParams.model_fields.values())
+    shown = dump_config(PipelineParams())
+    for key in ("promotion_metric:", "promotion_margin:", "model_name:"):
+        assert key in shown

@@ -114,7 +114,8 @@ def test_schedule_lists_every_page_to_find_duplicates(kfp_server: FakeKfp) -> No
         (["schedule", "--name", "w", "--cron", "0 3 * * 0"], "six fields, seconds first"),
         (["submit", "--param", "no_such=1"], "--param no_such: unknown parameter"),
         (["submit", "--param", "baseline_epochs=many"], "expected int"),
-        (["submit", "--param", "warmup_epochs=60"], "warmup_epochs must be smaller than epochs"),
+        (["submit", "--param", "promotion_metric=breast.auc"], "promotion_metric: String should match pattern"),
+        (["submit", "--param", "promotion_margin=-1"], "promotion_margin: Input should be greater than or equal to 0"),
         (["submit", "--param", "backbone=vgg16"], "backbone"),
     ],
 )

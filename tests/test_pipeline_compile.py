@@ -225,3 +225,17 @@ def test_every_parameter_is_in_the_readme_reference() -> None:
     reference = readme.split("## Parameters", 1)[1].split("\n## ", 1)[0]
     for parameter in parameters_for(get_profile("gpu", train_image="t", eval_image="e")):
         assert f"`{parameter.name}`" in reference, parameter.name
+
+
+@pytest.mark.parametrize("profile", ["gpu", "kind"])
+def test_every_pipeline_parameter_carries_its_description(profile: str, tmp_path: Path) -> None:
+    """The KFP UI's run form shows these; they come from PipelineParams' field descriptions."""
+    from mammo_pipelines.pipeline import compile_pipeline
+    from mammo_pipelines.profiles import get_profile
+
+    path = compile_pipeline(get_profile(profile), tmp_path / "p.yaml")
+    spec = next(yaml.safe_load_all(path.read_text()))
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    missing = [name for name, value in params.items() if not value.get("description")]
+    assert not missing, missing
+    assert params["promotion_margin"]["description"] == PipelineParams.model_fields["promotion_margin"].description

@@ -15,7 +15,7 @@ import yaml
 
 from mammo import storage
 from mammo.data.synth import write_synthetic_dataset
-from mammo.local_run import run_local
+from mammo_pipelines.local_run import run_local
 from mammo.split import SPLIT_CSV
 from mammo_components.split_builder.entrypoint import latest_split
 from mammo_components.split_builder.entrypoint import run as build_split

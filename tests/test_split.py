@@ -287,6 +287,10 @@ def test_cli_split_prints_summary_and_reports_user_errors_in_one_line(
 ) -> None:
     write_table(make_table(60, 6), tmp_path / "data")
     assert main(["split", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "out")]) == 0
+    table = capsys.readouterr().out
+    assert len(table.splitlines()) < 15 and "warm-up subset" in table and "split.csv" in table
+    assert table.splitlines()[4].split()[:2] == ["all", "60"]
+    assert main(["split", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "o3"), "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["splits"]["all"]["patients"] == 60
     assert (tmp_path / "out" / "split.csv").is_file()

@@ -2,52 +2,77 @@
 
 Each subcommand imports its implementation lazily, so ``mammo --help`` and the pipeline commands
 stay fast and torch-free. User mistakes (``MammoError``) print one line and exit non-zero.
+``run``, ``component`` and ``pipeline`` come from the upper packages through entry points: this
+package knows nothing of them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from collections.abc import Callable
+from importlib.metadata import entry_points
 from typing import Any
 
 from mammo import __version__
-from mammo.errors import MammoError
+from mammo.console import add_config_args, run_guarded, setup_logging
+from mammo.errors import ConfigError
+from mammo.summaries import evaluation_table, split_table, training_table
 
-Handler = Callable[[argparse.Namespace], Any]
-
-
-def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", metavar="FILE", help="YAML config file (see README: configuration).")
-    p.add_argument(
-        "--set",
-        dest="sets",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="Override one config value by dotted key, e.g. --set loss.name=focal (repeatable).",
-    )
+#: Entry-point group through which the upper packages add sub-commands (``mammo run``,
+#: ``mammo component ...``, ``mammo pipeline ...``): each entry point is ``register(subparsers)``.
+COMMAND_GROUP = "mammo.commands"
 
 
-def _add_common_run_args(p: argparse.ArgumentParser, *, out_help: str) -> None:
+def _default(model: type, dotted: str) -> Any:
+    """A config default by dotted key (e.g. ``data.batch_size``), read from the config models,
+    so that ``--help`` shows the value a run really gets."""
+    for part in dotted.split(".")[:-1]:
+        model = model.model_fields[part].default_factory().__class__
+    value = model.model_fields[dotted.rsplit(".", 1)[-1]].get_default(call_default_factory=True)
+    return "none" if value is None else value
+
+
+def _add_common_run_args(p: argparse.ArgumentParser, model: type, *, out_help: str, trains: bool) -> None:
+    from mammo.backbones import BACKBONES
+
+    def shown(text: str, key: str) -> str:
+        return f"{text} (default: {_default(model, key)})"
+
     p.add_argument("--data", metavar="DIR", help="Dataset directory holding train.csv and the PNGs.")
     p.add_argument("--images", metavar="DIR", help="Image directory (default: detected under --data).")
     p.add_argument("--split", metavar="DIR", help="Split directory written by `mammo split`.")
     p.add_argument("--out", metavar="DIR", help=out_help)
-    p.add_argument("--image-size", type=int, metavar="PX", help="Input size in pixels (default 512).")
-    p.add_argument("--backbone", help="resnet18|resnet34|resnet50|resnet101|resnet152 (default resnet50).")
-    p.add_argument("--weights", help="none, a torchvision weights name, or a state_dict file path.")
-    p.add_argument("--batch-size", type=int, metavar="N")
-    p.add_argument("--workers", type=int, metavar="N", help="DataLoader worker processes.")
-    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N, mps.")
-    p.add_argument("--seed", type=int)
-    _add_config_args(p)
+    p.add_argument("--image-size", type=int, metavar="PX", help=shown("Input size in pixels", "data.image_size"))
+    if trains:  # evaluation takes the backbone and weights from the checkpoint
+        p.add_argument("--backbone", choices=BACKBONES, metavar="NAME",
+                       help=shown(f"One of {', '.join(BACKBONES)}", "model.backbone"))
+        p.add_argument("--weights", help=shown("none, a torchvision weights name, or a state_dict file path", "model.weights"))
+    p.add_argument("--batch-size", type=int, metavar="N", help=shown("Images per step", "data.batch_size"))
+    p.add_argument("--workers", type=int, metavar="N", help=shown("DataLoader worker processes (0 = main process)", "data.workers"))
+    p.add_argument("--device", help=shown("auto, cpu, cuda, cuda:N or mps", "device"))
+    p.add_argument("--seed", type=int, help=shown("Seed of sampling, augmentation and initialisation", "seed"))
+    add_config_args(p)
+    _add_json_flag(p)
+
+
+def local_paths(args: argparse.Namespace, *flags: str) -> None:
+    """Stage commands work on local files; a storage URI gets one line naming the command
+    that reads object storage."""
+    for flag in flags:
+        values = getattr(args, flag.removeprefix("--").replace("-", "_"), None)
+        for value in values if isinstance(values, list) else [values]:
+            if isinstance(value, str) and "://" in value:
+                raise ConfigError(
+                    f"{flag} {value}: `mammo {args.command}` reads and writes local paths; for object "
+                    "storage use `mammo component ...` (see components/README.md)"
+                )
 
 
 def _common_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    weights = args.weights
+    local_paths(args, "--data", "--images", "--split", "--out", "--weights", "--init", "--checkpoint")
+    weights = getattr(args, "weights", None)
     if isinstance(weights, str) and weights.lower() == "none":
         weights = None
     overrides = {
@@ -56,7 +81,7 @@ def _common_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "split": args.split,
         "out": args.out,
         "data.image_size": args.image_size,
-        "model.backbone": args.backbone,
+        "model.backbone": getattr(args, "backbone", None),
         "model.weights": weights,
         "data.batch_size": args.batch_size,
         "data.workers": args.workers,
@@ -70,6 +95,18 @@ def _common_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def _print_json(result: Any) -> None:
     print(json.dumps(result, indent=2, sort_keys=False, default=str))
+
+
+def _print_result(args: argparse.Namespace, result: dict[str, Any], table: Callable[[dict[str, Any]], str]) -> None:
+    """The command's result: a short table for people, the whole result with ``--json``."""
+    if args.json:
+        _print_json(result)
+    else:
+        print(table(result))
+
+
+def _add_json_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="Print the full result as JSON instead of a table.")
 
 
 # --- handlers -------------------------------------------------------------------------------
@@ -92,6 +129,7 @@ def _cmd_synth(args: argparse.Namespace) -> None:
 def _cmd_split(args: argparse.Namespace) -> None:
     from mammo.split import run_split
 
+    local_paths(args, "--data", "--out", "--previous")
     summary = run_split(
         data=args.data,
         out=args.out,
@@ -101,7 +139,7 @@ def _cmd_split(args: argparse.Namespace) -> None:
         warmup_ratio=args.warmup_ratio,
         previous=args.previous,
     )
-    _print_json(summary)
+    _print_result(args, summary, lambda result: split_table(result, args.out))
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
@@ -111,7 +149,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
     overrides = _common_overrides(args)
     overrides["warmup_epochs"] = args.warmup_epochs
     config = load_config(TrainConfig, args.config, args.sets, overrides)
-    _print_json(train_baseline(config, resume=args.resume))
+    _print_result(args, train_baseline(config, resume=args.resume), training_table)
 
 
 def _cmd_unfreeze(args: argparse.Namespace) -> None:
@@ -121,7 +159,7 @@ def _cmd_unfreeze(args: argparse.Namespace) -> None:
     overrides = _common_overrides(args)
     overrides["init"] = args.init
     config = load_config(UnfreezeConfig, args.config, args.sets, overrides)
-    _print_json(train_unfreeze(config, resume=args.resume))
+    _print_result(args, train_unfreeze(config, resume=args.resume), training_table)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
@@ -133,7 +171,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         overrides["checkpoints"] = args.checkpoint
     overrides["threshold_metric"] = args.threshold_metric
     config = load_config(EvalConfig, args.config, args.sets, overrides)
-    _print_json(evaluate(config))
+    _print_result(args, evaluate(config), evaluation_table)
 
 
 def _cmd_bench_data(args: argparse.Namespace) -> None:
@@ -162,39 +200,6 @@ def _cmd_config_show(args: argparse.Namespace) -> None:
     print(cfg.dump_config(cfg.load_config(model, args.config, args.sets)), end="")
 
 
-def _cmd_run(args: argparse.Namespace) -> None:
-    from mammo.local_run import run_local
-
-    run_local(
-        workdir=args.workdir,
-        data=args.data,
-        preset=args.preset,
-        config_file=args.config,
-        sets=args.sets,
-        store=args.store,
-        verbose=args.verbose,
-    )
-
-
-def _delegate(module: str, package_dir: str) -> Handler:
-    """Subcommand families that live in their own packages (components, pipelines), so that
-    the training package does not depend on them: ``mammo component ...`` runs
-    ``mammo_components.cli.main(argv)``."""
-
-    def handler(args: argparse.Namespace) -> None:
-        try:
-            target = __import__(module, fromlist=["main"])
-        except ModuleNotFoundError as exc:
-            if exc.name and module.startswith(exc.name):
-                raise MammoError(f"{module} is not installed (pip install -e {package_dir})") from None
-            raise
-        code = target.main(args.rest)
-        if code:
-            raise SystemExit(code)
-
-    return handler
-
-
 # --- parser ---------------------------------------------------------------------------------
 
 
@@ -206,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mammo {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="Debug logging.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    from mammo import config as cfg
 
     data = sub.add_parser("data", help="Dataset utilities.")
     data_sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
@@ -215,14 +221,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write train.csv (full RSNA column set) and PNGs whose cancer images carry "
         "a learnable signal, for demos and tests.",
     )
-    synth.add_argument("--out", required=True, metavar="DIR")
-    synth.add_argument("--patients", type=int, default=200, metavar="N")
-    synth.add_argument("--image-size", type=int, default=512, metavar="PX")
+    synth.add_argument("--out", required=True, metavar="DIR", help="Directory to write train.csv and the PNGs to.")
+    synth.add_argument("--patients", type=int, default=200, metavar="N", help="Number of patients (default: %(default)s).")
+    synth.add_argument("--image-size", type=int, default=512, metavar="PX", help="Square image size (default: %(default)s).")
     synth.add_argument("--prevalence", type=float, default=0.1, metavar="P",
-                       help="Fraction of patients with cancer (default 0.1).")
+                       help="Fraction of patients with cancer (default: %(default)s).")
     synth.add_argument("--layout", choices=["nested", "flat"], default="nested",
-                       help="nested: <dir>/{patient_id}/{image_id}.png; flat: {image_id}.png.")
-    synth.add_argument("--seed", type=int, default=0)
+                       help="nested: <dir>/{patient_id}/{image_id}.png; flat: {image_id}.png (default: %(default)s).")
+    synth.add_argument("--seed", type=int, default=0, help="Random seed (default: %(default)s).")
     synth.set_defaults(handler=_cmd_synth)
 
     split = sub.add_parser(
@@ -231,14 +237,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="All images of a patient land in one split; writes split.csv and split.json.",
     )
     split.add_argument("--data", required=True, metavar="DIR", help="Dataset directory or train.csv.")
-    split.add_argument("--out", required=True, metavar="DIR")
-    split.add_argument("--val-frac", type=float, default=0.15, metavar="F")
-    split.add_argument("--test-frac", type=float, default=0.15, metavar="F")
-    split.add_argument("--seed", type=int, default=42)
+    split.add_argument("--out", required=True, metavar="DIR", help="Directory for split.csv and split.json.")
+    split.add_argument("--val-frac", type=float, default=0.15, metavar="F",
+                       help="Fraction of patients in the validation split (default: %(default)s).")
+    split.add_argument("--test-frac", type=float, default=0.15, metavar="F",
+                       help="Fraction of patients in the test split (default: %(default)s).")
+    split.add_argument("--seed", type=int, default=42, help="Seed of the assignment (default: %(default)s).")
     split.add_argument("--warmup-ratio", type=int, default=3, metavar="K",
-                       help="Warm-up subset: all positive train breasts + K times as many negatives.")
+                       help="Warm-up subset: all positive train breasts + K times as many negatives "
+                       "(default: %(default)s).")
     split.add_argument("--previous", metavar="DIR",
                        help="An earlier split: its patients keep their assignment.")
+    _add_json_flag(split)
     split.set_defaults(handler=_cmd_split)
 
     train = sub.add_parser(
@@ -247,34 +257,40 @@ def build_parser() -> argparse.ArgumentParser:
         description="Baseline training. Checkpoints best_loss/best_auc/best_pr_auc/best_pf1/last "
         "and top-k go to --out.",
     )
-    _add_common_run_args(train, out_help="Run directory for checkpoints, metrics and config.")
-    train.add_argument("--epochs", type=int, metavar="N")
-    train.add_argument("--warmup-epochs", type=int, metavar="N")
+    _add_common_run_args(train, cfg.TrainConfig, out_help="Run directory for checkpoints, metrics and config.", trains=True)
+    train.add_argument("--epochs", type=int, metavar="N",
+                       help=f"Upper bound on epochs, warm-up included (default: {_default(cfg.TrainConfig, 'epochs')}).")
+    train.add_argument("--warmup-epochs", type=int, metavar="N",
+                       help="Leading epochs on the warm-up subset; cut to epochs - 1 when larger "
+                       f"(default: {_default(cfg.TrainConfig, 'warmup_epochs')}).")
     train.add_argument("--resume", action="store_true", help="Continue from --out/last.pt.")
     train.set_defaults(handler=_cmd_train)
 
     unfreeze = sub.add_parser(
         "unfreeze",
         help="Gradual unfreezing from a trained checkpoint.",
-        description="Head first, then layer4 -> layer3 -> layer2 -> layer1 -> conv1 on validation "
-        "triggers, each with its own learning rate; frozen BatchNorm stays frozen.",
+        description="Head first, then the backbone's blocks deepest first (ResNet: layer4 -> layer3 -> "
+        "layer2 -> layer1 -> conv1) on validation triggers, each with its own learning rate; "
+        "frozen BatchNorm stays frozen.",
     )
-    _add_common_run_args(unfreeze, out_help="Run directory for checkpoints, metrics and config.")
+    _add_common_run_args(unfreeze, cfg.UnfreezeConfig, out_help="Run directory for checkpoints, metrics and config.", trains=True)
     unfreeze.add_argument("--init", metavar="CKPT", help="Starting checkpoint (e.g. best_auc.pt).")
-    unfreeze.add_argument("--epochs", type=int, metavar="N")
+    unfreeze.add_argument("--epochs", type=int, metavar="N",
+                          help=f"Upper bound on epochs (default: {_default(cfg.UnfreezeConfig, 'epochs')}).")
     unfreeze.add_argument("--resume", action="store_true", help="Continue from --out/last.pt.")
     unfreeze.set_defaults(handler=_cmd_unfreeze)
 
     evaluate = sub.add_parser(
         "evaluate",
         help="Evaluate checkpoints on val and test; write metrics, predictions, plots, report.",
-        description="The operating threshold is chosen on val and applied unchanged to test.",
+        description="The operating threshold is chosen on val and applied unchanged to test. "
+        "Backbone and weights come from each checkpoint.",
     )
-    _add_common_run_args(evaluate, out_help="Output directory for the evaluation report.")
+    _add_common_run_args(evaluate, cfg.EvalConfig, out_help="Output directory for the evaluation report.", trains=False)
     evaluate.add_argument("--checkpoint", action="append", metavar="CKPT",
                           help="Checkpoint to evaluate (repeatable; several are ranked).")
     evaluate.add_argument("--threshold-metric", choices=["pf1", "f1"],
-                          help="Breast-level metric maximised on val (default pf1).")
+                          help="Breast-level metric maximised on val (default: pf1).")
     evaluate.set_defaults(handler=_cmd_evaluate)
 
     config = sub.add_parser("config", help="Show configuration defaults and resolved configs.")
@@ -285,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="The output is a valid --config file: save it, edit it, pass it back.",
     )
     show.add_argument("stage", choices=["train", "unfreeze", "evaluate", "pipeline"])
-    _add_config_args(show)
+    add_config_args(show)
     show.set_defaults(handler=_cmd_config_show)
 
     bench = sub.add_parser("bench", help="Benchmarks that print figures.")
@@ -294,65 +310,25 @@ def build_parser() -> argparse.ArgumentParser:
         "data",
         help="Images/s of the training data path vs. the research code's PIL path.",
     )
-    bench_data.add_argument("--data", required=True, metavar="DIR")
-    bench_data.add_argument("--image-size", type=int, default=512, metavar="PX")
+    bench_data.add_argument("--data", required=True, metavar="DIR", help="Dataset directory (e.g. from `mammo data synth`).")
+    bench_data.add_argument("--image-size", type=int, default=512, metavar="PX", help="Input size (default: %(default)s).")
     bench_data.add_argument("--workers", type=int, default=0, metavar="N",
-                            help="0 = main process only (one core).")
-    bench_data.add_argument("--batches", type=int, default=20, metavar="N")
-    bench_data.add_argument("--batch-size", type=int, default=16, metavar="N")
-    bench_data.add_argument("--device", default="auto")
+                            help="DataLoader workers; 0 = main process only, one core (default: %(default)s).")
+    bench_data.add_argument("--batches", type=int, default=20, metavar="N", help="Batches timed (default: %(default)s).")
+    bench_data.add_argument("--batch-size", type=int, default=16, metavar="N", help="Images per batch (default: %(default)s).")
+    bench_data.add_argument("--device", default="auto", help="Device of the batch transform (default: %(default)s).")
     bench_data.set_defaults(handler=_cmd_bench_data)
 
-    run = sub.add_parser(
-        "run",
-        help="The whole job on this machine: the Kubeflow pipeline (split -> baseline -> "
-        "unfreeze -> evaluate -> promote) through kfp.local, on synthetic data or --data.",
-    )
-    run.add_argument("--data", metavar="DIR", help="Real RSNA-layout dataset (default: demo data).")
-    run.add_argument("--workdir", default=".mammo", metavar="DIR",
-                     help="Local store for data, splits, runs and models (default .mammo).")
-    run.add_argument("--store", metavar="URI",
-                     help="Store instead of --workdir, e.g. s3://mammo (default: $MAMMO_STORE_URI; "
-                     "s3://mammo when MINIO_ENDPOINT is set).")
-    run.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-                     help="Show every step's full log (also: mammo -v run).")
-    run.add_argument("--preset", choices=["demo", "full"], default="demo",
-                     help="demo: tiny CPU-friendly settings; full: the research defaults.")
-    _add_config_args(run)
-    run.set_defaults(handler=_cmd_run)
-
-    for name, module, package_dir, text in (
-        ("component", "mammo_components.cli", "components", "Run one pipeline component from the command line."),
-        ("pipeline", "mammo_pipelines.cli", "pipelines", "Compile, submit and schedule the Kubeflow pipeline."),
-    ):
-        family = sub.add_parser(name, help=text, add_help=False, prefix_chars="\0")
-        family.add_argument("rest", nargs=argparse.REMAINDER)
-        family.set_defaults(handler=_delegate(module, package_dir))
+    for plugin in sorted(entry_points(group=COMMAND_GROUP), key=lambda ep: ep.name):
+        plugin.load()(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    setup_logging(args.verbose)
     return run_guarded(lambda: args.handler(args))
-
-
-def run_guarded(call: Callable[[], int | None]) -> int:
-    """Run a command; a user mistake (``MammoError``) becomes one line on stderr and its exit
-    code, Ctrl-C exit 130. Shared by every ``mammo`` command family."""
-    try:
-        return int(call() or 0)
-    except MammoError as err:
-        print(f"mammo: error: {err}", file=sys.stderr)
-        return err.exit_code
-    except KeyboardInterrupt:
-        print("mammo: interrupted", file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":

@@ -11,15 +11,20 @@ only compile pipelines.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from mammo.backbones import BACKBONES, DEFAULT_BACKBONE, default_schedule, family_of
 from mammo.errors import ConfigError
 
-Backbone = Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
+log = logging.getLogger(__name__)
+
+#: A name in the backbone table (``mammo.backbones``).
+Backbone = Literal[BACKBONES]  # type: ignore[valid-type]
 LossName = Literal["bce", "bce_pos", "focal", "focal_pos"]
 #: Metric names as ``<level>.<metric>``, e.g. ``image.auc`` or ``breast.pf1``.
 MetricKey = str
@@ -69,14 +74,14 @@ class AugmentConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    backbone: Backbone = "resnet50"
+    backbone: Backbone = Field(DEFAULT_BACKBONE, description="A torchvision network of the backbone table.")
     weights: str | None = Field(
         None,
         description="None, a torchvision weights name (e.g. IMAGENET1K_V2, DEFAULT) "
         "or a local path to a state_dict file.",
     )
     in_channels: Literal[1, 3] = Field(
-        1, description="1 = grayscale input (conv1 weights summed), 3 = image repeated."
+        1, description="1 = grayscale input (stem conv weights summed), 3 = image repeated."
     )
 
 
@@ -147,36 +152,70 @@ class TrainConfig(RunConfig):
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> TrainConfig:
+        """At least one epoch trains on the full data: a short smoke run (``--epochs 1``)
+        shortens the warm-up instead of failing."""
         if self.warmup_epochs >= self.epochs:
-            raise ValueError("warmup_epochs must be smaller than epochs")
+            log.warning(
+                "warmup_epochs %d cut to %d so that %d epoch(s) leave one for the full data",
+                self.warmup_epochs, self.epochs - 1, self.epochs,
+            )
+            self.__dict__["warmup_epochs"] = self.epochs - 1  # not via setattr: no re-validation
         return self
 
 
 class UnfreezeStep(_Strict):
-    block: Literal["layer4", "layer3", "layer2", "layer1", "conv1"]
+    block: str = Field(description="A block of the backbone's family, e.g. layer4 (ResNet).")
     block_lr: float = Field(gt=0)
     head_lr: float = Field(gt=0)
 
 
-def _default_unfreeze_steps() -> list[UnfreezeStep]:
+def default_unfreeze_steps(backbone: str) -> list[UnfreezeStep]:
+    """The family's default schedule: every block, deepest first, with the research ladder."""
     return [
-        UnfreezeStep(block="layer4", block_lr=5e-5, head_lr=5e-5),
-        UnfreezeStep(block="layer3", block_lr=1e-5, head_lr=3e-5),
-        UnfreezeStep(block="layer2", block_lr=5e-6, head_lr=2e-5),
-        UnfreezeStep(block="layer1", block_lr=2e-7, head_lr=1e-5),
-        UnfreezeStep(block="conv1", block_lr=1e-7, head_lr=1e-5),
+        UnfreezeStep(block=block, block_lr=block_lr, head_lr=head_lr)
+        for block, block_lr, head_lr in default_schedule(backbone)
     ]
+
+
+def _steps_problem(steps: list[UnfreezeStep] | None, backbone: str) -> str | None:
+    """Why ``steps`` do not fit ``backbone``'s blocks, or None when they do."""
+    family = family_of(backbone)
+    seen: set[str] = set()
+    for i, step in enumerate(steps or []):
+        if step.block not in family.block_names:
+            return (
+                f"steps[{i}].block {step.block!r} is not a block of {backbone}; its blocks, deepest "
+                f"first: {', '.join(family.block_names)} (leave unfreeze.steps out, or null, for "
+                f"the {family.name} default schedule)"
+            )
+        if step.block in seen:
+            return f"steps[{i}].block {step.block!r} is listed twice"
+        seen.add(step.block)
+    return None
+
+
+def _resolve_steps(schedule: UnfreezeScheduleConfig, backbone: str) -> None:
+    """Fill in the family's default steps, or check the given ones (ValueError)."""
+    if schedule.steps is None:
+        schedule.steps = default_unfreeze_steps(backbone)
+        return
+    problem = _steps_problem(schedule.steps, backbone)
+    if problem:
+        raise ValueError(problem)
 
 
 class UnfreezeScheduleConfig(_Strict):
     """When the next block is unfrozen: after `start_epoch`, once validation has fallen
-    `drop` below its best, and `cooldown` epochs after the previous unfreeze."""
+    `drop` below its best, and `cooldown` epochs after the previous unfreeze. `steps` name
+    blocks of the backbone's family; left out (null) they are its default schedule."""
 
     metric: MetricKey = "image.auc"
     start_epoch: int = Field(15, ge=1)
     drop: float = Field(0.0025, ge=0)
     cooldown: int = Field(12, ge=0)
-    steps: list[UnfreezeStep] = Field(default_factory=_default_unfreeze_steps)
+    steps: list[UnfreezeStep] | None = Field(
+        None, description="Blocks in unfreezing order with their rates; null: the family's default."
+    )
 
 
 class UnfreezeConfig(TrainConfig):
@@ -187,7 +226,7 @@ class UnfreezeConfig(TrainConfig):
     warmup_epochs: int = 0
     optimizer: OptimizerConfig = Field(default_factory=lambda: OptimizerConfig(lr=3e-4, weight_decay=1e-4))
     cosine_t_max: int = Field(50, ge=1, description="CosineAnnealingLR period while blocks unfreeze.")
-    unfreeze: UnfreezeScheduleConfig = Field(default_factory=UnfreezeScheduleConfig)
+    unfreeze: UnfreezeScheduleConfig = Field(default_factory=UnfreezeScheduleConfig, validate_default=True)
     scheduler: PlateauConfig = Field(
         default_factory=lambda: PlateauConfig(factor=0.3, patience=6),
         description="ReduceLROnPlateau used after the last block's cooldown.",
@@ -195,6 +234,34 @@ class UnfreezeConfig(TrainConfig):
     early_stopping: EarlyStoppingConfig = Field(
         default_factory=lambda: EarlyStoppingConfig(patience=10, min_delta=0.002, start_epoch=25)
     )
+
+    @field_validator("unfreeze")
+    @classmethod
+    def _steps_fit_backbone(cls, value: UnfreezeScheduleConfig, info: ValidationInfo) -> UnfreezeScheduleConfig:
+        model = info.data.get("model")
+        if model is not None:  # else the model's own error is reported
+            value = value.model_copy(deep=True)
+            _resolve_steps(value, model.backbone)
+        return value
+
+    @model_validator(mode="after")
+    def _steps_follow_model(self) -> UnfreezeConfig:
+        # Runs again on assignment (``config.model = ...``); a no-op after construction.
+        _resolve_steps(self.unfreeze, self.model.backbone)
+        return self
+
+    def use_model(self, model: dict[str, Any], source: str) -> None:
+        """Switch to the model a starting checkpoint was trained with. Steps that were the old
+        family's default become the new family's default; other steps must fit the new one."""
+        new = ModelConfig.model_validate(model)
+        steps = self.unfreeze.steps
+        if steps == default_unfreeze_steps(self.model.backbone):
+            steps = None
+        problem = _steps_problem(steps, new.backbone)
+        if problem:
+            raise ConfigError(f"{source} was trained with {new.backbone}: unfreeze.{problem}")
+        self.unfreeze.steps = steps
+        self.model = new
 
 
 class EvalConfig(RunConfig):
@@ -265,13 +332,15 @@ def load_config(
     config_file: str | Path | None = None,
     sets: list[str] | None = None,
     overrides: dict[str, Any] | None = None,
+    base: dict[str, Any] | None = None,
 ) -> ConfigT:
-    """Resolve defaults < YAML file < ``--set`` pairs < explicit overrides (dotted keys)."""
-    tree: dict[str, Any] = {}
+    """Resolve defaults < ``base`` (e.g. a preset) < YAML file < ``--set`` pairs < explicit
+    overrides (dotted keys); the file's top-level keys replace the base's."""
+    tree: dict[str, Any] = dict(base or {})
     source = "config"
     if config_file is not None:
         source = str(config_file)
-        tree = read_yaml_mapping(config_file)
+        tree.update(read_yaml_mapping(config_file))
     for item in sets or []:
         key, raw = split_pair(item, "--set", "loss.name=focal")
         _set_dotted(tree, key, parse_value(raw))
@@ -307,35 +376,93 @@ def metric_mode(key: MetricKey) -> Literal["min", "max"]:
     return "min" if key.rsplit(".", 1)[-1] == "loss" else "max"
 
 
+#: Defaults of the promotion rule and the production model's name (pipeline, promoter, ``mammo run``).
+DEFAULT_MODEL_NAME = "mammo"
+DEFAULT_PROMOTION_METRIC = "test.breast.auc"
+DEFAULT_PROMOTION_MARGIN = 0.005
+#: PipelineParams fields that steer promotion, not training: they never change a run's results.
+PROMOTION_FIELDS = ("model_name", "promotion_metric", "promotion_margin")
+
+
 class PipelineParams(_Strict):
-    """The knobs of a whole run (split -> baseline -> unfreeze -> evaluate), flat so that
-    they map one-to-one onto pipeline parameters. ``stage_configs`` turns them into each
+    """The knobs of a whole run (split -> baseline -> unfreeze -> evaluate -> promote), flat so
+    that they map one-to-one onto pipeline parameters: the pipeline's parameters, their types,
+    defaults, bounds and descriptions all come from here. ``stage_configs`` turns them into each
     stage's config; ``*_set`` lists carry any further ``dotted.key=value`` overrides."""
 
     data: str | None = Field(None, description="Dataset directory or URI (train.csv + PNGs).")
-    image_size: int = Field(512, ge=16, le=4096)
-    backbone: Backbone = "resnet50"
-    weights: str | None = None
-    in_channels: Literal[1, 3] = 1
-    batch_size: int = Field(32, ge=1)
-    workers: int = Field(4, ge=0)
-    device: str = "auto"
-    seed: int = 42
-    val_frac: float = Field(0.15, ge=0, lt=1)
-    test_frac: float = Field(0.15, ge=0, lt=1)
-    warmup_ratio: int = Field(3, ge=0)
-    loss: LossName = "bce_pos"
-    augment: bool = True
-    baseline_epochs: int = Field(50, ge=1)
-    warmup_epochs: int = Field(2, ge=0)
-    baseline_lr: float = Field(1e-3, gt=0)
-    unfreeze_epochs: int = Field(100, ge=1)
-    unfreeze_lr: float = Field(3e-4, gt=0)
-    threshold_metric: Literal["pf1", "f1"] = "pf1"
-    rank_metric: MetricKey = "breast.auc"
-    baseline_set: list[str] = Field(default_factory=list)
-    unfreeze_set: list[str] = Field(default_factory=list)
-    evaluate_set: list[str] = Field(default_factory=list)
+    image_size: int = Field(512, ge=16, le=4096, description="Square input size in pixels.")
+    backbone: Backbone = Field("resnet50", description="Backbone network (see `mammo train --help`).")
+    weights: str | None = Field(
+        None,
+        description="Initial weights: empty (none), a torchvision weights name (e.g. IMAGENET1K_V2) "
+        "or a state_dict file path in the image.",
+    )
+    in_channels: Literal[1, 3] = Field(
+        1, description="1 = grayscale input (stem weights summed), 3 = image repeated."
+    )
+    batch_size: int = Field(32, ge=1, description="Images per training step.")
+    workers: int = Field(4, ge=0, description="DataLoader worker processes per step (0 = main process).")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
+    seed: int = Field(42, description="Seed of the split, the sampling and the initialisation.")
+    val_frac: float = Field(
+        0.15, ge=0, lt=1,
+        description="Fraction of patients in the validation split (new patients only; old ones keep theirs).",
+    )
+    test_frac: float = Field(
+        0.15, ge=0, lt=1,
+        description="Fraction of patients in the test split (new patients only; old ones keep theirs).",
+    )
+    warmup_ratio: int = Field(
+        3, ge=0,
+        description="Warm-up subset: all positive training breasts plus this many times as many negatives.",
+    )
+    loss: LossName = Field(
+        "bce_pos", description="bce, bce_pos (pos_weight from the training prevalence), focal or focal_pos."
+    )
+    augment: bool = Field(True, description="Batch-level augmentation of training images.")
+    baseline_epochs: int = Field(
+        50, ge=1,
+        description="Upper bound on baseline epochs, warm-up included (early stopping may end sooner).",
+    )
+    warmup_epochs: int = Field(2, ge=0, description="Leading baseline epochs on the balanced warm-up subset.")
+    baseline_lr: float = Field(1e-3, gt=0, description="Adam learning rate of the baseline.")
+    unfreeze_epochs: int = Field(100, ge=1, description="Upper bound on gradual-unfreezing epochs.")
+    unfreeze_lr: float = Field(3e-4, gt=0, description="Learning rate of the head while the backbone is frozen.")
+    threshold_metric: Literal["pf1", "f1"] = Field(
+        "pf1", description="Breast-level metric maximised on val to choose the operating threshold (pf1 or f1)."
+    )
+    rank_metric: MetricKey = Field(
+        "breast.auc", description="Validation metric ranking the candidate checkpoints, e.g. breast.auc."
+    )
+    baseline_set: list[str] = Field(
+        default_factory=list,
+        description='Further baseline settings as dotted key=value strings, e.g. ["early_stopping.patience=3"].',
+    )
+    unfreeze_set: list[str] = Field(
+        default_factory=list,
+        description='Further unfreeze settings as dotted key=value strings, e.g. ["unfreeze.start_epoch=5"].',
+    )
+    evaluate_set: list[str] = Field(
+        default_factory=list, description="Further evaluation settings as dotted key=value strings."
+    )
+    model_name: str = Field(
+        DEFAULT_MODEL_NAME, min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="Name under models/<name>/production/ of the promoted model.",
+    )
+    promotion_metric: str = Field(
+        DEFAULT_PROMOTION_METRIC, pattern=r"^(val|test)\.(image|breast)\.[a-z][a-z0-9_]*$",
+        description="Metric deciding promotion, <split>.<level>.<metric>, e.g. test.breast.auc or val.image.pr_auc.",
+    )
+    promotion_margin: float = Field(
+        DEFAULT_PROMOTION_MARGIN, ge=0,
+        description="The best candidate replaces production only when it beats it by more than this (absolute).",
+    )
+
+    def training_values(self) -> dict[str, Any]:
+        """The values a run's results depend on (promotion settings left out), JSON-ready; KFP
+        struct parameters cannot hold null, so unset values are omitted."""
+        return self.model_dump(mode="json", exclude_none=True, exclude=set(PROMOTION_FIELDS))
 
 
 def stage_configs(params: PipelineParams, *, split: str, runs: dict[str, str]) -> tuple[TrainConfig, UnfreezeConfig, EvalConfig]:

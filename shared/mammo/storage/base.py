@@ -8,33 +8,18 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mammo.errors import ArtifactNotFoundError, DataError
 from mammo.storage.atomic import is_temp_name
 from mammo.storage.cache import INDEX_NAME, Wanted, fetch_all
+from mammo.storage.objects import ObjectInfo
 from mammo.storage.parallel import run_parallel
 from mammo.storage.uri import join, relative_key
 
 #: Local backend: ``dir/.<name>.sha256`` holds the checksum of ``dir/<name>``.
 SIDECAR_SUFFIX = ".sha256"
-
-
-@dataclass(frozen=True)
-class ObjectInfo:
-    """What a store knows about one object.
-
-    ``etag`` changes whenever the content changes (S3 ETag; size and mtime for local files).
-    ``sha256`` is the recorded checksum (``None`` when none was recorded or the listing does not
-    carry it); after a ``get_file`` it is the checksum of the bytes actually received.
-    """
-
-    uri: str
-    size: int
-    etag: str
-    sha256: str | None = None
 
 
 def local_files(local_dir: Path) -> dict[str, Path]:

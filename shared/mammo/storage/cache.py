@@ -12,14 +12,12 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mammo.errors import StorageError
 from mammo.storage.atomic import atomic_file
+from mammo.storage.objects import ObjectInfo, ObjectSource
 from mammo.storage.parallel import run_parallel
-
-if TYPE_CHECKING:
-    from mammo.storage.base import ObjectInfo, Store
 
 log = logging.getLogger(__name__)
 INDEX_NAME = ".mammo-cache.json"
@@ -74,7 +72,7 @@ def local_target(local_dir: Path, rel: str) -> Path:
 
 
 def fetch_all(
-    store: Store, wanted: list[Wanted], local_dir: Path, cache: bool = True
+    store: ObjectSource, wanted: list[Wanted], local_dir: Path, cache: bool = True
 ) -> list[Path]:
     """Have every wanted object at ``local_dir/rel`` (verified); return the paths in order."""
     local_dir.mkdir(parents=True, exist_ok=True)

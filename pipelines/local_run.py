@@ -8,8 +8,7 @@ the cluster's bucket - ``splits/``, ``runs/<run-id>/<component>/``, ``models/<na
 Without ``--data`` it generates (once) and uses the synthetic demo dataset.
 
 Parameters: preset < ``--config`` file < ``--set key=value`` < ``--data``; keys are pipeline
-parameters (``mammo pipeline params``). The pipeline package is imported lazily: it is a
-separate package (``pipelines/``), installed by the Makefile.
+parameters (``mammo pipeline params``). kfp is imported only when the run starts.
 """
 
 from __future__ import annotations
@@ -21,52 +20,27 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
 
-from mammo.config import PipelineParams, format_validation_error, load_config, read_yaml_mapping
+from mammo.config import PipelineParams, load_config
 from mammo.errors import ConfigError, MammoError
 
-#: Pipeline parameters that are not PipelineParams fields but may be set like them.
-PIPELINE_ONLY = ("model_name", "promotion_metric", "promotion_margin")
 DEFAULT_BUCKET_URI = "s3://mammo"
 
 
 def load_preset(name: str) -> dict[str, Any]:
-    text = resources.files("mammo").joinpath("presets", f"{name}.yaml").read_text()
+    text = resources.files("mammo_pipelines").joinpath("presets", f"{name}.yaml").read_text()
     return yaml.safe_load(text) or {}
 
 
 def resolve_params(
     preset: str, config_file: str | None, sets: list[str], data: str | None
-) -> tuple[PipelineParams, dict[str, Any], dict[str, Any]]:
-    """Preset < config file < --set < --data. Returns the training params, the pipeline-only
-    values (model name, promotion rule) and the demo-data recipe."""
-    from mammo_pipelines.parameters import coerce, pipeline_parameters
-
+) -> tuple[PipelineParams, dict[str, Any]]:
+    """Preset (``presets/``) < config file < --set < --data. Returns the parameters and the demo-data recipe."""
     chosen = load_preset(preset)
-    tree = dict(chosen.get("params") or {})
-    source = f"preset {preset}"
-    if config_file is not None:
-        tree.update(read_yaml_mapping(config_file))
-        source = config_file
-    extra_params = {p.name: p for p in pipeline_parameters(dataset_uri="", with_gpus=False) if p.name in PIPELINE_ONLY}
-    extra = {key: tree.pop(key) for key in PIPELINE_ONLY if key in tree}
-    for key, value in extra.items():
-        extra[key] = coerce(extra_params[key], str(value))
-    training_sets = []
-    for item in sets:
-        key, sep, raw = item.partition("=")
-        if sep and key.strip() in PIPELINE_ONLY:
-            extra[key.strip()] = coerce(extra_params[key.strip()], raw)
-        else:
-            training_sets.append(item)
-    try:
-        base = PipelineParams.model_validate(tree).model_dump(exclude_unset=True)
-    except ValidationError as err:
-        raise ConfigError(format_validation_error(err, source)) from None
-    overrides = load_config(PipelineParams, None, training_sets, {"data": data})
-    merged = PipelineParams.model_validate({**base, **overrides.model_dump(exclude_unset=True)})
-    return merged, extra, dict(chosen.get("synth") or {})
+    params = load_config(
+        PipelineParams, config_file, sets, {"data": data}, base=dict(chosen.get("params") or {})
+    )
+    return params, dict(chosen.get("synth") or {})
 
 
 def demo_dataset(workdir: Path, recipe: dict[str, Any]) -> Path:
@@ -97,12 +71,12 @@ def choose_store(workdir: Path, store: str | None) -> tuple[str, str]:
     return str(Path(chosen).resolve()), "local directory"
 
 
-def pipeline_arguments(params: PipelineParams, extra: dict[str, Any], store_uri: str) -> dict[str, Any]:
-    """PipelineParams (+ pipeline-only values) as the pipeline's arguments."""
+def pipeline_arguments(params: PipelineParams, store_uri: str) -> dict[str, Any]:
+    """PipelineParams as the pipeline's arguments."""
     values = params.model_dump(mode="json")
     values["dataset_uri"] = values.pop("data")
     values["weights"] = values["weights"] or ""
-    return {**values, **extra, "store_uri": store_uri}
+    return {**values, "store_uri": store_uri}
 
 
 def run_local(
@@ -116,14 +90,13 @@ def run_local(
 ) -> dict[str, Any]:
     """Run the pipeline locally and print a summary; returns what the summary shows."""
     try:
-        from mammo_pipelines.local import run_locally
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith(("mammo_pipelines", "mammo_components", "kfp")):
-            raise MammoError(f"{exc.name} is not installed: run `make venv` (or pip install -e pipelines -e components)") from None
-        raise
+        import mammo_components  # noqa: F401 (the steps run its entrypoints in this environment)
+    except ModuleNotFoundError:
+        raise MammoError("mammo_components is not installed: run `make venv` (or pip install -e components)") from None
+    from mammo_pipelines.local import run_locally
 
     root = Path(workdir).resolve()
-    params, extra, recipe = resolve_params(preset, config_file, sets, data)
+    params, recipe = resolve_params(preset, config_file, sets, data)
     if params.data is None:
         params.data = str(demo_dataset(root, recipe))
     elif not params.data.startswith("s3://"):
@@ -131,7 +104,7 @@ def run_local(
             raise ConfigError(f"--data: {params.data} does not exist")
         params.data = str(Path(params.data).resolve())
     store_uri, kind = choose_store(root, store)
-    arguments = pipeline_arguments(params, extra, store_uri)
+    arguments = pipeline_arguments(params, store_uri)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     log_file = root / "logs" / f"run-{stamp}.log"
     print(f"mammo run: store {store_uri} ({kind}); data {params.data}", flush=True)
@@ -141,18 +114,16 @@ def run_local(
         arguments, pipeline_root=root / "kfp-local", log_file=log_file,
         cache_dir=root / "cache", verbose=verbose,
     )
-    summary = summarize(outcome, store_uri, arguments.get("model_name"), log_file)
+    summary = summarize(outcome, store_uri, params.model_name, log_file)
     print_summary(summary, time.monotonic() - started)
     return summary
 
 
-def summarize(outcome: dict[str, Any], store_uri: str, model_name: str | None, log_file: Path) -> dict[str, Any]:
+def summarize(outcome: dict[str, Any], store_uri: str, model_name: str, log_file: Path) -> dict[str, Any]:
     """What happened: metrics, whether production now holds this run's best model, locations."""
     from mammo.storage import ArtifactNotFoundError, join, production_model_uri, read_manifest
-    from mammo_pipelines.parameters import DEFAULT_MODEL_NAME
 
-    name = model_name or DEFAULT_MODEL_NAME
-    production = production_model_uri(store_uri, name)
+    production = production_model_uri(store_uri, model_name)
     try:
         current = read_manifest(production).metadata.get("sha256")
     except ArtifactNotFoundError:

@@ -1,0 +1,65 @@
+"""What every command-line entry point shares: the log format, the error guard, the config
+flags and the way a package adds its sub-commands to ``mammo``.
+
+Used by ``mammo`` and by the command families that live in the upper packages (components,
+pipelines), so that they need nothing from ``mammo.cli``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from importlib import import_module
+
+from mammo.errors import MammoError
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """INFO (DEBUG with ``verbose``) to stderr with time, level and logger name."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, format=LOG_FORMAT, datefmt="%H:%M:%S"
+    )
+
+
+def run_guarded(call: Callable[[], int | None]) -> int:
+    """Run a command; a user mistake (``MammoError``) becomes one line on stderr and its exit
+    code, Ctrl-C exit 130. Shared by every ``mammo`` command family."""
+    try:
+        return int(call() or 0)
+    except MammoError as err:
+        print(f"mammo: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("mammo: interrupted", file=sys.stderr)
+        return 130
+
+
+def add_config_args(parser: argparse.ArgumentParser) -> None:
+    """``--config FILE`` and repeatable ``--set KEY=VALUE`` (defaults < file < --set)."""
+    parser.add_argument("--config", metavar="FILE", help="YAML config file (see README: configuration).")
+    parser.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Override one config value by dotted key, e.g. --set loss.name=focal (repeatable).",
+    )
+
+
+def add_command_family(subparsers: argparse._SubParsersAction, name: str, text: str, module: str) -> None:
+    """``mammo NAME ...`` hands the rest of the command line to ``module.main(argv)``, a
+    family with its own parser, imported only when used."""
+    family = subparsers.add_parser(name, help=text, add_help=False, prefix_chars="\0")
+    family.add_argument("rest", nargs=argparse.REMAINDER)
+
+    def handler(args: argparse.Namespace) -> None:
+        code = import_module(module).main(args.rest)
+        if code:
+            raise SystemExit(code)
+
+    family.set_defaults(handler=handler)
