@@ -1,4 +1,5 @@
-"""Model construction, weight loading from files the tests write, grayscale conv1, blocks."""
+"""Model construction for every backbone of the table, weight loading from files the tests
+write, the grayscale stem, unfreezing blocks."""
 
 from __future__ import annotations
 
@@ -8,17 +9,29 @@ import pytest
 import torch
 from torchvision.models import get_model
 
+from mammo.backbones import family_of
 from mammo.config import ModelConfig
+from mammo.engine.unfreeze import UnfreezeTrainer
 from mammo.errors import CheckpointError, ConfigError
-from mammo.models import BACKBONES, BLOCK_NAMES, block_modules, build_model, head_parameters
+from mammo.models import BACKBONES, block_modules, build_model, head_parameters
 
-FC_WIDTH = {
+HEAD_WIDTH = {
     "resnet18": 512,
     "resnet34": 512,
     "resnet50": 2048,
     "resnet101": 2048,
     "resnet152": 2048,
+    "efficientnet_b0": 1280,
+    "efficientnet_b1": 1280,
+    "efficientnet_b2": 1408,
+    "efficientnet_b3": 1536,
+    "efficientnet_b4": 1792,
+    "efficientnet_v2_s": 1280,
+    "convnext_tiny": 768,
+    "convnext_small": 768,
 }
+#: Built for real (weights, forward on CPU); the others are checked on the meta device.
+SMALL = ("resnet18", "efficientnet_b0", "convnext_tiny")
 
 
 @pytest.fixture(scope="module")
@@ -31,15 +44,28 @@ def imagenet_like(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[
     return path, state
 
 
+def test_the_table_names_every_backbone_once() -> None:
+    assert sorted(BACKBONES) == sorted(HEAD_WIDTH)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("backbone", BACKBONES)
-def test_every_backbone_builds_with_a_single_logit_head(backbone: str) -> None:
-    with torch.device("meta"):
-        model = build_model(ModelConfig(backbone=backbone, in_channels=3))
-    assert (model.fc.in_features, model.fc.out_features) == (FC_WIDTH[backbone], 1)
-    assert model.conv1.in_channels == 3
+def test_every_backbone_builds_with_a_single_logit_head(backbone: str, channels: int) -> None:
+    family = family_of(backbone)
+    with torch.device("meta"):  # shapes only: no memory, no initialisation
+        model = build_model(ModelConfig(backbone=backbone, in_channels=channels)).eval()
+        out = model(torch.empty(2, channels, 64, 64))
+    head = model.get_submodule(family.head)
+    assert isinstance(head, torch.nn.Linear)
+    assert (head.in_features, head.out_features) == (HEAD_WIDTH[backbone], 1)
+    assert model.get_submodule(family.stem).in_channels == channels
+    assert out.shape == (2, 1)
 
 
-@pytest.mark.parametrize(("backbone", "channels"), [("resnet18", 1), ("resnet34", 3)])
+@pytest.mark.parametrize(
+    ("backbone", "channels"),
+    [("resnet18", 1), ("resnet34", 3), ("efficientnet_b0", 1), ("convnext_tiny", 3)],
+)
 def test_forward_gives_one_logit_per_image(backbone: str, channels: int) -> None:
     model = build_model(ModelConfig(backbone=backbone, in_channels=channels)).eval()
     with torch.no_grad():
@@ -62,6 +88,36 @@ def test_local_imagenet_weights_load_and_grayscale_conv1_sums_them(imagenet_like
     with torch.no_grad():
         gray.fc.load_state_dict(rgb.fc.state_dict())
         assert torch.allclose(gray.eval()(x), rgb.eval()(x.repeat(1, 3, 1, 1)), atol=1e-5)
+
+
+@pytest.mark.parametrize("backbone", ["efficientnet_b0", "convnext_tiny"])
+def test_other_families_load_rgb_weights_into_a_summed_grayscale_stem(backbone: str, tmp_path: Path) -> None:
+    """As the ResNet test above: a 1000-class state_dict (ConvNeXt's stem conv has a bias)."""
+    torch.manual_seed(0)
+    state = get_model(backbone, weights=None).state_dict()
+    path = tmp_path / f"{backbone}-imagenet.pth"
+    torch.save(state, path)
+    family = family_of(backbone)
+    stem, head = family.stem, family.head
+    rgb = build_model(ModelConfig(backbone=backbone, weights=str(path), in_channels=3)).eval()
+    gray = build_model(ModelConfig(backbone=backbone, weights=str(path), in_channels=1)).eval()
+    assert torch.equal(rgb.get_submodule(stem).weight, state[f"{stem}.weight"])
+    summed = state[f"{stem}.weight"].sum(dim=1, keepdim=True)
+    assert torch.allclose(gray.get_submodule(stem).weight, summed)
+    if f"{stem}.bias" in state:
+        assert torch.equal(gray.get_submodule(stem).bias, state[f"{stem}.bias"])
+    for key, value in state.items():  # everything but the stem and the 1000-class head is loaded
+        if not key.startswith((f"{stem}.", f"{head}.")):
+            assert torch.equal(gray.state_dict()[key], value), key
+    assert rgb.get_submodule(head).weight.shape == (1, HEAD_WIDTH[backbone])
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        gray.get_submodule(head).load_state_dict(rgb.get_submodule(head).state_dict())
+        assert torch.allclose(gray(x), rgb(x.repeat(1, 3, 1, 1)), atol=1e-4)
+    # A grayscale model's own state_dict builds it again (the 1-channel stem is recognised).
+    torch.save(gray.state_dict(), path)
+    again = build_model(ModelConfig(backbone=backbone, weights=str(path), in_channels=1))
+    assert torch.equal(again.get_submodule(stem).weight, gray.get_submodule(stem).weight)
 
 
 def test_training_checkpoint_under_model_key_round_trips(tmp_path: Path) -> None:
@@ -132,14 +188,56 @@ def test_failed_download_suggests_a_local_file(
 
 def test_blocks_and_head_cover_the_network_in_unfreezing_order() -> None:
     model = build_model(ModelConfig(backbone="resnet18", in_channels=1))
-    assert BLOCK_NAMES == ("layer4", "layer3", "layer2", "layer1", "conv1")
-    assert block_modules(model, "conv1") == [model.conv1, model.bn1]
-    assert block_modules(model, "layer2") == [model.layer2]
-    covered = {id(p) for p in head_parameters(model)}
-    for name in BLOCK_NAMES:
-        for module in block_modules(model, name):
-            covered |= {id(p) for p in module.parameters()}
-    assert covered == {id(p) for p in model.parameters()}
-    assert [p.shape for p in head_parameters(model)] == [(1, 512), (1,)]
-    with pytest.raises(ConfigError, match="unknown block 'layer5'"):
-        block_modules(model, "layer5")
+    assert family_of("resnet18").block_names == ("layer4", "layer3", "layer2", "layer1", "conv1")
+    assert block_modules(model, "resnet18", "conv1") == [model.conv1, model.bn1]
+    assert block_modules(model, "resnet18", "layer2") == [model.layer2]
+    assert [p.shape for p in head_parameters(model, "resnet18")] == [(1, 512), (1,)]
+    with pytest.raises(ConfigError, match="unknown block 'layer5'.*expected one of layer4, layer3"):
+        block_modules(model, "resnet18", "layer5")
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_every_family_s_blocks_and_head_cover_each_parameter_once(backbone: str) -> None:
+    family = family_of(backbone)
+    with torch.device("meta"):
+        model = build_model(ModelConfig(backbone=backbone, in_channels=1))
+    seen = [id(p) for p in head_parameters(model, backbone)]
+    assert [p.shape for p in head_parameters(model, backbone)] == [(1, HEAD_WIDTH[backbone]), (1,)]
+    for name in family.block_names:
+        params = [id(p) for m in block_modules(model, backbone, name) for p in m.parameters()]
+        assert params, name
+        seen += params
+    assert len(seen) == len(set(seen)), "a parameter belongs to two blocks"
+    assert set(seen) == {id(p) for p in model.parameters()}
+    # The stem conv is in the last block to unfreeze.
+    stem = model.get_submodule(family.stem)
+    assert any(stem is m or any(stem is s for s in m.modules()) for m in block_modules(model, backbone, family.block_names[-1]))
+
+
+@pytest.mark.parametrize("backbone", ["efficientnet_b0", "convnext_tiny"])
+def test_unfreeze_trains_the_head_only_and_keeps_batchnorm_in_eval_mode(backbone: str, tmp_path: Path) -> None:
+    """Frozen blocks have requires_grad=False; every BatchNorm stays in eval mode (EfficientNet);
+    ConvNeXt has none, and its frozen LayerNorms only stop training."""
+    from mammo.config import UnfreezeConfig
+    from mammo.engine.checkpoint import FORMAT
+
+    model = build_model(ModelConfig(backbone=backbone, in_channels=1))
+    init = tmp_path / "init.pt"
+    torch.save({"format": FORMAT, "model": model.state_dict(), "model_config": ModelConfig(backbone=backbone).model_dump(mode="json")}, init)
+    config = UnfreezeConfig(init=str(init), out=str(tmp_path / "u"))  # resnet50 steps: the checkpoint decides
+    trainer = UnfreezeTrainer(config)
+    trainer.model = trainer.build_model()
+    assert config.model.backbone == backbone
+    assert [s.block for s in config.unfreeze.steps] == list(family_of(backbone).block_names)
+    trainer.build_optimizer(trainer.model)
+    trainable = {id(p) for p in trainer.model.parameters() if p.requires_grad}
+    assert trainable == {id(p) for p in head_parameters(trainer.model, backbone)}
+    trainer.model.train()
+    trainer.after_train_mode(trainer.model)
+    norms = [m for m in trainer.model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert all(not m.training for m in norms)
+    assert bool(norms) == (family_of(backbone).norm == "batch")
+    assert trainer._unfreeze_next() == family_of(backbone).block_names[0]
+    assert [g["name"] for g in trainer.optimizer.param_groups] == ["head", family_of(backbone).block_names[0]]
+    deepest = {id(p) for m in block_modules(trainer.model, backbone, family_of(backbone).block_names[0]) for p in m.parameters()}
+    assert {id(p) for p in trainer.model.parameters() if p.requires_grad} == trainable | deepest

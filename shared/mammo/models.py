@@ -1,11 +1,18 @@
-"""ResNet classifiers with one cancer logit, and the block structure gradual unfreezing needs.
+"""Classifiers with one cancer logit on any network of the backbone table, and its blocks.
 
-``build_model`` returns a torchvision ResNet whose ``fc`` is ``Linear(in_features, 1)``: the
+``build_model`` returns the torchvision network ``model.backbone`` names (ResNet, EfficientNet,
+ConvNeXt; see ``mammo.backbones``) whose classification head is ``Linear(in_features, 1)``: the
 forward pass gives logits of shape [B, 1] (squeeze to [B]; the losses accept either).
 Pretrained weights come from a torchvision weights name (downloaded; fails on air-gapped
-machines) or a local state_dict file. With ``in_channels == 1`` the first convolution takes
-grayscale input, its weights summed over the RGB channels after loading, so ImageNet features
-are kept without repeating every image three times.
+machines) or a local state_dict file. With ``in_channels == 1`` the stem convolution takes
+grayscale input, its weights summed over the RGB channels after loading (its bias, if any, kept),
+so ImageNet features are kept without repeating every image three times.
+
+``head_parameters`` and ``block_modules`` give what gradual unfreezing trains: the head, then
+the family's blocks deepest first. Freezing a block sets ``requires_grad=False`` on its
+parameters; the unfreeze trainer also keeps every BatchNorm layer in eval mode (running
+statistics frozen). ConvNeXt's LayerNorm has no running statistics: freezing it means only that
+its weight and bias (and the blocks' layer-scale factors) do not train.
 """
 
 from __future__ import annotations
@@ -17,16 +24,16 @@ from typing import Any
 
 import torch
 from torch import nn
-from torchvision.models import ResNet, get_model, get_model_weights
+from torchvision.models import get_model, get_model_weights
 
+from mammo.backbones import BACKBONES, Family, family_of
 from mammo.config import ModelConfig
 from mammo.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
 
-BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
-#: Unfreezing order, deepest first; ``conv1`` is the stem (conv1 + bn1).
-BLOCK_NAMES = ("layer4", "layer3", "layer2", "layer1", "conv1")
+__all__ = ["BACKBONES", "block_modules", "build_model", "head_parameters", "is_weights_path"]
+
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin")
 
 
@@ -91,13 +98,14 @@ def _keys(keys: list[str], kind: str) -> str:
     return f"{len(keys)} {kind} key(s){example}"
 
 
-def _load(model: ResNet, state: dict[str, torch.Tensor], source: str, backbone: str) -> None:
+def _load(model: nn.Module, state: dict[str, torch.Tensor], source: str, backbone: str) -> None:
     """Load everything but a head of another shape; any other mismatch is an error."""
     own = model.state_dict()
+    head = family_of(backbone).head + "."
     state = {
         k: v
         for k, v in state.items()
-        if not (k.startswith("fc.") and k in own and v.shape != own[k].shape)
+        if not (k.startswith(head) and k in own and v.shape != own[k].shape)
     }
     wrong = [k for k, v in state.items() if k in own and v.shape != own[k].shape]
     if wrong:
@@ -107,25 +115,40 @@ def _load(model: ResNet, state: dict[str, torch.Tensor], source: str, backbone: 
             f"{tuple(state[k].shape)} vs {tuple(own[k].shape)}"
         )
     result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not k.startswith("fc.")]
+    missing = [k for k in result.missing_keys if not k.startswith(head)]
     if missing or result.unexpected_keys:
         raise CheckpointError(
             f"{source}: does not match {backbone}: {_keys(missing, 'missing')}, "
             f"{_keys(result.unexpected_keys, 'unexpected')}"
         )
     if result.missing_keys:
-        log.info("%s: no 1-logit head in the weights; fc starts from random initialisation", source)
+        log.info(
+            "%s: no 1-logit head in the weights; %s starts from random initialisation", source, head[:-1]
+        )
 
 
-def _to_single_channel(model: ResNet) -> None:
-    """Replace conv1 by a 1-channel conv whose kernel is the sum over the input channels."""
-    old = model.conv1
+def _set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
+    parent, _, name = path.rpartition(".")
+    setattr(model.get_submodule(parent), name, module)
+
+
+def _stem(model: nn.Module, family: Family) -> nn.Conv2d:
+    stem = model.get_submodule(family.stem)
+    if not isinstance(stem, nn.Conv2d):
+        raise TypeError(f"{family.name}: {family.stem} is a {type(stem).__name__}, not a Conv2d")
+    return stem
+
+
+def _to_single_channel(model: nn.Module, family: Family) -> None:
+    """Replace the stem conv by a 1-channel conv whose kernel is the sum over the input channels."""
+    old = _stem(model, family)
     new = nn.Conv2d(
         1,
         old.out_channels,
         kernel_size=old.kernel_size,
         stride=old.stride,
         padding=old.padding,
+        dilation=old.dilation,
         bias=old.bias is not None,
         device=old.weight.device,
         dtype=old.weight.dtype,
@@ -134,13 +157,17 @@ def _to_single_channel(model: ResNet) -> None:
         new.weight.copy_(old.weight.sum(dim=1, keepdim=True))
         if old.bias is not None:
             new.bias.copy_(old.bias)
-    model.conv1 = new
+    _set_submodule(model, family.stem, new)
 
 
-def build_model(config: ModelConfig) -> ResNet:
-    """ResNet with a 1-logit head, weights loaded, conv1 converted for grayscale if asked."""
+def build_model(config: ModelConfig) -> nn.Module:
+    """The backbone with a 1-logit head, weights loaded, its stem converted for grayscale if asked."""
+    family = family_of(config.backbone)
     model = get_model(config.backbone, weights=None)
-    model.fc = nn.Linear(model.fc.in_features, 1)
+    head = model.get_submodule(family.head)
+    if not isinstance(head, nn.Linear):
+        raise TypeError(f"{family.name}: {family.head} is a {type(head).__name__}, not a Linear")
+    _set_submodule(model, family.head, nn.Linear(head.in_features, 1))
     weights = config.weights
     if weights is not None and weights.strip().lower() != "none":
         if is_weights_path(weights):
@@ -148,29 +175,27 @@ def build_model(config: ModelConfig) -> ResNet:
             state, source = _read_state_dict(path), str(path)
         else:
             state, source = _download(config.backbone, weights), f"torchvision {weights}"
-        conv1 = state.get("conv1.weight")
-        if conv1 is not None and conv1.dim() == 4 and conv1.shape[1] == 1:
-            _to_single_channel(model)  # weights saved from a grayscale model
+        stem = state.get(f"{family.stem}.weight")
+        if stem is not None and stem.dim() == 4 and stem.shape[1] == 1:
+            _to_single_channel(model, family)  # weights saved from a grayscale model
         _load(model, state, source, config.backbone)
         log.info("%s: loaded weights from %s", config.backbone, source)
-    if config.in_channels == 1 and model.conv1.in_channels == 3:
-        _to_single_channel(model)
-    elif config.in_channels == 3 and model.conv1.in_channels == 1:
+    channels = _stem(model, family).in_channels
+    if config.in_channels == 1 and channels == 3:
+        _to_single_channel(model, family)
+    elif config.in_channels == 3 and channels == 1:
         raise CheckpointError(
             f"{config.weights}: weights are for 1-channel input; set model.in_channels to 1"
         )
     return model
 
 
-def head_parameters(model: ResNet) -> list[nn.Parameter]:
+def head_parameters(model: nn.Module, backbone: str) -> list[nn.Parameter]:
     """The classification head's parameters (trained first when unfreezing gradually)."""
-    return list(model.fc.parameters())
+    return list(model.get_submodule(family_of(backbone).head).parameters())
 
 
-def block_modules(model: ResNet, name: str) -> list[nn.Module]:
-    """Modules of one unfreezing block: ``layer1``..``layer4``, or ``conv1`` (conv1 + bn1)."""
-    if name == "conv1":
-        return [model.conv1, model.bn1]
-    if name in BLOCK_NAMES:
-        return [getattr(model, name)]
-    raise ConfigError(f"unknown block {name!r}; expected one of {', '.join(BLOCK_NAMES)}")
+def block_modules(model: nn.Module, backbone: str, name: str) -> list[nn.Module]:
+    """Modules of one unfreezing block of ``backbone``'s family, e.g. ``layer4`` or ``conv1``
+    (conv1 + bn1) for ResNet; unknown names are a ``ConfigError`` listing the valid ones."""
+    return [model.get_submodule(path) for path in family_of(backbone).block(name).modules]

@@ -2,11 +2,18 @@
 
 Only the head trains at first (Adam + cosine annealing). Once validation has fallen ``drop``
 below its best after ``start_epoch``, and ``cooldown`` epochs after the previous step, the next
-block (layer4 -> layer3 -> layer2 -> layer1 -> conv1) joins with its own learning rate and the
-head's rate changes. After the last block's cooldown the schedule becomes ReduceLROnPlateau.
+block of ``unfreeze.steps`` joins with its own learning rate and the head's rate changes. After
+the last block's cooldown the schedule becomes ReduceLROnPlateau. The blocks are the backbone
+family's (``mammo.backbones``), deepest first: ResNet layer4 -> layer3 -> layer2 -> layer1 ->
+conv1; EfficientNet and ConvNeXt groups of their ``features`` stages.
 
-Fixes from the research code: BatchNorm stays in eval mode on every epoch (its running
-statistics are frozen throughout; ``model.train()`` no longer revives them), early stopping is
+Frozen means ``requires_grad=False``. Every BatchNorm layer (ResNet, EfficientNet) stays in eval
+mode on every epoch, frozen block or not: its running statistics never change
+(``model.train()`` no longer revives them). ConvNeXt normalises with LayerNorm, which has no
+running statistics; a frozen ConvNeXt block only keeps its LayerNorm weights (and everything
+else in it) fixed. Dropout and stochastic depth follow ``model.train()`` as usual.
+
+Fixes from the research code: BatchNorm statistics frozen as above, early stopping is
 honoured, and the starting checkpoint is any checkpoint the baseline writes.
 """
 
@@ -40,10 +47,10 @@ class UnfreezeTrainer(Trainer):
         model = model_from_checkpoint(payload, source=str(init))
         if payload["model_config"] != self.config.model.model_dump(mode="json"):
             log.info("unfreeze: using the model of %s (%s)", init, payload["model_config"])
-            self.config.model = type(self.config.model).model_validate(payload["model_config"])
+            self.config.use_model(payload["model_config"], source=str(init))
         for p in model.parameters():
             p.requires_grad_(False)
-        for p in head_parameters(model):
+        for p in head_parameters(model, self.config.model.backbone):
             p.requires_grad_(True)
         self.unfrozen = 0
         self.last_unfreeze: int | None = None
@@ -54,7 +61,7 @@ class UnfreezeTrainer(Trainer):
     def build_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
         opt = self.config.optimizer
         optimizer = torch.optim.Adam(
-            [{"params": head_parameters(model), "lr": opt.lr, "weight_decay": opt.weight_decay, "name": "head"}]
+            [{"params": head_parameters(model, self.config.model.backbone), "lr": opt.lr, "weight_decay": opt.weight_decay, "name": "head"}]
         )
         self.optimizer = optimizer
         self._start_cosine()
@@ -79,7 +86,7 @@ class UnfreezeTrainer(Trainer):
 
     def _unfreeze_next(self) -> str:
         step = self.config.unfreeze.steps[self.unfrozen]
-        params = _parameters(block_modules(self.model, step.block))
+        params = _parameters(block_modules(self.model, self.config.model.backbone, step.block))
         for p in params:
             p.requires_grad_(True)
         self.optimizer.add_param_group(
