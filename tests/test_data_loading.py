@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 from torchvision.io import write_png
 
-from mammo.data.dataset import MammoImages, balanced_sampler, collate_batch, make_loader
+from mammo.data.dataset import MammoImages, balanced_weights, collate_batch, make_loader
+from mammo.engine.distributed import EpochSampler
 from mammo.data.decode import read_png
 from mammo.data.layout import open_dataset
 from mammo.errors import DataError
@@ -147,10 +148,13 @@ def test_workers_deliver_the_same_batches(tiny_dataset) -> None:
 
 def test_balanced_sampler_draws_both_classes_equally() -> None:
     labels = [1] * 50 + [0] * 950
-    sampler = balanced_sampler(labels, seed=3)
-    drawn = list(sampler)
+
+    def draw(seed: int) -> list[int]:
+        return list(EpochSampler(len(labels), 10, weights=balanced_weights(labels), seed=seed))
+
+    drawn = draw(3)
     assert len(drawn) == len(labels)
     positives = sum(labels[i] for i in drawn)
     assert 400 < positives < 600
-    assert drawn == list(balanced_sampler(labels, seed=3))
-    assert drawn != list(balanced_sampler(labels, seed=4))
+    assert drawn == draw(3)
+    assert drawn != draw(4)

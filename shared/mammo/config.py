@@ -42,8 +42,10 @@ class DataConfig(_Strict):
         None, description="Image directory; default: detected under the dataset directory."
     )
     image_size: int = Field(512, ge=16, le=4096, description="Square input size in pixels.")
-    batch_size: int = Field(32, ge=1)
-    workers: int = Field(4, ge=0, description="DataLoader worker processes (0 = main process).")
+    batch_size: int = Field(
+        32, ge=1, le=65536, description="Global batch: split evenly across the processes of a distributed run."
+    )
+    workers: int = Field(4, ge=0, description="DataLoader worker processes per process (0 = main process).")
     bad_images: Literal["fail", "skip"] = Field(
         "fail", description="Unreadable/corrupted PNGs: stop with an error, or skip and count."
     )
@@ -120,6 +122,18 @@ class CheckpointConfig(_Strict):
     top_k: int = Field(3, ge=0)
 
 
+class DistributedConfig(_Strict):
+    """Several processes (``torchrun``, ``--nproc-per-node``): see README, multi-GPU."""
+
+    timeout_s: int = Field(
+        900, ge=10, le=86400,
+        description="Seconds a rank waits for the others before the job fails (process-group timeout).",
+    )
+    sync_batchnorm: bool = Field(
+        False, description="Baseline on CUDA: synchronise BatchNorm statistics across processes."
+    )
+
+
 class RunConfig(_Strict):
     """Settings every training or evaluation command shares."""
 
@@ -134,6 +148,7 @@ class RunConfig(_Strict):
     )
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
 
 
 class TrainConfig(RunConfig):

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mammo.data.decode import read_png
 from mammo.errors import DataError, MammoError
@@ -127,14 +127,8 @@ def make_loader(
     )
 
 
-def balanced_sampler(labels: Sequence[int], seed: int) -> WeightedRandomSampler:
-    """Draw both classes equally often (with replacement), one epoch = ``len(labels)`` draws."""
+def balanced_weights(labels: Sequence[int]) -> np.ndarray:
+    """Sampling weights that draw both classes equally often (``1 / class count``)."""
     values = np.asarray(labels, dtype=np.int64)
     counts = np.bincount(values, minlength=2).astype(np.float64)
-    weights = 1.0 / counts[values]
-    return WeightedRandomSampler(
-        torch.as_tensor(weights, dtype=torch.double),
-        num_samples=len(values),
-        replacement=True,
-        generator=torch.Generator().manual_seed(seed),
-    )
+    return 1.0 / counts[values]

@@ -9,13 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 from torch.utils.data import DataLoader
 
 from mammo.config import RunConfig
-from mammo.data.dataset import MammoImages, balanced_sampler, make_loader
+from mammo.data.dataset import MammoImages, balanced_weights, make_loader
 from mammo.data.layout import open_dataset
 from mammo.data.table import breast_ids, table_path
+from mammo.engine.distributed import EpochSampler, ShardSampler, local_batch_size
+from mammo.engine.runtime import Runtime
 from mammo.errors import ConfigError, DataError
 from mammo.split import SPLIT_CSV, read_split
 
@@ -82,37 +83,41 @@ def load_split_data(config: RunConfig) -> SplitData:
     return SplitData(frame=frame, summary=summary, fingerprint=digest)
 
 
-def image_loader(
-    rows: pd.DataFrame,
-    config: RunConfig,
-    device: torch.device,
-    *,
-    train: bool,
-    seed: int,
-    balanced: bool = False,
-) -> DataLoader:
-    """Loader over ``rows``: shuffled (or class-balanced) for training, in order otherwise."""
-    dataset = MammoImages(
-        rows["path"].tolist(),
-        rows["cancer"].tolist(),
-        config.data.image_size,
-        bad_images=config.data.bad_images,
+def _images(rows: pd.DataFrame, config: RunConfig) -> MammoImages:
+    return MammoImages(
+        rows["path"].tolist(), rows["cancer"].tolist(), config.data.image_size, bad_images=config.data.bad_images
     )
-    sampler = balanced_sampler(rows["cancer"].tolist(), seed) if train and balanced else None
+
+
+def train_loader(rows: pd.DataFrame, config: RunConfig, runtime: Runtime, *, seed: int) -> DataLoader:
+    """This process's share of each training step, in an order drawn from the epoch's seed
+    (class-balanced draws with ``data.balanced_sampler``); see ``engine.distributed``."""
+    weights = balanced_weights(rows["cancer"].tolist()) if config.data.balanced_sampler else None
+    sampler = EpochSampler(
+        len(rows), config.data.batch_size, rank=runtime.rank, world_size=runtime.world_size,
+        weights=weights, seed=seed,
+    )
     return make_loader(
-        dataset,
-        batch_size=config.data.batch_size,
+        _images(rows, config), batch_size=sampler.per_rank_batch(), workers=config.data.workers,
+        sampler=sampler, device=runtime.device, seed=seed,
+    )
+
+
+def eval_loader(rows: pd.DataFrame, config: RunConfig, runtime: Runtime) -> DataLoader:
+    """Rows in order; in a distributed run this process's shard of them (no padding)."""
+    return make_loader(
+        _images(rows, config),
+        batch_size=local_batch_size(config.data.batch_size, runtime.world_size),
         workers=config.data.workers,
-        shuffle=train and sampler is None,
-        sampler=sampler,
-        drop_last=False,
-        device=device,
-        seed=seed,
+        sampler=ShardSampler(len(rows), runtime.rank, runtime.world_size),
+        device=runtime.device,
+        seed=config.seed,
     )
 
 
 def reseed_loader(loader: DataLoader, seed: int) -> None:
-    """Make this epoch's shuffling a function of ``seed`` only (resume reproduces the run)."""
-    for source in (loader.generator, getattr(loader.sampler, "generator", None)):
-        if isinstance(source, torch.Generator):
-            source.manual_seed(seed)
+    """Make this epoch's order and worker seeds a function of ``seed`` only (resume
+    reproduces the run)."""
+    loader.generator.manual_seed(seed)
+    if isinstance(loader.sampler, EpochSampler):
+        loader.sampler.set_seed(seed)

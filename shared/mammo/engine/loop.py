@@ -15,7 +15,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from mammo.data.augment import BatchTransform
-from mammo.engine.runtime import Precision
+from mammo.engine.distributed import all_gather_objects
+from mammo.engine.runtime import Precision, Runtime
 from mammo.progress import track
 
 
@@ -114,4 +115,35 @@ def predict(
         probs=np.concatenate(probs).astype(np.float64) if probs else np.zeros(0),
         loss=total_loss / seen if (loss_fn is not None and seen) else None,
         skipped=skipped,
+    )
+
+
+def reduce_stats(stats: EpochStats, runtime: Runtime) -> EpochStats:
+    """The epoch's figures over all processes: mean loss over every image trained, images and
+    skips summed, the slowest process's time."""
+    if not runtime.distributed:
+        return stats
+    parts = all_gather_objects(stats, runtime.world_size)
+    images = sum(p.images for p in parts)
+    loss = sum(p.loss * p.images for p in parts if p.images) / images if images else float("nan")
+    return EpochStats(loss=loss, images=images, skipped=sum(p.skipped for p in parts),
+                      seconds=max(p.seconds for p in parts))
+
+
+def gather_predictions(preds: Predictions, runtime: Runtime) -> Predictions:
+    """Every process's predictions of its shard, merged in dataset order: exactly the split,
+    the same on every process."""
+    if not runtime.distributed:
+        return preds
+    parts = all_gather_objects(preds, runtime.world_size)
+    index = np.concatenate([p.index for p in parts])
+    order = np.argsort(index, kind="stable")
+    seen = [len(p.index) for p in parts]
+    losses = [(p.loss, n) for p, n in zip(parts, seen) if p.loss is not None and n]
+    total = sum(n for _, n in losses)
+    return Predictions(
+        index=index[order],
+        probs=np.concatenate([p.probs for p in parts])[order],
+        loss=sum(loss * n for loss, n in losses) / total if total else None,
+        skipped=sum(p.skipped for p in parts),
     )

@@ -18,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from mammo.config import PlateauConfig, TrainConfig, dump_config, lookup_metric, metric_mode
 from mammo.data.augment import BatchTransform
@@ -29,10 +30,11 @@ from mammo.engine.checkpoint import (
     library_versions,
     load_checkpoint,
 )
-from mammo.engine.data import SplitData, image_loader, load_split_data, require, reseed_loader
+from mammo.engine.data import eval_loader, load_split_data, require, reseed_loader, train_loader
+from mammo.engine.distributed import broadcast_object, local_batch_size
 from mammo.engine.early_stopping import EarlyStopping
-from mammo.engine.loop import Predictions, predict, train_one_epoch
-from mammo.engine.runtime import Precision, epoch_seed, resolve_device, seed_everything
+from mammo.engine.loop import EpochStats, Predictions, gather_predictions, predict, reduce_stats, train_one_epoch
+from mammo.engine.runtime import Runtime, epoch_seed, runtime_for, seed_everything
 from mammo.errors import CheckpointError, DataError
 from mammo.losses import build_loss
 from mammo.storage.atomic import write_text_atomic
@@ -76,11 +78,15 @@ class Trainer(ABC):
         config: TrainConfig,
         on_checkpoint: CheckpointListener | None = None,
         on_epoch: EpochListener | None = None,
+        runtime: Runtime | None = None,
     ) -> None:
+        """``runtime``: the process layout to train in; default: made from ``config`` (and the
+        launcher's environment) for this run. Listeners are called in the main process only."""
         self.config = config
         self.out_dir = Path(require(config.out, "--out (out)"))
         self.on_checkpoint = on_checkpoint
         self.on_epoch = on_epoch
+        self.given_runtime = runtime
 
     # --- what a stage provides ------------------------------------------------------------
 
@@ -114,11 +120,18 @@ class Trainer(ABC):
     # --- the loop --------------------------------------------------------------------------
 
     def run(self, resume: bool = False) -> dict[str, Any]:
-        config = self.config
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with runtime_for(self.config, self.given_runtime) as runtime:
+            self.runtime = runtime
+            return self._run(resume)
+
+    def _run(self, resume: bool) -> dict[str, Any]:
+        config, runtime = self.config, self.runtime
+        if runtime.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
         seed_everything(config.seed, config.deterministic)
-        self.device = device = resolve_device(config.device)
-        self.precision = Precision(device, config.amp, config.amp_dtype)
+        self.device = device = runtime.device
+        self.precision = runtime.precision
+        local_batch_size(config.data.batch_size, runtime.world_size)
         self.data = load_split_data(config)
         val_rows = self.data.rows("val")
         train_rows = self.data.rows("train")
@@ -127,15 +140,20 @@ class Trainer(ABC):
         prevalence = float(train_rows["cancer"].mean())
         self.loss_fn = build_loss(config.loss, prevalence).to(device)
         log.info(
-            "%s on %s: %d train / %d val images, training prevalence %.4f",
-            self.stage, device, len(train_rows), len(val_rows), prevalence,
+            "%s on %s%s: %d train / %d val images, training prevalence %.4f",
+            self.stage, device, f" x {runtime.world_size} processes" if runtime.distributed else "",
+            len(train_rows), len(val_rows), prevalence,
         )
-        self.model = self.build_model().to(device, memory_format=torch.channels_last)
+        model = self.build_model()
+        if runtime.distributed and config.distributed.sync_batchnorm and device.type == "cuda":
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.model = model.to(device, memory_format=torch.channels_last)
         self.optimizer = self.build_optimizer(self.model)
-        write_text_atomic(self.out_dir / "config.yaml", dump_config(config))
+        if runtime.is_main:
+            write_text_atomic(self.out_dir / "config.yaml", dump_config(config))
         transform = BatchTransform(config.augment, config.model.in_channels).to(device)
         val_transform = BatchTransform(None, config.model.in_channels).to(device)
-        val_loader = image_loader(val_rows, config, device, train=False, seed=config.seed)
+        val_loader = eval_loader(val_rows, config, runtime)
         keeper = CheckpointKeeper(self.out_dir, config.checkpoint.primary, config.checkpoint.top_k, self.on_checkpoint)
         es = config.early_stopping
         stopper = EarlyStopping(metric_mode(es.metric), es.patience, es.min_delta, es.start_epoch)
@@ -158,21 +176,21 @@ class Trainer(ABC):
         stopped = False
         for epoch in range(first_epoch, config.epochs + 1):
             seed = epoch_seed(config.seed, epoch)
-            torch.manual_seed(seed)
+            torch.manual_seed(seed + runtime.rank)  # augmentation: each rank draws its own
             phase, rows = self.train_rows(epoch)
             if loader is None or phase != loader_phase:
-                loader_phase, loader = phase, image_loader(
-                    rows, config, device, train=True, seed=seed, balanced=config.data.balanced_sampler
-                )
+                loader_phase, loader = phase, train_loader(rows, config, runtime, seed=seed)
             reseed_loader(loader, seed)
-            stats = train_one_epoch(
-                self.model, loader, transform, self.loss_fn, self.optimizer, self.precision,
+            stats = reduce_stats(train_one_epoch(
+                self.trainable_model(), loader, transform, self.loss_fn, self.optimizer, self.precision,
                 device, desc=f"epoch {epoch} {phase}", after_train_mode=self.after_train_mode,
-            )
-            preds = predict(
+            ), runtime)
+            preds = gather_predictions(predict(
                 self.model, val_loader, val_transform, self.precision, device,
                 desc=f"epoch {epoch} val", loss_fn=self.loss_fn,
-            )
+            ), runtime)
+            # Every rank computes the same figures from the same gathered predictions, so the
+            # schedule and early stopping decide alike everywhere.
             metrics = validation_metrics(val_rows, preds, config.data.breast_aggregation)
             lr = self.optimizer.param_groups[0]["lr"]
             self.after_validation(epoch, metrics)
@@ -189,25 +207,47 @@ class Trainer(ABC):
                 "val": metrics,
             }
             history.append(to_jsonable(record))
-
-            def payload(keeper_state: dict[str, Any]) -> dict[str, Any]:
-                return self._payload(epoch, metrics, history, keeper_state, stopper, stopped)
-
-            keeper.update(epoch, metrics, payload)
-            write_json(self.out_dir / "history.json", history)
-            log.info(
-                "%s epoch %d/%d [%s] train_loss=%.4f val_loss=%s auc=%s pr_auc=%s breast_pf1=%s lr=%.2e %.0f img/s",
-                self.stage, epoch, config.epochs, phase, stats.loss,
-                format_metric(lookup_metric(metrics, "image.loss")), format_metric(lookup_metric(metrics, "image.auc")),
-                format_metric(lookup_metric(metrics, "image.pr_auc")), format_metric(lookup_metric(metrics, "breast.pf1")),
-                lr, stats.images_per_second,
-            )
-            if self.on_epoch is not None:
-                self.on_epoch(record)
+            if runtime.is_main:
+                self._save_epoch(keeper, epoch, metrics, history, stopper, stopped, stats)
             if stopped:
                 log.info("%s: early stopping at epoch %d (%s did not improve)", self.stage, epoch, es.metric)
                 break
         return self._summary(history, keeper, stopped)
+
+    def trainable_model(self) -> torch.nn.Module:
+        """The module the training step runs: the model itself in one process; under DDP a
+        wrapper over the parameters that train now, made again whenever that set changes
+        (gradual unfreezing adds blocks, and DDP's reducer only knows those it started with)."""
+        if not self.runtime.distributed:
+            return self.model
+        trainable = tuple(p.requires_grad for p in self.model.parameters())
+        if getattr(self, "_wrapped_for", None) != trainable:
+            self._ddp = DistributedDataParallel(
+                self.model, device_ids=[self.device] if self.device.type == "cuda" else None
+            )
+            self._wrapped_for = trainable
+        return self._ddp
+
+    def _save_epoch(
+        self, keeper: CheckpointKeeper, epoch: int, metrics: dict[str, Any], history: list[dict[str, Any]],
+        stopper: EarlyStopping, stopped: bool, stats: EpochStats,
+    ) -> None:
+        """The main process's share of an epoch: checkpoints, history, log line, listeners."""
+
+        def payload(keeper_state: dict[str, Any]) -> dict[str, Any]:
+            return self._payload(epoch, metrics, history, keeper_state, stopper, stopped)
+
+        keeper.update(epoch, metrics, payload)
+        write_json(self.out_dir / "history.json", history)
+        log.info(
+            "%s epoch %d/%d [%s] train_loss=%.4f val_loss=%s auc=%s pr_auc=%s breast_pf1=%s lr=%.2e %.0f img/s",
+            self.stage, epoch, self.config.epochs, history[-1]["phase"], stats.loss,
+            format_metric(lookup_metric(metrics, "image.loss")), format_metric(lookup_metric(metrics, "image.auc")),
+            format_metric(lookup_metric(metrics, "image.pr_auc")), format_metric(lookup_metric(metrics, "breast.pf1")),
+            history[-1]["lr"], stats.images_per_second,
+        )
+        if self.on_epoch is not None:
+            self.on_epoch(history[-1])
 
     # --- checkpoints -----------------------------------------------------------------------
 
@@ -240,11 +280,17 @@ class Trainer(ABC):
         }
 
     def _resume(self) -> dict[str, Any] | None:
+        """Load ``last.pt`` into model, schedule, optimiser and scaler. The main process reads
+        it and hands it to the others, so any world size resumes any checkpoint and only the
+        main process needs the file."""
         path = self.out_dir / LAST
-        if not path.exists():
+        state = None
+        if self.runtime.is_main and path.exists():
+            state = load_checkpoint(path)
+        state = broadcast_object(state, self.runtime.world_size)
+        if state is None:
             log.info("%s: nothing to resume in %s, starting from epoch 1", self.stage, self.out_dir)
             return None
-        state = load_checkpoint(path)
         if state["stage"] != self.stage:
             raise CheckpointError(f"{path}: written by stage {state['stage']!r}, cannot resume {self.stage!r}")
         if state["split_fingerprint"] != self.data.fingerprint:
@@ -265,6 +311,8 @@ class Trainer(ABC):
             "best": keeper.best,
             "checkpoints": sorted(p.name for p in self.out_dir.glob("*.pt")),
             "last_val": headline(history[-1]["val"]) if history else None,
+            "world_size": self.runtime.world_size,
         }
-        write_json(self.out_dir / "summary.json", summary)
+        if self.runtime.is_main:
+            write_json(self.out_dir / "summary.json", summary)
         return to_jsonable(summary)
