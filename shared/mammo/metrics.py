@@ -17,6 +17,7 @@ import pandas as pd
 from sklearn.metrics import average_precision_score, confusion_matrix, roc_auc_score
 
 from mammo.errors import DataError
+from mammo.jsonio import to_jsonable  # noqa: F401 (re-exported: the engine imports it from here)
 
 Aggregation = Literal["mean", "max"]
 NAN = float("nan")
@@ -186,21 +187,6 @@ def evaluate_predictions(
     }
 
 
-def to_jsonable(obj: Any) -> Any:
-    """Plain Python values for json.dumps: numpy scalars/arrays converted, NaN/inf -> None."""
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return [to_jsonable(v) for v in obj.tolist()]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
 def format_metric(value: Any, digits: int = 4) -> str:
     """Human-readable figure for logs and reports: floats rounded, undefined values "n/a"."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
@@ -210,10 +196,13 @@ def format_metric(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
-#: Figures worth a glance in command output; the full set stays in metrics/history files.
-HEADLINE_KEYS = ("loss", "auc", "pr_auc", "pf1", "sensitivity", "specificity", "n", "prevalence")
+#: Figures worth a glance (command output, the evaluator's result, KFP metrics); the full set
+#: stays in metrics/history files. ``loss`` is image-level and only known while training.
+HEADLINE_KEYS = (
+    "loss", "auc", "pr_auc", "pf1", "sensitivity", "specificity", "precision", "n", "prevalence",
+)
 
 
 def headline(metrics: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """``{"image": {...}, "breast": {...}}`` cut down to ``HEADLINE_KEYS``."""
+    """``{"image": {...}, "breast": {...}}`` cut down to ``HEADLINE_KEYS`` (missing ones None)."""
     return {level: {k: metrics[level].get(k) for k in HEADLINE_KEYS} for level in ("image", "breast")}

@@ -5,6 +5,9 @@ Exports of the RSNA data come as ``{patient_id}/{image_id}.png`` (nested), flat
 itself or in a subdirectory such as ``train_images_processed_512/``. The layout and directory
 are detected from the first few rows only (a glob over 54k files would be slow); every row's
 file is then checked so that a missing image stops the run before any training starts.
+
+``LAYOUTS`` is the one statement of those rules: ``resolve_image_paths`` applies it to a local
+directory, ``match_image_keys`` to the object keys of a dataset in storage (the components).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
@@ -31,6 +34,35 @@ LAYOUTS: dict[str, Layout] = {
 }
 #: Rows probed to detect the layout; a few misses among them are tolerated.
 PROBE_ROWS = 8
+IMAGE_SUFFIX = ".png"
+
+
+def image_stems(patient: str, image: str) -> list[str]:
+    """The file names (without ``.png``) the image of (patient, image) has in the layouts,
+    in ``LAYOUTS`` order and without repeats: ``[image, f"{patient}_{image}"]``."""
+    stems = (PurePosixPath(layout(patient, image).replace(os.sep, "/")).stem for layout in LAYOUTS.values())
+    return list(dict.fromkeys(stems))
+
+
+def match_image_keys(keys: Iterable[str], ids: Iterable[tuple[str, str]]) -> tuple[list[str], list[str]]:
+    """The object keys (relative paths, ``/``-separated, in any subfolder) holding the PNG of
+    each (patient_id, image_id), and the image ids none was found for.
+
+    A key is matched by its file name, with the first layout of ``image_stems`` that finds
+    any: every key of that name is taken (a dataset holds one image export, so normally one).
+    Used where a directory cannot be probed: a listing of a dataset in object storage."""
+    by_stem: dict[str, list[str]] = {}
+    for key in keys:
+        if key.lower().endswith(IMAGE_SUFFIX):
+            by_stem.setdefault(PurePosixPath(key).stem, []).append(key)
+    chosen: dict[str, None] = {}
+    missing: list[str] = []
+    for patient, image in ids:
+        found = next((by_stem[stem] for stem in image_stems(patient, image) if stem in by_stem), None)
+        if found is None:
+            missing.append(image)
+        chosen.update(dict.fromkeys(found or []))
+    return list(chosen), missing
 
 
 def _dataset_dir(root: str | Path) -> Path:
