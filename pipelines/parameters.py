@@ -3,7 +3,7 @@
 Every ``PipelineParams`` field becomes a pipeline parameter of the same name, type, default and
 description (``data`` is called ``dataset_uri`` here; ``weights`` uses ``""`` for "none", since
 KFP parameters cannot be null). The pipeline adds what only the pipeline knows: where the store
-is and, in the ``gpu`` profile, GPUs per trainer. This one table drives the pipeline's
+is and, in the ``gpu`` profile, GPUs and nodes per trainer. This one table drives the pipeline's
 signature and parameter descriptions, ``--param`` parsing and the README's reference.
 """
 
@@ -81,6 +81,12 @@ def pipeline_parameters(*, dataset_uri: str, with_gpus: bool) -> list[PipelinePa
     tail = []
     if with_gpus:
         tail.append(PipelineParameter("trainer_gpus", int, 1, "GPUs requested by each trainer pod."))
+        tail.append(PipelineParameter(
+            "trainer_nodes", int, 1,
+            "Nodes per trainer: 1 trains in the step's own pod; more launches a Kubeflow Trainer "
+            "TrainJob of that many nodes with trainer_gpus GPUs each (needs Kubeflow Trainer v2.3 "
+            "and k8s/components/kubeflow-trainer).",
+        ))
     return [*head, *fields.values(), *tail]
 
 

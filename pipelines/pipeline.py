@@ -10,7 +10,8 @@ definition on one machine.
 Caching (KFP's cache key is the component, its image and its input values):
 
 - split builder: off. It reads ``dataset_uri``, whose contents can change behind the same URI.
-- baseline and unfreeze trainers: on. Their inputs include ``run_id``, a digest of every
+- baseline and unfreeze trainers (and their TrainJob launchers, ``trainer_nodes`` > 1): on.
+  Their inputs include ``run_id``, a digest of every
   dataset object's name, size and ETag, of the split, of all parameters and of the code, so
   any change to the data, split, settings or images changes the key.
 - evaluator: off. Its promotion verdict depends on the current production model, which other
@@ -88,6 +89,50 @@ def _trainer(task: PipelineTask, profile: Profile, gpus: Any, name: str) -> Pipe
     return task
 
 
+def _pod_trainers(profile: Profile, shared: dict[str, Any], gpus: Any) -> tuple[Any, Any]:
+    """The two trainers, each in its own pod; their Model outputs."""
+    baseline = _trainer(steps.baseline_trainer(**shared), profile, gpus, "baseline trainer")
+    unfreeze = _trainer(
+        steps.unfreeze_trainer(init=baseline.outputs["model"], **shared), profile, gpus, "unfreeze trainer"
+    )
+    return baseline.outputs["model"], unfreeze.outputs["model"]
+
+
+def _launcher(task: PipelineTask, profile: Profile, name: str) -> PipelineTask:
+    """A TrainJob launcher: eval image, light resources, no GPU (the job's nodes have them);
+    retried like a trainer (a retry adopts the job still running) and cached like one."""
+    task.set_display_name(name).set_container_image(profile.eval_image)
+    _runtime(task, profile, profile.light)
+    retry = profile.retry
+    task.set_retry(
+        num_retries=retry.attempts, backoff_duration=retry.backoff,
+        backoff_factor=retry.factor, backoff_max_duration=retry.max_backoff,
+    )
+    task.set_caching_options(True)
+    return task
+
+
+def _trainers_on_nodes(profile: Profile, shared: dict[str, Any], gpus: Any, nodes: Any) -> tuple[Any, Any]:
+    """``trainer_nodes`` chooses at run time: more than 1, the trainers run as Kubeflow Trainer
+    TrainJobs of that many nodes x ``trainer_gpus`` GPUs, launched by steps that need no GPU;
+    otherwise in their own pods. ``dsl.OneOf`` hands the evaluator the branch that ran."""
+    launch = {"nodes": nodes, "gpus_per_node": gpus, "image": profile.train_image}
+    with dsl.If(nodes > 1, name="several-nodes"):
+        baseline_job = _launcher(
+            steps.baseline_trainjob(**shared, **launch), profile, "baseline trainer (TrainJob)"
+        )
+        unfreeze_job = _launcher(
+            steps.unfreeze_trainjob(init=baseline_job.outputs["model"], **shared, **launch),
+            profile, "unfreeze trainer (TrainJob)",
+        )
+    with dsl.Else(name="one-node"):
+        baseline_pod, unfreeze_pod = _pod_trainers(profile, shared, gpus)
+    return (
+        dsl.OneOf(baseline_job.outputs["model"], baseline_pod),
+        dsl.OneOf(unfreeze_job.outputs["model"], unfreeze_pod),
+    )
+
+
 def code_version(profile: Profile) -> str:
     """Part of every run id: results of other images or another mammo version are not reused."""
     return f"mammo {mammo.__version__}; train {profile.train_image}; eval {profile.evaluator_image}"
@@ -99,7 +144,7 @@ def _wire(profile: Profile, args: dict[str, Any]) -> Any:
     split_task = steps.split_builder(
         code_version=code_version(profile),
         **{name: value for name, value in args.items()
-           if name not in ("model_name", "trainer_gpus")},
+           if name not in ("model_name", "trainer_gpus", "trainer_nodes")},
     )
     split_task.set_display_name("split builder").set_container_image(profile.eval_image)
     _runtime(split_task, profile, profile.light).set_caching_options(False)
@@ -112,14 +157,14 @@ def _wire(profile: Profile, args: dict[str, Any]) -> Any:
         "params": split_task.outputs["params"],
     }
     gpus = args.get("trainer_gpus", 0)
-    baseline = _trainer(steps.baseline_trainer(**shared), profile, gpus, "baseline trainer")
-    unfreeze = _trainer(
-        steps.unfreeze_trainer(init=baseline.outputs["model"], **shared), profile, gpus, "unfreeze trainer"
-    )
+    if "trainer_nodes" in args:
+        baseline_model, unfreeze_model = _trainers_on_nodes(profile, shared, gpus, args["trainer_nodes"])
+    else:
+        baseline_model, unfreeze_model = _pod_trainers(profile, shared, gpus)
 
     evaluation = steps.evaluator(
-        baseline=baseline.outputs["model"],
-        unfreeze=unfreeze.outputs["model"],
+        baseline=baseline_model,
+        unfreeze=unfreeze_model,
         model_name=args["model_name"],
         promotion_metric=args["promotion_metric"],
         promotion_margin=args["promotion_margin"],

@@ -1,4 +1,5 @@
-"""The pipeline's five steps as KFP lightweight Python components.
+"""The pipeline's five steps as KFP lightweight Python components (and the trainers' TrainJob
+launchers, which stand in for them when a trainer runs on several nodes).
 
 Each function is a thin adapter: it imports the component's entrypoint (``mammo_components``,
 installed in the project's images and in the local virtual environment), calls it with URIs in
@@ -165,6 +166,50 @@ def unfreeze_trainer(
         run_uri=run_uri(store_uri, run_id, "unfreeze_trainer"),
     )
     record_trainer_artifacts(result, model, metrics)
+
+
+@dsl.component(base_image=EVAL_IMAGE, install_kfp_package=False)
+def baseline_trainjob(
+    dataset_uri: str,
+    split_uri: str,
+    store_uri: str,
+    run_id: str,
+    params: dict,
+    nodes: int,
+    gpus_per_node: int,
+    image: str,
+    model: Output[Model],
+    metrics: Output[Metrics],
+):
+    """The baseline trainer on several nodes (trainer_nodes > 1): launches a Kubeflow Trainer
+    TrainJob of `nodes` nodes x `gpus_per_node` GPUs running the trainer under torchrun (this
+    pod needs no GPU), copies node 0's log here, deletes the job, and records the result the
+    job published to <store>/runs/<run_id>/baseline_trainer/."""
+    args = dict(locals())  # the step's inputs and outputs, as run_step takes them
+    from mammo_components.trainjob.step import run_step
+
+    run_step(component="baseline_trainer", **args)
+
+
+@dsl.component(base_image=EVAL_IMAGE, install_kfp_package=False)
+def unfreeze_trainjob(
+    dataset_uri: str,
+    split_uri: str,
+    store_uri: str,
+    run_id: str,
+    params: dict,
+    nodes: int,
+    gpus_per_node: int,
+    image: str,
+    init: Input[Model],
+    model: Output[Model],
+    metrics: Output[Metrics],
+):
+    """The unfreeze trainer on several nodes, as a TrainJob like baseline_trainjob."""
+    args = dict(locals())  # the step's inputs and outputs, as run_step takes them
+    from mammo_components.trainjob.step import run_step
+
+    run_step(component="unfreeze_trainer", **args)
 
 
 @dsl.component(base_image=EVAL_IMAGE, install_kfp_package=False)

@@ -1,6 +1,7 @@
 """The compiled mammo-training pipeline (both profiles): its steps and their order, cluster
-settings, credentials only by reference, caching, the promotion gate, parameter defaults, and
-that compiling needs no torch."""
+settings, credentials only by reference, caching, the promotion gate, parameter defaults, the
+gpu profile's run-time choice between trainers in their own pods and TrainJob launchers
+(``trainer_nodes``), and that compiling needs no torch."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from mammo_pipelines.cli import main
 from test_containers import read_images_env
 
 TRAINERS = ("baseline-trainer", "unfreeze-trainer")
+#: The gpu profile's TrainJob launchers (trainer_nodes > 1), in a dsl.If beside the trainers.
+LAUNCHERS = ("baseline-trainjob", "unfreeze-trainjob")
 #: Values that must never appear in a compiled pipeline, set in the environment while compiling.
 SENTINELS = {"MINIO_ACCESS_KEY": "sentinel-access-4711", "MINIO_SECRET_KEY": "sentinel-secret-4711"}
 
@@ -40,26 +43,96 @@ def compiled(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     return request.param, spec, executors, text
 
 
+def _dags(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The root DAG and those of the dsl.If/Else groups, by component name ("root")."""
+    return {"root": spec["root"]["dag"], **{n: c["dag"] for n, c in spec["components"].items() if "dag" in c}}
+
+
+def _owners(spec: dict[str, Any]) -> dict[str, str]:
+    """Task name -> the DAG that holds it (task names are unique in a pipeline)."""
+    return {task: dag for dag, body in _dags(spec).items() for task in body["tasks"]}
+
+
+def _all_tasks(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every task, wherever it sits (root or inside a condition group)."""
+    return {task: _dags(spec)[dag]["tasks"][task] for task, dag in _owners(spec).items()}
+
+
+def _group_task(spec: dict[str, Any], dag: str) -> str:
+    """The task that runs the group component ``dag``."""
+    [task] = [name for name, t in _all_tasks(spec).items() if t["componentRef"]["name"] == dag]
+    return task
+
+
+def _parameter_source(spec: dict[str, Any], task: str, parameter: str) -> tuple[str, ...]:
+    """Where a task's input parameter comes from, followed out of condition groups:
+    ("task", producer, key), ("pipeline", name) or ("constant", value)."""
+    owners = _owners(spec)
+    source = _all_tasks(spec)[task]["inputs"]["parameters"][parameter]
+    while "componentInputParameter" in source:
+        if owners[task] == "root":
+            return ("pipeline", source["componentInputParameter"])
+        name = source["componentInputParameter"]
+        task = _group_task(spec, owners[task])
+        source = _all_tasks(spec)[task]["inputs"]["parameters"][name]
+    if "taskOutputParameter" in source:
+        return ("task", source["taskOutputParameter"]["producerTask"], source["taskOutputParameter"]["outputParameterKey"])
+    return ("constant", source["runtimeValue"]["constant"])
+
+
+def _artifact_producers(spec: dict[str, Any], task: str, artifact: str) -> set[tuple[str, str]]:
+    """The (step, output) pairs a task's input artifact can come from, through condition
+    groups and dsl.OneOf."""
+    owners = _owners(spec)
+    source = _all_tasks(spec)[task]["inputs"]["artifacts"][artifact]
+    if "componentInputArtifact" in source:
+        return _artifact_producers(spec, _group_task(spec, owners[task]), source["componentInputArtifact"])
+    producer, key = source["taskOutputArtifact"]["producerTask"], source["taskOutputArtifact"]["outputArtifactKey"]
+
+    def outputs(task: str, key: str) -> set[tuple[str, str]]:
+        component = spec["components"][_all_tasks(spec)[task]["componentRef"]["name"]]
+        if "dag" not in component:
+            return {(task, key)}
+        selectors = component["dag"]["outputs"]["artifacts"][key]["artifactSelectors"]
+        return set().union(*(outputs(s["producerSubtask"], s["outputArtifactKey"]) for s in selectors))
+
+    return outputs(producer, key)
+
+
+def _gate(spec: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The promotion gate (the dsl.If named beats-production): its task name and task."""
+    [(name, gate)] = [(n, t) for n, t in _all_tasks(spec).items() if t["taskInfo"]["name"] == "beats-production"]
+    return name, gate
+
+
 def _executor(spec: dict[str, Any], task: str) -> dict[str, Any]:
-    component = spec["root"]["dag"]["tasks"][task]["componentRef"]["name"]
+    component = _all_tasks(spec)[task]["componentRef"]["name"]
     return spec["deploymentSpec"]["executors"][spec["components"][component]["executorLabel"]]["container"]
 
 
+def _steps(profile: str) -> tuple[str, ...]:
+    """The tasks that run a container in ``profile``."""
+    return ("split-builder", *TRAINERS, *(LAUNCHERS if profile == "gpu" else ()), "evaluator", "promoter")
+
+
 def test_five_steps_in_order_with_the_promoter_behind_the_gate(compiled) -> None:
-    _, spec, _, _ = compiled
+    profile, spec, _, _ = compiled
     tasks = spec["root"]["dag"]["tasks"]
-    assert set(tasks) == {"split-builder", "baseline-trainer", "unfreeze-trainer", "evaluator", "condition-1"}
-    depends = {name: set(task.get("dependentTasks", [])) for name, task in tasks.items()}
+    gate_name, gate = _gate(spec)
+    # gpu: the trainers sit in the trainer_nodes choice (test_trainer_nodes_... below).
+    training = {"condition-branches-1"} if profile == "gpu" else set(TRAINERS)
+    assert set(tasks) == {"split-builder", *training, "evaluator", gate_name}
+    depends = {name: set(task.get("dependentTasks", [])) for name, task in _all_tasks(spec).items()}
     assert depends["split-builder"] == set()
-    assert depends["baseline-trainer"] == {"split-builder"}
-    assert depends["unfreeze-trainer"] == {"baseline-trainer", "split-builder"}
-    assert {"baseline-trainer", "unfreeze-trainer"} <= depends["evaluator"]
-    assert "evaluator" in depends["condition-1"]
+    assert _parameter_source(spec, "baseline-trainer", "split_uri") == ("task", "split-builder", "split_uri")
+    assert depends["unfreeze-trainer"] >= {"baseline-trainer"}
+    assert training <= depends["evaluator"]
+    assert "evaluator" in depends[gate_name]
     # Both trainers' best checkpoints are the evaluator's candidates.
-    candidates = tasks["evaluator"]["inputs"]["artifacts"]
-    assert {a["taskOutputArtifact"]["producerTask"] for a in candidates.values()} == set(TRAINERS)
+    assert _artifact_producers(spec, "evaluator", "baseline") >= {("baseline-trainer", "model")}
+    assert _artifact_producers(spec, "evaluator", "unfreeze") >= {("unfreeze-trainer", "model")}
+    assert _artifact_producers(spec, "unfreeze-trainer", "init") == {("baseline-trainer", "model")}
     # dsl.If: the promoter runs only when the evaluator's verdict is true.
-    gate = tasks["condition-1"]
     assert gate["triggerPolicy"]["condition"].replace("\n", " ").split() == [
         "inputs.parameter_values['pipelinechannel--evaluator-Output']", "==", "true"
     ]
@@ -70,9 +143,7 @@ def test_five_steps_in_order_with_the_promoter_behind_the_gate(compiled) -> None
 
 def test_gpu_requests_only_in_the_gpu_profile(compiled) -> None:
     profile, spec, executors, _ = compiled
-    for task in spec["root"]["dag"]["tasks"]:
-        if task == "condition-1":
-            continue
+    for task in _steps(profile):
         accelerator = _executor(spec, task).get("resources", {}).get("accelerator")
         if profile == "gpu" and task in TRAINERS:
             assert accelerator["resourceType"] == "nvidia.com/gpu"
@@ -84,13 +155,54 @@ def test_gpu_requests_only_in_the_gpu_profile(compiled) -> None:
             assert accelerator is None, task
     params = spec["root"]["inputDefinitions"]["parameters"]
     assert ("trainer_gpus" in params) == (profile == "gpu")
+    assert ("trainer_nodes" in params) == (profile == "gpu")
+
+
+def test_trainer_nodes_chooses_trainjob_launchers_at_run_time(compiled) -> None:
+    """gpu: ``trainer_nodes`` > 1 runs the trainers as TrainJobs, launched by steps whose pods
+    request no GPU; otherwise (default 1) the trainers run in their own GPU pods. The evaluator
+    takes whichever ran (dsl.OneOf)."""
+    profile, spec, executors, _ = compiled
+    tasks = _all_tasks(spec)
+    if profile == "kind":
+        assert not set(LAUNCHERS) & set(tasks)
+        return
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params["trainer_nodes"]["parameterType"] == "NUMBER_INTEGER" and params["trainer_nodes"]["defaultValue"] == 1
+    owners = _owners(spec)
+    branches = {tasks[_group_task(spec, owners[t])]["taskInfo"]["name"]: _group_task(spec, owners[t])
+                for t in (*LAUNCHERS, *TRAINERS)}
+    assert set(branches) == {"several-nodes", "one-node"}
+    assert {owners[t] for t in LAUNCHERS} == {tasks[branches["several-nodes"]]["componentRef"]["name"]}
+    assert {owners[t] for t in TRAINERS} == {tasks[branches["one-node"]]["componentRef"]["name"]}
+    several = tasks[branches["several-nodes"]]["triggerPolicy"]["condition"].replace("\n", " ")
+    one = tasks[branches["one-node"]]["triggerPolicy"]["condition"].replace("\n", " ")
+    nodes = "int(inputs.parameter_values['pipelinechannel--trainer_nodes'])"
+    assert several.split() == [nodes, ">", "1"]
+    assert one.replace(" ", "") == f"!({nodes}>1)".replace(" ", "")
+    images = read_images_env()
+    for launcher, trainer in zip(LAUNCHERS, TRAINERS):
+        container = _executor(spec, launcher)
+        assert "accelerator" not in container["resources"]  # the launcher pod: no GPU
+        assert "mammo_components.trainjob.step import run_step" in container["command"][-1]
+        assert f'component="{trainer.replace("-", "_")}"' in container["command"][-1]
+        assert "tolerations" not in executors[f"exec-{launcher}"]
+        assert _parameter_source(spec, launcher, "nodes") == ("pipeline", "trainer_nodes")
+        assert _parameter_source(spec, launcher, "gpus_per_node") == ("pipeline", "trainer_gpus")
+        assert _parameter_source(spec, launcher, "image") == ("constant", images["TRAIN_IMAGE"])
+        for input_name in ("dataset_uri", "store_uri"):
+            assert _parameter_source(spec, launcher, input_name) == ("pipeline", input_name)
+        assert _parameter_source(spec, launcher, "params") == ("task", "split-builder", "params")
+    assert _artifact_producers(spec, "unfreeze-trainjob", "init") == {("baseline-trainjob", "model")}
+    assert _artifact_producers(spec, "evaluator", "baseline") == {("baseline-trainjob", "model"), ("baseline-trainer", "model")}
+    assert _artifact_producers(spec, "evaluator", "unfreeze") == {("unfreeze-trainjob", "model"), ("unfreeze-trainer", "model")}
 
 
 def test_images_pull_policy_and_resources_follow_the_profile(compiled) -> None:
     profile, spec, executors, _ = compiled
     images = read_images_env()
     train = images["TRAIN_IMAGE" if profile == "gpu" else "TRAIN_IMAGE_CPU"]
-    for task in ("split-builder", *TRAINERS, "evaluator"):
+    for task in _steps(profile):
         container = _executor(spec, task)
         assert container["image"] == (train if task in TRAINERS else images["EVAL_IMAGE"])
         assert container["resources"]["resourceMemoryLimit"] and container["resources"]["resourceCpuRequest"]
@@ -100,8 +212,8 @@ def test_images_pull_policy_and_resources_follow_the_profile(compiled) -> None:
 
 
 def test_credentials_only_by_reference(compiled) -> None:
-    _, spec, executors, text = compiled
-    assert len(executors) == 5
+    profile, spec, executors, text = compiled
+    assert len(executors) == len(_steps(profile))
     for name, executor in executors.items():
         [secret] = executor["secretAsEnv"]
         assert secret["secretName"] == "mammo-minio", name
@@ -117,30 +229,33 @@ def test_credentials_only_by_reference(compiled) -> None:
 
 
 def test_trainers_retry_and_get_a_memory_backed_shm(compiled) -> None:
-    _, spec, executors, _ = compiled
-    tasks = spec["root"]["dag"]["tasks"]
-    for task in TRAINERS:
+    profile, spec, executors, _ = compiled
+    tasks = _all_tasks(spec)
+    launchers = LAUNCHERS if profile == "gpu" else ()
+    for task in (*TRAINERS, *launchers):  # a retried launcher adopts its running TrainJob
         retry = tasks[task]["retryPolicy"]
         assert retry["maxRetryCount"] == 3 and retry["backoffDuration"] == "60s" and retry["backoffFactor"] == 2.0
+    for task in TRAINERS:
         [shm] = executors[f"exec-{task}"]["emptyDirMounts"]
         assert shm["mountPath"] == "/dev/shm" and shm["medium"] == "Memory" and shm["sizeLimit"]
+    for task in launchers:  # the TrainJob's nodes get /dev/shm from the TrainingRuntime
+        assert "emptyDirMounts" not in executors[f"exec-{task}"]
     for task in ("split-builder", "evaluator"):
         assert "retryPolicy" not in tasks[task]
         assert "emptyDirMounts" not in executors[f"exec-{task}"]
 
 
 def test_only_the_trainers_cache(compiled) -> None:
-    _, spec, _, _ = compiled
-    tasks = spec["root"]["dag"]["tasks"]
+    profile, spec, _, _ = compiled
+    tasks = {name: task for name, task in _all_tasks(spec).items() if name in _steps(profile)}
     cached = {name for name, task in tasks.items() if task.get("cachingOptions", {}).get("enableCache")}
-    assert cached == set(TRAINERS)
-    gate = spec["components"][tasks["condition-1"]["componentRef"]["name"]]["dag"]["tasks"]
-    assert not gate["promoter"].get("cachingOptions", {}).get("enableCache")
+    launchers = set(LAUNCHERS) if profile == "gpu" else set()
+    assert cached == set(TRAINERS) | launchers
+    assert not tasks["promoter"].get("cachingOptions", {}).get("enableCache")
     # The trainers' cache key holds the run id, which the (never cached) split builder derives
     # from the dataset's objects, the split, the parameters and the code.
-    for task in TRAINERS:
-        run_id = tasks[task]["inputs"]["parameters"]["run_id"]["taskOutputParameter"]
-        assert run_id == {"outputParameterKey": "run_id", "producerTask": "split-builder"}
+    for task in cached:
+        assert _parameter_source(spec, task, "run_id") == ("task", "split-builder", "run_id")
 
 
 def test_parameter_defaults_are_the_packages(compiled) -> None:
@@ -173,7 +288,11 @@ def test_overrides_reach_the_gpu_steps(tmp_path: Path) -> None:
         assert executor["tolerations"] == [{"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}]
         assert _executor(spec, task)["image"] == "registry.example/train:1"
     assert _executor(spec, "evaluator")["resources"]["accelerator"]["resourceCount"] == "1"
-    assert "nodeSelector" not in executors["exec-split-builder"]
+    for task in ("split-builder", *LAUNCHERS):
+        assert "nodeSelector" not in executors[f"exec-{task}"] and "tolerations" not in executors[f"exec-{task}"]
+    # The TrainJobs run the given training image.
+    for task in LAUNCHERS:
+        assert _parameter_source(spec, task, "image") == ("constant", "registry.example/train:1")
     assert {e["secretAsEnv"][0]["secretName"] for e in executors.values()} == {"other-keys"}
 
 
