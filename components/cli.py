@@ -3,86 +3,23 @@
 The same entrypoint functions the containers run, so a step that failed in the cluster can be
 rerun on a laptop with the same URIs. Each component's flags mirror its entrypoint's keyword
 arguments; params come from ``--params-json FILE`` and ``--param key=value`` (later wins).
-The result is printed as JSON. Torch is imported only by the component that runs.
+The result is printed as JSON. Torch is imported only by the component that runs. The
+components and their flags come from ``mammo_components.COMPONENTS`` and each folder's ``SPEC``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
-from dataclasses import dataclass
 from importlib import import_module
 from pathlib import Path
 from typing import Any
 
 from mammo.config import PipelineParams, parse_value, split_pair
-from mammo.cli import run_guarded
+from mammo.console import run_guarded, setup_logging
 from mammo.errors import ConfigError
-
-
-@dataclass(frozen=True)
-class Flag:
-    flag: str
-    dest: str
-    metavar: str
-    help: str
-    repeat: bool = False
-
-
-@dataclass(frozen=True)
-class Component:
-    module: str
-    help: str
-    description: str
-    flags: tuple[Flag, ...]
-
-
-DATASET = Flag("--dataset", "dataset_uri", "URI", "Dataset folder (train.csv + PNGs): s3://bucket/datasets/NAME or a local path.")
-SPLIT = Flag("--split", "split_uri", "URI", "Published split folder (the split builder's split_uri).")
-
-COMPONENTS: dict[str, Component] = {
-    "split-builder": Component(
-        "mammo_components.split_builder.entrypoint",
-        "Build (or reuse) the fixed patient-level split of a dataset.",
-        "Reads <dataset>/train.csv, validates it and writes split.csv/split.json to "
-        "<store>/splits/<dataset-fingerprint>/; a dataset split before is reused, a grown one "
-        "keeps every earlier patient in its split.",
-        (DATASET, Flag("--store", "store_uri", "URI", "Storage root, e.g. s3://mammo.")),
-    ),
-    "baseline-trainer": Component(
-        "mammo_components.baseline_trainer.entrypoint",
-        "Baseline training; checkpoints go to --run as they are saved.",
-        "Warm-up, then full data, early stopping. Restarted with the same --run it resumes "
-        "from <run>/last.pt in storage.",
-        (DATASET, SPLIT, Flag("--run", "run_uri", "URI", "Output folder: <store>/runs/<run-id>/baseline_trainer.")),
-    ),
-    "unfreeze-trainer": Component(
-        "mammo_components.unfreeze_trainer.entrypoint",
-        "Gradual unfreezing from a baseline checkpoint.",
-        "Starts from --init (verified by sha256); checkpoints go to --run as they are saved; "
-        "restarted with the same --run it resumes from <run>/last.pt in storage.",
-        (
-            DATASET,
-            SPLIT,
-            Flag("--init", "init_uri", "URI", "Starting checkpoint, e.g. the baseline's best_uri."),
-            Flag("--run", "run_uri", "URI", "Output folder: <store>/runs/<run-id>/unfreeze_trainer."),
-        ),
-    ),
-    "evaluator": Component(
-        "mammo_components.evaluator.entrypoint",
-        "Evaluate checkpoints on val and test; publish metrics, predictions, plots, report.",
-        "The threshold is chosen on val and applied unchanged to test; with several "
-        "checkpoints the best by the rank metric on val is named.",
-        (
-            DATASET,
-            SPLIT,
-            Flag("--checkpoint", "checkpoint_uris", "URI", "Checkpoint to evaluate (repeatable).", repeat=True),
-            Flag("--out", "out_uri", "URI", "Output folder: <store>/runs/<run-id>/evaluator."),
-        ),
-    ),
-}
+from mammo_components.spec import command_name, components
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,9 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
         + ". Environment: MINIO_ENDPOINT, MINIO_ACCESS_KEY, MINIO_SECRET_KEY, MINIO_SECURE, "
         "MINIO_REGION (s3:// URIs), MAMMO_PUSHGATEWAY_URL (telemetry), MAMMO_CACHE_DIR."
     )
-    for name, component in COMPONENTS.items():
-        p = sub.add_parser(name, help=component.help, description=component.description, epilog=params_help)
-        for f in component.flags:
+    for name, component in components().items():
+        spec = component.spec
+        if spec.cli is not None:  # flags of its own: its cli module parses the rest
+            own = sub.add_parser(name, help=spec.help, add_help=False, prefix_chars="\0")
+            own.add_argument("rest", nargs=argparse.REMAINDER)
+            continue
+        p = sub.add_parser(name, help=spec.help, description=spec.description, epilog=params_help)
+        for f in spec.flags:
             p.add_argument(
                 f.flag, dest=f.dest, metavar=f.metavar, required=True, help=f.help,
                 action="append" if f.repeat else "store",
@@ -116,10 +58,6 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Local scratch and cache (default: $MAMMO_CACHE_DIR or ~/.cache/mammo).")
         p.add_argument("--run-id", metavar="ID",
                        help="Telemetry label; default: <run-id> of a .../runs/<run-id>/... output URI.")
-    # The promoter has flags of its own (mammo_components.promoter.cli).
-    promoter = sub.add_parser("promoter", help="Promote an evaluator run's best candidate to production.",
-                              add_help=False, prefix_chars="\0")
-    promoter.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -148,25 +86,25 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2), already printed by argparse
         return int(exc.code or 0)
-    if args.component == "promoter":
-        from mammo_components.promoter.cli import main as promote
-
-        return promote(args.rest)
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
-    component = COMPONENTS[args.component]
-    kwargs = {f.dest: getattr(args, f.dest) for f in component.flags}
+    component = components()[args.component]
+    if component.spec.cli is not None:
+        return import_module(component.spec.cli).main(args.rest)
+    setup_logging()
+    kwargs = {f.dest: getattr(args, f.dest) for f in component.spec.flags}
 
     def call() -> None:
         params = load_params(args.params_json, args.param_pairs)
-        entrypoint = import_module(component.module)
+        entrypoint = import_module(component.entrypoint)
         result = entrypoint.run(**kwargs, params=params, workdir=args.workdir, run_id=args.run_id)
         print(json.dumps(result, indent=2))
 
     return run_guarded(call)
+
+
+def run_module(package: str) -> int:
+    """``python -m mammo_components.<folder> ARGS`` (the folder's ``__main__``): the same as
+    ``mammo component <folder with dashes> ARGS``."""
+    return main([command_name(package.rsplit(".", 1)[-1]), *sys.argv[1:]])
 
 
 if __name__ == "__main__":

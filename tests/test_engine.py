@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import NamedTuple
 
+import pandas as pd
 import pytest
 import torch
 
@@ -14,7 +15,7 @@ from mammo.engine.baseline import train_baseline
 from mammo.engine.checkpoint import BEST_CHECKPOINTS, load_checkpoint
 from mammo.engine.unfreeze import UnfreezeTrainer, train_unfreeze
 from mammo.errors import CheckpointError, ConfigError
-from mammo.evaluate import evaluate
+from mammo.evaluate import evaluate, run_evaluation
 from mammo.split import run_split
 
 SIZE = 64
@@ -256,3 +257,23 @@ def test_evaluate_ranks_candidates_and_writes_report(learnable, baseline_run, tm
     html = (tmp_path / "eval" / "report.html").read_text()
     assert "data:image/png;base64," in html and metrics["best"] in html
     assert [row for row in ("train", "val", "test", "all") if f"<tr><td>{row}</td>" in html] == ["train", "val", "test", "all"]
+
+
+def test_run_evaluation_returns_what_it_writes(learnable, baseline_run, tmp_path):
+    out = tmp_path / "eval"
+    config = load_config(
+        EvalConfig,
+        overrides={**COMMON, "data.root": str(learnable.root), "split": str(learnable.split), "out": str(out),
+                   "checkpoints": [str(baseline_run[0] / "best_auc.pt")]},
+    )
+    evaluation = run_evaluation(config)
+    assert evaluation.out == out
+    assert evaluation.metrics == json.loads((out / "metrics.json").read_text())
+    for frame, name in ((evaluation.predictions, "predictions_image.csv"), (evaluation.breasts, "predictions_breast.csv")):
+        written = pd.read_csv(out / name, dtype={"patient_id": str, "image_id": str, "laterality": str, "breast_id": str})
+        assert list(frame.columns) == list(written.columns) and len(frame) == len(written)
+        assert frame["prob"].to_numpy() == pytest.approx(written["prob"].to_numpy(), abs=1e-6)
+    test = evaluation.best_breasts("test")
+    assert set(test["split"]) == {"test"} and set(test["checkpoint"]) == {evaluation.best}
+    summary = evaluation.summary()
+    assert summary["best"] == evaluation.best and summary["test"]["breast"]["auc"] == evaluation.metrics["test"]["breast"]["auc"]

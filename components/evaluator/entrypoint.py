@@ -8,7 +8,6 @@ competition scores).
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -21,24 +20,23 @@ from sklearn.metrics import roc_curve
 from mammo import storage
 from mammo.config import lookup_metric
 from mammo.errors import ConfigError
+from mammo.metrics import headline
 from mammo.storage.parallel import run_parallel
-from mammo_components.common import (
+from mammo_components.inputs import (
     cache_dir,
     fetch_checkpoint,
     fetch_dataset,
     fetch_split,
     normalize_uri,
     parse_params,
-    publish_outputs,
     resolve_workdir,
-    run_id_from_uri,
     stage_config,
-    telemetry_step,
 )
+from mammo_components.publishing import publish_outputs
+from mammo_components.telemetry import run_id_from_uri, telemetry_step
 
 log = logging.getLogger(__name__)
 COMPONENT = "evaluator"
-HEADLINE = ("auc", "pr_auc", "pf1", "sensitivity", "specificity", "precision", "n", "prevalence")
 #: KFP's ClassificationMetrics needs no more than this to draw a ROC curve.
 ROC_POINTS = 200
 
@@ -68,11 +66,6 @@ def confusion(breast_metrics: dict[str, Any]) -> dict[str, Any]:
     return {"labels": ["no cancer", "cancer"], "matrix": [[m["tn"], m["fp"]], [m["fn"], m["tp"]]]}
 
 
-def headline(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The headline keys of both levels of one split's metrics."""
-    return {level: {key: metrics[level].get(key) for key in HEADLINE} for level in ("image", "breast")}
-
-
 def _check_names(uris: list[str], paths: list[Path]) -> None:
     """The engine names candidates by file name, or folder/file name where those collide;
     two candidates with the same name could not be told apart in the report."""
@@ -99,7 +92,7 @@ def run(
     run_id: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``checkpoint_uris`` and publish the evaluation at ``out_uri``; return the result."""
-    from mammo.evaluate import evaluate
+    from mammo.evaluate import REPORT_NAME, run_evaluation
 
     with telemetry_step(COMPONENT, run_id or run_id_from_uri(out_uri)):
         config_params = parse_params(params)
@@ -117,13 +110,11 @@ def run(
         shutil.rmtree(out_dir, ignore_errors=True)
         config = stage_config(config_params, "evaluate", data=data_dir, split=split_dir, out=out_dir)
         config.checkpoints = [str(p) for p in paths]
-        evaluate(config)
+        evaluation = run_evaluation(config)
 
-        metrics = json.loads((out_dir / "metrics.json").read_text())
+        metrics = evaluation.metrics
         uri_of = {str(path): uri for path, uri in zip(paths, uris, strict=True)}
         best_uri = uri_of[metrics["candidates"][0]["path"]]
-        breasts = pd.read_csv(out_dir / "predictions_breast.csv", dtype={"patient_id": str, "laterality": str})
-        best_test = breasts[(breasts["checkpoint"] == metrics["best"]) & (breasts["split"] == "test")]
         result = {
             "out_uri": out_uri,
             "best_uri": best_uri,
@@ -132,8 +123,8 @@ def run(
             "threshold": metrics["threshold"],
             "rank_metric": metrics["rank_metric"],
             "metrics": {split: headline(metrics[split]) for split in ("val", "test")},
-            "report_uri": storage.join(out_uri, "report.html"),
-            "roc": roc_points(best_test),
+            "report_uri": storage.join(out_uri, REPORT_NAME),
+            "roc": roc_points(evaluation.best_breasts("test")),
             "confusion_matrix": confusion(metrics["test"]["breast"]),
             "candidates": [
                 {

@@ -2,6 +2,6 @@
 
 import sys
 
-from mammo_components.promoter.cli import main
+from mammo_components.cli import run_module
 
-sys.exit(main(sys.argv[1:]))
+sys.exit(run_module(__package__))

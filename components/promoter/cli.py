@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 
-from mammo import storage
-from mammo.cli import run_guarded
+from mammo.config import DEFAULT_MODEL_NAME, DEFAULT_PROMOTION_MARGIN, DEFAULT_PROMOTION_METRIC
+from mammo.console import run_guarded, setup_logging
 from mammo_components.promoter.entrypoint import run
-
-RESULT_NAME = "result.json"
+from mammo_components.publishing import read_result
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,9 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--evaluation", required=True, metavar="URI",
                    help="The evaluator's output folder: <store>/runs/<run-id>/evaluator.")
     p.add_argument("--store", required=True, metavar="URI", help="Storage root, e.g. s3://mammo.")
-    p.add_argument("--model-name", default="mammo", metavar="NAME", help="models/<name>/ (default: %(default)s).")
-    p.add_argument("--metric", default="test.breast.auc", help="<split>.<level>.<metric> (default: %(default)s).")
-    p.add_argument("--margin", type=float, default=0.005, help="Required improvement (default: %(default)s).")
+    p.add_argument("--model-name", default=DEFAULT_MODEL_NAME, metavar="NAME",
+                   help="models/<name>/ (default: %(default)s).")
+    p.add_argument("--metric", default=DEFAULT_PROMOTION_METRIC,
+                   help="<split>.<level>.<metric> (default: %(default)s).")
+    p.add_argument("--margin", type=float, default=DEFAULT_PROMOTION_MARGIN,
+                   help="Required improvement (default: %(default)s).")
     return p
 
 
@@ -39,15 +40,10 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2), already printed by argparse
         return int(exc.code or 0)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    setup_logging()
 
     def call() -> None:
-        manifest = storage.read_manifest(args.evaluation)
-        if RESULT_NAME not in manifest.objects:
-            raise storage.ArtifactNotFoundError(
-                f"artifact not found: {storage.join(args.evaluation, RESULT_NAME)} (not an evaluator output folder?)"
-            )
-        evaluation = storage.get_json(storage.join(args.evaluation, RESULT_NAME), sha256=manifest.objects[RESULT_NAME].sha256)
+        evaluation = read_result(args.evaluation)
         result = run(
             candidate_uri=evaluation["best_uri"], candidate_sha256=evaluation["best_sha256"],
             candidate_metrics=evaluation["metrics"], store_uri=args.store, model_name=args.model_name,

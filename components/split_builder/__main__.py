@@ -2,6 +2,6 @@
 
 import sys
 
-from mammo_components.cli import main
+from mammo_components.cli import run_module
 
-sys.exit(main(["split-builder", *sys.argv[1:]]))
+sys.exit(run_module(__package__))

@@ -19,17 +19,17 @@ from mammo.config import PipelineParams
 from mammo.split import DIGITS, SPLIT_CSV, SPLIT_JSON, dataset_fingerprint, run_split
 from mammo.storage import MANIFEST_NAME, Manifest
 from mammo.storage.integrity import sha256_file
-from mammo_components.common import (
+from mammo_components.inputs import (
     fetch_dataset,
     fetch_split,
     normalize_uri,
     optional_manifest,
     parse_params,
-    publish_outputs,
     read_dataset_table,
     resolve_workdir,
-    telemetry_step,
 )
+from mammo_components.publishing import publish_outputs
+from mammo_components.telemetry import telemetry_step
 
 log = logging.getLogger(__name__)
 COMPONENT = "split_builder"

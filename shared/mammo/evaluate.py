@@ -4,11 +4,16 @@ The operating threshold is chosen on validation (maximum breast-level pF1 by def
 option) and applied unchanged to test, so the test figures are an honest estimate. With several
 checkpoints, each is scored the same way and ranked by a validation metric; the best one's
 figures head ``metrics.json`` and the report.
+
+``run_evaluation`` writes the files (metrics.json, predictions, plots, report) and returns their
+content as an ``Evaluation``, so callers (the evaluator component) need not read them back;
+``evaluate`` returns its short summary.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +22,10 @@ import pandas as pd
 from mammo.config import EvalConfig, dump_config, lookup_metric, metric_mode
 from mammo.data.augment import BatchTransform
 from mammo.engine.checkpoint import load_checkpoint, model_from_checkpoint
-from mammo.engine.data import SplitData, image_loader, load_split_data, require
-from mammo.engine.loop import predict
-from mammo.engine.runtime import Precision, resolve_device, seed_everything
-from mammo.engine.trainer import write_json
+from mammo.engine.data import SplitData, eval_loader, load_split_data, require
+from mammo.engine.loop import gather_predictions, predict
+from mammo.engine.runtime import Runtime, runtime_for, seed_everything
+from mammo.jsonio import to_jsonable, write_json
 from mammo.metrics import (
     aggregate_breasts,
     best_f1,
@@ -28,7 +33,6 @@ from mammo.metrics import (
     evaluate_predictions,
     format_metric,
     headline,
-    to_jsonable,
 )
 from mammo.report import write_plots, write_report
 from mammo.storage.atomic import atomic_path, write_text_atomic
@@ -36,6 +40,49 @@ from mammo.storage.atomic import atomic_path, write_text_atomic
 log = logging.getLogger(__name__)
 
 SPLITS = ("val", "test")
+METRICS_NAME = "metrics.json"
+PREDICTIONS_IMAGE = "predictions_image.csv"
+PREDICTIONS_BREAST = "predictions_breast.csv"
+REPORT_NAME = "report.html"
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What ``run_evaluation`` wrote to ``out``, in memory.
+
+    ``metrics`` is the content of metrics.json (best candidate, threshold, its val/test metrics,
+    every candidate ranked); ``predictions`` and ``breasts`` are the image- and breast-level
+    predictions of every candidate (columns ``split`` and ``checkpoint`` tell them apart), as in
+    predictions_image.csv and predictions_breast.csv."""
+
+    out: Path
+    metrics: dict[str, Any]
+    predictions: pd.DataFrame
+    breasts: pd.DataFrame
+
+    @property
+    def best(self) -> str:
+        return self.metrics["best"]
+
+    def best_breasts(self, split: str) -> pd.DataFrame:
+        """The best candidate's breast-level predictions on ``split``."""
+        b = self.breasts
+        return b[(b["checkpoint"] == self.best) & (b["split"] == split)]
+
+    def summary(self) -> dict[str, Any]:
+        """The short form ``mammo evaluate`` prints: best candidate, threshold, headline figures."""
+        m = self.metrics
+        return {
+            "out": str(self.out),
+            "best": m["best"],
+            "threshold": m["threshold"],
+            "val": headline(m["val"]),
+            "test": headline(m["test"]),
+            "ranking": [
+                {"name": c["name"], m["rank_metric"]: lookup_metric(c["val"], m["rank_metric"])}
+                for c in m["candidates"]
+            ],
+        }
 
 
 def candidate_names(paths: list[str]) -> list[str]:
@@ -54,14 +101,20 @@ def choose_threshold(breasts: pd.DataFrame, metric: str) -> float | None:
     return best_f1(labels, probs)[1]
 
 
-def _predict_split(model, data: SplitData, name: str, config: EvalConfig, image_size: int, device, precision, in_channels: int) -> pd.DataFrame:
+def _predict_split(model, data: SplitData, name: str, config: EvalConfig, image_size: int, runtime: Runtime, in_channels: int) -> pd.DataFrame:
+    """Image probabilities of one split; in a distributed run each process predicts its shard
+    and every process gets all of them."""
     rows = data.rows(name)
     columns = ["patient_id", "image_id", "laterality", "breast_id", "label", "prob", "split"]
     if rows.empty:
         return pd.DataFrame(columns=columns)
     sized = config.model_copy(update={"data": config.data.model_copy(update={"image_size": image_size})})
-    loader = image_loader(rows, sized, device, train=False, seed=config.seed)
-    preds = predict(model, loader, BatchTransform(None, in_channels).to(device), precision, device, desc=f"predict {name}")
+    device = runtime.device
+    loader = eval_loader(rows, sized, runtime)
+    preds = gather_predictions(
+        predict(model, loader, BatchTransform(None, in_channels).to(device), runtime.precision, device, desc=f"predict {name}"),
+        runtime,
+    )
     picked = rows.iloc[preds.index]
     return pd.DataFrame(
         {
@@ -90,24 +143,35 @@ def score_candidate(images: pd.DataFrame, config: EvalConfig) -> dict[str, Any]:
 
 
 def evaluate(config: EvalConfig) -> dict[str, Any]:
-    """Evaluate every checkpoint of ``config``; write metrics, predictions, plots and report."""
+    """Evaluate every checkpoint of ``config``; write metrics, predictions, plots and report;
+    return the summary (``Evaluation.summary``)."""
+    return run_evaluation(config).summary()
+
+
+def run_evaluation(config: EvalConfig, runtime: Runtime | None = None) -> Evaluation:
+    """Evaluate every checkpoint of ``config``; write metrics, predictions, plots and report
+    to ``config.out`` and return them. Several processes share the predicting; the main one
+    writes (the others return the same figures)."""
+    with runtime_for(config, runtime) as made:
+        return _run_evaluation(config, made)
+
+
+def _run_evaluation(config: EvalConfig, runtime: Runtime) -> Evaluation:
     checkpoints = require(config.checkpoints, "--checkpoint")
     out = Path(require(config.out, "--out (out)"))
     seed_everything(config.seed, config.deterministic)
-    device = resolve_device(config.device)
-    precision = Precision(device, config.amp, config.amp_dtype)
     data = load_split_data(config)
     size_given = "image_size" in config.data.model_fields_set
 
     candidates, image_frames = [], []
     for path, name in zip(checkpoints, candidate_names(checkpoints)):
         payload = load_checkpoint(path)
-        model = model_from_checkpoint(payload, source=str(path)).to(device)
+        model = model_from_checkpoint(payload, source=str(path)).to(runtime.device)
         image_size = config.data.image_size if size_given else int(payload["image_size"])
         in_channels = int(payload["model_config"]["in_channels"])
         log.info("evaluating %s (%s, epoch %s, %d px)", name, payload["stage"], payload["epoch"], image_size)
         frames = [
-            _predict_split(model, data, split, config, image_size, device, precision, in_channels)
+            _predict_split(model, data, split, config, image_size, runtime, in_channels)
             for split in SPLITS
         ]
         images = pd.concat([f for f in frames if not f.empty] or frames, ignore_index=True)
@@ -140,7 +204,6 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
         "candidates": [candidates[i] for i in order],
         "split_fingerprint": data.fingerprint,
     }
-    write_text_atomic(out / "config.yaml", dump_config(config))
     predictions = pd.concat(image_frames, ignore_index=True)
     breasts = pd.concat(
         [
@@ -149,22 +212,17 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
         ],
         ignore_index=True,
     )
-    _write_csv(out / "predictions_image.csv", predictions)
-    _write_csv(out / "predictions_breast.csv", breasts)
-    best_images = predictions[predictions["checkpoint"] == best["name"]]
-    best_breasts = breasts[breasts["checkpoint"] == best["name"]]
-    plots = write_plots(out, best_images, best_breasts)
-    write_json(out / "metrics.json", metrics)
-    write_report(out / "report.html", metrics, data.summary, plots)
+    if runtime.is_main:
+        write_text_atomic(out / "config.yaml", dump_config(config))
+        _write_csv(out / PREDICTIONS_IMAGE, predictions)
+        _write_csv(out / PREDICTIONS_BREAST, breasts)
+        best_images = predictions[predictions["checkpoint"] == best["name"]]
+        best_breasts = breasts[breasts["checkpoint"] == best["name"]]
+        plots = write_plots(out, best_images, best_breasts)
+        write_json(out / METRICS_NAME, metrics)
+        write_report(out / REPORT_NAME, metrics, data.summary, plots)
     log.info("best candidate: %s (%s %s)", best["name"], config.rank_metric, format_metric(lookup_metric(best["val"], config.rank_metric)))
-    return {
-        "out": str(out),
-        "best": best["name"],
-        "threshold": best["threshold"],
-        "val": headline(best["val"]),
-        "test": headline(best["test"]),
-        "ranking": [{"name": c["name"], config.rank_metric: lookup_metric(c["val"], config.rank_metric)} for c in metrics["candidates"]],
-    }
+    return Evaluation(out=out, metrics=to_jsonable(metrics), predictions=predictions, breasts=breasts)
 
 
 def rank_candidates(candidates: list[dict[str, Any]], key: str) -> list[int]:

@@ -1,0 +1,19 @@
+"""The baseline trainer's KFP step (``mammo_pipelines.steps.baseline_trainer`` calls ``run_step``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mammo_components.baseline_trainer.entrypoint import COMPONENT, run
+from mammo_components.trainer import trainer_step
+
+
+def run_step(
+    *, dataset_uri: str, split_uri: str, store_uri: str, run_id: str, params: dict[str, Any], model: Any, metrics: Any
+) -> dict[str, Any]:
+    """Train into ``<store>/runs/<run_id>/baseline_trainer`` (resuming what is there); fill the
+    ``model`` (best checkpoint's URI, sha256, metrics) and ``metrics`` artifacts."""
+    return trainer_step(
+        run, COMPONENT, store_uri=store_uri, run_id=run_id, model=model, metrics=metrics,
+        dataset_uri=dataset_uri, split_uri=split_uri, params=params,
+    )

@@ -1,0 +1,36 @@
+"""The promoter's KFP step (``mammo_pipelines.steps.promoter`` calls ``run_step``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mammo.console import setup_logging
+from mammo_components.artifacts import write_artifact_json
+from mammo_components.promoter.entrypoint import run
+
+
+def run_step(
+    *,
+    store_uri: str,
+    model_name: str,
+    promotion_metric: str,
+    promotion_margin: float,
+    dataset_fingerprint: str,
+    candidate: Any,
+    production: Any,
+) -> dict[str, Any]:
+    """Promote the evaluator's ``candidate`` Model (its metadata: URI, sha256, metrics, run id,
+    name, threshold, report) if it still beats production; the result fills ``production``."""
+    setup_logging()
+    meta = candidate.metadata
+    result = run(
+        candidate_uri=meta["uri"], candidate_sha256=meta["sha256"], candidate_metrics=meta["metrics"],
+        store_uri=store_uri, model_name=model_name, metric=promotion_metric, margin=promotion_margin,
+        provenance={
+            "run_id": meta["run_id"], "candidate_name": meta["name"], "threshold": meta["threshold"],
+            "report_uri": meta["report_uri"], "dataset_fingerprint": dataset_fingerprint,
+        },
+    )
+    production.metadata.update(result)
+    write_artifact_json(production, result)
+    return result
