@@ -18,6 +18,7 @@ from typing import Any
 from mammo import __version__
 from mammo.console import add_config_args, run_guarded, setup_logging
 from mammo.errors import ConfigError
+from mammo.launch import add_launch_args, launch, wants_launch
 from mammo.summaries import evaluation_table, split_table, training_table
 
 #: Entry-point group through which the upper packages add sub-commands (``mammo run``,
@@ -264,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Leading epochs on the warm-up subset; cut to epochs - 1 when larger "
                        f"(default: {_default(cfg.TrainConfig, 'warmup_epochs')}).")
     train.add_argument("--resume", action="store_true", help="Continue from --out/last.pt.")
+    add_launch_args(train)
     train.set_defaults(handler=_cmd_train)
 
     unfreeze = sub.add_parser(
@@ -278,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     unfreeze.add_argument("--epochs", type=int, metavar="N",
                           help=f"Upper bound on epochs (default: {_default(cfg.UnfreezeConfig, 'epochs')}).")
     unfreeze.add_argument("--resume", action="store_true", help="Continue from --out/last.pt.")
+    add_launch_args(unfreeze)
     unfreeze.set_defaults(handler=_cmd_unfreeze)
 
     evaluate = sub.add_parser(
@@ -291,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="Checkpoint to evaluate (repeatable; several are ranked).")
     evaluate.add_argument("--threshold-metric", choices=["pf1", "f1"],
                           help="Breast-level metric maximised on val (default: pf1).")
+    add_launch_args(evaluate)
     evaluate.set_defaults(handler=_cmd_evaluate)
 
     config = sub.add_parser("config", help="Show configuration defaults and resolved configs.")
@@ -325,9 +329,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
+    if getattr(args, "nproc_per_node", None) is not None and wants_launch(args):
+        return run_guarded(lambda: launch(args, argv))
     return run_guarded(lambda: args.handler(args))
 
 

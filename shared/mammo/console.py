@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable
 from importlib import import_module
@@ -18,11 +19,26 @@ from mammo.errors import MammoError
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+def worker_rank() -> int | None:
+    """This process's rank when it is one of several (torchrun sets RANK and WORLD_SIZE)."""
+    try:
+        return int(os.environ["RANK"]) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
+    except (KeyError, ValueError):
+        return None
+
+
 def setup_logging(verbose: bool = False) -> None:
-    """INFO (DEBUG with ``verbose``) to stderr with time, level and logger name."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO, format=LOG_FORMAT, datefmt="%H:%M:%S"
-    )
+    """INFO (DEBUG with ``verbose``) to stderr with time, level and logger name. In a
+    distributed job only rank 0 reports progress; the others log warnings and errors, marked
+    with their rank."""
+    rank = worker_rank()
+    level = logging.DEBUG if verbose else logging.INFO
+    fmt = LOG_FORMAT
+    if rank is not None:
+        fmt = f"%(asctime)s rank {rank} %(levelname)s %(name)s: %(message)s"
+        if rank != 0 and not verbose:
+            level = logging.WARNING
+    logging.basicConfig(level=level, format=fmt, datefmt="%H:%M:%S")
 
 
 def run_guarded(call: Callable[[], int | None]) -> int:
@@ -31,7 +47,9 @@ def run_guarded(call: Callable[[], int | None]) -> int:
     try:
         return int(call() or 0)
     except MammoError as err:
-        print(f"mammo: error: {err}", file=sys.stderr)
+        rank = worker_rank()
+        where = "" if rank is None else f"rank {rank}: "
+        print(f"mammo: error: {where}{err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print("mammo: interrupted", file=sys.stderr)

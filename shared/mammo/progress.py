@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -15,7 +16,8 @@ log = logging.getLogger("mammo.progress")
 
 
 def interactive() -> bool:
-    return sys.stderr.isatty()
+    """A bar on a terminal, from the main process only (one bar for a distributed job)."""
+    return sys.stderr.isatty() and os.environ.get("RANK", "0") == "0"
 
 
 def track(items: Iterable[T], *, desc: str, total: int | None = None, every_s: float = 30.0) -> Iterator[T]:

@@ -130,3 +130,13 @@ def broadcast_object(value: Any, world_size: int) -> Any:
     holder = [value]
     dist.broadcast_object_list(holder, src=0)
     return holder[0]
+
+
+def broadcast_buffers(model: torch.nn.Module, world_size: int) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) on every rank. DDP sends them at the
+    start of each training forward, so after the epoch's last step they differ by that step;
+    validation must see the statistics the checkpoint keeps."""
+    if world_size == 1:
+        return
+    for buffer in model.buffers():
+        dist.broadcast(buffer, src=0)

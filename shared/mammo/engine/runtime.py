@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from mammo.config import RunConfig
-from mammo.errors import ConfigError
+from mammo.errors import ConfigError, MammoError
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +157,31 @@ def runtime_for(config: RunConfig, runtime: Runtime | None = None) -> Iterator[R
     made = make_runtime(config)
     try:
         yield made
+    except (dist.DistError, RuntimeError) as exc:
+        if made.distributed and _is_collective_failure(exc):
+            raise LostPeerError(
+                f"lost contact with the other processes ({_first_line(exc)}); another rank failed "
+                f"or did not answer within distributed.timeout_s={config.distributed.timeout_s}"
+            ) from None
+        raise
     finally:
         if made.distributed and dist.is_initialized():
             dist.destroy_process_group()
+
+
+class LostPeerError(MammoError):
+    """A collective failed because another process died or hung: the job cannot go on."""
+
+    exit_code = 1
+
+
+def _is_collective_failure(exc: BaseException) -> bool:
+    text = str(exc)
+    return isinstance(exc, dist.DistError) or any(
+        mark in text for mark in ("gloo", "NCCL", "Connection reset by peer", "Connection closed by peer", "timed out")
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return line if len(line) <= 160 else line[:157] + "..."

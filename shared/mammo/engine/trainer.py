@@ -31,7 +31,7 @@ from mammo.engine.checkpoint import (
     load_checkpoint,
 )
 from mammo.engine.data import eval_loader, load_split_data, require, reseed_loader, train_loader
-from mammo.engine.distributed import broadcast_object, local_batch_size
+from mammo.engine.distributed import broadcast_buffers, broadcast_object, local_batch_size
 from mammo.engine.early_stopping import EarlyStopping
 from mammo.engine.loop import EpochStats, Predictions, gather_predictions, predict, reduce_stats, train_one_epoch
 from mammo.engine.runtime import Runtime, epoch_seed, runtime_for, seed_everything
@@ -185,6 +185,7 @@ class Trainer(ABC):
                 self.trainable_model(), loader, transform, self.loss_fn, self.optimizer, self.precision,
                 device, desc=f"epoch {epoch} {phase}", after_train_mode=self.after_train_mode,
             ), runtime)
+            broadcast_buffers(self.model, runtime.world_size)
             preds = gather_predictions(predict(
                 self.model, val_loader, val_transform, self.precision, device,
                 desc=f"epoch {epoch} val", loss_fn=self.loss_fn,
