@@ -12,6 +12,7 @@ import hashlib
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -187,3 +188,36 @@ def fetch_checkpoint(uri: str, workdir: Path) -> tuple[Path, str]:
     local_dir = cache_dir(workdir, "checkpoints", folder) / last_segment(folder)
     [path] = fetch_all(store, [Wanted(uri, name, etag=info.etag, sha256=sha256)], local_dir)
     return path, sha256 or sha256_file(path)
+
+
+# --- what a trainer or the evaluator starts from ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class StageInputs:
+    """Validated params, the local work folder, and local copies of the split and of the
+    dataset with every image: what a trainer or the evaluator starts from."""
+
+    params: PipelineParams
+    work: Path
+    data_dir: Path
+    split_dir: Path
+
+    def config(self, stage: str, out: Path) -> RunConfig:
+        """The stage's config on these local copies, writing to ``out``."""
+        return stage_config(self.params, stage, data=self.data_dir, split=self.split_dir, out=out)
+
+    def out_dir(self, out_uri: str) -> Path:
+        """The local folder of an output URI (under ``runs/``)."""
+        return cache_dir(self.work, "runs", out_uri)
+
+
+def fetch_stage_inputs(
+    *, params: Mapping[str, Any] | None, workdir: str | Path | None, dataset_uri: str, split_uri: str
+) -> StageInputs:
+    """Parse ``params``, make the work folder, fetch the split and the dataset with its images."""
+    parsed = parse_params(params)
+    work = resolve_workdir(workdir)
+    split_dir = fetch_split(normalize_uri(split_uri), work)
+    data_dir = fetch_dataset(normalize_uri(dataset_uri), work, images=True)
+    return StageInputs(parsed, work, data_dir, split_dir)

@@ -17,16 +17,7 @@ from mammo.console import setup_logging
 from mammo.storage.integrity import sha256_file
 from mammo.telemetry import Telemetry
 from mammo_components.artifacts import log_numbers, write_artifact_json
-from mammo_components.inputs import (
-    cache_dir,
-    fetch_checkpoint,
-    fetch_dataset,
-    fetch_split,
-    normalize_uri,
-    parse_params,
-    resolve_workdir,
-    stage_config,
-)
+from mammo_components.inputs import fetch_checkpoint, fetch_stage_inputs, normalize_uri
 from mammo_components.publishing import RunMirror, publish_outputs, sync_down
 from mammo_components.telemetry import run_id_from_uri, telemetry_step
 
@@ -96,18 +87,15 @@ def run_trainer(
     from mammo.engine.checkpoint import LAST
 
     with telemetry_step(component, run_id or run_id_from_uri(run_uri)) as telemetry:
-        config_params = parse_params(params)
-        work = resolve_workdir(workdir)
+        inputs = fetch_stage_inputs(params=params, workdir=workdir, dataset_uri=dataset_uri, split_uri=split_uri)
         run_uri = normalize_uri(run_uri)
-        split_dir = fetch_split(normalize_uri(split_uri), work)
-        data_dir = fetch_dataset(normalize_uri(dataset_uri), work, images=True)
-        run_dir = cache_dir(work, "runs", run_uri)
+        run_dir = inputs.out_dir(run_uri)
         sync_down(run_uri, run_dir)
-        config = stage_config(config_params, stage, data=data_dir, split=split_dir, out=run_dir)
+        config = inputs.config(stage, run_dir)
         init: dict[str, str] = {}
         if init_uri is not None:
             init_uri = normalize_uri(init_uri)
-            init_path, init_sha = fetch_checkpoint(init_uri, work)
+            init_path, init_sha = fetch_checkpoint(init_uri, inputs.work)
             config = config.model_copy(update={"init": str(init_path)})
             init = {"init_uri": init_uri, "init_sha256": init_sha}
         mirror = RunMirror(run_dir, run_uri, LAST)

@@ -22,16 +22,7 @@ from mammo.config import lookup_metric
 from mammo.errors import ConfigError
 from mammo.metrics import headline
 from mammo.storage.parallel import run_parallel
-from mammo_components.inputs import (
-    cache_dir,
-    fetch_checkpoint,
-    fetch_dataset,
-    fetch_split,
-    normalize_uri,
-    parse_params,
-    resolve_workdir,
-    stage_config,
-)
+from mammo_components.inputs import fetch_checkpoint, fetch_stage_inputs, normalize_uri
 from mammo_components.publishing import publish_outputs
 from mammo_components.telemetry import run_id_from_uri, telemetry_step
 
@@ -95,20 +86,17 @@ def run(
     from mammo.evaluate import REPORT_NAME, run_evaluation
 
     with telemetry_step(COMPONENT, run_id or run_id_from_uri(out_uri)):
-        config_params = parse_params(params)
         if not checkpoint_uris:
             raise ConfigError("checkpoint_uris: give at least one checkpoint URI to evaluate")
-        work = resolve_workdir(workdir)
         out_uri = normalize_uri(out_uri)
         uris = [normalize_uri(uri) for uri in checkpoint_uris]
-        split_dir = fetch_split(normalize_uri(split_uri), work)
-        data_dir = fetch_dataset(normalize_uri(dataset_uri), work, images=True)
-        fetched = dict(run_parallel(lambda uri: fetch_checkpoint(uri, work), uris, workers=4))
+        inputs = fetch_stage_inputs(params=params, workdir=workdir, dataset_uri=dataset_uri, split_uri=split_uri)
+        fetched = dict(run_parallel(lambda uri: fetch_checkpoint(uri, inputs.work), uris, workers=4))
         paths = [fetched[uri][0] for uri in uris]
         _check_names(uris, paths)
-        out_dir = cache_dir(work, "runs", out_uri)
+        out_dir = inputs.out_dir(out_uri)
         shutil.rmtree(out_dir, ignore_errors=True)
-        config = stage_config(config_params, "evaluate", data=data_dir, split=split_dir, out=out_dir)
+        config = inputs.config("evaluate", out_dir)
         config.checkpoints = [str(p) for p in paths]
         evaluation = run_evaluation(config)
 
