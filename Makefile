@@ -55,9 +55,11 @@ test-servers: $(S3RVER_STAMP) ## Install the servers the tests start (s3rver, Pu
 test: $(STAMP) test-servers test-tools ## Run the test suite
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-bench: $(STAMP) ## Print data-path throughput figures (JSON)
+bench: $(STAMP) ## Print data-path and training-step throughput figures (JSON)
 	$(MAMMO) data synth --out .cache/bench-data --patients 40 --image-size 512 --seed 1 >/dev/null
 	$(MAMMO) bench data --data .cache/bench-data --image-size 512 --workers 0 --batches 10
+	$(MAMMO) data synth --out .cache/bench-train --patients 40 --image-size 64 --seed 1 >/dev/null
+	$(MAMMO) bench train --data .cache/bench-train --nproc 2 --image-size 64 --batch-size 16 --steps 10
 
 clean: ## Remove the virtual environment, caches and local runs
 	rm -rf $(VENV) .cache .mammo .pytest_cache

@@ -36,3 +36,21 @@ def test_bench_cli_prints_one_json_line(tiny_dataset: Path, capsys: pytest.Captu
 def test_bench_rejects_bad_arguments(tiny_dataset: Path) -> None:
     with pytest.raises(ConfigError, match="batches"):
         bench_data(tiny_dataset, image_size=32, batches=0)
+
+
+def test_bench_train_measures_one_and_two_processes(tiny_dataset: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["bench", "train", "--data", str(tiny_dataset), "--nproc", "2", "--image-size", "32",
+                 "--batch-size", "8", "--steps", "2", "--warmup", "1", "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1
+    result = json.loads(lines[0])
+    assert set(result["runs"]) == {"1", "2"}
+    for run in result["runs"].values():
+        assert run["images_per_second"] > 0 and 0 <= run["data_stall_share"] < 1
+        assert run["device"] == "cpu" and run["precision"] == "fp32"
+    assert result["scaling_efficiency"] > 0
+
+
+def test_bench_train_refuses_an_indivisible_batch(tiny_dataset: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["bench", "train", "--data", str(tiny_dataset), "--nproc", "2", "--batch-size", "7"]) == 2
+    assert "divisible" in capsys.readouterr().err

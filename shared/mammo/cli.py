@@ -189,6 +189,17 @@ def _cmd_bench_data(args: argparse.Namespace) -> None:
     print(json.dumps(result, sort_keys=False))
 
 
+def _cmd_bench_train(args: argparse.Namespace) -> None:
+    from mammo.bench_train import bench_train
+
+    result = bench_train(
+        args.data, processes=args.nproc, image_size=args.image_size, backbone=args.backbone,
+        batch_size=args.batch_size, steps=args.steps, warmup=args.warmup, workers=args.workers,
+        device=args.device, threads_per_process=args.threads,
+    )
+    print(json.dumps(result, sort_keys=False))
+
+
 def _cmd_config_show(args: argparse.Namespace) -> None:
     from mammo import config as cfg
 
@@ -322,6 +333,24 @@ def build_parser() -> argparse.ArgumentParser:
     bench_data.add_argument("--batch-size", type=int, default=16, metavar="N", help="Images per batch (default: %(default)s).")
     bench_data.add_argument("--device", default="auto", help="Device of the batch transform (default: %(default)s).")
     bench_data.set_defaults(handler=_cmd_bench_data)
+    bench_train = bench_sub.add_parser(
+        "train",
+        help="Images/s of the training step with 1 and N processes, scaling efficiency, data stall.",
+        description="Runs the training step (loader, augmentation, forward/backward under DDP, "
+        "optimiser) as real distributed jobs of 1 and N processes on the same data and global batch.",
+    )
+    bench_train.add_argument("--data", required=True, metavar="DIR", help="Dataset directory (e.g. from `mammo data synth`).")
+    bench_train.add_argument("--nproc", type=int, default=2, metavar="N", help="Processes of the second run (default: %(default)s).")
+    bench_train.add_argument("--image-size", type=int, default=64, metavar="PX", help="Input size (default: %(default)s).")
+    bench_train.add_argument("--backbone", default="resnet18", metavar="NAME", help="Backbone (default: %(default)s).")
+    bench_train.add_argument("--batch-size", type=int, default=16, metavar="N", help="Global batch (default: %(default)s).")
+    bench_train.add_argument("--steps", type=int, default=10, metavar="N", help="Timed steps (default: %(default)s).")
+    bench_train.add_argument("--warmup", type=int, default=2, metavar="N", help="Untimed first steps (default: %(default)s).")
+    bench_train.add_argument("--workers", type=int, default=0, metavar="N", help="DataLoader workers per process (default: %(default)s).")
+    bench_train.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s).")
+    bench_train.add_argument("--threads", type=int, default=1, metavar="N",
+                             help="Torch threads per process (default: %(default)s).")
+    bench_train.set_defaults(handler=_cmd_bench_train)
 
     for plugin in sorted(entry_points(group=COMMAND_GROUP), key=lambda ep: ep.name):
         plugin.load()(sub)
