@@ -9,8 +9,14 @@ component is therefore one folder (``__init__.py`` with ``SPEC``, ``entrypoint.p
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import import_module
+from typing import Any
+
+import yaml
+
+from mammo.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -69,3 +75,28 @@ def components() -> dict[str, Component]:
 
     found = (Component(folder, import_module(f"mammo_components.{folder}").SPEC) for folder in COMPONENTS)
     return {component.command: component for component in found}
+
+
+def encode_value(value: Any) -> str:
+    """A params value as ``--param key=VALUE`` text that ``mammo.config.parse_value`` (YAML)
+    reads back as the same value: one-line YAML flow style (``1.0e-05``, not JSON's ``1e-05``,
+    which YAML 1.1 reads as a string; strings that look like numbers quoted)."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=float("inf"), allow_unicode=True)
+    return text.rstrip("\n").removesuffix("\n...")
+
+
+def component_args(
+    folder: str, *, uris: Mapping[str, str], run_id: str, params: Mapping[str, Any]
+) -> list[str]:
+    """``--flag=URI ... --run-id=ID --param=k=v ...``: the command line that runs component
+    ``folder`` with these inputs (its flags from its ``SPEC``, values by destination name:
+    ``dataset_uri``, ``split_uri``, ``run_uri``, ``init_uri``), for launchers that start it
+    as a new process (torchrun on this node, a TrainJob on several)."""
+    spec = import_module(f"mammo_components.{folder}").SPEC
+    missing = [flag.flag for flag in spec.flags if flag.dest not in uris]
+    if missing:
+        raise ConfigError(f"{folder}: no value for {', '.join(missing)}")
+    args = [f"{flag.flag}={uris[flag.dest]}" for flag in spec.flags]
+    args.append(f"--run-id={run_id}")
+    args.extend(f"--param={key}={encode_value(value)}" for key, value in sorted(params.items()))
+    return args

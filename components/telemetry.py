@@ -22,11 +22,13 @@ def run_id_from_uri(uri: str) -> str | None:
 
 
 @contextmanager
-def telemetry_step(component: str, run_id: str | None) -> Iterator[Telemetry | None]:
+def telemetry_step(component: str, run_id: str | None, quiet: bool = False) -> Iterator[Telemetry | None]:
     """The step's telemetry: success/failure and duration are pushed when the block ends.
-    Without a run id there is nothing to label the series with, so nothing is pushed."""
+    Without a run id there is nothing to label the series with, so nothing is pushed
+    (``quiet``: and nothing said, as for the non-main processes of a distributed job)."""
     if run_id is None:
-        log.info("%s: no run id (none given, none in the output URI): telemetry off", component)
+        if not quiet:
+            log.info("%s: no run id (none given, none in the output URI): telemetry off", component)
         yield None
         return
     telemetry = Telemetry(component, run_id)

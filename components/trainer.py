@@ -17,7 +17,14 @@ from mammo.console import setup_logging
 from mammo.storage.integrity import sha256_file
 from mammo.telemetry import Telemetry
 from mammo_components.artifacts import log_numbers, write_artifact_json
-from mammo_components.inputs import fetch_checkpoint, fetch_stage_inputs, normalize_uri
+from mammo_components.inputs import (
+    StageInputs,
+    fetch_checkpoint,
+    fetch_stage_inputs,
+    normalize_uri,
+    parse_params,
+    stage_config,
+)
 from mammo_components.publishing import RunMirror, publish_outputs, sync_down
 from mammo_components.telemetry import run_id_from_uri, telemetry_step
 
@@ -83,28 +90,46 @@ def run_trainer(
     run_id: str | None,
     init_uri: str | None = None,
 ) -> dict[str, Any]:
-    """Fetch inputs, resume from storage, train while mirroring, publish; return the result."""
-    from mammo.engine.checkpoint import LAST
+    """Fetch inputs, resume from storage, train while mirroring, publish; return the result.
 
-    with telemetry_step(component, run_id or run_id_from_uri(run_uri)) as telemetry:
-        inputs = fetch_stage_inputs(params=params, workdir=workdir, dataset_uri=dataset_uri, split_uri=split_uri)
-        run_uri = normalize_uri(run_uri)
+    Started by torchrun (several GPUs, several nodes) every process runs this: the first
+    process of each node fetches the inputs while the others wait (then find them cached), and
+    the main process alone resumes from, mirrors to and publishes in storage and pushes
+    telemetry. The other processes return only their place in the job."""
+    from mammo.engine.checkpoint import LAST
+    from mammo.engine.distributed import node_leader_first
+    from mammo.engine.runtime import runtime_for
+
+    run_uri = normalize_uri(run_uri)
+    placeholder = Path(".")
+    layout = stage_config(parse_params(params), stage, data=placeholder, split=placeholder, out=placeholder)
+    with runtime_for(layout) as runtime, telemetry_step(
+        component, (run_id or run_id_from_uri(run_uri)) if runtime.is_main else None, quiet=not runtime.is_main
+    ) as telemetry:
+
+        def fetch() -> tuple[StageInputs, dict[str, str]]:
+            inputs = fetch_stage_inputs(params=params, workdir=workdir, dataset_uri=dataset_uri, split_uri=split_uri)
+            if init_uri is None:
+                return inputs, {}
+            init_path, init_sha = fetch_checkpoint(normalize_uri(init_uri), inputs.work)
+            return inputs, {"init_uri": normalize_uri(init_uri), "init_sha256": init_sha, "init_path": str(init_path)}
+
+        inputs, init = node_leader_first(runtime, fetch)
         run_dir = inputs.out_dir(run_uri)
-        sync_down(run_uri, run_dir)
         config = inputs.config(stage, run_dir)
-        init: dict[str, str] = {}
-        if init_uri is not None:
-            init_uri = normalize_uri(init_uri)
-            init_path, init_sha = fetch_checkpoint(init_uri, inputs.work)
-            config = config.model_copy(update={"init": str(init_path)})
-            init = {"init_uri": init_uri, "init_sha256": init_sha}
+        if init:
+            config = config.model_copy(update={"init": init.pop("init_path")})
+        if not runtime.is_main:
+            train(config, resume=True, runtime=runtime)
+            return {"rank": runtime.rank, "world_size": runtime.world_size}
+        sync_down(run_uri, run_dir)
         mirror = RunMirror(run_dir, run_uri, LAST)
 
         def on_epoch(record: dict[str, Any]) -> None:
             mirror.end_epoch()
             push_epoch(telemetry, record)
 
-        summary = train(config, resume=True, on_checkpoint=mirror.on_checkpoint, on_epoch=on_epoch)
+        summary = train(config, resume=True, on_checkpoint=mirror.on_checkpoint, on_epoch=on_epoch, runtime=runtime)
         best_name, metrics = best_metrics(run_dir, LAST)
         checkpoints = {
             path.name: {"uri": storage.join(run_uri, path.name), "sha256": sha256_file(path)}
@@ -117,6 +142,7 @@ def run_trainer(
             "checkpoints": checkpoints,
             "epochs_run": summary["epochs_run"],
             "stopped_early": summary["stopped_early"],
+            "world_size": runtime.world_size,
             "metrics": metrics,
             **init,
         }
@@ -145,10 +171,36 @@ def record_trainer_artifacts(result: Mapping[str, Any], model: Any, metrics: Any
 
 
 def trainer_step(entrypoint: Callable[..., dict[str, Any]], component: str, *, store_uri: str, run_id: str,
-                 model: Any, metrics: Any, **kwargs: Any) -> dict[str, Any]:
-    """A trainer's KFP step: log to stderr, train into ``<store>/runs/<run_id>/<component>``,
-    record the artifacts; returns the result."""
+                 model: Any, metrics: Any, processes: int = 1, **kwargs: Any) -> dict[str, Any]:
+    """A trainer's KFP step: log to stderr, train into ``<store>/runs/<run_id>/<component>``
+    (as ``processes`` torchrun processes, one per GPU, when more than one), record the
+    artifacts; returns the result."""
     setup_logging()
-    result = entrypoint(run_uri=storage.run_uri(store_uri, run_id, component), **kwargs)
+    run_uri = storage.run_uri(store_uri, run_id, component)
+    if processes > 1:
+        result = run_on_local_gpus(component, processes, run_uri=run_uri, run_id=run_id, **kwargs)
+    else:
+        result = entrypoint(run_uri=run_uri, **kwargs)
     record_trainer_artifacts(result, model, metrics)
     return result
+
+
+def run_on_local_gpus(component: str, processes: int, *, run_uri: str, run_id: str, params: Mapping[str, Any],
+                      **uris: str) -> dict[str, Any]:
+    """Run the trainer component as ``processes`` local torchrun workers (one per GPU of this
+    pod) and return the result their main process published to ``run_uri``."""
+    import subprocess
+    import sys
+
+    from mammo.errors import MammoError
+    from mammo_components.publishing import read_result
+    from mammo_components.spec import component_args
+
+    args = component_args(component, uris={**uris, "run_uri": run_uri}, run_id=run_id, params=params)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+               "--max-restarts=0", "-m", f"mammo_components.{component}", *args]
+    log.info("%s: %d processes (torchrun) on this pod's GPUs", component, processes)
+    code = subprocess.run(command).returncode
+    if code:
+        raise MammoError(f"{component}: the {processes} training processes failed (exit code {code}); see their errors above")
+    return read_result(run_uri)

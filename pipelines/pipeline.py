@@ -91,9 +91,11 @@ def _trainer(task: PipelineTask, profile: Profile, gpus: Any, name: str) -> Pipe
 
 def _pod_trainers(profile: Profile, shared: dict[str, Any], gpus: Any) -> tuple[Any, Any]:
     """The two trainers, each in its own pod; their Model outputs."""
-    baseline = _trainer(steps.baseline_trainer(**shared), profile, gpus, "baseline trainer")
+    processes = gpus or 1  # one torchrun process per GPU of the pod
+    baseline = _trainer(steps.baseline_trainer(processes=processes, **shared), profile, gpus, "baseline trainer")
     unfreeze = _trainer(
-        steps.unfreeze_trainer(init=baseline.outputs["model"], **shared), profile, gpus, "unfreeze trainer"
+        steps.unfreeze_trainer(init=baseline.outputs["model"], processes=processes, **shared),
+        profile, gpus, "unfreeze trainer",
     )
     return baseline.outputs["model"], unfreeze.outputs["model"]
 

@@ -74,11 +74,13 @@ def baseline_trainer(
     store_uri: str,
     run_id: str,
     params: dict,
+    processes: int,
     model: Output[Model],
     metrics: Output[Metrics],
 ):
-    """Baseline training; checkpoints go to <store>/runs/<run_id>/baseline_trainer/ as they are
-    saved, and a restarted pod resumes from the last one there."""
+    """Baseline training (as `processes` torchrun processes, one per GPU, when more than one);
+    checkpoints go to <store>/runs/<run_id>/baseline_trainer/ as they are saved, and a restarted
+    pod resumes from the last one there."""
     args = dict(locals())  # the step's inputs and outputs, as run_step takes them
     from mammo_components.baseline_trainer.step import run_step
 
@@ -93,6 +95,7 @@ def unfreeze_trainer(
     run_id: str,
     params: dict,
     init: Input[Model],
+    processes: int,
     model: Output[Model],
     metrics: Output[Metrics],
 ):

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from importlib import import_module
 from typing import Any
-
-import yaml
 
 from mammo import storage
 from mammo.console import run_guarded, setup_logging
-from mammo.errors import ArtifactNotFoundError
+from mammo.errors import ArtifactNotFoundError, ConfigError
 from mammo_components.publishing import read_result
+from mammo_components.spec import component_args
 from mammo_components.trainer import record_trainer_artifacts
 from mammo_components.trainjob.launcher import (
     TrainJobError,
@@ -40,27 +38,15 @@ PASSTHROUGH_ENV = (
 DEFAULT_TIMEOUT_HOURS = 7 * 24.0
 
 
-def encode_value(value: Any) -> str:
-    """A params value as ``--param key=VALUE`` text that ``mammo.config.parse_value`` (YAML)
-    reads back as the same value: one-line YAML flow style (``1.0e-05``, not JSON's ``1e-05``,
-    which YAML 1.1 reads as a string; strings that look like numbers quoted)."""
-    text = yaml.safe_dump(value, default_flow_style=True, width=float("inf"), allow_unicode=True)
-    return text.rstrip("\n").removesuffix("\n...")
-
-
 def trainer_command(
     component: str, *, uris: Mapping[str, str], run_id: str, params: Mapping[str, Any]
 ) -> list[str]:
     """``torchrun -m mammo_components.<component> --flag=URI ... --run-id=ID --param=k=v ...``:
-    the component's command line (its flags from its ``SPEC``, values by destination name:
-    ``dataset_uri``, ``split_uri``, ``run_uri``, ``init_uri``)."""
-    spec = import_module(f"mammo_components.{component}").SPEC
-    missing = [flag.flag for flag in spec.flags if flag.dest not in uris]
-    if missing:
-        raise TrainJobError(f"{component}: no value for {', '.join(missing)}")
-    args = [f"{flag.flag}={uris[flag.dest]}" for flag in spec.flags]
-    args.append(f"--run-id={run_id}")
-    args.extend(f"--param={key}={encode_value(value)}" for key, value in sorted(params.items()))
+    the component's command line under the Trainer runtime's torchrun (``spec.component_args``)."""
+    try:
+        args = component_args(component, uris=uris, run_id=run_id, params=params)
+    except ConfigError as err:
+        raise TrainJobError(str(err)) from None
     return ["torchrun", "-m", f"mammo_components.{component}", *args]
 
 

@@ -32,10 +32,11 @@ def run_step(
     init: Any,
     model: Any,
     metrics: Any,
+    processes: int = 1,
 ) -> dict[str, Any]:
     """Unfreeze from the baseline's ``init`` Model into ``<store>/runs/<run_id>/unfreeze_trainer``;
     fill the ``model`` and ``metrics`` artifacts."""
     return trainer_step(
-        run, COMPONENT, store_uri=store_uri, run_id=run_id, model=model, metrics=metrics,
+        run, COMPONENT, store_uri=store_uri, run_id=run_id, model=model, metrics=metrics, processes=max(1, processes),
         dataset_uri=dataset_uri, split_uri=split_uri, params=params, init_uri=verify_init(init.metadata),
     )

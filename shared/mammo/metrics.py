@@ -17,7 +17,6 @@ import pandas as pd
 from sklearn.metrics import average_precision_score, confusion_matrix, roc_auc_score
 
 from mammo.errors import DataError
-from mammo.jsonio import to_jsonable  # noqa: F401 (re-exported: the engine imports it from here)
 
 Aggregation = Literal["mean", "max"]
 NAN = float("nan")

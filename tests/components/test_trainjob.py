@@ -20,7 +20,8 @@ from mammo.storage.integrity import sha256_file
 from mammo_components.publishing import publish_outputs
 from mammo_components.trainjob import launcher
 from mammo_components.trainjob.launcher import MAX_NAME, TrainJobError, build_trainjob, job_name
-from mammo_components.trainjob.step import encode_value, launch, run_step, trainer_command
+from mammo_components.spec import encode_value
+from mammo_components.trainjob.step import launch, run_step, trainer_command
 
 RUN_ID = "0123456789abcdef"
 NAMESPACE = "kubeflow"

@@ -13,6 +13,7 @@ import torch
 
 from mammo.config import TrainConfig, lookup_metric
 from mammo.engine.checkpoint import CheckpointListener
+from mammo.engine.runtime import Runtime
 from mammo.engine.trainer import EpochListener, Trainer, plateau_scheduler
 from mammo.models import build_model
 
@@ -53,6 +54,7 @@ def train_baseline(
     resume: bool = False,
     on_checkpoint: CheckpointListener | None = None,
     on_epoch: EpochListener | None = None,
+    runtime: Runtime | None = None,
 ) -> dict[str, Any]:
     """Run (or, with ``resume``, continue) baseline training; returns the run summary."""
-    return BaselineTrainer(config, on_checkpoint, on_epoch).run(resume=resume)
+    return BaselineTrainer(config, on_checkpoint, on_epoch, runtime).run(resume=resume)

@@ -17,15 +17,18 @@ least two images).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from mammo.engine.runtime import Runtime
 from mammo.errors import ConfigError, DataError
+
+T = TypeVar("T")
 
 
 def local_batch_size(batch_size: int, world_size: int) -> int:
@@ -140,3 +143,16 @@ def broadcast_buffers(model: torch.nn.Module, world_size: int) -> None:
         return
     for buffer in model.buffers():
         dist.broadcast(buffer, src=0)
+
+
+def node_leader_first(runtime: Runtime, work: Callable[[], T]) -> T:
+    """Run ``work`` on the first process of each node, then on the others (which then find
+    its downloads cached): one copy of the inputs per node, no two processes writing it."""
+    if not runtime.distributed:
+        return work()
+    if runtime.local_rank == 0:
+        value = work()
+        dist.barrier()
+        return value
+    dist.barrier()
+    return work()

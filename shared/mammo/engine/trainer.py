@@ -8,7 +8,6 @@ optimiser, schedule and which rows an epoch trains on.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from abc import ABC, abstractmethod
@@ -38,7 +37,8 @@ from mammo.engine.runtime import Runtime, epoch_seed, runtime_for, seed_everythi
 from mammo.errors import CheckpointError, DataError
 from mammo.losses import build_loss
 from mammo.storage.atomic import write_text_atomic
-from mammo.metrics import evaluate_predictions, format_metric, headline, to_jsonable
+from mammo.jsonio import to_jsonable, write_json
+from mammo.metrics import evaluate_predictions, format_metric, headline
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +64,6 @@ def plateau_scheduler(optimizer: torch.optim.Optimizer, config: PlateauConfig) -
         cooldown=config.cooldown,
         min_lr=config.min_lr,
     )
-
-
-def write_json(path: Path, payload: Any) -> None:
-    write_text_atomic(path, json.dumps(to_jsonable(payload), indent=2, sort_keys=True) + "\n")
 
 
 class Trainer(ABC):

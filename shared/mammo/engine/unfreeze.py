@@ -27,6 +27,7 @@ import torch
 from mammo.config import UnfreezeConfig, lookup_metric, metric_mode
 from mammo.engine.checkpoint import CheckpointListener, load_checkpoint, model_from_checkpoint
 from mammo.engine.data import require
+from mammo.engine.runtime import Runtime
 from mammo.engine.trainer import EpochListener, Trainer, plateau_scheduler
 from mammo.models import block_modules, head_parameters
 
@@ -152,6 +153,7 @@ def train_unfreeze(
     resume: bool = False,
     on_checkpoint: CheckpointListener | None = None,
     on_epoch: EpochListener | None = None,
+    runtime: Runtime | None = None,
 ) -> dict[str, Any]:
     """Run (or continue) gradual unfreezing from ``config.init``; returns the run summary."""
-    return UnfreezeTrainer(config, on_checkpoint, on_epoch).run(resume=resume)
+    return UnfreezeTrainer(config, on_checkpoint, on_epoch, runtime).run(resume=resume)
