@@ -3,8 +3,8 @@
 from mammo_components.spec import DATASET, SPLIT, ComponentSpec, Flag
 
 SPEC = ComponentSpec(
-    help="Baseline training; checkpoints go to --run as they are saved.",
-    description="Warm-up, then full data, early stopping. Restarted with the same --run it resumes "
+    help="Baseline training; checkpoints go to --out as they are saved.",
+    description="Warm-up, then full data, early stopping. Restarted with the same --out it resumes "
     "from <run>/last.pt in storage.",
-    flags=(DATASET, SPLIT, Flag("--run", "run_uri", "URI", "Output folder: <store>/runs/<run-id>/baseline_trainer.")),
+    flags=(DATASET, SPLIT, Flag("--out", "run_uri", "URI", "Output folder: <store>/runs/<run-id>/baseline_trainer.")),
 )

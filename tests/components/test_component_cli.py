@@ -59,7 +59,7 @@ def test_user_mistakes_are_one_line(
 
 
 def test_missing_flag_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["unfreeze-trainer", "--dataset", "d", "--split", "s", "--run", "r"]) == 2
+    assert main(["unfreeze-trainer", "--dataset", "d", "--split", "s", "--out", "r"]) == 2
     assert "the following arguments are required: --init" in capsys.readouterr().err
 
 

@@ -43,7 +43,7 @@ def start_trainer(staged: Staged, run_uri: str, workdir: Path, gateway: str) -> 
     env = {**os.environ, "MAMMO_PUSHGATEWAY_URL": gateway, "MAMMO_PUSHGATEWAY_TIMEOUT_SECONDS": "300"}
     args = [
         sys.executable, "-m", "mammo_components.baseline_trainer", "--dataset", staged.dataset_uri,
-        "--split", staged.split_uri, "--run", run_uri, "--params-json", str(params),
+        "--split", staged.split_uri, "--out", run_uri, "--params-json", str(params),
         "--workdir", str(workdir),
     ]
     with open(workdir.parent / "pod-1.log", "wb") as log:

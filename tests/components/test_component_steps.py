@@ -212,3 +212,29 @@ def test_write_artifact_json(tmp_path: Path) -> None:
     artifact = FakeArtifact(tmp_path / "a.json")
     write_artifact_json(artifact, {"b": [1, 2]})
     assert artifact.read_json() == {"b": [1, 2]}
+
+
+def test_a_trainer_step_with_two_processes_runs_torchrun_and_records_what_rank_0_published(
+    tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """trainer_gpus > 1 on one node: the step starts the component as torchrun processes (gloo
+    on this CPU machine); the main process publishes, and the step's Model comes from that."""
+    from mammo_components.baseline_trainer.step import run_step as baseline_step
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("MAMMO_CACHE_DIR", str(tmp_path / "cache"))
+    store = str(tmp_path / "store")
+    outputs = split_step.run_step(
+        split=FakeArtifact(tmp_path / "split.json"), dataset_uri=str(tiny_dataset), store_uri=store,
+        **{**SPLIT_VALUES, "code_version": "v1", "image_size": 32, "batch_size": 8, "workers": 0,
+           "device": "cpu", "baseline_epochs": 1, "warmup_epochs": 0, "backbone": "resnet18"},
+    )
+    model, metrics = FakeArtifact(tmp_path / "model"), FakeArtifact(tmp_path / "metrics")
+    result = baseline_step(
+        dataset_uri=str(tiny_dataset), split_uri=outputs.split_uri, store_uri=store, run_id=outputs.run_id,
+        params=outputs.params, model=model, metrics=metrics, processes=2,
+    )
+    assert result["world_size"] == 2 and result["epochs_run"] == 1
+    assert model.metadata["uri"] == result["best_uri"] and storage.stat(result["best_uri"]).sha256 == result["best_sha256"]
+    published = storage.read_manifest(storage.run_uri(store, outputs.run_id, "baseline_trainer"))
+    assert "result.json" in published.objects

@@ -125,7 +125,7 @@ def test_a_finished_job_fills_the_steps_outputs_from_storage(
     run_uri = storage.run_uri(store, RUN_ID, "baseline_trainer")
     assert trainer["command"][:3] == ["torchrun", "-m", "mammo_components.baseline_trainer"]
     assert trainer["command"][3:7] == [
-        "--dataset=s3://mammo/datasets/rsna", "--split=s3://mammo/splits/abc", f"--run={run_uri}", f"--run-id={RUN_ID}",
+        "--dataset=s3://mammo/datasets/rsna", "--split=s3://mammo/splits/abc", f"--out={run_uri}", f"--run-id={RUN_ID}",
     ]
     assert "MINIO" not in json.dumps(created)  # credentials come from the runtime's Secret
     [post] = k8s.sent("POST", "/trainjobs")
@@ -387,3 +387,10 @@ def test_the_command_is_the_components_own_command_line(component: str) -> None:
     assert {k: getattr(args, k) for k in expected} == expected
     assert args.run_id == RUN_ID
     assert load_params(args.params_json, args.param_pairs) == params
+    # torchrun's own parser must leave every one of them to the component (no flag of the
+    # component may abbreviate one of torchrun's, e.g. --run for --run-path).
+    from torch.distributed.run import get_args_parser
+
+    launched = get_args_parser().parse_args(command[1:])
+    assert launched.module and launched.training_script == f"mammo_components.{component}"
+    assert launched.training_script_args == command[3:]
