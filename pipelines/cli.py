@@ -70,6 +70,9 @@ def _add_profile_args(p: argparse.ArgumentParser, *, default: str | None = "gpu"
                        help="Toleration of the GPU steps (repeatable; replaces the profile's).")
     group.add_argument("--secret", metavar="NAME", help="Secret with MINIO_ACCESS_KEY/MINIO_SECRET_KEY (default mammo-minio).")
     group.add_argument("--config-map", metavar="NAME", help="ConfigMap with MINIO_ENDPOINT etc. (default mammo-runtime).")
+    group.add_argument("--shm-size", metavar="QUANTITY",
+                       help="Memory-backed /dev/shm of each trainer pod, shared by all its processes' DataLoader "
+                       "workers (default: gpu 16Gi, kind 1Gi); raise it with trainer_gpus and workers, e.g. 64Gi.")
 
 
 def _profile(args: argparse.Namespace) -> Profile:
@@ -85,6 +88,7 @@ def _profile(args: argparse.Namespace) -> Profile:
         tolerations=None if args.toleration is None else [parse_toleration(t) for t in args.toleration],
         secret_name=args.secret,
         config_map_name=args.config_map,
+        shm_size=args.shm_size,
     )
 
 

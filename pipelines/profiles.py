@@ -9,6 +9,7 @@ file named by ``MAMMO_IMAGES_ENV``); every setting can be overridden on the comm
 from __future__ import annotations
 
 import dataclasses
+import re
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,6 +182,7 @@ def get_profile(
     tolerations: list[Toleration] | None = None,
     secret_name: str | None = None,
     config_map_name: str | None = None,
+    shm_size: str | None = None,
 ) -> Profile:
     """The named profile with the given settings replaced (``None`` keeps the default)."""
     if name not in PROFILES:
@@ -194,6 +196,8 @@ def get_profile(
         raise ConfigError(f"profile {name!r} has no GPUs: --evaluator-gpus needs the gpu profile")
     if evaluator_gpus is not None and evaluator_gpus < 0:
         raise ConfigError("--evaluator-gpus must be 0 or more")
+    if shm_size is not None and not re.fullmatch(r"[1-9][0-9]*(Mi|Gi)", shm_size):
+        raise ConfigError(f"--shm-size {shm_size!r}: a Kubernetes quantity in Mi or Gi, e.g. 32Gi")
     changes = {
         "image_pull_policy": image_pull_policy,
         "gpu_type": gpu_type,
@@ -202,5 +206,6 @@ def get_profile(
         "tolerations": tuple(tolerations) if tolerations is not None else None,
         "secret_name": secret_name,
         "config_map_name": config_map_name,
+        "shm_size": shm_size,
     }
     return dataclasses.replace(profile, **{k: v for k, v in changes.items() if v is not None})

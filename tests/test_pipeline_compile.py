@@ -358,3 +358,14 @@ def test_every_pipeline_parameter_carries_its_description(profile: str, tmp_path
     missing = [name for name, value in params.items() if not value.get("description")]
     assert not missing, missing
     assert params["promotion_margin"]["description"] == PipelineParams.model_fields["promotion_margin"].description
+
+
+def test_shm_size_override_reaches_the_trainer_pods_and_bad_sizes_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "p.yaml"
+    assert main(["compile", "--profile", "gpu", "--shm-size", "64Gi", "--out", str(out)]) == 0
+    platform = list(yaml.safe_load_all(out.read_text()))[1]
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"].values()
+    sizes = [mount["sizeLimit"] for executor in executors for mount in executor.get("emptyDirMounts", [])]
+    assert sizes and set(sizes) == {"64Gi"}
+    assert main(["compile", "--profile", "gpu", "--shm-size", "lots", "--out", str(out)]) == 2
+    assert "--shm-size 'lots'" in capsys.readouterr().err
