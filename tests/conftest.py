@@ -8,11 +8,15 @@ ports of 127.0.0.1 and stopped at the end.
 - ``s3_proxy``: ``s3_env`` reached through a ``FaultProxy`` (faults on demand, request log).
 - ``pushgateway``: a Pushgateway with ``MAMMO_PUSHGATEWAY_URL`` pointing at it.
 
-Data: ``tiny_dataset``, a small synthetic dataset written once per session.
+Data: ``tiny_dataset``, a small synthetic dataset written once per session. Every test (and
+every process it starts) keeps its caches, the decoded-image cache included, in a session
+folder that is removed at the end (``_session_cache_dir``), never in the home directory.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +34,19 @@ from servers import (
 )
 
 TEST_RETRY_SECONDS = "2"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    previous = os.environ.get("MAMMO_CACHE_DIR")
+    folder = tmp_path_factory.mktemp("mammo-cache")
+    os.environ["MAMMO_CACHE_DIR"] = str(folder)
+    yield
+    shutil.rmtree(folder, ignore_errors=True)
+    if previous is None:
+        os.environ.pop("MAMMO_CACHE_DIR", None)
+    else:
+        os.environ["MAMMO_CACHE_DIR"] = previous
 
 
 @pytest.fixture(scope="session")

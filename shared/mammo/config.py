@@ -46,6 +46,11 @@ class DataConfig(_Strict):
         32, ge=1, le=65536, description="Global batch: split evenly across the processes of a distributed run."
     )
     workers: int = Field(4, ge=0, description="DataLoader worker processes per process (0 = main process).")
+    cache: str = Field(
+        "auto",
+        description="Decoded-image cache: auto ($MAMMO_CACHE_DIR/decoded, else ~/.cache/mammo/decoded), "
+        "off, or a directory. Each image is decoded once, then read back ~100x faster.",
+    )
     bad_images: Literal["fail", "skip"] = Field(
         "fail", description="Unreadable/corrupted PNGs: stop with an error, or skip and count."
     )
@@ -287,6 +292,38 @@ class EvalConfig(RunConfig):
         "pf1", description="Breast-level metric maximised on val to pick the operating threshold."
     )
     rank_metric: MetricKey = Field("breast.auc", description="Metric on val ranking checkpoints.")
+    stats: StatsConfig = Field(default_factory=lambda: StatsConfig())
+
+
+class StatsConfig(_Strict):
+    """Uncertainty and clinical figures of an evaluation (``mammo.stats``): patient-level
+    bootstrap intervals (seeded by the run's ``seed``), operating points, calibration, subgroups."""
+
+    resamples: int = Field(
+        2000, ge=0, le=100000, description="Bootstrap resamples of patients per interval (0: no intervals)."
+    )
+    level: float = Field(0.95, gt=0.5, lt=1, description="Confidence level of the intervals.")
+    specificities: list[float] = Field(
+        default_factory=lambda: [0.90, 0.95], description="Report the sensitivity at each of these specificities."
+    )
+    sensitivities: list[float] = Field(
+        default_factory=lambda: [0.80, 0.90], description="Report the specificity at each of these sensitivities."
+    )
+    calibration_bins: int = Field(10, ge=2, le=100, description="Bins of the reliability diagram and the ECE.")
+    calibration_strategy: Literal["quantile", "uniform"] = Field(
+        "quantile", description="quantile: bins of equal counts (readable at small n); uniform: equal widths."
+    )
+    subgroup_resamples: int = Field(
+        1000, ge=0, le=100000,
+        description="Resamples per subgroup interval (test split, every metadata column); 0: no subgroup table.",
+    )
+
+    @field_validator("specificities", "sensitivities")
+    @classmethod
+    def _fractions(cls, values: list[float]) -> list[float]:
+        if any(not 0 < v < 1 for v in values):
+            raise ValueError("operating points must lie strictly between 0 and 1")
+        return sorted(set(values))
 
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
@@ -395,8 +432,12 @@ def metric_mode(key: MetricKey) -> Literal["min", "max"]:
 DEFAULT_MODEL_NAME = "mammo"
 DEFAULT_PROMOTION_METRIC = "test.breast.auc"
 DEFAULT_PROMOTION_MARGIN = 0.005
+#: How the candidate is compared with production (``mammo.promotion``).
+PromotionRule = Literal["paired_bootstrap", "margin"]
+DEFAULT_PROMOTION_RULE = "paired_bootstrap"
+DEFAULT_PROMOTION_MIN = 0.5
 #: PipelineParams fields that steer promotion, not training: they never change a run's results.
-PROMOTION_FIELDS = ("model_name", "promotion_metric", "promotion_margin")
+PROMOTION_FIELDS = ("model_name", "promotion_metric", "promotion_margin", "promotion_rule", "promotion_min")
 
 
 class PipelineParams(_Strict):
@@ -472,6 +513,17 @@ class PipelineParams(_Strict):
     promotion_margin: float = Field(
         DEFAULT_PROMOTION_MARGIN, ge=0,
         description="The best candidate replaces production only when it beats it by more than this (absolute).",
+    )
+    promotion_rule: PromotionRule = Field(
+        DEFAULT_PROMOTION_RULE,
+        description="paired_bootstrap: candidate and production are both scored on the current split and "
+        "compared by a paired bootstrap over patients; promote when the lower bound of the difference "
+        "exceeds promotion_margin. margin: promote when the point difference exceeds promotion_margin.",
+    )
+    promotion_min: float = Field(
+        DEFAULT_PROMOTION_MIN,
+        description="Absolute floor: never promote a candidate whose promotion metric is not above this "
+        "(paired_bootstrap: its lower 95% bound; margin: its value), e.g. AUC 0.5 = chance; a ceiling for losses.",
     )
 
     def training_values(self) -> dict[str, Any]:

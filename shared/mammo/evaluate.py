@@ -12,6 +12,7 @@ content as an ``Evaluation``, so callers (the evaluator component) need not read
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,8 @@ from mammo.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from mammo.engine.data import SplitData, eval_loader, load_split_data, require
 from mammo.engine.loop import gather_predictions, predict
 from mammo.engine.runtime import Runtime, runtime_for, seed_everything
+from mammo.data.table import read_table
+from mammo.errors import MammoError
 from mammo.jsonio import to_jsonable, write_json
 from mammo.metrics import (
     aggregate_breasts,
@@ -34,7 +37,16 @@ from mammo.metrics import (
     format_metric,
     headline,
 )
+from mammo.promotion import PromotionRule, decide
 from mammo.report import write_plots, write_report
+from mammo.stats import (
+    IMAGE_ONLY_COLUMNS,
+    BootstrapSettings,
+    describe,
+    small_sample_warnings,
+    subgroups,
+    with_age_band,
+)
 from mammo.storage.atomic import atomic_path, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -44,6 +56,11 @@ METRICS_NAME = "metrics.json"
 PREDICTIONS_IMAGE = "predictions_image.csv"
 PREDICTIONS_BREAST = "predictions_breast.csv"
 REPORT_NAME = "report.html"
+HISTORY_NAME = "history.json"
+#: The name of the production model among the predictions (never a candidate's name).
+PRODUCTION = "production"
+#: Table columns kept beside the predictions and reported as subgroups (when present).
+METADATA_COLUMNS = ("site_id", "machine_id", "view", "density", "age", "implant")
 
 
 @dataclass(frozen=True)
@@ -110,7 +127,7 @@ def _predict_split(model, data: SplitData, name: str, config: EvalConfig, image_
         return pd.DataFrame(columns=columns)
     sized = config.model_copy(update={"data": config.data.model_copy(update={"image_size": image_size})})
     device = runtime.device
-    loader = eval_loader(rows, sized, runtime)
+    loader = eval_loader(rows, sized, runtime, data.decoded_cache(sized))
     preds = gather_predictions(
         predict(model, loader, BatchTransform(None, in_channels).to(device), runtime.precision, device, desc=f"predict {name}"),
         runtime,
@@ -148,47 +165,95 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
     return run_evaluation(config).summary()
 
 
-def run_evaluation(config: EvalConfig, runtime: Runtime | None = None) -> Evaluation:
+def run_evaluation(
+    config: EvalConfig,
+    runtime: Runtime | None = None,
+    *,
+    reference: str | Path | None = None,
+    rule: PromotionRule | None = None,
+    context: dict[str, Any] | None = None,
+) -> Evaluation:
     """Evaluate every checkpoint of ``config``; write metrics, predictions, plots and report
     to ``config.out`` and return them. Several processes share the predicting; the main one
-    writes (the others return the same figures)."""
+    writes (the others return the same figures).
+
+    ``reference``: the production checkpoint, scored on the same splits like a candidate (but
+    never ranked) so that ``rule`` (``mammo.promotion``) compares the best candidate with it on
+    the same patients; with a ``rule`` and no ``reference`` the candidate faces the floor alone.
+    ``context`` (run id, dataset URI, parameters, production URI and sha256, ...) heads the
+    report."""
     with runtime_for(config, runtime) as made:
-        return _run_evaluation(config, made)
+        return _run_evaluation(config, made, reference=reference, rule=rule, context=dict(context or {}))
 
 
-def _run_evaluation(config: EvalConfig, runtime: Runtime) -> Evaluation:
+def _evaluate_checkpoint(
+    path: str | Path, name: str, data: SplitData, config: EvalConfig, runtime: Runtime, size_given: bool
+) -> tuple[dict[str, Any], pd.DataFrame, list[dict[str, Any]]]:
+    """One checkpoint on val and test: its record (threshold from val, figures), its image
+    predictions and its training history (for the report's curves)."""
+    payload = load_checkpoint(path)
+    model = model_from_checkpoint(payload, source=str(path)).to(runtime.device)
+    image_size = config.data.image_size if size_given else int(payload["image_size"])
+    in_channels = int(payload["model_config"]["in_channels"])
+    log.info("evaluating %s (%s, epoch %s, %s px)", name, payload["stage"], payload["epoch"], image_size)
+    frames = [
+        _predict_split(model, data, split, config, image_size, runtime, in_channels)
+        for split in SPLITS
+    ]
+    images = pd.concat([f for f in frames if not f.empty] or frames, ignore_index=True)
+    scores = score_candidate(images, config)
+    record = {
+        "name": name,
+        "path": str(path),
+        "stage": payload["stage"],
+        "epoch": payload["epoch"],
+        "backbone": payload["model_config"]["backbone"],
+        "image_size": image_size,
+        "split_fingerprint": payload["split_fingerprint"],
+        **scores,
+    }
+    return record, images.assign(checkpoint=name), read_history(path, payload)
+
+
+def read_history(path: str | Path, payload: dict[str, Any]) -> list[dict[str, Any]]:
+    """The training history of a checkpoint's run: ``history.json`` beside it (every epoch of
+    the run), else the history saved in the checkpoint (up to its epoch)."""
+    beside = Path(path).parent / HISTORY_NAME
+    if beside.is_file():
+        try:
+            loaded = json.loads(beside.read_text())
+            if isinstance(loaded, list):
+                return loaded
+        except (OSError, ValueError):
+            log.warning("%s: unreadable; using the history inside the checkpoint", beside)
+    return list(payload.get("history") or [])
+
+
+def _run_evaluation(
+    config: EvalConfig, runtime: Runtime, *, reference: str | Path | None, rule: PromotionRule | None,
+    context: dict[str, Any],
+) -> Evaluation:
     checkpoints = require(config.checkpoints, "--checkpoint")
     out = Path(require(config.out, "--out (out)"))
     seed_everything(config.seed, config.deterministic)
     data = load_split_data(config)
     size_given = "image_size" in config.data.model_fields_set
 
-    candidates, image_frames = [], []
+    candidates, image_frames, histories = [], [], {}
     for path, name in zip(checkpoints, candidate_names(checkpoints)):
-        payload = load_checkpoint(path)
-        model = model_from_checkpoint(payload, source=str(path)).to(runtime.device)
-        image_size = config.data.image_size if size_given else int(payload["image_size"])
-        in_channels = int(payload["model_config"]["in_channels"])
-        log.info("evaluating %s (%s, epoch %s, %d px)", name, payload["stage"], payload["epoch"], image_size)
-        frames = [
-            _predict_split(model, data, split, config, image_size, runtime, in_channels)
-            for split in SPLITS
-        ]
-        images = pd.concat([f for f in frames if not f.empty] or frames, ignore_index=True)
-        scores = score_candidate(images, config)
-        candidates.append(
-            {
-                "name": name,
-                "path": str(path),
-                "stage": payload["stage"],
-                "epoch": payload["epoch"],
-                "backbone": payload["model_config"]["backbone"],
-                "image_size": image_size,
-                "split_fingerprint": payload["split_fingerprint"],
-                **scores,
-            }
-        )
-        image_frames.append(images.assign(checkpoint=name))
+        record, images, history = _evaluate_checkpoint(path, name, data, config, runtime, size_given)
+        candidates.append(record)
+        image_frames.append(images)
+        histories[name] = history
+
+    production, production_error = None, None
+    if reference is not None:
+        try:
+            production, images, _ = _evaluate_checkpoint(reference, PRODUCTION, data, config, runtime, size_given)
+            image_frames.append(images)
+        except MammoError as err:  # e.g. a production model of an incompatible format
+            production_error = str(err)
+            log.warning("production model not evaluated: %s", err)
 
     order = rank_candidates(candidates, config.rank_metric)
     best = candidates[order[0]]
@@ -204,25 +269,94 @@ def _run_evaluation(config: EvalConfig, runtime: Runtime) -> Evaluation:
         "candidates": [candidates[i] for i in order],
         "split_fingerprint": data.fingerprint,
     }
-    predictions = pd.concat(image_frames, ignore_index=True)
+    predictions = with_metadata(pd.concat(image_frames, ignore_index=True), config)
     breasts = pd.concat(
         [
-            aggregate_breasts(part, config.data.breast_aggregation).assign(split=split, checkpoint=ckpt)
+            breast_frame(part, config.data.breast_aggregation).assign(split=split, checkpoint=ckpt)
             for (ckpt, split), part in predictions.groupby(["checkpoint", "split"], sort=False)
         ],
         ignore_index=True,
     )
+    best_images = predictions[predictions["checkpoint"] == best["name"]]
+    best_breasts = breasts[breasts["checkpoint"] == best["name"]]
+    settings = BootstrapSettings(resamples=config.stats.resamples, seed=config.seed, level=config.stats.level)
+    assess(metrics, best_images, best_breasts, best["threshold"], config, settings)
+    if production is not None:
+        metrics["production"] = {key: production[key] for key in ("name", "path", "stage", "epoch", "backbone", "threshold", "val", "test")}
+    if rule is not None:
+        decision_split = rule.split
+        frame = best_breasts if rule.level == "breast" else best_images
+        reference_frame = None
+        if production is not None:
+            chosen = breasts if rule.level == "breast" else predictions
+            reference_frame = chosen[(chosen["checkpoint"] == PRODUCTION) & (chosen["split"] == decision_split)]
+        metrics["promotion"] = decide(
+            rule, frame[frame["split"] == decision_split], best["threshold"], settings,
+            production=reference_frame, production_threshold=None if production is None else production["threshold"],
+            production_error=production_error, production_info=context.get("production"),
+        )
+    metrics = to_jsonable(metrics)
     if runtime.is_main:
         write_text_atomic(out / "config.yaml", dump_config(config))
         _write_csv(out / PREDICTIONS_IMAGE, predictions)
         _write_csv(out / PREDICTIONS_BREAST, breasts)
-        best_images = predictions[predictions["checkpoint"] == best["name"]]
-        best_breasts = breasts[breasts["checkpoint"] == best["name"]]
-        plots = write_plots(out, best_images, best_breasts)
+        plots = write_plots(out, best_images, best_breasts, metrics, histories)
         write_json(out / METRICS_NAME, metrics)
-        write_report(out / REPORT_NAME, metrics, data.summary, plots)
+        write_report(out / REPORT_NAME, metrics, data.summary, plots, context)
     log.info("best candidate: %s (%s %s)", best["name"], config.rank_metric, format_metric(lookup_metric(best["val"], config.rank_metric)))
-    return Evaluation(out=out, metrics=to_jsonable(metrics), predictions=predictions, breasts=breasts)
+    return Evaluation(out=out, metrics=metrics, predictions=predictions, breasts=breasts)
+
+
+def assess(
+    metrics: dict[str, Any], images: pd.DataFrame, breasts: pd.DataFrame, threshold: float | None,
+    config: EvalConfig, settings: BootstrapSettings,
+) -> None:
+    """Add to ``metrics`` what makes the best candidate's figures defensible: per split and
+    level the patient-level intervals, operating points, DeLong and calibration; the subgroup
+    table of the test split; the resampling settings; small-sample warnings."""
+    stats = config.stats
+    applied = 0.5 if threshold is None else threshold
+    for split in SPLITS:
+        for level, frame in (("image", images), ("breast", breasts)):
+            part = frame[frame["split"] == split]
+            metrics[split][level].update(describe(
+                part, applied, settings, specificities=stats.specificities, sensitivities=stats.sensitivities,
+                bins=stats.calibration_bins, strategy=stats.calibration_strategy,
+            ))
+    if stats.subgroup_resamples > 0:
+        sub = BootstrapSettings(resamples=stats.subgroup_resamples, seed=settings.seed, level=settings.level)
+        test_images, test_breasts = images[images["split"] == "test"], breasts[breasts["split"] == "test"]
+        metrics["test"]["subgroups"] = (
+            subgroups(test_breasts, applied, sub, level="breast") + subgroups(test_images, applied, sub, level="image")
+        )
+    metrics["bootstrap"] = {**settings.record(), "subgroup_resamples": stats.subgroup_resamples}
+    metrics["warnings"] = small_sample_warnings(
+        {split: int(breasts.loc[breasts["split"] == split, "label"].sum()) for split in SPLITS}
+    )
+
+
+def with_metadata(predictions: pd.DataFrame, config: EvalConfig) -> pd.DataFrame:
+    """Image predictions with the dataset table's metadata columns (site_id, machine_id, view,
+    density, age, implant, ... whichever it has), for the subgroup table and the CSV files."""
+    table = read_table(config.data.root)
+    columns = [c for c in METADATA_COLUMNS if c in table.columns and c not in predictions.columns]
+    if not columns:
+        return predictions
+    extra = table[["image_id", *columns]].drop_duplicates("image_id")
+    merged = predictions.merge(extra, on="image_id", how="left")
+    return with_age_band(merged)
+
+
+def breast_frame(images: pd.DataFrame, how: str) -> pd.DataFrame:
+    """``aggregate_breasts`` keeping the metadata that is one value per breast (all but view)."""
+    breasts = aggregate_breasts(images, how)
+    columns = [c for c in (*METADATA_COLUMNS, "age_band") if c in images.columns and c not in IMAGE_ONLY_COLUMNS]
+    if not columns:
+        return breasts
+    keys = images[["patient_id", "laterality"]].astype(str)
+    meta = images[columns].assign(patient_id=keys["patient_id"], laterality=keys["laterality"])
+    first = meta.groupby(["patient_id", "laterality"], sort=True).first().reset_index()
+    return breasts.merge(first, on=["patient_id", "laterality"], how="left")
 
 
 def rank_candidates(candidates: list[dict[str, Any]], key: str) -> list[int]:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from mammo.data.cache import DecodedCache
 from mammo.data.decode import read_png
 from mammo.errors import DataError, MammoError
 
@@ -34,7 +35,11 @@ class MammoImages(Dataset):
         labels: Sequence[int],
         image_size: int,
         bad_images: Literal["fail", "skip"] = "fail",
+        cache: DecodedCache | None = None,
+        cache_rows: Sequence[int] | None = None,
     ) -> None:
+        """``cache``: the decoded cache to read from and fill, ``cache_rows`` each path's row in
+        it (``mammo.data.cache``)."""
         if len(paths) != len(labels):
             raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
         if bad_images not in ("fail", "skip"):
@@ -43,13 +48,23 @@ class MammoImages(Dataset):
         self.labels = np.asarray(labels, dtype=np.float32)
         self.image_size = image_size
         self.bad_images = bad_images
+        self.cache = cache
+        self.cache_rows = None if cache_rows is None else np.asarray(cache_rows, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> Sample | None:
+        def decode() -> torch.Tensor:
+            return read_png(self.paths[index], self.image_size)
+
         try:
-            image = read_png(self.paths[index], self.image_size)
+            if self.cache is None:
+                image = decode()
+            else:
+                image = self.cache.get(int(self.cache_rows[index]), decode)
+                if image is None:
+                    raise DataError(f"{self.paths[index]}: unreadable (found so when the decoded cache was filled)")
         except DataError as err:
             if self.bad_images == "fail":
                 raise

@@ -149,7 +149,8 @@ class Trainer(ABC):
             write_text_atomic(self.out_dir / "config.yaml", dump_config(config))
         transform = BatchTransform(config.augment, config.model.in_channels).to(device)
         val_transform = BatchTransform(None, config.model.in_channels).to(device)
-        val_loader = eval_loader(val_rows, config, runtime)
+        cache = self.data.decoded_cache(config)
+        val_loader = eval_loader(val_rows, config, runtime, cache)
         keeper = CheckpointKeeper(self.out_dir, config.checkpoint.primary, config.checkpoint.top_k, self.on_checkpoint)
         es = config.early_stopping
         stopper = EarlyStopping(metric_mode(es.metric), es.patience, es.min_delta, es.start_epoch)
@@ -175,7 +176,7 @@ class Trainer(ABC):
             torch.manual_seed(seed + runtime.rank)  # augmentation: each rank draws its own
             phase, rows = self.train_rows(epoch)
             if loader is None or phase != loader_phase:
-                loader_phase, loader = phase, train_loader(rows, config, runtime, seed=seed)
+                loader_phase, loader = phase, train_loader(rows, config, runtime, seed=seed, cache=cache)
             reseed_loader(loader, seed)
             stats = reduce_stats(train_one_epoch(
                 self.trainable_model(), loader, transform, self.loss_fn, self.optimizer, self.precision,
