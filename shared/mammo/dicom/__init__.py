@@ -1,0 +1,18 @@
+"""DICOM mammograms to the PNG dataset the pipeline trains on (``mammo data dicom``).
+
+- ``read``: open a file and decode its pixels (pydicom 3 with pylibjpeg-openjpeg for JPEG 2000
+  and python-gdcm for JPEG lossless; uncompressed, RLE and deflated natively), every failure a
+  one-line ``DicomError`` naming the file and the reason.
+- ``windowing``: the modality LUT (rescale slope/intercept, or a Modality LUT Sequence), then
+  the VOI LUT (WindowCenter/WindowWidth with VOILUTFunction LINEAR, LINEAR_EXACT or SIGMOID, a
+  VOI LUT Sequence, min-max when neither), MONOCHROME1 inverted so tissue is bright; applied
+  as one lookup table over the stored values.
+- ``roi``: the breast's box (Otsu threshold, largest connected component, margin; the full
+  image when the mask is implausible) and the side of the chest wall.
+- ``convert``: one file to one PNG at ``HxW`` (aspect kept: fit, then pad) and its record.
+- ``preprocess``: a folder or object-store prefix of DICOMs to a dataset (PNGs, ``train.csv``,
+  ``preprocess.json``), incremental, in parallel, optionally one shard of several.
+- ``bench``: files/s of the whole conversion against the raw decode alone.
+
+Nothing here imports torch.
+"""

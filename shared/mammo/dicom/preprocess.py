@@ -1,0 +1,658 @@
+"""A folder (or object-store prefix) of DICOM mammograms to the PNG dataset the pipeline reads.
+
+Input: the RSNA layout (``train_images/{patient_id}/{image_id}.dcm`` + ``train.csv``) or any
+folder of DICOM files (``*.dcm``/``*.dicom``; locally also files without a suffix that carry the
+DICM preamble). With a table (``--csv``, else ``<in>/train.csv`` when present) its rows are the
+dataset and each row's file is found by name (``{patient_id}/{image_id}.dcm`` or
+``{image_id}.dcm``, in any subfolder); tags that disagree with the table are reported. Without
+one the table is built from the tags: PatientID, ImageLaterality (else Laterality),
+ViewPosition, PatientAge; image_id is the file name when the file sits in a folder named after
+its PatientID (the RSNA layout), else the SOPInstanceUID. Label columns come only from a table.
+
+Output (``out``, a folder or prefix): ``{patient_id}/{image_id}.png``, ``train.csv`` (every
+input column kept, plus the conversion record of each row: source, source size, crop box,
+flip, padding, windowing, ...), ``preprocess.json`` (settings, per-source records, bad files,
+tag mismatches) and ``manifest.json`` last (sha256 of every object: ``mammo.storage``).
+
+Incremental: a source whose size and ETag (mtime locally) are those recorded, converted with
+the same pixel settings, is not converted again. Progress is recorded while converting (a
+journal under ``.preprocess/`` written at least every ``JOURNAL_SECONDS``), so a crash loses
+at most the files converted since then.
+
+Sharded: ``shard``/``shards`` convert a stable share of the sources (by a hash of their key) and
+record it; ``merge`` then writes table, record and manifest. One call with ``shards=1`` does
+both (``mammo data dicom``); the pipeline runs the shards as parallel pods.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from multiprocessing import get_context
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pandas as pd
+
+from mammo import storage
+from mammo.dicom.options import PreprocessConfig
+from mammo.errors import ConfigError, DataError
+from mammo.storage import MANIFEST_NAME, Manifest, ManifestEntry
+from mammo.storage.uri import check_scheme, relative_key
+
+log = logging.getLogger(__name__)
+
+DICOM_SUFFIXES = (".dcm", ".dicom")
+TABLE_NAME = "train.csv"
+RECORD_NAME = "preprocess.json"
+STATE_DIR = ".preprocess"
+JOURNAL_SECONDS = 15.0
+#: Columns a table must have to name each row's file.
+ID_COLUMNS = ("patient_id", "image_id")
+#: Table columns compared with the tags (table column -> tag field of ``header_tags``).
+CHECKED_TAGS = {"patient_id": "patient_id", "laterality": "laterality", "view": "view"}
+MAX_LISTED_MISMATCHES = 200
+
+
+# --- sources ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Source:
+    """One DICOM object: its key below the input, URI, size and ETag."""
+
+    key: str
+    uri: str
+    size: int
+    etag: str
+
+    @property
+    def stem(self) -> str:
+        name = PurePosixPath(self.key).name
+        for suffix in DICOM_SUFFIXES:
+            if name.lower().endswith(suffix):
+                return name[: -len(suffix)]
+        return name
+
+    @property
+    def folder(self) -> str:
+        return PurePosixPath(self.key).parent.name
+
+
+def _has_preamble(path: Path) -> bool:
+    try:
+        with path.open("rb") as handle:
+            handle.seek(128)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def list_sources(source_uri: str) -> list[Source]:
+    """The DICOM objects below ``source_uri``, sorted by key."""
+    infos = storage.open_store(source_uri).list_info(source_uri)
+    found = []
+    for info in infos:
+        key = relative_key(source_uri, info.uri)
+        parts = PurePosixPath(key).parts
+        if any(part.startswith(".") for part in parts):
+            continue
+        name = parts[-1].lower()
+        if name.endswith(DICOM_SUFFIXES) or (
+            "." not in name and not storage.is_remote(info.uri) and _has_preamble(storage.local_path(info.uri))
+        ):
+            found.append(Source(key, info.uri, info.size, info.etag))
+    return found
+
+
+def shard_of(key: str, shards: int) -> int:
+    """The shard a source belongs to: stable under growth of the dataset."""
+    return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % shards
+
+
+# --- the table ----------------------------------------------------------------------------------
+
+
+def read_input_table(uri: str) -> pd.DataFrame:
+    """The input table as text (every column kept as written); ids required."""
+    try:
+        data = storage.get_bytes(uri)
+    except storage.ArtifactNotFoundError:
+        raise DataError(f"{uri}: table not found") from None
+    try:
+        table = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DataError(f"{uri}: not a readable CSV ({str(exc).splitlines()[0]})") from None
+    missing = [c for c in ID_COLUMNS if c not in table.columns]
+    if missing:
+        raise DataError(f"{uri}: missing required column(s): {', '.join(missing)}")
+    for column in ID_COLUMNS:
+        table[column] = table[column].str.strip()
+    blank = (table["patient_id"] == "") | (table["image_id"] == "")
+    if blank.any():
+        raise DataError(f"{uri}: row {int(blank.idxmax()) + 2}: empty patient_id or image_id")
+    dup = table["image_id"].duplicated()
+    if dup.any():
+        raise DataError(f"{uri}: row {int(dup.idxmax()) + 2}: duplicate image_id {table['image_id'][dup.idxmax()]}")
+    return table.reset_index(drop=True)
+
+
+def safe_id(value: str) -> bool:
+    """An id usable as one path segment (no traversal, no separators, not hidden)."""
+    return bool(value) and "/" not in value and "\\" not in value and not value.startswith(".") and "\0" not in value
+
+
+@dataclass
+class Job:
+    """One source to convert, the ids of its row (None: from its tags) and where its PNG goes."""
+
+    source: Source
+    patient_id: str | None = None
+    image_id: str | None = None
+
+
+def match_table(table: pd.DataFrame, sources: list[Source], where: str) -> tuple[list[Job], list[dict[str, str]]]:
+    """Each row's source (``{patient_id}/{image_id}.dcm`` preferred, then ``{image_id}.dcm``
+    anywhere); rows without one are returned as problems."""
+    by_stem: dict[str, list[Source]] = {}
+    for src in sources:
+        by_stem.setdefault(src.stem, []).append(src)
+    jobs, problems = [], []
+    for i, (patient, image) in enumerate(zip(table["patient_id"], table["image_id"], strict=True)):
+        if not (safe_id(patient) and safe_id(image)):
+            problems.append({"row": str(i + 2), "image_id": image, "reason": "unsafe patient_id or image_id (a path)"})
+            continue
+        candidates = by_stem.get(image, [])
+        chosen = next((s for s in candidates if s.folder == patient), candidates[0] if candidates else None)
+        if chosen is None:
+            problems.append({
+                "row": str(i + 2), "image_id": image,
+                "reason": f"no DICOM file {patient}/{image}.dcm or {image}.dcm under {where}",
+            })
+            continue
+        jobs.append(Job(chosen, patient, image))
+    return jobs, problems
+
+
+def ids_from_tags(source: Source, tags: dict[str, str]) -> tuple[str, str]:
+    """(patient_id, image_id) of a file without a table row; ``DataError`` for missing tags."""
+    patient = tags.get("patient_id", "")
+    if not patient:
+        raise DataError(f"{source.uri}: missing tag PatientID")
+    if not tags.get("laterality"):
+        raise DataError(f"{source.uri}: missing tag ImageLaterality/Laterality")
+    if tags["laterality"] not in ("L", "R"):
+        raise DataError(f"{source.uri}: laterality tag {tags['laterality']!r} is not L or R")
+    image = source.stem if source.folder == patient else (tags.get("image_id") or source.stem)
+    if not (safe_id(patient) and safe_id(image)):
+        raise DataError(f"{source.uri}: PatientID or image id {patient!r}/{image!r} is not usable as a file name")
+    return patient, image
+
+
+def png_key(patient: str, image: str) -> str:
+    return f"{patient}/{image}.png"
+
+
+# --- converting one file (also in worker processes) ----------------------------------------------
+
+
+def _convert(job: Job, out_uri: str, options_json: str, scratch: str) -> dict[str, Any]:
+    """Fetch (when remote), convert and store one file; return its record or ``{"bad": reason}``
+    for a file that cannot be converted. Storage failures propagate."""
+    from mammo.dicom.convert import convert_file
+    from mammo.dicom.read import DicomError
+
+    options = PreprocessConfig.model_validate_json(options_json)
+    src = job.source
+    local: Path
+    fetched = None
+    try:
+        if storage.is_remote(src.uri):
+            fetched = Path(tempfile.mkdtemp(prefix="dicom-", dir=scratch)) / "file.dcm"
+            storage.open_store(src.uri).get_file(src.uri, fetched)
+            local = fetched
+        else:
+            local = storage.local_path(src.uri)
+        try:
+            converted = convert_file(local, options)
+            tags = converted.tags
+            if job.patient_id is None:
+                patient, image = ids_from_tags(src, tags)
+            else:
+                patient, image = job.patient_id, str(job.image_id)
+        except DicomError as err:
+            return {"bad": str(err).replace(str(local), src.uri)}
+        except DataError as err:
+            return {"bad": str(err)}
+        key = png_key(patient, image)
+        info = storage.put_bytes(converted.png, storage.join(out_uri, key))
+    finally:
+        if fetched is not None:
+            shutil.rmtree(fetched.parent, ignore_errors=True)
+    return {
+        "etag": src.etag, "size": src.size, "patient_id": patient, "image_id": image, "png": key,
+        "png_size": info.size, "png_sha256": info.sha256, "tags": tags, "record": converted.record,
+    }
+
+
+def _worker_init() -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+# --- state: what earlier runs converted ---------------------------------------------------------
+
+
+def _state_prefix(out_uri: str, digest: str) -> str:
+    return storage.join(out_uri, STATE_DIR, digest[:16])
+
+
+def _read_json(uri: str) -> Any | None:
+    try:
+        return storage.get_json(uri)
+    except storage.ArtifactNotFoundError:
+        return None
+
+
+def load_state(out_uri: str, options: PreprocessConfig) -> tuple[dict[str, dict[str, Any]], dict[str, str], list[str]]:
+    """What earlier runs with the same pixel settings did, by source key: the records of
+    converted files and the reasons of bad ones (the last merged ``preprocess.json``, then the
+    journals of later runs, oldest first, so that the latest word on each file wins), and the
+    journals' URIs."""
+    digest = options.digest()
+    records: dict[str, dict[str, Any]] = {}
+    bad: dict[str, str] = {}
+    merged = _read_json(storage.join(out_uri, RECORD_NAME))
+    if isinstance(merged, dict) and merged.get("digest") == digest:
+        records.update(merged.get("records", {}))
+    journals = []
+    uris = storage.list_objects(_state_prefix(out_uri, digest))
+    for uri in uris:
+        data = _read_json(uri)
+        if isinstance(data, dict) and data.get("digest") == digest:
+            journals.append((str(data.get("written", "")), data))
+    for _, data in sorted(journals, key=lambda item: item[0]):
+        for key, record in data.get("records", {}).items():
+            records[key] = record
+            bad.pop(key, None)
+        for item in data.get("bad_files", []):
+            bad[item["source"]] = item["reason"]
+            records.pop(item["source"], None)
+    return records, bad, uris
+
+
+def reusable(record: dict[str, Any] | None, job: Job, pngs: set[str]) -> bool:
+    """Whether ``record`` still describes ``job``'s source, converted, with its PNG in place."""
+    if record is None or "png" not in record:
+        return False
+    src = job.source
+    if (record.get("etag"), record.get("size")) != (src.etag, src.size) or record["png"] not in pngs:
+        return False
+    if job.patient_id is not None and (record["patient_id"], record["image_id"]) != (job.patient_id, job.image_id):
+        return False
+    return True
+
+
+class Journal:
+    """This run's records, written to ``.preprocess/<digest>/<shard>-<id>.json`` at most every
+    ``JOURNAL_SECONDS`` and on ``flush``."""
+
+    def __init__(self, out_uri: str, options: PreprocessConfig, shard: int, shards: int) -> None:
+        self.uri = storage.join(
+            _state_prefix(out_uri, options.digest()), f"shard-{shard:04d}-of-{shards:04d}-{uuid.uuid4().hex[:8]}.json"
+        )
+        self.digest = options.digest()
+        self.records: dict[str, dict[str, Any]] = {}
+        self.bad: list[dict[str, str]] = []
+        self.dirty = False
+        self.last = time.monotonic()
+
+    def add(self, key: str, record: dict[str, Any]) -> None:
+        self.records[key] = record
+        self.dirty = True
+        if time.monotonic() - self.last >= JOURNAL_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.dirty:
+            return
+        storage.put_json(
+            {"digest": self.digest, "written": datetime.now(timezone.utc).isoformat(), "records": self.records,
+             "bad_files": self.bad},
+            self.uri,
+        )
+        self.dirty = False
+        self.last = time.monotonic()
+
+
+# --- running the conversions ----------------------------------------------------------------------
+
+
+def _run_jobs(
+    jobs: list[Job],
+    out_uri: str,
+    options: PreprocessConfig,
+    workers: int,
+    scratch: Path,
+    on_done: Callable[[Job, dict[str, Any]], None],
+) -> None:
+    """Convert ``jobs`` in this process (``workers`` <= 1) or in a pool of spawned processes
+    (each with its own storage clients); ``on_done`` gets each result in completion order and
+    may raise to stop: pending work is cancelled, files in flight finish or are dropped."""
+    options_json = options.model_dump_json()
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            on_done(job, _convert(job, out_uri, options_json, str(scratch)))
+        return
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=_worker_init)
+    pending: dict[Future, Job] = {}
+    queue = iter(jobs)
+    try:
+        for job in _take(queue, 2 * workers):
+            pending[pool.submit(_convert, job, out_uri, options_json, str(scratch))] = job
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                job = pending.pop(future)
+                on_done(job, future.result())
+                for nxt in _take(queue, 1):
+                    pending[pool.submit(_convert, nxt, out_uri, options_json, str(scratch))] = nxt
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _take(items: Iterator[Job], n: int) -> list[Job]:
+    out = []
+    for _ in range(n):
+        try:
+            out.append(next(items))
+        except StopIteration:
+            break
+    return out
+
+
+def _normalize(uri: str | os.PathLike[str]) -> str:
+    text = str(uri).strip()
+    if not text:
+        raise ConfigError("empty URI: expected s3://bucket/key or a local path")
+    check_scheme(text)
+    if storage.is_remote(text):
+        return text.rstrip("/")
+    return str(storage.local_path(text).expanduser().resolve())
+
+
+def _table_uri(source_uri: str, csv: str | None) -> str | None:
+    if csv:
+        return _normalize(csv)
+    candidate = storage.join(source_uri, TABLE_NAME)
+    return candidate if storage.exists(candidate) else None
+
+
+def plan_jobs(source_uri: str, csv_uri: str | None) -> tuple[list[Job], list[dict[str, str]], pd.DataFrame | None]:
+    """Every source to convert (with its row's ids when there is a table), the rows without a
+    file, and the table."""
+    sources = list_sources(source_uri)
+    if csv_uri is None:
+        if not sources:
+            raise DataError(f"{source_uri}: no DICOM files (*.dcm, *.dicom) found")
+        return [Job(s) for s in sources], [], None
+    table = read_input_table(csv_uri)
+    jobs, missing = match_table(table, sources, source_uri)
+    unused = len(sources) - len({job.source.key for job in jobs})
+    if unused:
+        log.info("%d DICOM file(s) under %s are not in %s and are not converted", unused, source_uri, csv_uri)
+    return jobs, missing, table
+
+
+def convert_shard(
+    source: str,
+    out: str,
+    options: PreprocessConfig,
+    *,
+    csv: str | None = None,
+    workers: int = 0,
+    shard: int = 0,
+    shards: int = 1,
+    workdir: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """Convert shard ``shard`` of ``shards`` of the sources that are new or changed; record
+    progress in a journal. Returns counts. ``DataError`` naming the first bad file (fail)."""
+    if shards < 1 or not 0 <= shard < shards:
+        raise ConfigError(f"shard {shard} of {shards}: expected 0 <= shard < shards, shards >= 1")
+    source_uri, out_uri = _normalize(source), _normalize(out)
+    if source_uri == out_uri:
+        raise ConfigError(f"--out {out}: must differ from --in")
+    started = time.monotonic()
+    jobs, missing, _ = plan_jobs(source_uri, _table_uri(source_uri, csv))
+    if missing and options.bad_files == "fail":
+        first = missing[0]
+        raise DataError(f"{_table_uri(source_uri, csv)}: row {first['row']}: image_id {first['image_id']}: {first['reason']}")
+    mine = [job for job in jobs if shard_of(job.source.key, shards) == shard]
+    previous, _, _ = load_state(out_uri, options)
+    pngs = {relative_key(out_uri, uri) for uri in storage.list_objects(out_uri) if uri.endswith(".png")}
+    journal = Journal(out_uri, options, shard, shards)
+    todo = []
+    for job in mine:
+        record = previous.get(job.source.key)
+        if reusable(record, job, pngs):
+            journal.records[job.source.key] = record  # type: ignore[assignment]
+        else:
+            todo.append(job)
+    reused = len(mine) - len(todo)
+    log.info(
+        "shard %d/%d: %d of %d DICOM file(s); %d unchanged since the last run, %d to convert",
+        shard + 1, shards, len(mine), len(jobs), reused, len(todo),
+    )
+    converted = 0
+    done_at = [time.monotonic()]
+
+    def on_done(job: Job, result: dict[str, Any]) -> None:
+        nonlocal converted
+        if "bad" in result:
+            if options.bad_files == "fail":
+                raise DataError(result["bad"])
+            log.warning("skipping %s", result["bad"])
+            journal.bad.append({"source": job.source.key, "reason": result["bad"]})
+            journal.records.pop(job.source.key, None)
+            journal.dirty = True
+            return
+        converted += 1
+        journal.add(job.source.key, result)
+        if time.monotonic() - done_at[0] > 30:
+            done_at[0] = time.monotonic()
+            log.info("shard %d/%d: %d of %d converted", shard + 1, shards, converted, len(todo))
+
+    base = Path(workdir) if workdir else Path(tempfile.gettempdir())
+    base.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="mammo-dicom-", dir=base))
+    journal.dirty = True  # an empty shard still records that it ran
+    try:
+        _run_jobs(todo, out_uri, options, workers, scratch, on_done)
+    finally:
+        journal.flush()
+        shutil.rmtree(scratch, ignore_errors=True)
+    seconds = time.monotonic() - started
+    return {
+        "shard": shard, "shards": shards, "sources": len(mine), "converted": converted, "unchanged": reused,
+        "bad_files": len(journal.bad), "missing_rows": len(missing), "seconds": round(seconds, 1),
+        "journal": journal.uri,
+    }
+
+
+# --- merging: the dataset's table, record and manifest ------------------------------------------
+
+
+def _mismatches(table: pd.DataFrame, tags: list[dict[str, str]]) -> list[dict[str, str]]:
+    found = []
+    for column, tag in CHECKED_TAGS.items():
+        if column not in table.columns:
+            continue
+        for image, value, row_tags in zip(table["image_id"], table[column], tags, strict=True):
+            dicom = row_tags.get(tag, "")
+            if dicom and str(value).strip() and str(value).strip().upper() != dicom.upper():
+                found.append({"image_id": str(image), "field": column, "csv": str(value), "dicom": dicom})
+    return found
+
+
+def build_table(
+    jobs: list[Job], records: dict[str, dict[str, Any]], table: pd.DataFrame | None
+) -> tuple[pd.DataFrame, list[dict[str, str]]]:
+    """The output table: the input table's rows (all columns) or rows from the tags, each with
+    its conversion record; only rows whose file was converted. Returns it and tag mismatches."""
+    from mammo.dicom.convert import RECORD_COLUMNS
+
+    done = [(job, records[job.source.key]) for job in jobs if job.source.key in records]
+    if table is not None:
+        by_image = {rec["image_id"]: (job, rec) for job, rec in done}
+        keep = [i for i, image in enumerate(table["image_id"]) if image in by_image]
+        out = table.iloc[keep].reset_index(drop=True).copy()
+        pairs = [by_image[image] for image in out["image_id"]]
+        for column in ("laterality", "view"):
+            if column not in out.columns:
+                out[column] = [rec["tags"].get(column, "") for _, rec in pairs]
+        mismatches = _mismatches(out, [rec["tags"] for _, rec in pairs])
+    else:
+        pairs = sorted(done, key=lambda item: (item[1]["patient_id"], item[1]["image_id"]))
+        out = pd.DataFrame({
+            "patient_id": [rec["patient_id"] for _, rec in pairs],
+            "image_id": [rec["image_id"] for _, rec in pairs],
+            "laterality": [rec["tags"].get("laterality", "") for _, rec in pairs],
+            "view": [rec["tags"].get("view", "") for _, rec in pairs],
+            "age": [rec["tags"].get("age", "") for _, rec in pairs],
+        })
+        mismatches = []
+        dup = out["image_id"].duplicated()
+        if dup.any():
+            image = out["image_id"][dup.idxmax()]
+            raise DataError(f"two DICOM files have image id {image} (SOPInstanceUID or file name): remove one")
+    out["source"] = [job.source.key for job, _ in pairs]
+    for column in RECORD_COLUMNS:
+        if column != "source":
+            out[column] = [rec["record"].get(column, "") for _, rec in pairs]
+    return out, mismatches
+
+
+def merge(
+    source: str,
+    out: str,
+    options: PreprocessConfig,
+    *,
+    csv: str | None = None,
+    shard_results: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Write ``train.csv``, ``preprocess.json`` and the manifest (last) from the recorded
+    conversions; delete PNGs no row refers to any more and the journals."""
+    source_uri, out_uri = _normalize(source), _normalize(out)
+    csv_uri = _table_uri(source_uri, csv)
+    jobs, missing, table = plan_jobs(source_uri, csv_uri)
+    digest = options.digest()
+    records, bad, journals = load_state(out_uri, options)
+    current = {job.source.key for job in jobs}
+    records = {key: rec for key, rec in records.items() if key in current}
+    bad = {key: reason for key, reason in bad.items() if key in current}
+    unconverted = [job for job in jobs if job.source.key not in records and job.source.key not in bad]
+    if unconverted:
+        raise DataError(
+            f"{unconverted[0].source.uri} was not converted ({len(unconverted)} file(s)): did a shard fail? run it again"
+        )
+    if missing and options.bad_files == "fail":
+        first = missing[0]
+        raise DataError(f"{csv_uri}: row {first['row']}: image_id {first['image_id']}: {first['reason']}")
+    for job in jobs:  # a record from another row's ids (the table changed) is not this row's
+        rec = records.get(job.source.key)
+        if rec is not None and job.patient_id is not None and (rec["patient_id"], rec["image_id"]) != (job.patient_id, job.image_id):
+            raise DataError(f"{job.source.uri}: recorded under other ids; convert it again (rerun the shards)")
+    result_table, mismatches = build_table(jobs, records, table)
+    if mismatches:
+        first = mismatches[0]
+        log.warning(
+            "%d tag(s) disagree with the table, e.g. image_id %s: %s %r in the table, %r in the DICOM "
+            "(the table's values are kept; all listed in %s)",
+            len(mismatches), first["image_id"], first["field"], first["csv"], first["dicom"], RECORD_NAME,
+        )
+    store = storage.open_store(out_uri)
+    wanted = set(png_key(p, i) for p, i in zip(result_table["patient_id"], result_table["image_id"], strict=True))
+    listed = {relative_key(out_uri, info.uri): info for info in store.list_info(out_uri)}
+    stale = [key for key in listed if key.endswith(".png") and key not in wanted and not key.startswith(".")]
+    entries: dict[str, ManifestEntry] = {}
+    for rec in records.values():
+        if rec["png"] in wanted:
+            entries[rec["png"]] = ManifestEntry(size=int(rec["png_size"]), sha256=str(rec["png_sha256"]))
+    csv_bytes = result_table.to_csv(index=False, lineterminator="\n").encode()
+    bad_list = [{"source": key, "reason": reason} for key, reason in sorted(bad.items())]
+    bad_list += [{"source": f"{csv_uri} row {m['row']}", "reason": m["reason"]} for m in missing]
+    summary = {
+        "source": source_uri,
+        "table": csv_uri,
+        "rows": len(result_table),
+        "sources": len(jobs),
+        "bad_files": len(bad_list),
+        "tag_mismatches": len(mismatches),
+        "image_size": options.pixel_settings()["image_size"],
+    }
+    record = {
+        **summary,
+        "digest": digest,
+        "settings": options.pixel_settings(),
+        "records": dict(sorted(records.items())),
+        "bad": bad_list,
+        "mismatches": mismatches[:MAX_LISTED_MISMATCHES],
+    }
+    for name, data in ((TABLE_NAME, csv_bytes), (RECORD_NAME, json.dumps(record, indent=1, sort_keys=True).encode())):
+        info = store.put_bytes(data, storage.join(out_uri, name))
+        entries[name] = ManifestEntry(size=info.size, sha256=str(info.sha256))
+    manifest = Manifest(
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        objects=dict(sorted(entries.items())),
+        metadata={"component": "preprocessor", **summary},
+    )
+    store.put_bytes(manifest.model_dump_json(indent=2).encode(), storage.join(out_uri, MANIFEST_NAME))
+    for key in stale:
+        store.delete(storage.join(out_uri, key))
+    for uri in journals:
+        store.delete(uri)
+    shards = shard_results or []
+    return {
+        **summary,
+        "out": out_uri,
+        "converted": sum(int(r.get("converted", 0)) for r in shards),
+        "unchanged": sum(int(r.get("unchanged", 0)) for r in shards),
+        "removed": len(stale),
+        "bad": bad_list[:20],
+        "mismatches": mismatches[:20],
+    }
+
+
+def preprocess(
+    source: str,
+    out: str,
+    options: PreprocessConfig,
+    *,
+    csv: str | None = None,
+    workers: int = 0,
+    workdir: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """``mammo data dicom``: convert what is new or changed, then merge."""
+    started = time.monotonic()
+    part = convert_shard(source, out, options, csv=csv, workers=workers, workdir=workdir)
+    result = merge(source, out, options, csv=csv, shard_results=[part])
+    seconds = time.monotonic() - started
+    result["seconds"] = round(seconds, 1)
+    result["files_per_second"] = round(part["converted"] / part["seconds"], 3) if part["converted"] and part["seconds"] else None
+    return result
+
+
+__all__ = [
+    "Source", "build_table", "convert_shard", "list_sources", "load_state", "merge", "plan_jobs", "preprocess",
+    "shard_of",
+]
