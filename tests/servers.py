@@ -174,7 +174,9 @@ class Pushgateway:
     def __init__(self, work_dir: Path) -> None:
         port = free_port()
         self.url = f"http://{HOST}:{port}"
-        args = [pushgateway_binary(), f"--web.listen-address={HOST}:{port}"]
+        # No persistence: Debian's build defaults to /var/lib/prometheus/pushgateway.data, which
+        # every gateway (and every test session) would share and leave behind.
+        args = [pushgateway_binary(), f"--web.listen-address={HOST}:{port}", "--persistence.file="]
         self._process = _Process(args, work_dir / "pushgateway.log", "pushgateway", self._ready)
 
     def _ready(self) -> bool:

@@ -112,3 +112,37 @@ def test_unreachable_pushgateway_warns_once_and_the_run_goes_on(
 def test_labels_are_plain_names(component: str, run_id: str) -> None:
     with pytest.raises(ConfigError):
         Telemetry(component, run_id)
+
+
+def test_groups_older_than_the_retention_are_deleted_after_a_final_push(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Per-run groups expire: a step's final push deletes the ``mammo`` groups last pushed more
+    than MAMMO_PUSHGATEWAY_RETENTION_SECONDS ago, never its own nor other jobs' groups. A
+    gateway of its own: the expiry would sweep the other tests' groups."""
+    import time
+    import urllib.request
+
+    gateway = Pushgateway(tmp_path)
+    try:
+        monkeypatch.setenv("MAMMO_PUSHGATEWAY_URL", gateway.url)
+        monkeypatch.setenv("MAMMO_PUSHGATEWAY_RETENTION_SECONDS", "1")
+        old, new = _run_id(), _run_id()
+        Telemetry("baseline", old).finish(True, 1.0)
+        foreign = urllib.request.Request(f"{gateway.url}/metrics/job/other/run_id/{old}", data=b"x 1\n", method="PUT")
+        urllib.request.build_opener(urllib.request.ProxyHandler({})).open(foreign).close()
+        time.sleep(1.5)
+        epoch_only = Telemetry("unfreeze", new)
+        assert epoch_only.epoch(1, **EPOCH)  # an epoch's push deletes nothing
+        assert _values(gateway, old)["mammo_step_success"] == 1
+        assert Telemetry("baseline", new).finish(True, 2.0)
+        assert _values(gateway, old) == {}
+        assert {s.labels["component"] for s in gateway.samples(run_id=new) if s.name == "mammo_epoch" or s.name == "mammo_step_success"} == {"baseline", "unfreeze"}
+        assert [s.value for s in gateway.samples(job="other") if s.name == "x"] == [1.0]
+
+        monkeypatch.setenv("MAMMO_PUSHGATEWAY_RETENTION_SECONDS", "0")  # 0 keeps everything
+        time.sleep(1.1)
+        assert Telemetry("evaluate", _run_id()).finish(True, 1.0)
+        assert _values(gateway, new)["mammo_step_success"] == 1
+    finally:
+        gateway.stop()

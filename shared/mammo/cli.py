@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Callable
 from importlib.metadata import entry_points
@@ -19,6 +18,7 @@ from typing import Any
 from mammo import __version__
 from mammo.console import add_config_args, run_guarded, setup_logging
 from mammo.errors import ConfigError
+from mammo.imagesize import image_size_arg
 from mammo.launch import add_launch_args, launch, wants_launch
 from mammo.summaries import evaluation_table, split_table, training_table
 
@@ -46,7 +46,7 @@ def _add_common_run_args(p: argparse.ArgumentParser, model: type, *, out_help: s
     p.add_argument("--images", metavar="DIR", help="Image directory (default: detected under --data).")
     p.add_argument("--split", metavar="DIR", help="Split directory written by `mammo split`.")
     p.add_argument("--out", metavar="DIR", help=out_help)
-    p.add_argument("--image-size", type=int, metavar="PX", help=shown("Input size in pixels", "data.image_size"))
+    p.add_argument("--image-size", type=image_size_arg, metavar="S|HxW", help=shown("Input size in pixels, S or HxW", "data.image_size"))
     if trains:  # evaluation takes the backbone and weights from the checkpoint
         p.add_argument("--backbone", choices=BACKBONES, metavar="NAME",
                        help=shown(f"One of {', '.join(BACKBONES)}", "model.backbone"))
@@ -203,10 +203,10 @@ def _cmd_bench_train(args: argparse.Namespace) -> None:
 
 def _cmd_data_dicom(args: argparse.Namespace) -> None:
     from mammo.dicom.options import options_from_args
-    from mammo.dicom.preprocess import preprocess
+    from mammo.dicom.preprocess import available_cpus, preprocess
 
     options = options_from_args(args)
-    workers = (os.cpu_count() or 1) if args.workers is None else args.workers
+    workers = available_cpus() if args.workers is None else args.workers
     _print_json(preprocess(args.source, args.out, options, csv=args.csv, workers=workers, workdir=args.workdir))
 
 
@@ -365,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="Images/s of the training data path vs. the research code's PIL path.",
     )
     bench_data.add_argument("--data", required=True, metavar="DIR", help="Dataset directory (e.g. from `mammo data synth`).")
-    bench_data.add_argument("--image-size", type=int, default=512, metavar="PX", help="Input size (default: %(default)s).")
+    bench_data.add_argument("--image-size", type=image_size_arg, default=512, metavar="S|HxW", help="Input size (default: %(default)s).")
     bench_data.add_argument("--workers", type=int, default=0, metavar="N",
                             help="DataLoader workers; 0 = main process only, one core (default: %(default)s).")
     bench_data.add_argument("--batches", type=int, default=20, metavar="N", help="Batches timed (default: %(default)s).")
@@ -380,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench_train.add_argument("--data", required=True, metavar="DIR", help="Dataset directory (e.g. from `mammo data synth`).")
     bench_train.add_argument("--nproc", type=int, default=2, metavar="N", help="Processes of the second run (default: %(default)s).")
-    bench_train.add_argument("--image-size", type=int, default=64, metavar="PX", help="Input size (default: %(default)s).")
+    bench_train.add_argument("--image-size", type=image_size_arg, default=64, metavar="S|HxW", help="Input size (default: %(default)s).")
     bench_train.add_argument("--backbone", default="resnet18", metavar="NAME", help="Backbone (default: %(default)s).")
     bench_train.add_argument("--batch-size", type=int, default=16, metavar="N", help="Global batch (default: %(default)s).")
     bench_train.add_argument("--steps", type=int, default=10, metavar="N", help="Timed steps (default: %(default)s).")
@@ -397,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
         "PNG) and the decode alone, in process CPU time (per core).",
     )
     bench_dicom.add_argument("--data", required=True, metavar="DIR", help="Folder of DICOM files.")
-    bench_dicom.add_argument("--image-size", default="1024x512", metavar="HxW", help="Output size (default: %(default)s).")
+    bench_dicom.add_argument("--image-size", type=image_size_arg, default="1024x512", metavar="HxW", help="Output size (default: %(default)s).")
     bench_dicom.add_argument("--files", type=int, metavar="N", help="Use the first N files (default: all).")
     bench_dicom.add_argument("--repeats", type=int, default=1, metavar="N", help="Passes over the files (default: %(default)s).")
     bench_dicom.add_argument("--generate", type=int, default=0, metavar="N",

@@ -7,6 +7,11 @@ a patient or image id, because the API accepts no other labels and checks both v
 names. Without ``MAMMO_PUSHGATEWAY_URL`` nothing is pushed; an unreachable Pushgateway logs one
 warning and the run goes on. No torch import here.
 
+Groups expire: after its final push a step deletes every ``mammo`` group whose last push is older
+than ``MAMMO_PUSHGATEWAY_RETENTION_SECONDS`` (default one day; 0 keeps everything). So the
+gateway holds the recent runs (the latest run's always, whatever the schedule) instead of one
+group per run for ever; Prometheus keeps the history.
+
     telemetry = Telemetry("baseline", run_id)
     with telemetry.step():                      # mammo_step_success / _duration_seconds
         for epoch in ...:
@@ -21,7 +26,10 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
+import json
+import urllib.request
+
+from prometheus_client import CollectorRegistry, Gauge, delete_from_gateway, push_to_gateway
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -37,6 +45,7 @@ class TelemetrySettings(BaseSettings):
 
     pushgateway_url: str | None = Field(None, description="e.g. http://pushgateway:9091")
     pushgateway_timeout_seconds: float = Field(5.0, gt=0)
+    pushgateway_retention_seconds: float = Field(86400.0, ge=0, description="0: never delete groups")
 
 
 def _value(metric: float | None) -> float:
@@ -115,7 +124,37 @@ class Telemetry:
         self._set("mammo_step_success", 1 if success else 0)
         self._set("mammo_step_duration_seconds", duration_s)
         self._set("mammo_step_end_timestamp_seconds", time.time())
-        return self.push()
+        pushed = self.push()
+        if pushed:
+            self.expire_groups()
+        return pushed
+
+    def expire_groups(self) -> list[dict[str, str]]:
+        """Delete the ``mammo`` groups last pushed more than the retention ago (never this
+        step's own); returns their grouping keys. Never raises: hygiene must not fail a run."""
+        url, retention = self._settings.pushgateway_url, self._settings.pushgateway_retention_seconds
+        if url is None or retention <= 0:
+            return []
+        base = url if "://" in url else f"http://{url}"
+        deleted = []
+        try:
+            with urllib.request.urlopen(f"{base.rstrip('/')}/api/v1/metrics", timeout=self._settings.pushgateway_timeout_seconds) as answer:
+                groups = json.load(answer).get("data") or []
+            cutoff = time.time() - retention
+            for group in groups:
+                labels = group.get("labels", {})
+                key = {k: v for k, v in labels.items() if k in ("component", "run_id")}
+                pushed = [float(m["value"]) for m in group.get("push_time_seconds", {}).get("metrics", [])]
+                ours = labels.get("job") == JOB and set(labels) <= {"job", "component", "run_id"}
+                if not ours or key == self.grouping_key or not pushed or max(pushed) >= cutoff:
+                    continue
+                delete_from_gateway(url, job=JOB, grouping_key=key, timeout=self._settings.pushgateway_timeout_seconds)
+                deleted.append(key)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.debug("expiring old Pushgateway groups at %s failed: %s", url, exc)
+        if deleted:
+            log.debug("deleted %d Pushgateway group(s) older than %g s", len(deleted), retention)
+        return deleted
 
     @contextmanager
     def step(self) -> Iterator[Telemetry]:
