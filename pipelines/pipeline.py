@@ -1,5 +1,6 @@
 """The ``mammo-training`` pipeline: split builder -> baseline trainer -> unfreeze trainer ->
-evaluator -> promoter (only when the evaluator says the best candidate beats production).
+evaluator -> promoter (only when the evaluator says the best candidate beats production); with
+``dataset_format: dicom`` the preprocessor converts the DICOMs first (``_dataset``).
 
 ``build_pipeline(profile)`` returns the pipeline for one compile profile: its typed parameters
 come from ``parameters.pipeline_parameters`` (the fields of ``mammo.config.PipelineParams`` plus
@@ -29,6 +30,7 @@ from kfp import compiler, dsl, kubernetes
 from kfp.dsl import Model, PipelineTask
 
 import mammo
+from mammo.config import DATASET_FIELDS
 from mammo_pipelines import steps
 from mammo_pipelines.parameters import PipelineParameter, pipeline_parameters
 from mammo_pipelines.profiles import CONFIG_MAP_KEYS, POD_LABEL, SECRET_KEYS, Profile, Resources
@@ -135,6 +137,39 @@ def _trainers_on_nodes(profile: Profile, shared: dict[str, Any], gpus: Any, node
     )
 
 
+def _dataset(profile: Profile, args: dict[str, Any]) -> Any:
+    """``dataset_format`` chooses at run time: ``dicom`` runs the preprocessor (a plan step, one
+    pod per shard in a ``dsl.ParallelFor``, a merge step) and hands on the PNG dataset it wrote;
+    ``png`` hands on ``dataset_uri`` once its table is found. ``dsl.OneOf`` joins the two: the
+    split builder and the trainers read what it gives. None of these steps is cached (the files
+    behind a URI can change; an unchanged rerun converts nothing)."""
+    source = {
+        "dataset_uri": args["dataset_uri"], "store_uri": args["store_uri"],
+        "image_size": args["image_size"], "preprocess_set": args["preprocess_set"],
+    }
+    with dsl.If(args["dataset_format"] == "dicom", name="dicom-input"):
+        plan = steps.preprocess_plan(preprocess_shards=args["preprocess_shards"], **source)
+        plan.set_display_name("preprocess plan").set_container_image(profile.eval_image)
+        _runtime(plan, profile, profile.light).set_caching_options(False)
+        with dsl.ParallelFor(plan.output, name="preprocess-shards") as shard:
+            part = steps.preprocessor(shard=shard, shards=args["preprocess_shards"], **source)
+            part.set_display_name("preprocessor").set_container_image(profile.eval_image)
+            _runtime(part, profile, profile.evaluator).set_caching_options(False)
+            retry = profile.retry  # a retried shard goes on from its journal
+            part.set_retry(
+                num_retries=retry.attempts, backoff_duration=retry.backoff,
+                backoff_factor=retry.factor, backoff_max_duration=retry.max_backoff,
+            )
+        merged = steps.preprocess_merge(parts=dsl.Collected(part.output), **source)
+        merged.set_display_name("preprocess merge").set_container_image(profile.eval_image)
+        _runtime(merged, profile, profile.light).set_caching_options(False)
+    with dsl.Else(name="png-input"):
+        png = steps.png_dataset(dataset_uri=args["dataset_uri"])
+        png.set_display_name("PNG dataset").set_container_image(profile.eval_image)
+        _runtime(png, profile, profile.light).set_caching_options(False)
+    return dsl.OneOf(merged.output, png.output)
+
+
 def code_version(profile: Profile) -> str:
     """Part of every run id: results of other images or another mammo version are not reused."""
     return f"mammo {mammo.__version__}; train {profile.train_image}; eval {profile.evaluator_image}"
@@ -143,16 +178,18 @@ def code_version(profile: Profile) -> str:
 def _wire(profile: Profile, args: dict[str, Any]) -> Any:
     """The pipeline body: five steps, their data flow and their cluster settings. Returns the
     evaluator's best-candidate Model (the pipeline's output: metrics, report, verdict)."""
+    dataset_uri = _dataset(profile, args)
     split_task = steps.split_builder(
         code_version=code_version(profile),
+        dataset_uri=dataset_uri,
         **{name: value for name, value in args.items()
-           if name not in ("model_name", "trainer_gpus", "trainer_nodes")},
+           if name not in ("dataset_uri", "model_name", "trainer_gpus", "trainer_nodes", *DATASET_FIELDS)},
     )
     split_task.set_display_name("split builder").set_container_image(profile.eval_image)
     _runtime(split_task, profile, profile.light).set_caching_options(False)
 
     shared = {
-        "dataset_uri": args["dataset_uri"],
+        "dataset_uri": dataset_uri,
         "split_uri": split_task.outputs["split_uri"],
         "store_uri": args["store_uri"],
         "run_id": split_task.outputs["run_id"],

@@ -1,7 +1,13 @@
-"""Local files appear whole or not at all: write a hidden temp file, then ``os.replace``."""
+"""Local files appear whole or not at all: write a hidden temp file, then ``os.replace``.
+
+The temp file gets the mode a plainly created file would get (``0666`` less the umask, so
+usually ``0644``; ``0664`` under umask 002), not ``mkstemp``'s ``0600``: colleagues sharing a
+volume can read the reports, checkpoints and runs written here.
+"""
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
@@ -12,6 +18,26 @@ from typing import BinaryIO
 
 #: Suffix of in-progress files; listings skip them.
 TEMP_SUFFIX = ".tmp"
+
+
+@functools.cache
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (os.umask can only
+    be read by setting it, which would briefly affect other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode of a newly created file: ``0666`` less the umask."""
+    return 0o666 & ~_umask()
 
 
 @contextmanager
@@ -26,6 +52,7 @@ def atomic_path(path: str | Path, *, durable: bool = True) -> Iterator[Path]:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=target.parent)
+    os.fchmod(fd, file_mode())
     os.close(fd)
     tmp = Path(name)
     try:
