@@ -16,8 +16,10 @@ from mammo.errors import ConfigError
 def test_bench_reports_both_paths(tiny_dataset: Path) -> None:
     threads = torch.get_num_threads()
     result = bench_data(tiny_dataset, image_size=32, workers=0, batches=3, batch_size=4, device="cpu")
-    for key in ("images_per_second", "reference_images_per_second", "speedup"):
-        assert result[key] > 0
+    for key in ("images_per_second", "reference_images_per_second", "speedup", "cached_images_per_second",
+                "copy_images_per_second", "augment_images_per_second", "cached_end_to_end_images_per_second",
+                "cached_vs_copy", "cached_vs_reference"):
+        assert result[key] > 0, key
     assert result["images"] == result["reference_images"] == 12
     assert (result["image_size"], result["workers"], result["batch_size"], result["device"]) == (32, 0, 4, "cpu")
     assert result["mean_png_bytes"] > 0

@@ -147,7 +147,7 @@ def test_two_processes_filling_one_cache_agree(paths: list[str], tmp_path: Path)
     pixels, _, crc = cache._open()
     assert all(zlib.crc32(np.ascontiguousarray(pixels[i]).tobytes()) == crc[i] for i in range(len(paths)))
     header = json.loads((cache.info.folder / cache_mod.HEADER).read_text())
-    assert header["count"] == len(paths) and header["rows"] == paths
+    assert header["count"] == len(paths) and header["rows"] == [os.path.abspath(p) for p in paths]
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -165,3 +165,17 @@ def test_batches_from_the_cache_equal_decoded_batches_bit_for_bit(paths: list[st
             assert torch.equal(a["images"], b["images"]) and torch.equal(a["index"], b["index"])
         if epoch == 0:
             assert open_cache(tmp_path, paths, SIZE).count() == len(paths)
+
+
+def test_mammo_data_cache_fills_the_cache_training_then_reads(tiny_dataset: Path, tmp_path: Path, capsys) -> None:
+    from mammo.cli import main
+
+    args = ["data", "cache", "--data", str(tiny_dataset), "--image-size", "32", "--cache", str(tmp_path), "--workers", "0"]
+    assert main(args) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["decoded"] == first["images"] > 0 and first["already_stored"] == 0 and first["size"] == "32x32"
+    assert main(args) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert second["decoded"] == 0 and second["already_stored"] == first["images"]
+    paths = [str(p) for p in open_dataset(tiny_dataset)[1]]
+    assert str(open_cache(tmp_path, paths, SIZE).info.folder) == first["cache"]  # the one training opens

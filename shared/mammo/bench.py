@@ -1,5 +1,8 @@
 """Throughput of the training data path against the research code's, on the same PNG files.
 
+Besides: the same images read back from the decoded cache (``mammo.data.cache``), a plain
+copy of the same bytes (the physical limit), and the batch augmentation on its own.
+
 Ours is exactly what training runs: ``open_dataset`` -> ``MammoImages`` -> ``make_loader``
 (shuffled) -> ``BatchTransform`` in training mode with the default augmentation, on the device.
 The reference is the research code's per-image PIL path (open, convert to RGB, resize, random
@@ -11,17 +14,20 @@ from __future__ import annotations
 
 import itertools
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from torchvision import transforms
 
 from mammo.config import AugmentConfig
 from mammo.data.augment import BatchTransform
+from mammo.data.cache import image_hw, open_cache
 from mammo.data.dataset import MammoImages, make_loader
 from mammo.data.layout import open_dataset
 from mammo.engine.runtime import resolve_device
@@ -82,6 +88,61 @@ def _reference_path(paths: list[str], *, image_size: int, batch_size: int) -> Ca
     return run
 
 
+def _cached_path(paths: list[str], labels: list[int], cache_root: Path, *, image_size: int, batch_size: int,
+                 device: torch.device, augment: bool) -> Callable[[int], int]:
+    """Batches read from a filled decoded cache: collate (and pin for an accelerator), in this
+    process; with ``augment`` also the batch augmentation on ``device``."""
+    cache = open_cache(cache_root, paths, image_hw(image_size), verify=False)
+    dataset = MammoImages(paths, labels, image_size, cache=cache, cache_rows=range(len(paths)))
+    for row in range(len(paths)):
+        dataset[row]  # fill once, outside the timing
+    loader = make_loader(dataset, batch_size=batch_size, workers=0, shuffle=True, device=device)
+    transform = BatchTransform(AugmentConfig(), in_channels=1).to(device).train()
+    stream = _batches_forever(loader)
+
+    def run(n: int) -> int:
+        images = 0
+        for batch in itertools.islice(stream, n):
+            if augment:
+                transform(batch["images"].to(device, non_blocking=True))
+            images += len(batch["images"])
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return images
+
+    return run
+
+
+def _copy_path(count: int, image_size: int, batch_size: int) -> Callable[[int], int]:
+    """The physical limit: copying the same number of uint8 pixels per image, nothing else."""
+    source = np.random.default_rng(0).integers(0, 255, (count, *image_hw(image_size)), dtype=np.uint8)
+    target = np.empty((batch_size, *source.shape[1:]), dtype=np.uint8)
+    order = itertools.cycle(range(count))
+
+    def run(n: int) -> int:
+        for _ in range(n):
+            for slot in range(batch_size):
+                np.copyto(target[slot], source[next(order)])
+        return n * batch_size
+
+    return run
+
+
+def _augment_path(image_size: int, batch_size: int, device: torch.device) -> Callable[[int], int]:
+    """Batch augmentation and normalisation alone, on ``device``."""
+    batch = torch.randint(0, 255, (batch_size, 1, *image_hw(image_size)), dtype=torch.uint8).to(device)
+    transform = BatchTransform(AugmentConfig(), in_channels=1).to(device).train()
+
+    def run(n: int) -> int:
+        for _ in range(n):
+            transform(batch)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return n * batch_size
+
+    return run
+
+
 def _timed(run: Callable[[int], int], batches: int, clock: Callable[[], float]) -> tuple[int, float]:
     start = clock()
     images = run(batches)
@@ -133,6 +194,22 @@ def bench_data(
                 ours, ours_s = ours + n, ours_s + seconds
                 n, seconds = _timed(reference, size, clock)
                 ref, ref_s = ref + n, ref_s + seconds
+        # Once the cache exists: what one core does per image (read, collate, pin) with the
+        # augmentation on the accelerator; beside it the plain copy of the same bytes, the
+        # augmentation alone on this device, and everything on the CPU (end to end).
+        with tempfile.TemporaryDirectory(prefix="mammo-bench-cache-") as cache_root:
+            rates = {}
+            for name, run in (
+                ("cached", _cached_path(paths, labels, Path(cache_root), image_size=image_size,
+                                        batch_size=batch_size, device=target, augment=False)),
+                ("cached_augmented", _cached_path(paths, labels, Path(cache_root), image_size=image_size,
+                                                  batch_size=batch_size, device=target, augment=True)),
+                ("copy", _copy_path(len(paths), image_size, batch_size)),
+                ("augment", _augment_path(image_size, batch_size, target)),
+            ):
+                run(WARMUP_BATCHES)
+                n, seconds = _timed(run, batches, clock if name != "augment" or per_core else time.perf_counter)
+                rates[name] = n / seconds
     finally:
         torch.set_num_threads(threads)
     ours_rate, ref_rate = ours / ours_s, ref / ref_s
@@ -140,6 +217,12 @@ def bench_data(
         "images_per_second": round(ours_rate, 1),
         "reference_images_per_second": round(ref_rate, 1),
         "speedup": round(ours_rate / ref_rate, 2),
+        "cached_images_per_second": round(rates["cached"], 1),
+        "copy_images_per_second": round(rates["copy"], 1),
+        "augment_images_per_second": round(rates["augment"], 1),
+        "cached_end_to_end_images_per_second": round(rates["cached_augmented"], 1),
+        "cached_vs_copy": round(rates["cached"] / rates["copy"], 3),
+        "cached_vs_reference": round(rates["cached"] / ref_rate, 1),
         "image_size": image_size,
         "workers": workers,
         "batch_size": batch_size,

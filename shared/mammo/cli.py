@@ -128,6 +128,14 @@ def _cmd_synth(args: argparse.Namespace) -> None:
     _print_json(summary)
 
 
+def _cmd_data_cache(args: argparse.Namespace) -> None:
+    from mammo.data.cache import fill_cache
+
+    local_paths(args, "--data", "--images", "--cache")
+    _print_json(fill_cache(args.data, args.images, args.image_size, args.cache,
+                           workers=args.workers, bad_images=args.bad_images))
+
+
 def _cmd_split(args: argparse.Namespace) -> None:
     from mammo.split import run_split
 
@@ -281,6 +289,22 @@ def build_parser() -> argparse.ArgumentParser:
     dicom.add_argument("--workdir", metavar="DIR", help="Scratch folder for files fetched from object storage (default: the system's temp).")
     add_dicom_arguments(dicom)
     dicom.set_defaults(handler=_cmd_data_dicom)
+
+    cache = data_sub.add_parser(
+        "cache",
+        help="Decode a dataset's images once into the decoded cache, ahead of training.",
+        description="Training fills the cache during its first epoch anyway; this does it ahead "
+        "(e.g. in a step of its own, or before timing a run). Prints one JSON line.",
+    )
+    cache.add_argument("--data", required=True, metavar="DIR", help="Dataset directory holding train.csv and the PNGs.")
+    cache.add_argument("--images", metavar="DIR", help="Image directory (default: detected under --data).")
+    cache.add_argument("--image-size", type=int, default=512, metavar="PX", help="Input size (default: %(default)s).")
+    cache.add_argument("--cache", default="auto", metavar="DIR",
+                       help="auto ($MAMMO_CACHE_DIR/decoded, else ~/.cache/mammo/decoded) or a directory (default: %(default)s).")
+    cache.add_argument("--workers", type=int, default=2, metavar="N", help="Decoding processes (default: %(default)s).")
+    cache.add_argument("--bad-images", choices=["fail", "skip"], default="fail",
+                       help="Unreadable images: stop, or mark and count them (default: %(default)s).")
+    cache.set_defaults(handler=_cmd_data_cache)
 
     split = sub.add_parser(
         "split",

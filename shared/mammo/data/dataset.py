@@ -54,6 +54,20 @@ class MammoImages(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
+    def __getitems__(self, indices: list[int]) -> list[Sample | None] | dict[str, Any]:
+        """A whole batch (the DataLoader asks for one at a time): from the decoded cache in one
+        copy when all of it is stored, else image by image."""
+        if self.cache is not None and indices:
+            images = self.cache.read_many(self.cache_rows[indices])
+            if images is not None:
+                return {
+                    "images": images,
+                    "labels": torch.from_numpy(self.labels[indices]),
+                    "index": torch.as_tensor(indices, dtype=torch.int64),
+                    "skipped": 0,
+                }
+        return [self[index] for index in indices]
+
     def __getitem__(self, index: int) -> Sample | None:
         def decode() -> torch.Tensor:
             return read_png(self.paths[index], self.image_size)
@@ -73,8 +87,11 @@ class MammoImages(Dataset):
         return image, float(self.labels[index]), index
 
 
-def collate_batch(items: list[Sample | None]) -> dict[str, Any]:
-    """Stack the readable samples; ``skipped`` counts the dropped ones (``images`` may be empty)."""
+def collate_batch(items: list[Sample | None] | dict[str, Any]) -> dict[str, Any]:
+    """Stack the readable samples; ``skipped`` counts the dropped ones (``images`` may be empty).
+    A batch the dataset read whole (``MammoImages.__getitems__``) passes through."""
+    if isinstance(items, dict):
+        return items
     kept = [item for item in items if item is not None]
     if kept:
         images = torch.stack([item[0] for item in kept])
