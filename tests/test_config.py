@@ -62,7 +62,8 @@ def test_resolved_config_round_trips(tmp_path):
 @pytest.mark.parametrize(
     ("sets", "message"),
     [
-        (["data.image_size=0"], "data.image_size: Input should be greater than or equal to 16"),
+        (["data.image_size=0"], "data.image_size: image size 0: each side must be between 16 and 8192 pixels"),
+        (["data.image_size=1024x"], "data.image_size: image size '1024x': expected S or HxW, e.g. 512 or 1024x512"),
         (["model.backbone=vgg16"], "model.backbone: Input should be 'resnet18'"),
         (["loss.nmae=focal"], "loss.nmae: Extra inputs are not permitted"),
         (["epochs"], "expected key=value"),

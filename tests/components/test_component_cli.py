@@ -37,7 +37,7 @@ def test_split_builder_from_the_command_line(
     ("args", "message"),
     [
         (["--param", "bogus=1"], "params: bogus: Extra inputs are not permitted"),
-        (["--param", "image_size=big"], "params: image_size: Input should be a valid integer"),
+        (["--param", "image_size=big"], "params: image_size: image size 'big': expected S or HxW"),
         (["--param", "novalue"], "--param 'novalue': expected key=value"),
         (["--params-json", "/nonexistent/params.json"], "--params-json /nonexistent/params.json: file not found"),
         (["--dataset", "gs://bucket/data"], "unsupported URI scheme 'gs' in gs://bucket/data"),
