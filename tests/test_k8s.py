@@ -33,9 +33,12 @@ PIPELINE_NAMESPACES = {"kubeflow", "mammo"}
 PROFILE_IMAGE_KEYS = {"kind": {"TRAIN_IMAGE_CPU", "EVAL_IMAGE"}, "gpu": {"TRAIN_IMAGE", "EVAL_IMAGE"}}
 #: Operator CRDs the schema validator cannot know; checked structurally (ServiceMonitor) or
 #: against the vendored CRD (TrainingRuntime, Kubeflow Trainer v2.3.0) below instead.
-CRD_KINDS = {"ServiceMonitor", "TrainingRuntime"}
+CRD_KINDS = {"ServiceMonitor", "TrainingRuntime", "PrometheusRule"}
 #: Overlays the tests add: the documented way to use each optional component.
-WITH_COMPONENTS = {"gpu-servicemonitor": "servicemonitor", "gpu-kubeflow-trainer": "kubeflow-trainer"}
+WITH_COMPONENTS = {
+    "gpu-servicemonitor": "servicemonitor", "gpu-kubeflow-trainer": "kubeflow-trainer",
+    "gpu-prometheusrule": "prometheusrule", "gpu-private-registry": "private-registry",
+}
 CREDENTIAL_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|ACCESS_KEY|ROOT_USER", re.I)
 
 
@@ -485,12 +488,53 @@ def test_pipeline_label_and_names_are_documented() -> None:
 
 
 def test_dashboard_and_documented_queries_use_pushed_metrics() -> None:
-    """The Grafana dashboard and the docs' PromQL name only metrics the telemetry pushes."""
+    """The Grafana dashboard and the docs' PromQL name only metrics the telemetry pushes; the
+    dashboard's mammo panels follow its component and run id variables, its GPU panels (DCGM
+    exporter) the pipeline namespace."""
     dashboard = json.loads((ROOT / "k8s/monitoring/grafana-dashboard.json").read_text())
-    expressions = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
-    assert expressions and all('job="mammo"' in expr for expr in expressions)
+    expressions = [t["expr"] for panel in dashboard["panels"] for t in panel.get("targets", [])]
+    mammo = [expr for expr in expressions if "mammo_" in expr]
+    gpu = [expr for expr in expressions if "DCGM_FI_DEV_" in expr]
+    assert mammo and len(mammo) + len(gpu) == len(expressions)
+    assert all('job="mammo", component=~"$component", run_id=~"$run_id"' in expr for expr in mammo)
+    assert len(gpu) >= 3 and all('namespace=~"$namespace"' in expr for expr in gpu)
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert set(variables) == {"datasource", "component", "run_id", "namespace"}
+    assert variables["run_id"]["query"]["query"].startswith("label_values(") and variables["run_id"]["includeAll"]
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
     telemetry = (ROOT / "shared/mammo/telemetry.py").read_text()
     docs = (ROOT / "docs/kubernetes.md").read_text()
     queries = docs.split("```promql", 1)[1].split("```", 1)[0]
     for name in set(re.findall(r"\bmammo_\w+", " ".join(expressions) + queries)):
         assert f'"{name}"' in telemetry, f"{name} is not a metric of mammo.telemetry"
+
+
+def test_prometheusrule_alerts_on_pushed_metrics(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    docs = rendered["gpu-prometheusrule"]
+    rule = _one(docs, "PrometheusRule", "mammo", "mammo")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    rules = [r for group in rule["spec"]["groups"] for r in group["rules"]]
+    alerts = {r["alert"]: r for r in rules}
+    assert {"MammoStepFailed", "MammoNoRecentEvaluation", "MammoTrainerStalled", "MammoPushgatewayDown"} <= set(alerts)
+    telemetry = (ROOT / "shared/mammo/telemetry.py").read_text()
+    for name, alert in alerts.items():
+        assert alert["labels"]["severity"] in {"warning", "critical"} and alert["annotations"]["summary"], name
+        for metric in re.findall(r"\bmammo_\w+", alert["expr"]):
+            assert f'"{metric}"' in telemetry, f"{name}: {metric} is not a metric of mammo.telemetry"
+    assert alerts["MammoStepFailed"]["expr"] == 'mammo_step_success{job="mammo"} == 0'
+    for overlay in OVERLAYS:  # optional: no overlay needs the operator's CRD without it
+        assert not _objects(rendered[overlay], "PrometheusRule")
+
+
+def test_private_registry_gives_both_service_accounts_the_pull_secret(
+    rendered: dict[str, list[dict[str, Any]]]
+) -> None:
+    docs = rendered["gpu-private-registry"]
+    for name, namespace in (("mammo-pipeline", "kubeflow"), ("mammo-retrain", "mammo")):
+        account = _one(docs, "ServiceAccount", name, namespace)
+        assert account["imagePullSecrets"] == [{"name": "mammo-registry"}]
+    for overlay in OVERLAYS:
+        assert all("imagePullSecrets" not in sa for sa in _objects(rendered[overlay], "ServiceAccount"))
+    # No Secret of that name is shipped: the registry credentials never enter git.
+    assert not [doc for doc in docs if doc["kind"] == "Secret" and doc["metadata"]["name"] == "mammo-registry"]
