@@ -110,3 +110,12 @@ def test_missing_checkpoint_for_evaluate_is_one_line(tmp_path):
                    "--out", str(tmp_path / "e"), "--checkpoint", str(tmp_path / "nope.pt"), "--device", "cpu")
     assert result.returncode == 2
     assert result.stderr.strip().endswith(f"checkpoint not found: {tmp_path / 'nope.pt'}")
+
+
+def test_evaluate_refuses_model_settings_the_checkpoint_decides(tmp_path, capsys):
+    code = main(["evaluate", "--data", str(tmp_path), "--split", str(tmp_path), "--out", str(tmp_path / "e"),
+                 "--checkpoint", str(tmp_path / "c.pt"), "--set", "model.backbone=resnet18"])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mammo: error: config: ") and "model: evaluation takes backbone, weights and channels from each checkpoint" in err
+    assert len(err.splitlines()) == 1

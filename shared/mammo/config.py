@@ -13,16 +13,36 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.functional_serializers import PlainSerializer
 
 from mammo.backbones import BACKBONES, DEFAULT_BACKBONE, default_schedule, family_of
 from mammo.errors import ConfigError
+from mammo.imagesize import ImageSize, parse_image_size, size_text
 
 log = logging.getLogger(__name__)
 
+#: An input size: ``S`` (square) or ``HxW`` text, a [H, W] list or a number; stored as ``S`` or
+#: ``(H, W)`` (``mammo.imagesize``).
+InputSize = Annotated[
+    ImageSize,
+    BeforeValidator(parse_image_size),
+    PlainSerializer(lambda size: size if isinstance(size, int) else size_text(size), when_used="json"),
+]
+#: The same as text (``"512"``, ``"1024x512"``): pipeline parameters have one type.
+InputSizeText = Annotated[str, BeforeValidator(size_text)]
 #: A name in the backbone table (``mammo.backbones``).
 Backbone = Literal[BACKBONES]  # type: ignore[valid-type]
 LossName = Literal["bce", "bce_pos", "focal", "focal_pos"]
@@ -41,7 +61,9 @@ class DataConfig(_Strict):
     images: str | None = Field(
         None, description="Image directory; default: detected under the dataset directory."
     )
-    image_size: int = Field(512, ge=16, le=4096, description="Square input size in pixels.")
+    image_size: InputSize = Field(
+        512, description="Input size in pixels: S (square) or HxW, height first (e.g. 1024x512)."
+    )
     batch_size: int = Field(
         32, ge=1, le=65536, description="Global batch: split evenly across the processes of a distributed run."
     )
@@ -288,11 +310,19 @@ class EvalConfig(RunConfig):
     """`mammo evaluate`: threshold chosen on val, applied unchanged to test."""
 
     checkpoints: list[str] = Field(default_factory=list)
+    #: Each checkpoint decides its own model (backbone, weights, channels): no model settings.
+    model: ModelConfig = Field(default_factory=ModelConfig, exclude=True)
     threshold_metric: Literal["pf1", "f1"] = Field(
         "pf1", description="Breast-level metric maximised on val to pick the operating threshold."
     )
     rank_metric: MetricKey = Field("breast.auc", description="Metric on val ranking checkpoints.")
     stats: StatsConfig = Field(default_factory=lambda: StatsConfig())
+
+    @model_validator(mode="after")
+    def _no_model_settings(self) -> EvalConfig:
+        if "model" in self.model_fields_set:
+            raise ValueError("model: evaluation takes backbone, weights and channels from each checkpoint; remove model.* settings")
+        return self
 
 
 class StatsConfig(_Strict):
@@ -438,6 +468,10 @@ DEFAULT_PROMOTION_RULE = "paired_bootstrap"
 DEFAULT_PROMOTION_MIN = 0.5
 #: PipelineParams fields that steer promotion, not training: they never change a run's results.
 PROMOTION_FIELDS = ("model_name", "promotion_metric", "promotion_margin", "promotion_rule", "promotion_min")
+#: PipelineParams fields that say how the dataset is made (DICOM preprocessing), not how a model
+#: trains on it: the split builder and the trainers get the preprocessed dataset, and its objects'
+#: ETags are part of the run id.
+DATASET_FIELDS = ("dataset_format", "preprocess_shards", "preprocess_set")
 
 
 class PipelineParams(_Strict):
@@ -446,8 +480,22 @@ class PipelineParams(_Strict):
     defaults, bounds and descriptions all come from here. ``stage_configs`` turns them into each
     stage's config; ``*_set`` lists carry any further ``dotted.key=value`` overrides."""
 
-    data: str | None = Field(None, description="Dataset directory or URI (train.csv + PNGs).")
-    image_size: int = Field(512, ge=16, le=4096, description="Square input size in pixels.")
+    data: str | None = Field(None, description="Dataset directory or URI (train.csv + PNGs, or DICOMs: dataset_format).")
+    dataset_format: Literal["png", "dicom"] = Field(
+        "png",
+        description="png: the dataset is train.csv + PNGs; dicom: DICOM files (RSNA layout or any folder), "
+        "converted by the preprocessor first (README, Data).",
+    )
+    preprocess_shards: int = Field(
+        1, ge=1, le=256, description="dicom only: preprocessor pods converting in parallel, each a share of the files."
+    )
+    preprocess_set: list[str] = Field(
+        default_factory=list,
+        description='dicom only: preprocessor settings as key=value strings, e.g. ["align=left", "bits=16"].',
+    )
+    image_size: InputSizeText = Field(
+        "512", description="Input size in pixels: S (square) or HxW, height first (e.g. 1024x512)."
+    )
     backbone: Backbone = Field("resnet50", description="Backbone network (see `mammo train --help`).")
     weights: str | None = Field(
         None,
@@ -529,7 +577,7 @@ class PipelineParams(_Strict):
     def training_values(self) -> dict[str, Any]:
         """The values a run's results depend on (promotion settings left out), JSON-ready; KFP
         struct parameters cannot hold null, so unset values are omitted."""
-        return self.model_dump(mode="json", exclude_none=True, exclude=set(PROMOTION_FIELDS))
+        return self.model_dump(mode="json", exclude_none=True, exclude=set(PROMOTION_FIELDS) | set(DATASET_FIELDS))
 
 
 def stage_configs(params: PipelineParams, *, split: str, runs: dict[str, str]) -> tuple[TrainConfig, UnfreezeConfig, EvalConfig]:
@@ -539,14 +587,14 @@ def stage_configs(params: PipelineParams, *, split: str, runs: dict[str, str]) -
         "data.image_size": params.image_size,
         "data.batch_size": params.batch_size,
         "data.workers": params.workers,
-        "model.backbone": params.backbone,
-        "model.weights": params.weights,
-        "model.in_channels": params.in_channels,
         "device": params.device,
         "seed": params.seed,
         "split": split,
     }
-    trained = {"loss.name": params.loss, "augment.enabled": params.augment}
+    trained = {
+        "loss.name": params.loss, "augment.enabled": params.augment, "model.backbone": params.backbone,
+        "model.weights": params.weights, "model.in_channels": params.in_channels,
+    }
     baseline = load_config(
         TrainConfig,
         sets=params.baseline_set,
@@ -581,3 +629,14 @@ def stage_configs(params: PipelineParams, *, split: str, runs: dict[str, str]) -
         },
     )
     return baseline, unfreeze, evaluation
+
+
+def preprocess_config(params: PipelineParams) -> Any:
+    """The preprocessor's settings for a run (``dataset_format: dicom``): the run's image size,
+    then the ``preprocess_set`` overrides (``mammo.dicom.options.PreprocessConfig``)."""
+    from mammo.dicom.options import PreprocessConfig
+
+    try:
+        return load_config(PreprocessConfig, sets=params.preprocess_set, base={"image_size": params.image_size})
+    except ConfigError as err:
+        raise ConfigError(str(err).replace("config: ", "preprocess_set: ", 1)) from None
