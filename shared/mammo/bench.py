@@ -51,13 +51,20 @@ def _our_path(paths: list[str], labels: list[int], *, image_size: int, workers: 
     """Runs ``n`` batches through the training data path; returns the images processed."""
     dataset = MammoImages(paths, labels, image_size)
     loader = make_loader(dataset, batch_size=batch_size, workers=workers, shuffle=True, device=device)
+    return _batches_run(loader, device, augment=True)
+
+
+def _batches_run(loader: torch.utils.data.DataLoader, device: torch.device, *, augment: bool) -> Callable[[int], int]:
+    """Runs ``n`` batches of ``loader`` (through the batch augmentation on ``device`` when
+    ``augment``); returns the images processed."""
     transform = BatchTransform(AugmentConfig(), in_channels=1).to(device).train()
     stream = _batches_forever(loader)
 
     def run(n: int) -> int:
         images = 0
         for batch in itertools.islice(stream, n):
-            transform(batch["images"].to(device, non_blocking=True))
+            if augment:
+                transform(batch["images"].to(device, non_blocking=True))
             images += len(batch["images"])
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -97,20 +104,7 @@ def _cached_path(paths: list[str], labels: list[int], cache_root: Path, *, image
     for row in range(len(paths)):
         dataset[row]  # fill once, outside the timing
     loader = make_loader(dataset, batch_size=batch_size, workers=0, shuffle=True, device=device)
-    transform = BatchTransform(AugmentConfig(), in_channels=1).to(device).train()
-    stream = _batches_forever(loader)
-
-    def run(n: int) -> int:
-        images = 0
-        for batch in itertools.islice(stream, n):
-            if augment:
-                transform(batch["images"].to(device, non_blocking=True))
-            images += len(batch["images"])
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return images
-
-    return run
+    return _batches_run(loader, device, augment=augment)
 
 
 def _copy_path(count: int, image_size: int, batch_size: int) -> Callable[[int], int]:
