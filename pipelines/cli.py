@@ -2,14 +2,18 @@
 
     mammo pipeline compile --profile gpu|kind [--out FILE]
     mammo pipeline params [--profile gpu|kind]
+    mammo pipeline upload --host URL [--namespace NS]
     mammo pipeline submit --host URL [--experiment NAME] [--param key=value ...] [--wait]
     mammo pipeline schedule --host URL --name NAME --cron "0 0 3 * * 0" [--param ...]
     mammo pipeline schedules --host URL
     mammo pipeline unschedule --host URL --name NAME
 
-The host may also come from ``KF_PIPELINES_ENDPOINT``, a bearer token from ``--token`` or
-``KF_PIPELINES_TOKEN`` (in a pod: the projected token at ``KF_PIPELINES_SA_TOKEN_PATH``).
-Nothing here imports torch.
+``submit`` and ``schedule`` upload the compiled pipeline first (as ``upload`` does: a named
+pipeline with one version per distinct compiled package) and run that version. The host may also
+come from ``KF_PIPELINES_ENDPOINT``, the namespace (multi-user Kubeflow: your profile's) from
+``KF_PIPELINES_NAMESPACE``, a bearer token from ``--token`` or ``KF_PIPELINES_TOKEN`` (in a pod:
+the projected token at ``KF_PIPELINES_SA_TOKEN_PATH``), a Dex/OIDC session cookie from
+``KF_PIPELINES_COOKIE``. Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -25,8 +29,8 @@ from mammo.console import run_guarded
 from mammo.errors import ConfigError
 from mammo_pipelines import remote
 from mammo_pipelines.parameters import check_arguments, describe, parse_params
-from mammo_pipelines.pipeline import PIPELINE_NAME, compile_pipeline, parameters_for
-from mammo_pipelines.profiles import PROFILES, Profile, Toleration, get_profile
+from mammo_pipelines.pipeline import DESCRIPTION, PIPELINE_NAME, compile_pipeline, parameters_for
+from mammo_pipelines.profiles import PROFILES, Profile, Toleration, get_profile, parse_duration
 
 DEFAULT_EXPERIMENT = "mammo"
 #: The ServiceAccount k8s/base/kubeflow creates for runs (docs/kubernetes.md).
@@ -73,6 +77,15 @@ def _add_profile_args(p: argparse.ArgumentParser, *, default: str | None = "gpu"
     group.add_argument("--shm-size", metavar="QUANTITY",
                        help="Memory-backed /dev/shm of each trainer pod, shared by all its processes' DataLoader "
                        "workers (default: gpu 16Gi, kind 1Gi); raise it with trainer_gpus and workers, e.g. 64Gi.")
+    group.add_argument("--image-pull-secret", action="append", metavar="NAME",
+                       help="Secret (kubernetes.io/dockerconfigjson) every step pulls its image with, for private "
+                       "registries (repeatable; default none).")
+    group.add_argument("--trainer-timeout", metavar="DURATION",
+                       help="Deadline of each trainer pod and TrainJob launcher, e.g. 48h (default: gpu 48h, kind 4h).")
+    group.add_argument("--step-timeout", metavar="DURATION",
+                       help="Deadline of every other step, e.g. 6h (default: gpu 6h, kind 1h).")
+    group.add_argument("--ttl", metavar="DURATION",
+                       help="Delete the run's pods this long after it finished, e.g. 7d (default: gpu 7d, kind 1d).")
 
 
 def _profile(args: argparse.Namespace) -> Profile:
@@ -89,14 +102,34 @@ def _profile(args: argparse.Namespace) -> Profile:
         secret_name=args.secret,
         config_map_name=args.config_map,
         shm_size=args.shm_size,
+        image_pull_secrets=args.image_pull_secret,
+        trainer_timeout=None if args.trainer_timeout is None else parse_duration(args.trainer_timeout, "--trainer-timeout"),
+        step_timeout=None if args.step_timeout is None else parse_duration(args.step_timeout, "--step-timeout"),
+        ttl_seconds=None if args.ttl is None else parse_duration(args.ttl, "--ttl"),
     )
 
 
 def _add_connection_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", metavar="URL", help=f"KFP API endpoint, e.g. http://localhost:8888 (default: ${remote.HOST_ENV}).")
+    p.add_argument("--namespace", metavar="NS",
+                   help=f"Namespace (multi-user Kubeflow: your profile's namespace; default: ${remote.NAMESPACE_ENV}, "
+                   "else single-user KFP).")
     p.add_argument("--token", metavar="TOKEN",
                    help=f"Bearer token (default: ${remote.TOKEN_ENV}; prefer the variable, "
-                   "arguments show in process lists).")
+                   f"arguments show in process lists). Behind Dex/OIDC: the session cookie in ${remote.COOKIE_ENV}.")
+
+
+def _connect(args: argparse.Namespace) -> remote.Connection:
+    host = remote.resolve_host(args.host)
+    return remote.connect(host, args.token, remote.resolve_namespace(args.namespace))
+
+
+def _add_upload_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pipeline-name", default=PIPELINE_NAME, metavar="NAME",
+                   help="Name of the uploaded pipeline in KFP (default: %(default)s).")
+    p.add_argument("--version", metavar="NAME",
+                   help="Version name (default: <profile>-<sha256 of the compiled pipeline>, so the same "
+                   "pipeline is uploaded once).")
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
@@ -107,7 +140,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                    help="KFP experiment, created if missing (default: %(default)s).")
     p.add_argument("--service-account", default=DEFAULT_SERVICE_ACCOUNT, metavar="NAME",
                    help="ServiceAccount of the run's pods; '' for KFP's default (default: %(default)s).")
-    p.add_argument("--no-cache", action="store_true", help="Disable KFP caching for this run/schedule.")
+    p.add_argument("--no-cache", action="store_true",
+                   help="Disable KFP caching for this run/schedule (a version of its own, compiled without caching).")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,20 +160,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", choices=PROFILES, default="gpu")
     p.set_defaults(handler=_cmd_params)
 
-    p = sub.add_parser("submit", help="Compile and start a run; prints its id and UI link.")
+    p = sub.add_parser("upload", help="Compile and upload as a version of the named pipeline (idempotent).")
+    _add_connection_args(p)
+    _add_profile_args(p)
+    _add_upload_args(p)
+    p.set_defaults(handler=_cmd_upload, no_cache=False)
+
+    p = sub.add_parser("submit", help="Compile, upload (as `upload`) and start a run of that version; prints its id and UI link.")
     _add_connection_args(p)
     _add_profile_args(p)
     _add_run_args(p)
+    _add_upload_args(p)
     p.add_argument("--run-name", metavar="NAME", help="Display name (default: mammo-training <UTC time>).")
     p.add_argument("--wait", action="store_true", help="Follow the run to its end; exit non-zero unless it succeeded.")
     p.add_argument("--poll-interval", type=float, default=15.0, metavar="SECONDS", help="With --wait (default: %(default)s).")
     p.add_argument("--timeout", type=float, metavar="SECONDS", help="With --wait: give up after this long.")
     p.set_defaults(handler=_cmd_submit)
 
-    p = sub.add_parser("schedule", help="Create or replace a recurring run (max concurrency 1, no catch-up).")
+    p = sub.add_parser("schedule", help="Upload (as `upload`) and create or replace a recurring run of that version "
+                       "(max concurrency 1, no catch-up).")
     _add_connection_args(p)
     _add_profile_args(p)
     _add_run_args(p)
+    _add_upload_args(p)
     p.add_argument("--name", required=True, help="Schedule name; the same name replaces that schedule.")
     p.add_argument("--cron", required=True, help="Six fields, seconds first, e.g. '0 0 3 * * 0' (Sundays 03:00).")
     p.set_defaults(handler=_cmd_schedule)
@@ -162,7 +205,17 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     profile = _profile(args)
     out = compile_pipeline(profile, args.out or f"{PIPELINE_NAME}-{profile.name}.yaml")
     print(f"wrote {out} (profile {profile.name}: trainers {profile.train_image}, others {profile.eval_image})")
+    _warn_unpinned(profile)
     return 0
+
+
+def _warn_unpinned(profile: Profile) -> None:
+    if profile.name == "gpu" and not profile.pinned:
+        print(
+            "note: images are not pinned by digest: a tag pushed again is not seen by the run id, so cached "
+            "results of the old image come back (make images-push pins them in images.env)",
+            file=sys.stderr,
+        )
 
 
 def _cmd_params(args: argparse.Namespace) -> int:
@@ -171,31 +224,71 @@ def _cmd_params(args: argparse.Namespace) -> int:
     return 0
 
 
-def _prepared(args: argparse.Namespace, tmp: str) -> tuple[Path, dict[str, Any]]:
-    """The compiled package and the checked, typed arguments."""
+def _prepared(args: argparse.Namespace, tmp: str) -> tuple[Profile, Path, dict[str, Any]]:
+    """The profile, the compiled package (caching off everywhere with --no-cache) and the
+    checked, typed arguments."""
     profile = _profile(args)
     parameters = parameters_for(profile)
-    arguments = parse_params(args.param, parameters)
+    arguments = parse_params(getattr(args, "param", []), parameters)
     check_arguments(arguments, parameters)
-    return compile_pipeline(profile, Path(tmp) / f"{PIPELINE_NAME}.yaml"), arguments
+    package = compile_pipeline(profile, Path(tmp) / f"{PIPELINE_NAME}.yaml")
+    if args.no_cache:
+        _disable_caching(package)
+    _warn_unpinned(profile)
+    return profile, package, arguments
+
+
+def _disable_caching(package: Path) -> None:
+    """Every task of the compiled package with caching off (what kfp.Client does to a package
+    sent with a run; a version has to carry it itself)."""
+    import yaml
+
+    documents = list(yaml.safe_load_all(package.read_text()))
+    spec = documents[0]
+    for dag in [spec["root"].get("dag", {}), *(c.get("dag", {}) for c in spec.get("components", {}).values())]:
+        for task in dag.get("tasks", {}).values():
+            task["cachingOptions"] = {"enableCache": False}
+    package.write_text(yaml.safe_dump_all(documents, sort_keys=True))
+
+
+def _upload(args: argparse.Namespace, conn: remote.Connection, profile: Profile, package: Path) -> remote.PipelineVersion:
+    version = remote.upload(
+        conn, package, pipeline_name=args.pipeline_name,
+        version=args.version or remote.version_name(package, profile.name + ("-nocache" if args.no_cache else "")),
+        description=DESCRIPTION,
+    )
+    state = "uploaded" if version.uploaded else "already there"
+    print(f"pipeline {version.pipeline_name!r} version {version.version_name!r} ({state}): "
+          f"{remote.pipeline_link(conn.host, version)}", flush=True)
+    return version
+
+
+def _cmd_upload(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory(prefix="mammo-pipeline-") as tmp:
+        profile, package, _ = _prepared(args, tmp)
+        conn = _connect(args)
+        version = _upload(args, conn, profile, package)
+    print(f"pipeline id: {version.pipeline_id}")
+    print(f"version id: {version.version_id}")
+    return 0
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
-    host = remote.resolve_host(args.host)
     with tempfile.TemporaryDirectory(prefix="mammo-pipeline-") as tmp:
-        package, arguments = _prepared(args, tmp)
-        client = remote.connect(host, args.token)
+        profile, package, arguments = _prepared(args, tmp)
+        conn = _connect(args)
+        version = _upload(args, conn, profile, package)
         run_name = args.run_name or f"{PIPELINE_NAME} {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())}"
         run_id = remote.submit(
-            client, host, package, arguments, experiment=args.experiment, run_name=run_name,
-            service_account=args.service_account, enable_caching=False if args.no_cache else None,
+            conn, version, arguments, experiment=args.experiment, run_name=run_name,
+            service_account=args.service_account,
         )
     print(f"run id: {run_id}")
-    print(f"run: {remote.run_link(host, run_id)}", flush=True)
+    print(f"run: {remote.run_link(conn.host, run_id)}", flush=True)
     if not args.wait:
         return 0
     state, error = remote.wait(
-        client, host, run_id, poll_seconds=args.poll_interval, timeout_seconds=args.timeout,
+        conn, run_id, poll_seconds=args.poll_interval, timeout_seconds=args.timeout,
         echo=lambda line: print(line, flush=True),
     )
     if state != "SUCCEEDED":
@@ -205,15 +298,14 @@ def _cmd_submit(args: argparse.Namespace) -> int:
 
 
 def _cmd_schedule(args: argparse.Namespace) -> int:
-    host = remote.resolve_host(args.host)
     remote.check_cron(args.cron)
     with tempfile.TemporaryDirectory(prefix="mammo-pipeline-") as tmp:
-        package, arguments = _prepared(args, tmp)
-        client = remote.connect(host, args.token)
+        profile, package, arguments = _prepared(args, tmp)
+        conn = _connect(args)
+        version = _upload(args, conn, profile, package)
         created, replaced = remote.schedule(
-            client, host, package, arguments, name=args.name, cron=args.cron,
+            conn, version, arguments, name=args.name, cron=args.cron,
             experiment=args.experiment, service_account=args.service_account,
-            enable_caching=False if args.no_cache else None,
         )
     action = f"replaced {replaced} earlier schedule(s) of that name" if replaced else "new"
     print(f"schedule {created.name!r}: cron '{created.cron}', id {created.id} ({action})")
@@ -221,8 +313,7 @@ def _cmd_schedule(args: argparse.Namespace) -> int:
 
 
 def _cmd_schedules(args: argparse.Namespace) -> int:
-    host = remote.resolve_host(args.host)
-    schedules = remote.list_schedules(remote.connect(host, args.token), host)
+    schedules = remote.list_schedules(_connect(args))
     if not schedules:
         print("no schedules")
         return 0
@@ -233,8 +324,8 @@ def _cmd_schedules(args: argparse.Namespace) -> int:
 
 
 def _cmd_unschedule(args: argparse.Namespace) -> int:
-    host = remote.resolve_host(args.host)
-    removed = remote.unschedule(remote.connect(host, args.token), host, args.name)
+    conn = _connect(args)
+    removed = remote.unschedule(conn, args.name)
     print(f"removed {removed} schedule(s) named {args.name!r}")
     return 0
 

@@ -41,11 +41,14 @@ DESCRIPTION = (
     "with warm-up, gradual unfreezing, evaluation on val/test, promotion of the best model."
 )
 SHM_VOLUME = "dshm"
+#: USER of both Dockerfiles.
+IMAGE_UID = 10001
 
 
 def _runtime(task: PipelineTask, profile: Profile, resources: Resources) -> PipelineTask:
     """Settings every step shares: storage credentials by reference, endpoints from the
-    ConfigMap, the pod label MinIO's NetworkPolicy admits, pull policy and resources."""
+    ConfigMap, the pod label MinIO's NetworkPolicy admits, pull policy and secrets, resources
+    and a deadline (``step_timeout``; the trainers' is set again by ``_bounded``)."""
     kubernetes.use_secret_as_env(
         task, secret_name=profile.secret_name, secret_key_to_env={key: key for key in SECRET_KEYS}
     )
@@ -56,6 +59,11 @@ def _runtime(task: PipelineTask, profile: Profile, resources: Resources) -> Pipe
     )
     kubernetes.add_pod_label(task, *POD_LABEL)
     kubernetes.set_image_pull_policy(task, profile.image_pull_policy)
+    if profile.image_pull_secrets:
+        kubernetes.set_image_pull_secrets(task, list(profile.image_pull_secrets))
+    kubernetes.set_timeout(task, profile.step_timeout)
+    # The images' user, stated so that restricted Pod Security admits the step's container.
+    kubernetes.set_security_context(task, run_as_user=IMAGE_UID, run_as_group=IMAGE_UID, run_as_non_root=True)
     task.set_cpu_request(resources.cpu_request).set_cpu_limit(resources.cpu_limit)
     task.set_memory_request(resources.memory_request).set_memory_limit(resources.memory_limit)
     return task
@@ -82,13 +90,20 @@ def _trainer(task: PipelineTask, profile: Profile, gpus: Any, name: str) -> Pipe
     if profile.gpu_type is not None:
         task.set_accelerator_type(profile.gpu_type).set_accelerator_limit(gpus)
         _placement(task, profile)
+    _bounded(task, profile)
+    return task
+
+
+def _bounded(task: PipelineTask, profile: Profile) -> None:
+    """A trainer's (or launcher's) deadline, retries and caching: each retry is a new pod
+    with the same ``trainer_timeout``, so a hung trainer gives its GPUs back."""
+    kubernetes.set_timeout(task, profile.trainer_timeout)
     retry = profile.retry
     task.set_retry(
         num_retries=retry.attempts, backoff_duration=retry.backoff,
         backoff_factor=retry.factor, backoff_max_duration=retry.max_backoff,
     )
     task.set_caching_options(True)
-    return task
 
 
 def _pod_trainers(profile: Profile, shared: dict[str, Any], gpus: Any) -> tuple[Any, Any]:
@@ -107,12 +122,7 @@ def _launcher(task: PipelineTask, profile: Profile, name: str) -> PipelineTask:
     retried like a trainer (a retry adopts the job still running) and cached like one."""
     task.set_display_name(name).set_container_image(profile.eval_image)
     _runtime(task, profile, profile.light)
-    retry = profile.retry
-    task.set_retry(
-        num_retries=retry.attempts, backoff_duration=retry.backoff,
-        backoff_factor=retry.factor, backoff_max_duration=retry.max_backoff,
-    )
-    task.set_caching_options(True)
+    _bounded(task, profile)
     return task
 
 
@@ -171,8 +181,14 @@ def _dataset(profile: Profile, args: dict[str, Any]) -> Any:
 
 
 def code_version(profile: Profile) -> str:
-    """Part of every run id: results of other images or another mammo version are not reused."""
-    return f"mammo {mammo.__version__}; train {profile.train_image}; eval {profile.evaluator_image}"
+    """Part of every run id: results of other images or another mammo version are not reused.
+    Both images are named (the split builder adds the code installed in the eval image, where
+    it runs); pinned by digest, a rebuilt train image changes the run id even when the eval
+    image did not change."""
+    return (
+        f"mammo {mammo.__version__}; train {profile.train_image}; eval {profile.eval_image}; "
+        f"evaluator {profile.evaluator_image}"
+    )
 
 
 def _wire(profile: Profile, args: dict[str, Any]) -> Any:
@@ -257,7 +273,9 @@ def build_pipeline(profile: Profile):  # -> kfp GraphComponent
         ],
         return_annotation=Model,
     )
-    return dsl.pipeline(name=PIPELINE_NAME, description=DESCRIPTION)(mammo_training)
+    # Argo deletes the run's workflow and pods this long after it finished (logs stay in KFP).
+    config = dsl.PipelineConfig(ttl_seconds_after_finished=profile.ttl_seconds)
+    return dsl.pipeline(name=PIPELINE_NAME, description=DESCRIPTION, pipeline_config=config)(mammo_training)
 
 
 def compile_pipeline(profile: Profile, out: str | Path) -> Path:

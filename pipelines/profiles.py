@@ -4,6 +4,14 @@
 sizes); ``kind`` is the laptop cluster of ``make kind-up`` (CPU images loaded into the node, small
 requests, no GPU). Both read the image names from ``images.env`` at the repository root (or the
 file named by ``MAMMO_IMAGES_ENV``); every setting can be overridden on the command line.
+
+Images may be pinned by digest (``name@sha256:...`` or ``name:tag@sha256:...``): directly, or
+through the ``*_DIGEST`` keys of images.env that ``make images-push`` writes. A pinned image is
+exactly one build, so it is not pulled again (``IfNotPresent``) and the run id, which includes
+both image references, changes whenever either image does. Every step is bounded
+(``activeDeadlineSeconds``: ``trainer_timeout`` for the trainers, ``step_timeout`` for the
+others) and the run's pods are deleted ``ttl_seconds`` after it finished; private registries
+take ``image_pull_secrets``.
 """
 
 from __future__ import annotations
@@ -27,6 +35,17 @@ CONFIG_MAP_NAME = "mammo-runtime"
 CONFIG_MAP_KEYS = ("MINIO_ENDPOINT", "MINIO_SECURE", "MINIO_REGION", "MAMMO_PUSHGATEWAY_URL")
 POD_LABEL = ("app.kubernetes.io/part-of", "mammo-pipeline")
 IMAGES_ENV = "images.env"
+#: images.env keys of the profiles' images, and the keys ``make images-push`` writes their
+#: pushed digests to (empty: not pinned).
+DIGEST_KEYS = {"TRAIN_IMAGE": "TRAIN_IMAGE_DIGEST", "TRAIN_IMAGE_CPU": "TRAIN_IMAGE_CPU_DIGEST", "EVAL_IMAGE": "EVAL_IMAGE_DIGEST"}
+#: An image reference: [registry/]repository[:tag][@sha256:<64 hex>] (Docker's grammar, loosely).
+IMAGE_REFERENCE = re.compile(
+    r"(?P<name>[a-z0-9]+(?:[._-]+[a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:[._-]+[a-z0-9]+)*)*)"
+    r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?(?:@(?P<digest>sha256:[0-9a-f]{64}))?"
+)
+DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+#: Kubernetes object names (pull secrets).
+DNS_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 
 
 @dataclass(frozen=True)
@@ -79,6 +98,16 @@ class Profile:
     config_map_name: str = CONFIG_MAP_NAME
     #: Default of the ``dataset_uri`` pipeline parameter.
     dataset_uri: str = "s3://mammo/datasets/rsna"
+    #: Secrets (type kubernetes.io/dockerconfigjson) every step's pod pulls its image with.
+    image_pull_secrets: tuple[str, ...] = ()
+    #: activeDeadlineSeconds of each trainer pod (and TrainJob launcher): a hung trainer gives
+    #: its GPUs back. Each retry is a new pod with the same bound.
+    trainer_timeout: int = 48 * 3600
+    #: activeDeadlineSeconds of every other step.
+    step_timeout: int = 6 * 3600
+    #: Seconds after the run finished before its workflow and pods are deleted (Argo's
+    #: ttlStrategy); logs stay in KFP's artifact store.
+    ttl_seconds: int = 7 * 24 * 3600
 
     @property
     def has_gpus(self) -> bool:
@@ -87,6 +116,35 @@ class Profile:
     @property
     def evaluator_image(self) -> str:
         return self.train_image if self.evaluator_gpus else self.eval_image
+
+    @property
+    def pinned(self) -> bool:
+        """Both images pinned by digest."""
+        return all(image_digest(image) for image in (self.train_image, self.eval_image))
+
+
+def image_digest(image: str) -> str | None:
+    """The ``sha256:...`` of a pinned image reference, None for a tag."""
+    match = IMAGE_REFERENCE.fullmatch(image)
+    return None if match is None else match.group("digest")
+
+
+def check_image(image: str, what: str) -> str:
+    """``image`` if it is a valid reference; a ``ConfigError`` naming ``what`` otherwise."""
+    if image != "-" and IMAGE_REFERENCE.fullmatch(image) is None:
+        raise ConfigError(
+            f"{what} {image!r}: not an image reference; expected NAME[:TAG] or NAME[:TAG]@sha256:<64 hex digits>"
+        )
+    return image
+
+
+def parse_duration(text: str, what: str) -> int:
+    """Seconds from ``90s``, ``45m``, ``48h``, ``7d`` or a plain number of seconds (> 0)."""
+    match = re.fullmatch(r"([0-9]+)([smhd]?)", text.strip())
+    seconds = 0 if match is None else int(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+    if seconds <= 0:
+        raise ConfigError(f"{what} {text!r}: a duration above 0 such as 3600s, 90m, 48h or 7d")
+    return seconds
 
 
 def find_images_env(start: Path | None = None) -> Path | None:
@@ -120,21 +178,34 @@ def read_images_env(path: Path) -> dict[str, str]:
     return values
 
 
+def pinned_image(values: dict[str, str], key: str, path: Path) -> str:
+    """images.env's ``key``, with ``@<digest>`` appended when its ``*_DIGEST`` key is set."""
+    image = values.get(key)
+    if not image:
+        raise ConfigError(f"{path}: {key} is missing")
+    digest = values.get(DIGEST_KEYS[key], "")
+    if not digest:
+        return image
+    if DIGEST.fullmatch(digest) is None:
+        raise ConfigError(f"{path}: {DIGEST_KEYS[key]}={digest!r} is not sha256:<64 hex digits>")
+    if image_digest(image):
+        raise ConfigError(f"{path}: {key} is pinned already; leave {DIGEST_KEYS[key]} empty")
+    return f"{image}@{digest}"
+
+
 def _images(name: ProfileName, train_image: str | None, eval_image: str | None) -> tuple[str, str]:
     train_key = "TRAIN_IMAGE" if name == "gpu" else "TRAIN_IMAGE_CPU"
-    if train_image and eval_image:
-        return train_image, eval_image
-    path = find_images_env()
-    if path is None:
-        raise ConfigError(
-            f"no {IMAGES_ENV} found (working directory and above): set MAMMO_IMAGES_ENV to it, "
-            "or pass --train-image and --eval-image"
-        )
-    values = read_images_env(path)
-    for key in (train_key, "EVAL_IMAGE"):
-        if not values.get(key):
-            raise ConfigError(f"{path}: {key} is missing")
-    return train_image or values[train_key], eval_image or values["EVAL_IMAGE"]
+    if not (train_image and eval_image):
+        path = find_images_env()
+        if path is None:
+            raise ConfigError(
+                f"no {IMAGES_ENV} found (working directory and above): set MAMMO_IMAGES_ENV to it, "
+                "or pass --train-image and --eval-image"
+            )
+        values = read_images_env(path)
+        train_image = train_image or pinned_image(values, train_key, path)
+        eval_image = eval_image or pinned_image(values, "EVAL_IMAGE", path)
+    return check_image(train_image, "--train-image"), check_image(eval_image, "--eval-image")
 
 
 def _base(name: ProfileName, train_image: str, eval_image: str) -> Profile:
@@ -167,6 +238,10 @@ def _base(name: ProfileName, train_image: str, eval_image: str) -> Profile:
         evaluator=Resources("250m", "2", "1Gi", "3Gi"),
         shm_size="1Gi",
         dataset_uri="s3://mammo/datasets/demo",
+        # The demo trains in minutes: anything near these bounds is stuck.
+        trainer_timeout=4 * 3600,
+        step_timeout=3600,
+        ttl_seconds=24 * 3600,
     )
 
 
@@ -183,6 +258,10 @@ def get_profile(
     secret_name: str | None = None,
     config_map_name: str | None = None,
     shm_size: str | None = None,
+    image_pull_secrets: list[str] | None = None,
+    trainer_timeout: int | None = None,
+    step_timeout: int | None = None,
+    ttl_seconds: int | None = None,
 ) -> Profile:
     """The named profile with the given settings replaced (``None`` keeps the default)."""
     if name not in PROFILES:
@@ -198,6 +277,14 @@ def get_profile(
         raise ConfigError("--evaluator-gpus must be 0 or more")
     if shm_size is not None and not re.fullmatch(r"[1-9][0-9]*(Mi|Gi)", shm_size):
         raise ConfigError(f"--shm-size {shm_size!r}: a Kubernetes quantity in Mi or Gi, e.g. 32Gi")
+    for secret in image_pull_secrets or ():
+        if DNS_NAME.fullmatch(secret) is None:
+            raise ConfigError(f"--image-pull-secret {secret!r}: not a Kubernetes Secret name")
+    for flag, value in (("--trainer-timeout", trainer_timeout), ("--step-timeout", step_timeout), ("--ttl", ttl_seconds)):
+        if value is not None and value <= 0:
+            raise ConfigError(f"{flag} must be above 0 seconds")
+    if image_pull_policy is None and profile.pinned:
+        image_pull_policy = "IfNotPresent"  # a digest names one build: nothing newer to pull
     changes = {
         "image_pull_policy": image_pull_policy,
         "gpu_type": gpu_type,
@@ -207,5 +294,9 @@ def get_profile(
         "secret_name": secret_name,
         "config_map_name": config_map_name,
         "shm_size": shm_size,
+        "image_pull_secrets": tuple(dict.fromkeys(image_pull_secrets)) if image_pull_secrets is not None else None,
+        "trainer_timeout": trainer_timeout,
+        "step_timeout": step_timeout,
+        "ttl_seconds": ttl_seconds,
     }
     return dataclasses.replace(profile, **{k: v for k, v in changes.items() if v is not None})

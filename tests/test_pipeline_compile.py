@@ -369,3 +369,97 @@ def test_shm_size_override_reaches_the_trainer_pods_and_bad_sizes_are_refused(tm
     assert sizes and set(sizes) == {"64Gi"}
     assert main(["compile", "--profile", "gpu", "--shm-size", "lots", "--out", str(out)]) == 2
     assert "--shm-size 'lots'" in capsys.readouterr().err
+
+
+def test_every_step_is_bounded_and_the_run_expires(compiled) -> None:
+    """A hung step gives its node (and GPUs) back: every step has a deadline, the trainers and
+    their launchers a long one; Argo deletes the run's pods some time after it finished."""
+    profile, spec, executors, text = compiled
+    long, short, ttl = (48 * 3600, 6 * 3600, 7 * 86400) if profile == "gpu" else (4 * 3600, 3600, 86400)
+    launchers = LAUNCHERS if profile == "gpu" else ()
+    for task in _steps(profile):
+        expected = long if task in (*TRAINERS, *launchers) else short
+        assert int(executors[f"exec-{task}"]["activeDeadlineSeconds"]) == expected, task
+        # The images' user, stated: restricted Pod Security admits the containers.
+        assert executors[f"exec-{task}"]["securityContext"] == {"runAsUser": "10001", "runAsGroup": "10001", "runAsNonRoot": True}
+        assert "imagePullSecret" not in executors[f"exec-{task}"]
+    platform = list(yaml.safe_load_all(text))[1]["platforms"]["kubernetes"]
+    assert platform["pipelineConfig"] == {"resourceTtlOnCompletion": ttl}
+
+
+def test_pull_secrets_deadlines_and_ttl_follow_the_overrides(tmp_path: Path) -> None:
+    _, executors, text = _compile(
+        tmp_path, "gpu", "--image-pull-secret", "regcred", "--image-pull-secret", "mirror-creds",
+        "--image-pull-secret", "regcred", "--trainer-timeout", "12h", "--step-timeout", "90m", "--ttl", "2d",
+    )
+    for name, executor in executors.items():
+        assert [s["secretName"] for s in executor["imagePullSecret"]] == ["regcred", "mirror-creds"], name
+        expected = 12 * 3600 if name.removeprefix("exec-") in (*TRAINERS, *LAUNCHERS) else 90 * 60
+        assert int(executor["activeDeadlineSeconds"]) == expected, name
+    assert list(yaml.safe_load_all(text))[1]["platforms"]["kubernetes"]["pipelineConfig"] == {"resourceTtlOnCompletion": 2 * 86400}
+    for secret in ("regcred",):  # a pull secret is referenced by name, never read
+        assert text.count(f"secretName: {secret}") == len(executors)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--trainer-timeout", "0"], "--trainer-timeout '0': a duration above 0"),
+        (["--step-timeout", "soon"], "--step-timeout 'soon': a duration above 0"),
+        (["--ttl", "1w"], "--ttl '1w': a duration above 0"),
+        (["--image-pull-secret", "Reg_Cred"], "--image-pull-secret 'Reg_Cred': not a Kubernetes Secret name"),
+        (["--train-image", "registry.example/train@sha256:1234"], "--train-image 'registry.example/train@sha256:1234': not an image reference"),
+        (["--eval-image", "Registry.Example/Eval:1"], "not an image reference"),
+    ],
+)
+def test_bad_bounds_secrets_and_image_references_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    assert main(["compile", "--profile", "gpu", "--out", str(tmp_path / "x.yaml"), *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x.yaml").exists()
+
+
+def test_images_pinned_by_digest_are_used_as_pinned_and_enter_the_run_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """images.env's *_DIGEST keys (written by `make images-push`) pin the gpu profile's images:
+    the steps run exactly that build (no pull when present), and the run id's code version
+    names both digests, so a train image pushed again changes the run id and KFP's cache key."""
+    train_digest, eval_digest = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+    text = (Path(__file__).resolve().parents[1] / "images.env").read_text()
+    pinned = tmp_path / "images.env"
+    pinned.write_text(
+        text.replace("TRAIN_IMAGE_DIGEST=\n", f"TRAIN_IMAGE_DIGEST={train_digest}\n")
+        .replace("EVAL_IMAGE_DIGEST=\n", f"EVAL_IMAGE_DIGEST={eval_digest}\n")
+    )
+    assert pinned.read_text() != text
+    monkeypatch.setenv("MAMMO_IMAGES_ENV", str(pinned))
+    images = read_images_env()
+    spec, executors, _ = _compile(tmp_path, "gpu")
+    assert "not pinned by digest" not in capsys.readouterr().err
+    train, evaluate = f"{images['TRAIN_IMAGE']}@{train_digest}", f"{images['EVAL_IMAGE']}@{eval_digest}"
+    for task in _steps("gpu"):
+        assert _executor(spec, task)["image"] == (train if task in TRAINERS else evaluate)
+    assert {e["imagePullPolicy"] for e in executors.values()} == {"IfNotPresent"}
+    code = _parameter_source(spec, "split-builder", "code_version")[1]
+    assert train_digest in code and eval_digest in code
+    for task in LAUNCHERS:
+        assert _parameter_source(spec, task, "image") == ("constant", train)
+
+    # Given directly, a digest reference is taken as it is; the kind profile (TRAIN_IMAGE_CPU,
+    # loaded into kind, never pushed) is not pinned and keeps IfNotPresent.
+    direct = f"registry.example/mammo-train:2@{train_digest}"
+    spec, _, _ = _compile(tmp_path, "gpu", "--train-image", direct, "--image-pull-policy", "Always")
+    assert _executor(spec, "baseline-trainer")["image"] == direct
+    spec, executors, _ = _compile(tmp_path, "kind")
+    assert _executor(spec, "baseline-trainer")["image"] == images["TRAIN_IMAGE_CPU"]
+
+    pinned.write_text(pinned.read_text().replace(f"EVAL_IMAGE_DIGEST={eval_digest}", "EVAL_IMAGE_DIGEST=sha256:short"))
+    assert main(["compile", "--profile", "gpu", "--out", str(tmp_path / "bad.yaml")]) == 2
+    assert "EVAL_IMAGE_DIGEST='sha256:short' is not sha256:<64 hex digits>" in capsys.readouterr().err
+
+
+def test_unpinned_gpu_images_are_named_in_a_note(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _compile(tmp_path, "gpu")
+    assert "images are not pinned by digest" in capsys.readouterr().err
