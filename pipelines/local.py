@@ -35,6 +35,12 @@ STEPS = {
     "evaluator": "evaluator",
     "promoter": "promoter",
 }
+#: The preprocessor's tasks (dataset_format dicom), shown unnumbered before the five steps.
+PREPROCESS_STEPS = {
+    "preprocess-plan": "preprocess plan",
+    "preprocessor": "preprocessor shard",
+    "preprocess-merge": "preprocess merge",
+}
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _START = re.compile(r"Executing task '([\w-]+)'")
 _END = re.compile(r"Task '([\w-]+)' finished with status (\w+)")
@@ -93,6 +99,12 @@ class ProgressFilter(io.TextIOBase):
             state.current, state.started, state.error = match.group(1), time.monotonic(), None
             number = list(STEPS).index(state.current) + 1
             self._show(f"[{number}/{len(STEPS)}] {STEPS[state.current]} ...")
+        elif (match := _START.search(line)) and match.group(1) in PREPROCESS_STEPS:
+            state.current, state.started, state.error = match.group(1), time.monotonic(), None
+            self._show(f"[dicom] {PREPROCESS_STEPS[state.current]} ...")
+        elif (match := _END.search(line)) and match.group(1) in PREPROCESS_STEPS:
+            verdict = "done" if match.group(2) == "SUCCESS" else "FAILED"
+            self._show(f"      {PREPROCESS_STEPS[match.group(1)]} {verdict} in {time.monotonic() - state.started:.0f} s")
         elif match := _EPOCH.search(line):
             stage, epoch, total, auc = match.groups()
             self._show(f"      {stage} epoch {epoch}/{total}: val AUC {auc}")
@@ -166,6 +178,6 @@ def run_locally(
             failed = progress.state.current or "pipeline"
             detail = progress.state.error or str(err).splitlines()[0]
             raise StepFailed(
-                f"{STEPS.get(failed, failed)} failed: {detail} (full log: {log_file})"
+                f"{STEPS.get(failed, PREPROCESS_STEPS.get(failed, failed))} failed: {detail} (full log: {log_file})"
             ) from None
     return dict(task.outputs["Output"].metadata)

@@ -55,6 +55,23 @@ def demo_dataset(workdir: Path, recipe: dict[str, Any]) -> Path:
     return target
 
 
+def holds_dicoms(folder: Path, looked_at: int = 2000) -> bool:
+    """Whether a local dataset folder holds DICOM files (``*.dcm``/``*.dicom``) and no PNGs,
+    judged from the first ``looked_at`` files found."""
+    seen = 0
+    dicoms = False
+    for _, _, files in os.walk(folder):
+        for name in files:
+            lower = name.lower()
+            if lower.endswith(".png"):
+                return False
+            dicoms = dicoms or lower.endswith((".dcm", ".dicom"))
+            seen += 1
+            if seen >= looked_at:
+                return dicoms
+    return dicoms
+
+
 def choose_store(workdir: Path, store: str | None) -> tuple[str, str]:
     """The store URI and how to describe it: ``--store``, ``MAMMO_STORE_URI``, MinIO's bucket
     ``mammo`` when ``MINIO_ENDPOINT`` is set, else the local work directory."""
@@ -103,6 +120,9 @@ def run_local(
         if not Path(params.data).exists():
             raise ConfigError(f"--data: {params.data} does not exist")
         params.data = str(Path(params.data).resolve())
+        if "dataset_format" not in params.model_fields_set and holds_dicoms(Path(params.data)):
+            params.dataset_format = "dicom"
+            print(f"mammo run: {params.data} holds DICOM files: dataset_format dicom (the preprocessor runs first)", flush=True)
     store_uri, kind = choose_store(root, store)
     arguments = pipeline_arguments(params, store_uri)
     stamp = time.strftime("%Y%m%d-%H%M%S")

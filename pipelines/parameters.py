@@ -17,7 +17,14 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
-from mammo.config import PipelineParams, format_validation_error, parse_value, split_pair, stage_configs
+from mammo.config import (
+    PipelineParams,
+    format_validation_error,
+    parse_value,
+    preprocess_config,
+    split_pair,
+    stage_configs,
+)
 from mammo.errors import ConfigError
 
 #: Parameter types KFP knows (STRING, NUMBER_INTEGER, NUMBER_DOUBLE, BOOLEAN, LIST).
@@ -75,7 +82,11 @@ def pipeline_parameters(*, dataset_uri: str, with_gpus: bool) -> list[PipelinePa
     fields = {name: _from_params(name, info) for name, info in PipelineParams.model_fields.items()}
     del fields["data"]  # becomes dataset_uri, with the profile's default
     head = [
-        PipelineParameter("dataset_uri", str, dataset_uri, "Dataset prefix (train.csv + PNGs): s3://bucket/key or a local path.", "data"),
+        PipelineParameter(
+            "dataset_uri", str, dataset_uri,
+            "Dataset prefix: train.csv + PNGs, or DICOM files with dataset_format dicom; s3://bucket/key or a local path.",
+            "data",
+        ),
         PipelineParameter("store_uri", str, DEFAULT_STORE, "Root of splits/, runs/ and models/: s3://bucket[/prefix] or a local path."),
     ]
     tail = []
@@ -129,6 +140,7 @@ def check_arguments(arguments: dict[str, Any], parameters: list[PipelineParamete
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, "pipeline parameters")) from None
     stage_configs(params, split="split", runs={"baseline": "runs", "unfreeze": "runs", "evaluate": "runs"})
+    preprocess_config(params)  # preprocess_set keys and values, even when dataset_format is png
     return params
 
 

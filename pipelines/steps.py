@@ -1,5 +1,6 @@
 """The pipeline's five steps as KFP lightweight Python components (and the trainers' TrainJob
-launchers, which stand in for them when a trainer runs on several nodes).
+launchers, which stand in for them when a trainer runs on several nodes; and the preprocessor's
+steps, which run first when the dataset is DICOM).
 
 Each function is a thin adapter: its body imports the component's ``step.run_step``
 (``mammo_components``, installed in the project's images and in the local virtual environment),
@@ -25,13 +26,72 @@ EVAL_IMAGE = "mammo-eval"
 
 
 @dsl.component(base_image=EVAL_IMAGE, install_kfp_package=False)
+def preprocess_plan(
+    dataset_uri: str,
+    store_uri: str,
+    image_size: str,
+    preprocess_shards: int,
+    preprocess_set: list,
+) -> list:
+    """dataset_format dicom: checks the preprocessing settings and that the dataset holds DICOM
+    files (in seconds, before any shard starts); returns the shard indices for the ParallelFor."""
+    args = dict(locals())  # the step's inputs, as run_plan_step takes them
+    from mammo_components.preprocessor.step import run_plan_step
+
+    return run_plan_step(**args)
+
+
+@dsl.component(base_image=EVAL_IMAGE, install_kfp_package=False)
+def preprocessor(
+    dataset_uri: str,
+    store_uri: str,
+    image_size: str,
+    preprocess_set: list,
+    shard: int,
+    shards: int,
+) -> dict:
+    """One shard of the DICOM conversion: decodes, windows, crops and resizes its share of the
+    files that are new or changed into <store>/datasets/<name>-<hash>/png-<HxW>-<settings>/,
+    recording its progress there (a retried pod goes on where it stopped). Never cached."""
+    args = dict(locals())  # the step's inputs, as run_step takes them
+    from mammo_components.preprocessor.step import run_step
+
+    return run_step(**args)
+
+
+@dsl.component(base_image=EVAL_IMAGE, install_kfp_package=False)
+def preprocess_merge(
+    dataset_uri: str,
+    store_uri: str,
+    image_size: str,
+    preprocess_set: list,
+    parts: list,
+) -> str:
+    """Writes the PNG dataset's train.csv, preprocess.json and manifest from what the shards
+    recorded; returns its URI, the dataset the split builder and the trainers read."""
+    args = dict(locals())  # the step's inputs, as run_merge_step takes them
+    from mammo_components.preprocessor.step import run_merge_step
+
+    return run_merge_step(**args)
+
+
+@dsl.component(base_image=EVAL_IMAGE, install_kfp_package=False)
+def png_dataset(dataset_uri: str) -> str:
+    """dataset_format png: checks that the dataset's train.csv exists and hands the URI on."""
+    args = dict(locals())  # the step's inputs, as run_png_step takes them
+    from mammo_components.preprocessor.step import run_png_step
+
+    return run_png_step(**args)
+
+
+@dsl.component(base_image=EVAL_IMAGE, install_kfp_package=False)
 def split_builder(
     dataset_uri: str,
     store_uri: str,
     code_version: str,
     promotion_metric: str,
     promotion_margin: float,
-    image_size: int,
+    image_size: str,
     backbone: str,
     weights: str,
     in_channels: int,

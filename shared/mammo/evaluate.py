@@ -28,6 +28,7 @@ from mammo.engine.loop import gather_predictions, predict
 from mammo.engine.runtime import Runtime, runtime_for, seed_everything
 from mammo.data.table import read_table
 from mammo.errors import MammoError
+from mammo.imagesize import ImageSize, image_hw, parse_image_size, size_text
 from mammo.jsonio import to_jsonable, write_json
 from mammo.metrics import (
     aggregate_breasts,
@@ -118,7 +119,7 @@ def choose_threshold(breasts: pd.DataFrame, metric: str) -> float | None:
     return best_f1(labels, probs)[1]
 
 
-def _predict_split(model, data: SplitData, name: str, config: EvalConfig, image_size: int, runtime: Runtime, in_channels: int) -> pd.DataFrame:
+def _predict_split(model, data: SplitData, name: str, config: EvalConfig, image_size: ImageSize, runtime: Runtime, in_channels: int) -> pd.DataFrame:
     """Image probabilities of one split; in a distributed run each process predicts its shard
     and every process gets all of them."""
     rows = data.rows(name)
@@ -193,9 +194,13 @@ def _evaluate_checkpoint(
     predictions and its training history (for the report's curves)."""
     payload = load_checkpoint(path)
     model = model_from_checkpoint(payload, source=str(path)).to(runtime.device)
-    image_size = config.data.image_size if size_given else int(payload["image_size"])
+    trained_size = parse_image_size(payload["image_size"])  # recorded by the trainer: S or (H, W)
+    image_size = config.data.image_size if size_given else trained_size
+    if image_hw(image_size) != image_hw(trained_size):
+        log.warning("%s was trained at %s px; evaluating at %s px as asked (--image-size)",
+                    name, size_text(trained_size), size_text(image_size))
     in_channels = int(payload["model_config"]["in_channels"])
-    log.info("evaluating %s (%s, epoch %s, %s px)", name, payload["stage"], payload["epoch"], image_size)
+    log.info("evaluating %s (%s, epoch %s, %s px)", name, payload["stage"], payload["epoch"], size_text(image_size))
     frames = [
         _predict_split(model, data, split, config, image_size, runtime, in_channels)
         for split in SPLITS
@@ -208,7 +213,7 @@ def _evaluate_checkpoint(
         "stage": payload["stage"],
         "epoch": payload["epoch"],
         "backbone": payload["model_config"]["backbone"],
-        "image_size": image_size,
+        "image_size": size_text(image_size),
         "split_fingerprint": payload["split_fingerprint"],
         **scores,
     }

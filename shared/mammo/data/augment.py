@@ -27,7 +27,7 @@ GRAY_STD = 0.226
 
 
 class BatchTransform(torch.nn.Module):
-    """uint8 [B,1,S,S] on the device -> normalised float [B,C,S,S], channels_last."""
+    """uint8 [B,1,H,W] on the device -> normalised float [B,C,H,W], channels_last."""
 
     def __init__(self, augment: AugmentConfig | None, in_channels: int) -> None:
         super().__init__()
@@ -58,7 +58,7 @@ class BatchTransform(torch.nn.Module):
         pixels = self._memory("pixels", images.shape, images.device).copy_(images)
         if _moves_pixels(cfg):
             memory = self._memory("grid", (batch, 2, height, width), images.device)
-            grid = _sampling_grid(_affine_matrices(params), memory)
+            grid = _sampling_grid(_affine_matrices(params, aspect=height / width), memory)
             pixels = F.grid_sample(pixels, grid, mode="nearest", padding_mode="zeros", align_corners=False)
             out: torch.Tensor | None = pixels
         else:
@@ -125,10 +125,14 @@ def _sampling_grid(theta: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     return out.permute(0, 2, 3, 1)
 
 
-def _affine_matrices(params: torch.Tensor) -> torch.Tensor:
-    """Per-sample [2, 3] maps from output to input coordinates (flip, rotation, zoom, shift)."""
+def _affine_matrices(params: torch.Tensor, aspect: float = 1.0) -> torch.Tensor:
+    """Per-sample [2, 3] maps from output to input coordinates (flip, rotation, zoom, shift).
+
+    Coordinates are normalised to [-1, 1] on both axes; for a non-square image (``aspect`` =
+    height / width) the rotation's cross terms are scaled so that it rotates in pixel space
+    (a rigid rotation, not a shear)."""
     flip_x, flip_y, angle, zoom, shift_x, shift_y = params[:, :6].unbind(dim=1)
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
-    row_x = torch.stack([cos * flip_x, -sin * flip_y, shift_x], dim=1)
-    row_y = torch.stack([sin * flip_x, cos * flip_y, shift_y], dim=1)
+    row_x = torch.stack([cos * flip_x, -sin * flip_y * aspect, shift_x], dim=1)
+    row_y = torch.stack([sin * flip_x / aspect, cos * flip_y, shift_y], dim=1)
     return torch.stack([row_x, row_y], dim=1)

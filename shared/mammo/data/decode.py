@@ -14,6 +14,7 @@ from torchvision.io import ImageReadMode, decode_png, read_file
 from torchvision.transforms.v2 import functional as TF
 
 from mammo.errors import DataError
+from mammo.imagesize import ImageSize, image_hw
 
 
 def _reason(exc: RuntimeError) -> str:
@@ -22,8 +23,10 @@ def _reason(exc: RuntimeError) -> str:
     return re.sub(r"^\w+, \S+:\d+, ", "", text).rstrip(".")
 
 
-def read_png(path: str, image_size: int) -> torch.Tensor:
-    """uint8 tensor [1, image_size, image_size]; ``DataError`` naming the file if unreadable."""
+def read_png(path: str, image_size: ImageSize) -> torch.Tensor:
+    """uint8 tensor [1, H, W] (``image_size`` is S or (H, W)); ``DataError`` naming the file if
+    unreadable. A PNG of another size is resized to it (not cropped or padded: DICOMs converted
+    by ``mammo data dicom`` already have the input size, with their aspect ratio kept)."""
     try:
         image = decode_png(read_file(path), mode=ImageReadMode.GRAY)
     except RuntimeError as exc:
@@ -31,6 +34,7 @@ def read_png(path: str, image_size: int) -> torch.Tensor:
     if image.dtype != torch.uint8:
         # 16-bit exports: map the full 0..65535 range onto 0..255.
         image = TF.to_dtype(image, torch.uint8, scale=True)
-    if image.shape[-2:] != (image_size, image_size):
-        image = TF.resize(image, [image_size, image_size], antialias=True)
+    height, width = image_hw(image_size)
+    if image.shape[-2:] != (height, width):
+        image = TF.resize(image, [height, width], antialias=True)
     return image

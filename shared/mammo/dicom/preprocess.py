@@ -246,6 +246,21 @@ def _convert(job: Job, out_uri: str, options_json: str, scratch: str) -> dict[st
     }
 
 
+def available_cpus() -> int:
+    """CPUs this process may use: the cgroup's CPU quota (a pod's limit) when there is one, else
+    the CPUs it may run on."""
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            return max(1, -(-int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
 def _worker_init() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -653,6 +668,6 @@ def preprocess(
 
 
 __all__ = [
-    "Source", "build_table", "convert_shard", "list_sources", "load_state", "merge", "plan_jobs", "preprocess",
+    "Source", "available_cpus", "build_table", "convert_shard", "list_sources", "load_state", "merge", "plan_jobs", "preprocess",
     "shard_of",
 ]
