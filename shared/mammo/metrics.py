@@ -162,6 +162,7 @@ def binary_metrics(
         "recall": recall,
         "specificity": _ratio(tn, tn + fp),
         "precision": _ratio(tp, tp + fp),
+        "recall_rate": _ratio(tp + fp, n),
         "f1": _ratio(2 * tp, 2 * tp + fp + fn),
         "tp": tp,
         "fp": fp,
@@ -197,11 +198,27 @@ def format_metric(value: Any, digits: int = 4) -> str:
 
 #: Figures worth a glance (command output, the evaluator's result, KFP metrics); the full set
 #: stays in metrics/history files. ``loss`` is image-level and only known while training.
+#: ``recall_rate`` is the share flagged at the threshold (screening's recall rate).
 HEADLINE_KEYS = (
-    "loss", "auc", "pr_auc", "pf1", "sensitivity", "specificity", "precision", "n", "prevalence",
+    "loss", "auc", "pr_auc", "pf1", "sensitivity", "specificity", "precision", "recall_rate",
+    "n", "n_pos", "prevalence",
 )
 
 
 def headline(metrics: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """``{"image": {...}, "breast": {...}}`` cut down to ``HEADLINE_KEYS`` (missing ones None)."""
-    return {level: {k: metrics[level].get(k) for k in HEADLINE_KEYS} for level in ("image", "breast")}
+    """``{"image": {...}, "breast": {...}}`` cut down to ``HEADLINE_KEYS`` (missing ones None).
+
+    A level that carries confidence intervals (``ci``: ``{metric: {"low", "high", ...}}``, added
+    by the evaluation) keeps those of the headline figures, as ``ci: {metric: {"low", "high"}}``."""
+    out = {}
+    for level in ("image", "breast"):
+        values = metrics[level]
+        row = {k: values.get(k) for k in HEADLINE_KEYS}
+        intervals = values.get("ci")
+        if isinstance(intervals, dict):
+            row["ci"] = {
+                k: {"low": intervals[k].get("low"), "high": intervals[k].get("high")}
+                for k in HEADLINE_KEYS if isinstance(intervals.get(k), dict)
+            }
+        out[level] = row
+    return out

@@ -1,0 +1,190 @@
+"""The promotion rule: does the chosen candidate beat the production model?
+
+Both models are scored on the **current** split in the same evaluation (production is
+re-evaluated, not remembered from when it was promoted, on an older and smaller test split), and
+compared on the same units:
+
+- ``paired_bootstrap`` (default): the difference candidate - production of the promotion metric
+  with a paired bootstrap over patients (``mammo.stats.paired_difference``: both models on the
+  same resamples); promote when the interval's lower bound exceeds ``margin``.
+- ``margin``: promote when the observed difference exceeds ``margin`` (the old rule, now on the
+  same split for both models).
+
+Either way the candidate must clear an absolute floor, ``promotion_min`` (AUC 0.5 = chance by
+default): under ``paired_bootstrap`` the lower bound of its own interval must lie above it, under
+``margin`` its value. That floor is the whole rule when nothing is in production yet, so a
+chance-level first model is never promoted. For a loss (minimised) every comparison is mirrored:
+the floor is a ceiling and "beats" means lower.
+
+``decide`` returns the verdict with everything behind it (both figures with intervals, the
+difference, the rule, the resampling settings) for the report, the run summary and the
+promoter's record. numpy/pandas only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from mammo.config import (
+    DEFAULT_PROMOTION_MARGIN,
+    DEFAULT_PROMOTION_METRIC,
+    DEFAULT_PROMOTION_MIN,
+    DEFAULT_PROMOTION_RULE,
+    metric_mode,
+)
+from mammo.errors import ConfigError
+from mammo.stats import COMPARABLE_METRICS, BootstrapSettings, bootstrap, paired_difference
+
+RULES = ("paired_bootstrap", "margin")
+
+
+@dataclass(frozen=True)
+class PromotionRule:
+    """The pipeline's promotion parameters."""
+
+    metric: str = DEFAULT_PROMOTION_METRIC
+    rule: str = DEFAULT_PROMOTION_RULE
+    margin: float = DEFAULT_PROMOTION_MARGIN
+    floor: float = DEFAULT_PROMOTION_MIN
+
+    @property
+    def split(self) -> str:
+        return self.metric.split(".")[0]
+
+    @property
+    def level(self) -> str:
+        return self.metric.split(".")[1]
+
+    @property
+    def name(self) -> str:
+        return self.metric.split(".", 2)[2]
+
+    def check(self) -> None:
+        """A usable rule: known rule name, ``<split>.<level>.<metric>`` with a metric the
+        bootstrap computes, a finite margin of 0 or more; ConfigError otherwise."""
+        if self.rule not in RULES:
+            raise ConfigError(f"promotion rule {self.rule!r}: one of {', '.join(RULES)}")
+        parts = self.metric.split(".")
+        if len(parts) != 3 or parts[0] not in ("val", "test") or parts[1] not in ("image", "breast"):
+            raise ConfigError(f"promotion metric {self.metric!r}: expected <split>.<level>.<metric>, e.g. test.breast.auc")
+        if parts[2] not in COMPARABLE_METRICS:
+            raise ConfigError(
+                f"promotion metric {self.metric!r}: {parts[2]} cannot be re-measured for both models; "
+                f"use one of {', '.join(sorted(COMPARABLE_METRICS))}"
+            )
+        if not 0 <= self.margin < float("inf"):
+            raise ConfigError(f"promotion margin {self.margin}: must be a finite number, 0 or more")
+        if not -float("inf") < self.floor < float("inf"):
+            raise ConfigError(f"promotion_min {self.floor}: must be a finite number")
+
+    def record(self) -> dict[str, Any]:
+        return {"rule": self.rule, "metric": self.metric, "margin": self.margin, "floor": self.floor}
+
+
+def _fmt(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:.3f}"
+
+
+def _interval(figure: dict[str, Any]) -> str:
+    if figure.get("low") is None:
+        return f"{_fmt(figure.get('value'))} (no interval)"
+    return f"{_fmt(figure.get('value'))} [{_fmt(figure['low'])}, {_fmt(figure['high'])}]"
+
+
+def _units(frame: pd.DataFrame, level: str) -> pd.DataFrame:
+    key = "image_id" if level == "image" else "breast_id"
+    return frame.drop_duplicates(key).set_index(key)
+
+
+def decide(
+    rule: PromotionRule,
+    candidate: pd.DataFrame,
+    candidate_threshold: float | None,
+    settings: BootstrapSettings,
+    *,
+    production: pd.DataFrame | None = None,
+    production_threshold: float | None = None,
+    production_error: str | None = None,
+    production_info: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The verdict for ``candidate`` against ``production`` (both: predictions of the rule's
+    split at the rule's level, with patient_id, label, prob and image_id or breast_id), or
+    against the floor alone when nothing is in production (``production`` None and no
+    ``production_error``). ``production_error``: production exists but could not be evaluated,
+    which never promotes. ``production_info`` (URI, sha256) is recorded as it is."""
+    rule.check()
+    name, sign = rule.name, (1.0 if metric_mode(rule.metric) == "max" else -1.0)
+    verdict: dict[str, Any] = {
+        **rule.record(), **settings.record(), "production_info": dict(production_info or {}),
+        "candidate": None, "candidate_ci": None, "production": None, "production_ci": None,
+        "difference": None, "difference_ci": None, "p_not_better": None,
+    }
+    if production_info:
+        verdict["production_sha256"] = production_info.get("sha256")
+    if candidate.empty:
+        return {**verdict, "promote": False, "reason": f"the {rule.split} split has no predictions to decide on"}
+
+    if production is not None:
+        a, b = _units(candidate, rule.level), _units(production, rule.level)
+        common = a.index.intersection(b.index)
+        a, b = a.loc[common], b.loc[common]
+        compared = paired_difference(
+            a["label"], a["prob"], b["prob"], a["patient_id"], name, settings,
+            threshold_a=candidate_threshold, threshold_b=production_threshold,
+        )
+        own, other, diff = compared["a"], compared["b"], compared["difference"]
+        verdict.update(
+            n_units=compared["n_units"], n_patients=compared["n_patients"],
+            production=other["value"], production_ci={"low": other["low"], "high": other["high"]},
+            difference=diff["value"], difference_ci={"low": diff["low"], "high": diff["high"]},
+            p_not_better=compared["p_not_better"] if sign > 0 else (
+                None if compared["p_not_better"] is None else 1 - compared["p_not_better"]),
+        )
+    else:
+        own = bootstrap(candidate["label"], candidate["prob"], candidate["patient_id"], candidate_threshold,
+                        settings, which=(name,))[name]
+        verdict.update(n_units=int(len(candidate)), n_patients=int(candidate["patient_id"].nunique()))
+    verdict.update(candidate=own["value"], candidate_ci={"low": own["low"], "high": own["high"]})
+
+    value = own["value"]
+    if value is None:
+        return {**verdict, "promote": False, "reason": f"the candidate's {rule.metric} is undefined"}
+    # The floor: the candidate's lower bound (its value under the margin rule) beyond promotion_min.
+    bound = own["low"] if sign > 0 else own["high"]
+    tested = value if rule.rule == "margin" else bound
+    side = "above" if sign > 0 else "below"
+    what = "value" if rule.rule == "margin" else ("lower bound" if sign > 0 else "upper bound")
+    if tested is None:
+        return {**verdict, "promote": False,
+                "reason": f"the candidate's {rule.metric} {_interval(own)} has no interval (too few cases); not promoted"}
+    clears_floor = sign * (tested - rule.floor) > 0
+    floor_text = f"its {what} {_fmt(tested)} is {'' if clears_floor else 'not '}{side} the floor promotion_min={rule.floor:g}"
+
+    if production_error is not None:
+        return {**verdict, "promote": False,
+                "reason": f"the production model could not be re-evaluated ({production_error}); not promoted"}
+    if production is None:
+        return {**verdict, "promote": clears_floor,
+                "reason": f"no production model yet; candidate {rule.metric} {_interval(own)}: {floor_text}"}
+
+    diff = verdict["difference"]
+    if diff is None:
+        return {**verdict, "promote": False, "reason": f"the difference in {rule.metric} is undefined; not promoted"}
+    gain = sign * diff
+    low, high = verdict["difference_ci"]["low"], verdict["difference_ci"]["high"]
+    gain_ci = None if low is None else sorted((sign * low, sign * high))
+    if rule.rule == "margin":
+        beats = gain > rule.margin
+        how = f"difference {gain:+.3f} {'exceeds' if beats else 'does not exceed'} the margin {rule.margin:g}"
+    else:
+        beats = gain_ci is not None and gain_ci[0] > rule.margin
+        shown = "no interval" if gain_ci is None else f"[{gain_ci[0]:+.3f}, {gain_ci[1]:+.3f}]"
+        how = (f"difference {gain:+.3f}, {int(settings.level * 100)}% interval {shown}: lower bound "
+               f"{'exceeds' if beats else 'does not exceed'} the margin {rule.margin:g}")
+    promote = beats and clears_floor
+    reason = (f"{rule.metric}: candidate {_interval(own)} vs production {_interval({'value': verdict['production'], **verdict['production_ci']})} "
+              f"on the same {verdict['n_patients']} patients; {how}" + ("" if clears_floor else f"; {floor_text}"))
+    return {**verdict, "promote": promote, "reason": reason}

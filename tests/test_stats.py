@@ -1,0 +1,186 @@
+"""Intervals that mean what they say: simulation checks of coverage (the 95% interval holds a
+known AUC in about 95% of seeded trials), of the paired comparison (it finds a real difference
+and not a null one), and agreement of the point values with scikit-learn. numpy only, seconds."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import norm
+from sklearn.metrics import (
+    average_precision_score,
+    brier_score_loss,
+    roc_auc_score,
+    roc_curve,
+)
+
+from mammo.metrics import binary_metrics
+from mammo.stats import (
+    BootstrapSettings,
+    bootstrap,
+    calibration,
+    delong,
+    describe,
+    paired_difference,
+    point_metrics,
+    resample_counts,
+    small_sample_warnings,
+    subgroups,
+)
+
+TRIALS = 200
+
+
+def within_binomial(hits: int, trials: int, p: float = 0.95, sds: float = 3.0, bias: float = 0.02) -> bool:
+    """``hits / trials`` is within ``sds`` binomial standard deviations of ``p``, allowing a
+    small known bias of percentile intervals at these sample sizes (slightly narrow)."""
+    sd = math.sqrt(p * (1 - p) / trials)
+    return p - sds * sd - bias <= hits / trials <= min(1.0, p + sds * sd)
+
+
+def binormal(rng: np.random.Generator, d: float, pos: int, neg: int, per_patient: int = 1, icc: float = 0.0):
+    """Scores of patients with ``per_patient`` units each (label per patient); a patient effect
+    with intra-class correlation ``icc``. Score variance 1 in both classes, so the true AUC of
+    units from different patients is Phi(d / sqrt(2))."""
+    labels = np.r_[np.ones(pos), np.zeros(neg)].astype(int)
+    patient = rng.normal(0, math.sqrt(icc), pos + neg)[:, None]
+    noise = rng.normal(0, math.sqrt(1 - icc), (pos + neg, per_patient))
+    scores = (labels[:, None] * d + patient + noise).ravel()
+    return np.repeat(labels, per_patient), scores, np.repeat(np.arange(pos + neg), per_patient)
+
+
+def test_point_values_equal_scikit_learn():
+    rng = np.random.default_rng(0)
+    y = (rng.random(400) < 0.15).astype(int)
+    s = np.round(rng.normal(size=400) + y, 1)  # rounded: many ties
+    probs = 1 / (1 + np.exp(-s))
+    got = point_metrics(y, probs, threshold=0.6, specificities=(0.9,), sensitivities=(0.8,))
+    want = binary_metrics(y, probs, 0.6)
+    assert got["auc"] == pytest.approx(roc_auc_score(y, probs), abs=1e-12)
+    assert got["pr_auc"] == pytest.approx(average_precision_score(y, probs), abs=1e-12)
+    for key in ("pf1", "sensitivity", "specificity", "precision", "recall_rate", "f1", "accuracy"):
+        assert got[key] == pytest.approx(want[key], abs=1e-12), key
+    fpr, tpr, _ = roc_curve(y, probs)
+    assert got["sens@spec=0.9"] == pytest.approx(tpr[fpr <= 0.1].max())
+    assert got["spec@sens=0.8"] == pytest.approx(1 - fpr[tpr >= 0.8].min())
+
+
+def test_resamples_are_seeded_and_draw_patients():
+    counts = resample_counts(50, BootstrapSettings(resamples=30, seed=7))
+    assert counts.shape == (30, 50) and (counts.sum(axis=1) == 50).all()
+    assert (counts == resample_counts(50, BootstrapSettings(resamples=30, seed=7))).all()
+    assert (counts != resample_counts(50, BootstrapSettings(resamples=30, seed=8))).any()
+
+
+def test_undefined_figures_have_no_interval():
+    result = bootstrap([0, 0, 0, 0], [0.1, 0.2, 0.3, 0.4], ["a", "b", "c", "d"], 0.5, BootstrapSettings(100, 0))
+    assert result["auc"]["value"] is None and result["auc"]["low"] is None
+    assert result["specificity"]["value"] == 1.0
+
+
+def test_the_95_interval_covers_a_known_auc_about_95_percent_of_the_time():
+    d = 1.2
+    truth = norm.cdf(d / math.sqrt(2))
+    rng = np.random.default_rng(1)
+    boot = dl = 0
+    for trial in range(TRIALS):
+        y, s, patients = binormal(rng, d, pos=40, neg=160)
+        ci = bootstrap(y, s, patients, None, BootstrapSettings(resamples=300, seed=trial), which=("auc",))["auc"]
+        boot += ci["low"] <= truth <= ci["high"]
+        de = delong(y, s)
+        dl += de["low"] <= truth <= de["high"]
+    assert within_binomial(boot, TRIALS), boot / TRIALS
+    assert within_binomial(dl, TRIALS), dl / TRIALS
+
+
+def test_patients_not_images_are_resampled():
+    """Four correlated images per patient: resampling patients keeps 95% coverage; resampling
+    images as if independent (each image its own 'patient') does not."""
+    d = 1.2
+    truth = norm.cdf(d / math.sqrt(2))
+    rng = np.random.default_rng(2)
+    trials = TRIALS // 2
+    by_patient = by_image = clustered = 0
+    for trial in range(trials):
+        y, s, patients = binormal(rng, d, pos=25, neg=75, per_patient=4, icc=0.8)
+        settings = BootstrapSettings(resamples=250, seed=trial)
+        ci = bootstrap(y, s, patients, None, settings, which=("auc",))["auc"]
+        naive = bootstrap(y, s, np.arange(y.size), None, settings, which=("auc",))["auc"]
+        by_patient += ci["low"] <= truth <= ci["high"]
+        by_image += naive["low"] <= truth <= naive["high"]
+        de = delong(y, s, clusters=patients)
+        clustered += de["low"] <= truth <= de["high"]
+    assert within_binomial(by_patient, trials), by_patient / trials
+    assert within_binomial(clustered, trials), clustered / trials
+    assert by_image / trials < 0.8  # ~0.6: far too narrow
+
+
+def test_paired_bootstrap_finds_a_real_difference_and_not_a_null_one():
+    rng = np.random.default_rng(3)
+    trials = 100
+    found_real = found_null = 0
+    for trial in range(trials):
+        labels = np.r_[np.ones(40), np.zeros(200)].astype(int)
+        latent = rng.normal(size=labels.size)  # what both models see: paired, correlated scores
+        better = labels * 1.6 + latent + rng.normal(0, 0.6, labels.size)
+        worse = labels * 0.8 + latent + rng.normal(0, 0.6, labels.size)
+        twin = labels * 0.8 + latent + rng.normal(0, 0.6, labels.size)  # as good as `worse`
+        patients = np.arange(labels.size)
+        settings = BootstrapSettings(resamples=300, seed=trial)
+        real = paired_difference(labels, better, worse, patients, "auc", settings)
+        null = paired_difference(labels, twin, worse, patients, "auc", settings)
+        found_real += real["difference"]["low"] > 0
+        found_null += null["difference"]["low"] > 0
+        assert real["a"]["value"] > real["b"]["value"] - 0.2
+    assert found_real / trials >= 0.9
+    # One-sided 2.5% false positive rate, with binomial slack.
+    assert found_null / trials <= 0.025 + 3 * math.sqrt(0.025 * 0.975 / trials)
+
+
+def test_calibration_of_calibrated_and_miscalibrated_scores():
+    rng = np.random.default_rng(4)
+    p = rng.beta(1, 8, 5000)
+    y = (rng.random(5000) < p).astype(int)
+    good = calibration(y, p, bins=10, strategy="quantile")
+    bad = calibration(y, np.sqrt(p), bins=10, strategy="uniform")
+    assert good["brier"] == pytest.approx(brier_score_loss(y, p))
+    assert good["ece"] < 0.02 < bad["ece"]
+    assert sum(b["count"] for b in good["bins"]) == 5000 and good["bins_used"] == 10
+    counts = [b["count"] for b in good["bins"]]
+    assert max(counts) - min(counts) <= 2  # quantile bins: equal counts
+    for b in good["bins"]:
+        assert b["observed_low"] <= b["observed"] <= b["observed_high"]
+    small = calibration(y[:40], p[:40], bins=10)
+    assert small["bins_used"] == 2  # readable at small n: at least 15 per bin
+
+
+def test_describe_and_subgroups():
+    rng = np.random.default_rng(5)
+    n = 600
+    frame = pd.DataFrame({
+        "patient_id": rng.integers(0, 200, n).astype(str), "label": (rng.random(n) < 0.2).astype(int),
+        "site_id": rng.integers(1, 3, n), "view": rng.choice(["CC", "MLO"], n), "age": rng.normal(60, 10, n),
+    })
+    frame["prob"] = 1 / (1 + np.exp(-(rng.normal(size=n) + 1.5 * frame["label"] - 1.5)))
+    settings = BootstrapSettings(200, 0)
+    result = describe(frame, 0.4, settings, specificities=(0.9,), sensitivities=(0.8,))
+    assert set(result) == {"ci", "operating_points", "delong", "calibration"}
+    assert result["ci"]["auc"]["low"] < result["ci"]["auc"]["value"] < result["ci"]["auc"]["high"]
+    assert [p["name"] for p in result["operating_points"]] == ["sens@spec=0.9", "spec@sens=0.8"]
+    assert result["delong"]["low"] < result["ci"]["auc"]["value"] < result["delong"]["high"]
+    rows = subgroups(frame, 0.4, settings, level="image")
+    assert {r["column"] for r in rows} == {"site_id", "view", "age_band"}
+    for column in ("site_id", "view", "age_band"):
+        assert sum(r["n"] for r in rows if r["column"] == column) == n
+    assert all("view" != r["column"] for r in subgroups(frame, 0.4, settings, level="breast"))
+    assert {r["value"] for r in rows if r["column"] == "age_band"} <= {"<50", "50-59", "60-69", "70+", "missing"}
+
+
+def test_small_sample_warning():
+    assert small_sample_warnings({"val": 25, "test": 2}) == [
+        "the test split has only 2 cancer breast(s) (fewer than 20): its figures are uncertain; read the "
+        "intervals, not the point values"
+    ]
