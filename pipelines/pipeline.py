@@ -1,5 +1,6 @@
 """The ``mammo-training`` pipeline: split builder -> baseline trainer -> unfreeze trainer ->
-evaluator -> promoter (only when the evaluator says the best candidate beats production); with
+evaluator -> promoter (after every evaluation: it records the decision, and switches production
+only when the best candidate beats it); with
 ``dataset_format: dicom`` the preprocessor converts the DICOMs first (``_dataset``).
 
 ``build_pipeline(profile)`` returns the pipeline for one compile profile: its typed parameters
@@ -235,17 +236,20 @@ def _wire(profile: Profile, args: dict[str, Any]) -> Any:
             size_limit=profile.shm_size,
         )
 
-    with dsl.If(evaluation.outputs["Output"] == True, name="beats-production"):  # noqa: E712 (KFP condition)
-        promotion = steps.promoter(
-            candidate=evaluation.outputs["best"],
-            store_uri=args["store_uri"],
-            model_name=args["model_name"],
-            promotion_metric=args["promotion_metric"],
-            promotion_margin=args["promotion_margin"],
-            dataset_fingerprint=split_task.outputs["dataset_fingerprint"],
-        )
-        promotion.set_display_name("promoter").set_container_image(profile.eval_image)
-        _runtime(promotion, profile, profile.light).set_caching_options(False)
+    # No dsl.If: the promoter runs after every evaluation, so that every decision - also "not
+    # promoted" - is recorded (models/<name>/promotions/); it takes the evaluator's verdict
+    # from the candidate's metadata and switches production only when that verdict still
+    # holds against production under the promotion lock.
+    promotion = steps.promoter(
+        candidate=evaluation.outputs["best"],
+        store_uri=args["store_uri"],
+        model_name=args["model_name"],
+        promotion_metric=args["promotion_metric"],
+        promotion_margin=args["promotion_margin"],
+        dataset_fingerprint=split_task.outputs["dataset_fingerprint"],
+    )
+    promotion.set_display_name("promoter").set_container_image(profile.eval_image)
+    _runtime(promotion, profile, profile.light).set_caching_options(False)
     return evaluation.outputs["best"]
 
 

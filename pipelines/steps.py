@@ -229,8 +229,8 @@ def evaluator(
     report: Output[HTML],
 ) -> bool:
     """Evaluates both trainers' best checkpoints on val and test, publishes the report, and
-    returns whether the best candidate should replace the production model (the pipeline's
-    dsl.If gate). Never cached: the answer depends on the current production model."""
+    returns whether the best candidate should replace the production model (its verdict, also
+    in the ``best`` Model's metadata, which the promoter step acts on). Never cached: the answer depends on the current production model."""
     args = dict(locals())  # the step's inputs and outputs, as run_step takes them
     from mammo_components.evaluator.step import run_step
 
@@ -247,8 +247,10 @@ def promoter(
     candidate: Input[Model],
     production: Output[Model],
 ):
-    """Copies the winning checkpoint to <store>/models/<name>/production/ and switches the
-    production manifest in one write (see the promoter's README). Never cached."""
+    """Records the promotion decision for the evaluator's best candidate and, when it beats
+    production, copies it (verified) to <store>/models/<name>/production/ and switches the
+    production manifest under the promotion lock (see the promoter's README). Runs after every
+    evaluation; never cached."""
     args = dict(locals())  # the step's inputs and outputs, as run_step takes them
     from mammo_components.promoter.step import run_step
 

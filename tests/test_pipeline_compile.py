@@ -99,12 +99,6 @@ def _artifact_producers(spec: dict[str, Any], task: str, artifact: str) -> set[t
     return outputs(producer, key)
 
 
-def _gate(spec: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """The promotion gate (the dsl.If named beats-production): its task name and task."""
-    [(name, gate)] = [(n, t) for n, t in _all_tasks(spec).items() if t["taskInfo"]["name"] == "beats-production"]
-    return name, gate
-
-
 def _executor(spec: dict[str, Any], task: str) -> dict[str, Any]:
     component = _all_tasks(spec)[task]["componentRef"]["name"]
     return spec["deploymentSpec"]["executors"][spec["components"][component]["executorLabel"]]["container"]
@@ -115,30 +109,26 @@ def _steps(profile: str) -> tuple[str, ...]:
     return ("split-builder", *TRAINERS, *(LAUNCHERS if profile == "gpu" else ()), "evaluator", "promoter")
 
 
-def test_five_steps_in_order_with_the_promoter_behind_the_gate(compiled) -> None:
+def test_five_steps_in_order_and_the_promoter_after_every_evaluation(compiled) -> None:
     profile, spec, _, _ = compiled
     tasks = spec["root"]["dag"]["tasks"]
-    gate_name, gate = _gate(spec)
     # gpu: the trainers sit in the trainer_nodes choice (test_trainer_nodes_... below).
     training = {"condition-branches-1"} if profile == "gpu" else set(TRAINERS)
-    assert set(tasks) == {"split-builder", *training, "evaluator", gate_name}
+    assert set(tasks) == {"split-builder", *training, "evaluator", "promoter"}
     depends = {name: set(task.get("dependentTasks", [])) for name, task in _all_tasks(spec).items()}
     assert depends["split-builder"] == set()
     assert _parameter_source(spec, "baseline-trainer", "split_uri") == ("task", "split-builder", "split_uri")
     assert depends["unfreeze-trainer"] >= {"baseline-trainer"}
     assert training <= depends["evaluator"]
-    assert "evaluator" in depends[gate_name]
     # Both trainers' best checkpoints are the evaluator's candidates.
     assert _artifact_producers(spec, "evaluator", "baseline") >= {("baseline-trainer", "model")}
     assert _artifact_producers(spec, "evaluator", "unfreeze") >= {("unfreeze-trainer", "model")}
     assert _artifact_producers(spec, "unfreeze-trainer", "init") == {("baseline-trainer", "model")}
-    # dsl.If: the promoter runs only when the evaluator's verdict is true.
-    assert gate["triggerPolicy"]["condition"].replace("\n", " ").split() == [
-        "inputs.parameter_values['pipelinechannel--evaluator-Output']", "==", "true"
-    ]
-    inner = spec["components"][gate["componentRef"]["name"]]["dag"]["tasks"]
-    assert list(inner) == ["promoter"]
-    assert inner["promoter"]["inputs"]["artifacts"]["candidate"]["componentInputArtifact"] == "pipelinechannel--evaluator-best"
+    # No gate: the promoter runs after every evaluation (it records every decision, and acts on
+    # the evaluator's verdict carried by the candidate's metadata).
+    promoter = tasks["promoter"]
+    assert "evaluator" in depends["promoter"] and "triggerPolicy" not in promoter
+    assert promoter["inputs"]["artifacts"]["candidate"]["taskOutputArtifact"] == {"outputArtifactKey": "best", "producerTask": "evaluator"}
 
 
 def test_gpu_requests_only_in_the_gpu_profile(compiled) -> None:

@@ -91,14 +91,17 @@ def test_local_run_promotes_the_first_model_and_not_an_equal_one(
     assert set(baseline) >= {"uri", "sha256", "metrics"}
 
     # Same data, same settings: the same run id, nothing retrained, and the equal model is not
-    # promoted again (the promoter step does not run).
+    # promoted again (the promoter step runs and records that decision).
     second = run_local(str(workdir), str(tiny_dataset), "demo", tiny_config, [])
     out = capsys.readouterr().out
     assert second["run_id"] == first["run_id"] and not second["promoted"]
     assert second["reason"] == "this model is already in production"
     assert "baseline: finished earlier at epoch 1" in out and "unfreeze: finished earlier at epoch 1" in out
-    assert "[5/5] promoter" not in out and "not promoted" in out
+    assert "[5/5] promoter" in out and "not promoted" in out
     assert storage.read_manifest(first["production_uri"]) == production
+    records = [storage.get_json(u) for u in storage.list_objects(storage.join(str(workdir), "models", "mammo", "promotions"))]
+    assert [r["promoted"] for r in records] == [True, False]
+    assert records[-1]["reason"] == "this model is already in production"
 
 
 def _grow(data: Path, patients: int, seed: int) -> set[str]:

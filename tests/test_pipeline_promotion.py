@@ -1,24 +1,44 @@
-"""The promoter component: the promotion rule (metric, margin, first model, same model) and the
-atomic switch of models/<name>/production/ (new object, then the manifest, then cleanup), on the
-local store and through the S3 server."""
+"""The promoter component: the promotion rule (metric, margin, first model, same model), the
+verified copy and compare-and-swap of models/<name>/production/, garbage collection that keeps
+what is referenced, and the record of every decision - on the local store and through the S3
+server. Many promoters at once: test_promotion_concurrency.py."""
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
 from mammo import storage
-from mammo.errors import ConfigError, IntegrityError
-from mammo_components.promoter.entrypoint import decide, run
+from mammo.errors import ConfigError, IntegrityError, StorageError
+from mammo.storage.uri import parse_s3
+from mammo_components.promoter.entrypoint import check_rule, decide, lock_uri, run
+from mammo_components.promoter.metric_names import promotable_metrics
+from mammo_components.promoter.records import read_records, record_decision
 from servers import FaultProxy, S3Env
 
 RULE = {"model_name": "mammo", "metric": "test.breast.auc", "margin": 0.01}
+REPO = Path(__file__).resolve().parents[1]
 
 
-def _metrics(auc: float | None, loss: float = 0.5) -> dict:
-    return {"val": {"breast": {"auc": auc}}, "test": {"breast": {"auc": auc, "loss": loss}, "image": {"auc": auc}}}
+@pytest.fixture(params=["local", "s3"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "local":
+        return str(tmp_path / "store")
+    return request.getfixturevalue("s3_env").uri
+
+
+def _metrics(auc: float | None, spec: float = 0.5) -> dict:
+    level = {"auc": auc, "specificity": spec}
+    return {"val": {"breast": dict(level)}, "test": {"breast": dict(level), "image": dict(level)}}
 
 
 def _candidate(store: str, run_id: str, payload: bytes) -> storage.ObjectInfo:
@@ -36,8 +56,29 @@ def _production(store: str) -> storage.Manifest:
     return storage.read_manifest(storage.production_model_uri(store, "mammo"))
 
 
-def test_first_model_is_promoted_then_only_a_clearly_better_one(tmp_path: Path) -> None:
-    store = str(tmp_path / "store")
+def _tickets(store: str) -> list[str]:
+    """What the promotion lock holds: tickets of holders and waiters, and choosers."""
+    lock = lock_uri(store, "mammo")
+    return storage.list_objects(storage.join(lock, "tickets")) + storage.list_objects(storage.join(lock, "choosing"))
+
+
+def _prefix(store: str) -> str:
+    return storage.production_model_uri(store, "mammo")
+
+
+def _tamper(uri: str, data: bytes, request: pytest.FixtureRequest) -> None:
+    """Replace an object's bytes behind the store's back, keeping its recorded sha256 (bit rot,
+    a bad disk, an overwrite by another tool)."""
+    if storage.is_remote(uri):
+        loc = parse_s3(uri)
+        client = request.getfixturevalue("s3_env").server.client()
+        sha = client.stat_object(loc.bucket, loc.key).metadata["x-amz-meta-sha256"]
+        client.put_object(loc.bucket, loc.key, io.BytesIO(data), len(data), metadata={"sha256": sha})
+    else:
+        storage.local_path(uri).write_bytes(data)  # in place: the same inode
+
+
+def test_first_model_is_promoted_then_only_a_clearly_better_one(store: str, tmp_path: Path) -> None:
     first = _candidate(store, "r1", b"model one")
     result = _promote(store, first, 0.70, provenance={"run_id": "r1"})
     assert result["promoted"] and result["reason"] == "no production model yet"
@@ -56,46 +97,53 @@ def test_first_model_is_promoted_then_only_a_clearly_better_one(tmp_path: Path) 
     assert result["promoted"] and "beats production 0.7000" in result["reason"]
     manifest = _production(store)
     assert manifest.metadata["previous"]["sha256"] == first.sha256
+    assert manifest.metadata["fence"] > 0
     key = f"model-{better.sha256[:12]}.pt"
     assert list(manifest.objects) == [key]
-    # The old model's object is gone; what the manifest lists verifies.
-    prefix = storage.production_model_uri(store, "mammo")
-    assert storage.list_objects(prefix) == sorted([storage.join(prefix, key), storage.join(prefix, "manifest.json")])
-    fetched = storage.fetch_from_manifest(prefix, tmp_path / "fetched")
+    # The previous model stays (history: the last promotions) but is no longer listed.
+    assert [h["sha256"] for h in manifest.metadata["history"]] == [first.sha256]
+    fetched = storage.fetch_from_manifest(_prefix(store), tmp_path / "fetched")
     assert fetched[key].read_bytes() == b"model three"
-    # Every decision of run() is on record.
-    records = storage.list_objects(storage.join(store, "models", "mammo", "promotions"))
-    assert [storage.get_json(r)["promoted"] for r in records].count(True) == 2 and len(records) == 3
+    # Every decision of run() is on record, oldest first.
+    records = read_records(store, "mammo")
+    assert [r["promoted"] for r in records] == [True, False, True]
+    assert records[1]["candidate"] == 0.705 and records[1]["production"] == 0.7
 
 
-def test_same_model_undefined_metric_and_losses(tmp_path: Path) -> None:
-    store = str(tmp_path / "store")
-    model = _candidate(store, "r1", b"model")
-    _promote(store, model, 0.7)
-    same = decide(candidate_metrics=_metrics(0.99), candidate_sha256=model.sha256, store_uri=store, **RULE)
-    assert not same["promote"] and same["reason"] == "this model is already in production"
-    undefined = decide(candidate_metrics=_metrics(None), store_uri=store, **RULE)
-    assert not undefined["promote"] and "undefined" in undefined["reason"]
-    # Losses are minimised: lower by more than the margin wins.
-    lower = decide(candidate_metrics=_metrics(0.7, loss=0.3), store_uri=store, **{**RULE, "metric": "test.breast.loss"})
-    higher = decide(candidate_metrics=_metrics(0.7, loss=0.6), store_uri=store, **{**RULE, "metric": "test.breast.loss"})
-    assert lower["promote"] and not higher["promote"]
-    # Margin 0: an equal value is still not an improvement.
-    equal = decide(candidate_metrics=_metrics(0.7), store_uri=store, **{**RULE, "margin": 0.0})
-    assert not equal["promote"]
+def test_only_the_last_promoted_models_are_kept_and_litter_is_collected(store: str) -> None:
+    infos = [_candidate(store, f"r{i}", f"model {i}".encode()) for i in range(5)]
+    litter = storage.join(_prefix(store), "model-000000000000.pt")
+    storage.put_bytes(b"left by a promoter killed before its switch", litter)
+    for i, info in enumerate(infos):
+        assert _promote(store, info, 0.5 + i / 10)["promoted"]
+    manifest = _production(store)
+    kept = {storage.join(_prefix(store), f"model-{i.sha256[:12]}.pt") for i in infos[-3:]}
+    assert set(storage.list_objects(_prefix(store))) == kept | {storage.join(_prefix(store), "manifest.json")}
+    assert [h["sha256"] for h in manifest.metadata["history"]] == [infos[3].sha256, infos[2].sha256]
+    # The lock left nothing behind.
+    assert _tickets(store) == []
 
 
-@pytest.mark.parametrize(
-    ("rule", "message"),
-    [({"metric": "breast.auc"}, "expected <split>.<level>.<metric>"), ({"margin": -0.1}, "must be 0 or more")],
-)
-def test_bad_rule_is_a_config_error(tmp_path: Path, rule: dict, message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
-        decide(candidate_metrics=_metrics(0.7), store_uri=str(tmp_path), **{**RULE, **rule})
+def test_a_candidate_damaged_after_evaluation_is_never_promoted(store: str, request: pytest.FixtureRequest) -> None:
+    """The issue's repro: the checkpoint changes in the store between evaluation and promotion
+    while its recorded sha256 stays. The bytes stored at the destination are hashed before the
+    pointer moves: one-line error, production untouched and readable, the refusal on record."""
+    good = _candidate(store, "r1", b"good model")
+    _promote(store, good, 0.7)
+    evaluated = _candidate(store, "r2", b"better model")
+    _tamper(evaluated.uri, b"better modeX", request)
+    with pytest.raises(IntegrityError, match=r"bytes stored at .*model-.*\.pt hash to .*not the evaluated checkpoint's"):
+        _promote(store, evaluated, 0.9)
+    manifest = _production(store)
+    assert manifest.metadata["sha256"] == good.sha256
+    key = manifest.metadata["checkpoint"]
+    assert storage.get_bytes(storage.join(_prefix(store), key), sha256=good.sha256) == b"good model"
+    assert not storage.exists(storage.join(_prefix(store), f"model-{evaluated.sha256[:12]}.pt"))
+    last = read_records(store, "mammo")[-1]
+    assert not last["promoted"] and last["reason"].startswith("refused: integrity check failed")
 
 
-def test_a_candidate_that_does_not_match_its_checksum_is_never_promoted(tmp_path: Path) -> None:
-    store = str(tmp_path / "store")
+def test_a_candidate_that_does_not_match_its_checksum_is_never_promoted(store: str) -> None:
     good = _candidate(store, "r1", b"good")
     _promote(store, good, 0.7)
     other = _candidate(store, "r2", b"other")
@@ -107,7 +155,76 @@ def test_a_candidate_that_does_not_match_its_checksum_is_never_promoted(tmp_path
     assert _production(store).metadata["sha256"] == good.sha256
 
 
-def test_switch_order_on_s3_new_object_then_manifest_then_cleanup(s3_env: S3Env, s3_proxy: FaultProxy) -> None:
+def test_same_model_undefined_metric_and_margin_zero(tmp_path: Path) -> None:
+    store = str(tmp_path / "store")
+    model = _candidate(store, "r1", b"model")
+    _promote(store, model, 0.7)
+    same = decide(candidate_metrics=_metrics(0.99), candidate_sha256=model.sha256, store_uri=store, **RULE)
+    assert not same["promote"] and same["reason"] == "this model is already in production"
+    undefined = decide(candidate_metrics=_metrics(None), store_uri=store, **RULE)
+    assert not undefined["promote"] and "undefined" in undefined["reason"]
+    # Margin 0: an equal value is still not an improvement.
+    equal = decide(candidate_metrics=_metrics(0.7), store_uri=store, **{**RULE, "margin": 0.0})
+    assert not equal["promote"]
+    better = decide(candidate_metrics=_metrics(0.7, spec=0.9), store_uri=store, **{**RULE, "metric": "test.breast.specificity"})
+    assert better["promote"]
+
+
+def test_promotable_metrics_are_what_the_evaluator_reports() -> None:
+    """Derived from mammo.metrics: the model's measures, at both levels, on both splits; not
+    the data's counts (n, prevalence) nor the loss the evaluation does not compute."""
+    from mammo.metrics import HEADLINE_KEYS
+
+    names = set(promotable_metrics())
+    measures = {"auc", "pr_auc", "pf1", "sensitivity", "specificity", "precision"}
+    assert names >= {f"{s}.{lv}.{m}" for s in ("val", "test") for lv in ("image", "breast") for m in measures}
+    assert {name.split(".")[2] for name in names} <= set(HEADLINE_KEYS) - {"n", "prevalence", "loss"}
+    assert {name.rsplit(".", 1)[0] for name in names} == {"val.image", "val.breast", "test.image", "test.breast"}
+
+
+@pytest.mark.parametrize(
+    ("metric", "margin", "message"),
+    [
+        ("breast.auc", 0.0, "the evaluator reports no such metric"),
+        ("test.breast.bogus", 0.0, "the evaluator reports no such metric"),
+        ("test.breast.loss", 0.0, "the evaluator reports no such metric"),
+        ("test.breast.n", 0.0, "the evaluator reports no such metric"),
+        ("TEST.breast.auc", 0.0, "the evaluator reports no such metric"),
+        ("test.breast.auc", -0.1, "must be a finite number, 0 or more"),
+        ("test.breast.auc", float("nan"), "must be a finite number, 0 or more"),
+        ("test.breast.auc", float("inf"), "must be a finite number, 0 or more"),
+    ],
+)
+def test_bad_rule_is_a_config_error_before_anything_happens(tmp_path: Path, metric: str, margin: float, message: str) -> None:
+    store = str(tmp_path / "store")
+    info = _candidate(store, "r1", b"model")
+    with pytest.raises(ConfigError, match=message):
+        check_rule(metric, margin)
+    with pytest.raises(ConfigError, match=message):
+        _promote(store, info, 0.7, metric=metric, margin=margin)
+    assert not storage.exists(storage.join(store, "models"))  # no record, no lock, nothing
+
+
+def test_every_decision_is_recorded_also_not_promoted_and_never_overwritten(store: str) -> None:
+    model = _candidate(store, "r1", b"model")
+    verdict = {"promote": False, "reason": "paired bootstrap: difference not significant", "candidate": 0.8, "production": None}
+    result = run(
+        candidate_uri=model.uri, candidate_sha256=model.sha256, candidate_metrics=_metrics(0.8),
+        store_uri=store, verdict=verdict, provenance={"run_id": "r1"}, **RULE,
+    )
+    assert not result["promoted"] and result["decided_by"] == "evaluator"
+    assert not storage.exists(storage.join(_prefix(store), "manifest.json"))
+    # Two decisions in the same microsecond for the same candidate: two records.
+    when = datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=timezone.utc)
+    same = {**result, "decided_at": when.isoformat()}
+    uris = {record_decision(store, "mammo", same, when=when) for _ in range(2)}
+    assert len(uris) == 2
+    records = read_records(store, "mammo")
+    assert len(records) == 3 and records[0]["reason"] == verdict["reason"]
+    assert records[0]["provenance"] == {"run_id": "r1"} and records[0]["candidate_sha256"] == model.sha256
+
+
+def test_switch_on_s3_new_object_verified_then_manifest(s3_env: S3Env, s3_proxy: FaultProxy) -> None:
     store = s3_env.uri
     first = _candidate(store, "r1", b"first model")
     _promote(store, first, 0.6)
@@ -115,15 +232,17 @@ def test_switch_order_on_s3_new_object_then_manifest_then_cleanup(s3_env: S3Env,
     s3_proxy.requests.clear()
     assert _promote(store, second, 0.9)["promoted"]
     prefix = f"/{s3_env.bucket}/models/mammo/production/"
-    writes = [r.split("?")[0] for r in s3_proxy.requests if r.startswith(("PUT", "DELETE")) and prefix in r]
-    assert writes == [
-        f"PUT {prefix}model-{second.sha256[:12]}.pt",
-        f"PUT {prefix}manifest.json",
-        f"DELETE {prefix}model-{first.sha256[:12]}.pt",
-    ]
-    manifest = _production(store)
-    assert manifest.metadata["sha256"] == second.sha256
-    assert storage.stat(storage.join(store, "models/mammo/production", f"model-{second.sha256[:12]}.pt")).sha256 == second.sha256
+    model = f"{prefix}model-{second.sha256[:12]}.pt"
+    seen = [r.split("?")[0] for r in s3_proxy.requests if prefix in r and not r.startswith("HEAD")]
+    put_model, get_model, put_manifest = seen.index(f"PUT {model}"), seen.index(f"GET {model}"), seen.index(f"PUT {prefix}manifest.json")
+    assert put_model < get_model < put_manifest  # the stored bytes are read back before the switch
+    assert not [r for r in seen if r.startswith("DELETE")]  # the previous model is kept
+    # The lock: a ticket went up before anything below production/ changed, and came down.
+    lock = f"/{s3_env.bucket}/models/mammo/lock/tickets/"
+    order = [r.split("?")[0] for r in s3_proxy.requests]
+    first_ticket = next(i for i, r in enumerate(order) if r.startswith(f"PUT {lock}"))
+    assert first_ticket < order.index(f"PUT {model}")
+    assert _tickets(store) == []
 
 
 def test_promoter_command_promotes_an_evaluator_runs_best(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -146,3 +265,70 @@ def test_promoter_command_promotes_an_evaluator_runs_best(tmp_path: Path, capsys
     assert json.loads(capsys.readouterr().out)["reason"] == "this model is already in production"
     assert main(["promoter", "--evaluation", storage.join(store, "runs", "nope"), "--store", store]) == 2
     assert "artifact not found" in capsys.readouterr().err
+    assert main([*args, "--metric", "test.breast.bogus"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the evaluator reports no such metric" in err
+
+
+# --- the lock: holders that die, holders elsewhere ---------------------------------------------
+
+
+def _holder(store: str, env: dict[str, str]) -> subprocess.Popen[str]:
+    """A real process that takes the promotion lock and keeps it until killed."""
+    code = (
+        "import sys, time\n"
+        "from mammo.storage.lease import acquire\n"
+        f"lease = acquire({lock_uri(store, 'mammo')!r}, intent={{'staged': 'model-aaaaaaaaaaaa.pt'}})\n"
+        "print('held', lease.token, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout is not None and proc.stdout.readline().startswith("held")
+    return proc
+
+
+def test_a_killed_holder_does_not_block_promotion(store: str) -> None:
+    """kill -9 while holding the lock: on the same host its death is seen at once (pid gone);
+    its staged object was kept while its ticket existed, and is collected afterwards."""
+    staged = storage.join(_prefix(store), "model-aaaaaaaaaaaa.pt")
+    storage.put_bytes(b"half-promoted", staged)
+    holder = _holder(store, dict(os.environ))
+    info = _candidate(store, "r1", b"model")
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    started = time.monotonic()
+    assert _promote(store, info, 0.7)["promoted"]
+    assert time.monotonic() - started < 10
+    assert not storage.exists(staged)
+    assert _tickets(store) == []
+
+
+def _foreign_ticket(store: str, number: int, expires_in: float, staged: str) -> str:
+    """A ticket of a promoter on another machine (its pid cannot be checked from here)."""
+    now = time.time()
+    uri = storage.join(lock_uri(store, "mammo"), "tickets", f"{number:012d}-{'f' * 32}.json")
+    storage.put_bytes(json.dumps({
+        "id": "f" * 32, "number": number, "host": "other-node/1", "pid": 4242, "created_at": now - 5,
+        "expires_at": now + expires_in, "intent": {"staged": staged},
+    }).encode(), uri)
+    return uri
+
+
+def test_a_live_holder_elsewhere_is_waited_for_then_named(store: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAMMO_LOCK_WAIT_SECONDS", "1")
+    _foreign_ticket(store, 7, expires_in=60, staged="model-bbbbbbbbbbbb.pt")
+    info = _candidate(store, "r1", b"model")
+    with pytest.raises(StorageError, match=r"held by pid 4242 on other-node since .*gave up after 1 s"):
+        _promote(store, info, 0.7)
+    assert not storage.exists(storage.join(_prefix(store), "manifest.json"))
+
+
+def test_an_expired_holder_elsewhere_is_passed_and_its_intent_kept_for_a_while(store: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAMMO_LOCK_CLOCK_SKEW_SECONDS", "0")
+    staged = storage.join(_prefix(store), "model-cccccccccccc.pt")
+    storage.put_bytes(b"staged by a pod that died", staged)
+    ticket = _foreign_ticket(store, 7, expires_in=-1, staged="model-cccccccccccc.pt")
+    result = _promote(store, _candidate(store, "r1", b"model"), 0.7)
+    assert result["promoted"] and _production(store).metadata["fence"] == 8  # beyond the ticket seen
+    # Expired but within a further ttl: its staged object is kept, the ticket too.
+    assert storage.exists(staged) and storage.exists(ticket)

@@ -1,62 +1,62 @@
 """Promote the best candidate to ``<store>/models/<name>/production/``.
 
 ``decide`` compares the candidate with the current production model on one metric (recorded in
-the production manifest); ``run`` decides again (production may have changed since) and, when
-the candidate wins, switches production atomically:
+the production manifest); ``run`` takes the model's promotion lock, decides again against the
+production model of that moment (another run may have promoted in the meantime) and, when the
+candidate wins, moves the production pointer (``switch``): a copy verified by hashing the
+stored bytes, a compare-and-swap of ``production/manifest.json``, garbage collection that
+keeps what anything still references. Concurrent promoters are serialised, so whatever the
+order, production ends with the best of them.
 
-1. the checkpoint is copied to ``production/model-<sha256[:12]>.pt`` - a new name, so the
-   object the current manifest points at is never overwritten;
-2. ``production/manifest.json`` is replaced in one write (S3 PUT / ``os.replace``): it lists the
-   new checkpoint with its sha256 and carries the promotion record (metrics, source, previous
-   model). This single write is the switch: readers that go through the manifest see the old
-   model or the new one, never a mix;
-3. objects the new manifest does not list (the previous checkpoint) are deleted.
-
-Every call of ``run`` also appends its result to ``models/<name>/promotions/`` (one JSON file
-per decision), the audit trail of what was promoted when, from which run, and why.
+Every call of ``run`` records its decision - promoted, not promoted, or refused - in
+``models/<name>/promotions/`` (``records``), the audit trail of what was promoted when, from
+which run, and why.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from datetime import datetime, timezone
 from typing import Any
 
 from mammo.config import lookup_metric, metric_mode
-from mammo.errors import ArtifactNotFoundError, ConfigError, IntegrityError
-from mammo.storage import (
-    MANIFEST_NAME,
-    Manifest,
-    ManifestEntry,
-    copy,
-    delete,
-    join,
-    list_objects,
-    production_model_uri,
-    put_bytes,
-    put_json,
-    read_manifest,
-    stat,
-)
+from mammo.errors import ArtifactNotFoundError, ConfigError, MammoError
+from mammo.storage import Manifest, join, production_model_uri, read_manifest
 from mammo.storage.layout import check_name
+from mammo.storage.lease import hold
+from mammo_components.promoter.metric_names import promotable_metrics
+from mammo_components.promoter.records import record_decision
+from mammo_components.promoter.switch import (
+    KEEP_PROMOTED,
+    collect_garbage,
+    current_manifest,
+    expected_sha256,
+    fence_of,
+    model_key,
+    stage,
+    swap,
+)
 
 log = logging.getLogger(__name__)
 
-_METRIC = re.compile(r"^(val|test)\.(image|breast)\.[a-z][a-z0-9_]*$")
-
 
 def check_rule(metric: str, margin: float) -> None:
-    """The promotion rule is usable: ``metric`` is ``<split>.<level>.<metric>`` (e.g.
-    ``test.breast.auc``) and ``margin`` is not negative; ConfigError otherwise. The pipeline's
-    first step calls this too, so a typo fails before hours of training, not after."""
-    if not _METRIC.match(metric):
+    """The promotion rule is usable: ``metric`` is one the evaluator reports for every
+    candidate (``<split>.<level>.<metric>``, e.g. ``test.breast.auc``; the list comes from
+    ``mammo.metrics``, see ``metric_names``) and ``margin`` is a finite number, not negative;
+    ConfigError otherwise. The pipeline's first step calls this too, so a typo fails before
+    hours of training, not after - and a name that is well-formed but measures nothing
+    (``test.breast.bogus``) cannot make every later promotion "undefined"."""
+    known = promotable_metrics()
+    if metric not in known:
+        levels = sorted({name.split(".", 2)[2] for name in known})
         raise ConfigError(
-            f"promotion metric {metric!r}: expected <split>.<level>.<metric> with split val|test "
-            "and level image|breast, e.g. test.breast.auc"
+            f"promotion metric {metric!r}: the evaluator reports no such metric; use "
+            f"<split>.<level>.<metric> with split val|test, level image|breast and metric "
+            f"{'|'.join(levels)}, e.g. test.breast.auc"
         )
-    if not margin >= 0:
-        raise ConfigError(f"promotion margin {margin}: must be 0 or more")
+    if not isinstance(margin, (int, float)) or not 0 <= margin < float("inf"):
+        raise ConfigError(f"promotion margin {margin}: must be a finite number, 0 or more")
 
 
 def production_manifest(store_uri: str, model_name: str) -> Manifest | None:
@@ -105,31 +105,14 @@ def decide(
     return {**decision, "promote": gain > margin, "reason": reason}
 
 
-def _switch(prefix: str, candidate_uri: str, sha256: str | None, metadata: dict[str, Any]) -> tuple[str, str]:
-    """Copy the checkpoint under a content-derived name, then replace the manifest, then drop
-    what the manifest no longer lists. Returns the new checkpoint's URI and sha256."""
-    source = stat(candidate_uri)
-    digest = sha256 or source.sha256
-    if digest is None:
-        raise IntegrityError(f"{candidate_uri}: no recorded sha256; cannot promote an unverified checkpoint")
-    if source.sha256 is not None and source.sha256 != digest:
-        raise IntegrityError(f"{candidate_uri}: sha256 {source.sha256} does not match the expected {digest}")
-    key = f"model-{digest[:12]}.pt"
-    target = join(prefix, key)
-    copied = copy(candidate_uri, target)
-    if copied.sha256 is not None and copied.sha256 != digest:
-        raise IntegrityError(f"{target}: sha256 {copied.sha256} does not match the candidate's {digest}")
-    manifest = Manifest(
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        objects={key: ManifestEntry(size=copied.size, sha256=digest)},
-        metadata={**metadata, "checkpoint": key, "sha256": digest},
-    )
-    put_bytes(manifest.model_dump_json(indent=2).encode(), join(prefix, MANIFEST_NAME))
-    manifest_uri = join(prefix, MANIFEST_NAME)
-    for uri in list_objects(prefix):
-        if uri not in (target, manifest_uri):
-            delete(uri)
-    return target, digest
+def lock_uri(store_uri: str, model_name: str) -> str:
+    """The promotion lock of one model name (``mammo.storage.lease``)."""
+    return join(store_uri, "models", check_name("model name", model_name), "lock")
+
+
+def _value(verdict: dict[str, Any], key: str) -> Any:
+    value = verdict.get(key)
+    return value if isinstance(value, (int, float)) or value is None else None
 
 
 def run(
@@ -142,44 +125,73 @@ def run(
     margin: float,
     candidate_sha256: str | None = None,
     provenance: dict[str, Any] | None = None,
+    verdict: dict[str, Any] | None = None,
+    keep: int = KEEP_PROMOTED,
 ) -> dict[str, Any]:
     """Promote ``candidate_uri`` if it (still) beats production; returns the decision, and the
     new production checkpoint when promoted. ``provenance`` (run id, dataset fingerprint,
-    report URI, ...) is recorded in the production manifest."""
+    report URI, ...) is recorded in the production manifest and the decision record.
+
+    ``verdict``: a decision already made upstream (the evaluator step's, e.g. a statistical
+    test this step cannot repeat). A "no" is recorded as it is; a "yes" still has to hold
+    against production under the lock. Whatever happens, the decision is recorded; a refused
+    promotion (checksum mismatch, lost lock) is recorded, then raised."""
     check_name("model name", model_name)
-    decision = decide(
-        candidate_metrics=candidate_metrics, store_uri=store_uri, model_name=model_name,
-        metric=metric, margin=margin, candidate_sha256=candidate_sha256,
-    )
+    check_rule(metric, margin)
     prefix = production_model_uri(store_uri, model_name)
-    now = datetime.now(timezone.utc)
-    result: dict[str, Any] = {
-        "promoted": False,
-        "production_uri": prefix,
-        "candidate_uri": candidate_uri,
-        "decided_at": now.isoformat(timespec="seconds"),
-        **decision,
+    base: dict[str, Any] = {
+        "promoted": False, "production_uri": prefix, "candidate_uri": candidate_uri,
+        "candidate_sha256": candidate_sha256, "metric": metric, "margin": margin,
+        "provenance": provenance or {},
     }
-    if decision["promote"]:
-        previous = production_manifest(store_uri, model_name)
-        metadata = {
-            "model_name": model_name,
-            "source_uri": candidate_uri,
-            "metric": metric,
-            "value": decision["candidate"],
-            "metrics": candidate_metrics,
-            "promoted_at": result["decided_at"],
-            "reason": decision["reason"],
-            "previous": None if previous is None else {
-                key: previous.metadata.get(key) for key in ("sha256", "source_uri", "value", "promoted_at")
-            },
-            **(provenance or {}),
+    if verdict is not None and not verdict.get("promote"):
+        result = {
+            **base, "promote": False, "decided_by": "evaluator",
+            "candidate": _value(verdict, "candidate"), "production": _value(verdict, "production"),
+            "reason": str(verdict.get("reason") or "the evaluator decided against promotion"),
+            "decided_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-        model_uri, digest = _switch(prefix, candidate_uri, candidate_sha256, metadata)
-        result.update(promoted=True, model_uri=model_uri, sha256=digest)
-        log.info("promoted %s to %s: %s", candidate_uri, model_uri, decision["reason"])
-    else:
-        log.info("not promoted: %s", decision["reason"])
-    record = f"{now.strftime('%Y%m%dT%H%M%SZ')}-{(candidate_sha256 or 'unknown')[:12]}.json"
-    put_json(result, join(store_uri, "models", model_name, "promotions", record))
+        record_decision(store_uri, model_name, result)
+        log.info("not promoted: %s", result["reason"])
+        return result
+
+    floor = fence_of(current_manifest(prefix))
+    with hold(lock_uri(store_uri, model_name), floor=floor, intent={"candidate_uri": candidate_uri}) as lease:
+        expected = current_manifest(prefix)
+        decision = decide(
+            candidate_metrics=candidate_metrics, store_uri=store_uri, model_name=model_name,
+            metric=metric, margin=margin, candidate_sha256=candidate_sha256,
+        )
+        now = datetime.now(timezone.utc)
+        result = {**base, "decided_at": now.isoformat(timespec="seconds"), "decided_by": "promoter", **decision}
+        if verdict is not None:
+            result["verdict"] = {k: verdict.get(k) for k in ("promote", "reason")}
+        try:
+            if decision["promote"]:
+                digest = expected_sha256(candidate_uri, candidate_sha256)
+                lease.set_intent({"candidate_uri": candidate_uri, "staged": model_key(digest)})
+                entry = stage(candidate_uri, digest, prefix)
+                metadata = {
+                    "model_name": model_name, "source_uri": candidate_uri, "metric": metric,
+                    "value": decision["candidate"], "metrics": candidate_metrics,
+                    "promoted_at": result["decided_at"], "reason": decision["reason"],
+                    "previous": _previous(expected), **(provenance or {}),
+                }
+                swap(prefix, lease, expected, entry, metadata, keep)
+                result.update(promoted=True, model_uri=join(prefix, model_key(digest)), sha256=digest, fence=lease.token)
+                log.info("promoted %s to %s: %s", candidate_uri, result["model_uri"], decision["reason"])
+            else:
+                log.info("not promoted: %s", decision["reason"])
+            collect_garbage(prefix, lock_uri(store_uri, model_name))
+        except MammoError as err:
+            refused = {**result, "promoted": False, "promote": False, "reason": f"refused: {err}"}
+            record_decision(store_uri, model_name, refused, when=now)
+            raise
+        record_decision(store_uri, model_name, result, when=now)
     return result
+
+
+def _previous(manifest: Manifest | None) -> dict[str, Any] | None:
+    if manifest is None:
+        return None
+    return {key: manifest.metadata.get(key) for key in ("sha256", "source_uri", "value", "promoted_at")}

@@ -20,7 +20,9 @@ def run_step(
     production: Any,
 ) -> dict[str, Any]:
     """Promote the evaluator's ``candidate`` Model (its metadata: URI, sha256, metrics, run id,
-    name, threshold, report) if it still beats production; the result fills ``production``."""
+    name, threshold, report, and the evaluator's ``decision``) if it still beats production; the
+    result fills ``production``. The pipeline runs this step after every evaluation, so that
+    every decision, also "not promoted", is on record."""
     setup_logging()
     meta = candidate.metadata
     result = run(
@@ -30,6 +32,7 @@ def run_step(
             "run_id": meta["run_id"], "candidate_name": meta["name"], "threshold": meta["threshold"],
             "report_uri": meta["report_uri"], "dataset_fingerprint": dataset_fingerprint,
         },
+        verdict=meta.get("decision"),
     )
     production.metadata.update(result)
     write_artifact_json(production, result)

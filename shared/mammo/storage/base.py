@@ -79,6 +79,12 @@ class Store(ABC):
     def delete(self, uri: str) -> None:
         """Remove one object; absent objects are fine."""
 
+    @abstractmethod
+    def digest(self, uri: str) -> ObjectInfo:
+        """Read the object's stored bytes and hash them: ``sha256`` is what is actually there,
+        whatever was recorded (a server-side copy carries the source's recorded sha256 along,
+        even when the source's bytes were damaged)."""
+
     # --- built on the primitives --------------------------------------------------------
 
     def exists(self, uri: str) -> bool:

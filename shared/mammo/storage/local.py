@@ -9,14 +9,20 @@ manifest).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TypeVar
 
 from mammo.errors import ArtifactNotFoundError
 from mammo.storage.atomic import atomic_file, link_or_copy
 from mammo.storage.base import SIDECAR_SUFFIX, ObjectInfo, Store, local_files
 from mammo.storage.integrity import copy_hashing, file_chunks, sha256_bytes, sha256_file, verify
 from mammo.storage.uri import join, local_path
+
+T = TypeVar("T")
+#: Reads of a file that keeps being replaced under the reader before giving up.
+_READ_ATTEMPTS = 5
 
 
 def _sidecar(path: Path) -> Path:
@@ -40,6 +46,36 @@ def _same_file(a: Path, b: Path) -> bool:
         return os.path.samefile(a, b)
     except FileNotFoundError:
         return False
+
+
+def _read_consistent(
+    uri: str, path: Path, expected: str | None, read: Callable[[], tuple[str, T]]
+) -> tuple[str, T]:
+    """``read()`` (returning the sha256 of what it read, and the data) verified against the
+    recorded sha256 and ``expected``.
+
+    A file that another process replaces while it is read (a manifest being switched, a lock
+    entry renewed) has its sidecar removed, the data replaced, then a new sidecar written; a
+    reader can meet the new data with the old sidecar. The sidecar is therefore read before and
+    after the data: bytes matching either version are genuine, and a mismatch while the sidecar
+    changed is read again. A mismatch with a stable sidecar is damage and raises."""
+    for attempt in range(_READ_ATTEMPTS):
+        if not path.is_file():
+            raise ArtifactNotFoundError(f"artifact not found: {uri}")
+        before = _recorded_sha256(path)
+        try:
+            digest, data = read()
+        except FileNotFoundError:
+            raise ArtifactNotFoundError(f"artifact not found: {uri}") from None
+        after = _recorded_sha256(path)
+        recorded = [r for r in (before, after) if r is not None]
+        if digest in recorded or not recorded:
+            verify(uri, digest, expected)
+            return digest, data
+        if before == after or attempt == _READ_ATTEMPTS - 1:
+            verify(uri, digest, expected, after)
+        time.sleep(0.01 * (attempt + 1))
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 class LocalStore(Store):
@@ -81,10 +117,13 @@ class LocalStore(Store):
         root = local_path(prefix_uri)
         if not root.is_dir():
             return []
-        return [
-            self._info(join(prefix_uri, rel), path, _recorded_sha256(path))
-            for rel, path in local_files(root).items()
-        ]
+        infos = []
+        for rel, path in local_files(root).items():
+            try:
+                infos.append(self._info(join(prefix_uri, rel), path, _recorded_sha256(path)))
+            except FileNotFoundError:
+                continue  # removed while listing (another process's delete): not there
+        return infos
 
     def put_file(self, local: str | Path, uri: str) -> ObjectInfo:
         src = Path(local)
@@ -101,14 +140,19 @@ class LocalStore(Store):
     def get_file(self, uri: str, local: str | Path, sha256: str | None = None) -> ObjectInfo:
         src = self._existing(uri)
         dst = Path(local)
-        recorded = _recorded_sha256(src)
         if _same_file(src, dst):
-            digest = sha256_file(src)
-            verify(uri, digest, sha256, recorded)
+            digest = _read_consistent(uri, src, sha256, lambda: (sha256_file(src), None))[0]
         else:
+            # Verified before the file appears: a refused read leaves ``local`` as it was.
             with atomic_file(dst, durable=False) as out:
-                digest, _ = copy_hashing(file_chunks(src), out)
-                verify(uri, digest, sha256, recorded)
+
+                def read() -> tuple[str, None]:
+                    out.seek(0)
+                    out.truncate()
+                    digest, _ = copy_hashing(file_chunks(src), out)
+                    return digest, None
+
+                digest = _read_consistent(uri, src, sha256, read)[0]
         return self._info(uri, src, digest)
 
     def put_bytes(self, data: bytes, uri: str) -> ObjectInfo:
@@ -118,9 +162,16 @@ class LocalStore(Store):
 
     def get_bytes(self, uri: str, sha256: str | None = None) -> bytes:
         path = self._existing(uri)
-        data = path.read_bytes()
-        verify(uri, sha256_bytes(data), sha256, _recorded_sha256(path))
-        return data
+
+        def read() -> tuple[str, bytes]:
+            data = path.read_bytes()
+            return sha256_bytes(data), data
+
+        return _read_consistent(uri, path, sha256, read)[1]
+
+    def digest(self, uri: str) -> ObjectInfo:
+        path = self._existing(uri)
+        return self._info(uri, path, sha256_file(path))
 
     def copy(self, src_uri: str, dst_uri: str) -> ObjectInfo:
         """The local form of a server-side copy: the source is verified, then hard-linked

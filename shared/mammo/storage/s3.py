@@ -53,6 +53,16 @@ def _etag(response: BaseHTTPResponse) -> str:
     return str(response.headers.get("etag", "")).strip('"')
 
 
+class _Discard(io.RawIOBase):
+    """A sink for bytes that are only hashed."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        return len(data)
+
+
 class S3Store(Store):
     def __init__(self, minio: MinioSettings, settings: StorageSettings) -> None:
         if not minio.endpoint:
@@ -201,6 +211,13 @@ class S3Store(Store):
             digest, _ = copy_hashing(response.stream(CHUNK), buffer)
             verify(uri, digest, sha256, response.headers.get(_META_HEADER))
             return buffer.getvalue()
+
+        return self._get(uri, read)
+
+    def digest(self, uri: str) -> ObjectInfo:
+        def read(response: BaseHTTPResponse) -> ObjectInfo:
+            digest, size = copy_hashing(response.stream(CHUNK), _Discard())
+            return ObjectInfo(uri, size, _etag(response), digest)
 
         return self._get(uri, read)
 

@@ -51,6 +51,21 @@ class StorageSettings(BaseSettings):
     read_timeout_seconds: float = Field(120.0, gt=0)
 
 
+class LockSettings(BaseSettings):
+    """Locks on storage (``mammo.storage.lease``): how long a holder's claim lasts without
+    renewal, how long to wait for the lock, and how far apart machines' clocks may be."""
+
+    model_config = SettingsConfigDict(env_prefix="MAMMO_LOCK_", frozen=True)
+
+    ttl_seconds: float = Field(
+        120.0, ge=1, le=86400, description="A holder's claim lasts this long unless renewed (every ttl/3)."
+    )
+    wait_seconds: float = Field(900.0, ge=0, le=86400, description="How long to wait for a held lock.")
+    clock_skew_seconds: float = Field(
+        10.0, ge=0, le=3600, description="Clock difference tolerated between machines sharing a lock."
+    )
+
+
 def load_env_settings(model: type[SettingsT]) -> SettingsT:
     """Read ``model`` from the environment; a bad value is a one-line ``ConfigError`` naming
     the variable."""
