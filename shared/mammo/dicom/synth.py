@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from PIL import Image
 
 TRANSFER_SYNTAXES = {
     "explicit": "1.2.840.10008.1.2.1",
@@ -42,10 +43,11 @@ def breast_phantom(
     cy, ry, rx = height * 0.5, height * 0.42, width * 0.62
     inside = ((rows - cy) / ry) ** 2 + (cols / rx) ** 2 <= 1.0
     # Tissue: brighter towards the chest wall, with smooth blobs (coarse noise upsampled).
-    coarse = rng.random((max(2, height // 64), max(2, width // 64))).astype(np.float32)
-    texture = np.kron(coarse, np.ones((64, 64), dtype=np.float32))[:height, :width]
-    if texture.shape != (height, width):
-        texture = np.pad(texture, ((0, height - texture.shape[0]), (0, width - texture.shape[1])), mode="edge")
+    texture = np.zeros((height, width), dtype=np.float32)
+    for cells, weight in ((6, 0.5), (20, 0.35), (60, 0.15)):  # smooth blobs at three scales
+        coarse = rng.random((cells, max(2, cells * width // max(height, 1)))).astype(np.float32)
+        layer = Image.fromarray(coarse, mode="F").resize((width, height), Image.Resampling.BICUBIC)
+        texture += weight * np.asarray(layer, dtype=np.float32)
     depth = 1.0 - np.clip(cols / rx, 0, 1) * 0.5
     tissue = (0.45 + 0.25 * texture) * depth
     image = np.where(inside, tissue, 0.03).astype(np.float32)
