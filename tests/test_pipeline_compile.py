@@ -104,19 +104,58 @@ def _executor(spec: dict[str, Any], task: str) -> dict[str, Any]:
     return spec["deploymentSpec"]["executors"][spec["components"][component]["executorLabel"]]["container"]
 
 
+#: The dataset_format choice (dsl.If/Else) and the dataset URI it hands on (dsl.OneOf of the
+#: preprocess merge's output and the PNG dataset step's).
+DATASET_CHOICE = "condition-branches-1"
+DATASET_SOURCE = ("task", DATASET_CHOICE, "pipelinechannel--condition-branches-1-oneof-1")
+PREPROCESS_STEPS = ("preprocess-plan", "preprocessor", "preprocess-merge", "png-dataset")
+
+
+def test_dicom_input_runs_the_preprocessor_first_and_hands_its_dataset_on(compiled) -> None:
+    profile, spec, executors, _ = compiled
+    tasks = _all_tasks(spec)
+    owners = _owners(spec)
+    choice = spec["components"][spec["root"]["dag"]["tasks"][DATASET_CHOICE]["componentRef"]["name"]]["dag"]
+    dicom, png = (tasks[name] for name in choice["tasks"])
+    assert dicom["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--dataset_format'] == 'dicom'"
+    assert {dicom["taskInfo"]["name"], png["taskInfo"]["name"]} == {"dicom-input", "png-input"}
+    assert set(spec["components"][dicom["componentRef"]["name"]]["dag"]["tasks"]) == {
+        "preprocess-plan", "preprocess-merge", _group_task(spec, owners["preprocessor"])}
+    # One preprocessor pod per shard index the plan returns; the merge collects them all.
+    loop = tasks[_group_task(spec, owners["preprocessor"])]
+    assert loop["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--preprocess-plan-Output"
+    assert _parameter_source(spec, "preprocessor", "shards") == ("pipeline", "preprocess_shards")
+    assert _parameter_source(spec, "preprocess-plan", "preprocess_shards") == ("pipeline", "preprocess_shards")
+    assert "preprocessor" in str(tasks["preprocess-merge"]["inputs"]["parameters"]["parts"])
+    for task in PREPROCESS_STEPS:
+        assert not tasks[task].get("cachingOptions", {}).get("enableCache"), task
+        assert _parameter_source(spec, task, "dataset_uri") == ("pipeline", "dataset_uri")
+        container = _executor(spec, task)
+        assert container["image"] == read_images_env()["EVAL_IMAGE"] and "accelerator" not in container["resources"]
+        assert f"mammo_components.preprocessor.step import run_" in container["command"][-1]
+    assert tasks["preprocessor"]["retryPolicy"]["maxRetryCount"] >= 1  # a retried shard resumes from its journal
+    # Everything downstream reads the dataset the choice hands on.
+    for task in ("split-builder", *TRAINERS, "evaluator"):
+        assert _parameter_source(spec, task, "dataset_uri") == DATASET_SOURCE
+    selectors = spec["components"][spec["root"]["dag"]["tasks"][DATASET_CHOICE]["componentRef"]["name"]]["dag"]["outputs"]
+    picked = selectors["parameters"]["pipelinechannel--condition-branches-1-oneof-1"]["valueFromOneof"]["parameterSelectors"]
+    assert [p["outputParameterKey"] for p in picked] == ["pipelinechannel--preprocess-merge-Output", "pipelinechannel--png-dataset-Output"]
+
+
 def _steps(profile: str) -> tuple[str, ...]:
     """The tasks that run a container in ``profile``."""
-    return ("split-builder", *TRAINERS, *(LAUNCHERS if profile == "gpu" else ()), "evaluator", "promoter")
+    return (*PREPROCESS_STEPS, "split-builder", *TRAINERS, *(LAUNCHERS if profile == "gpu" else ()), "evaluator", "promoter")
 
 
 def test_five_steps_in_order_and_the_promoter_after_every_evaluation(compiled) -> None:
     profile, spec, _, _ = compiled
     tasks = spec["root"]["dag"]["tasks"]
-    # gpu: the trainers sit in the trainer_nodes choice (test_trainer_nodes_... below).
-    training = {"condition-branches-1"} if profile == "gpu" else set(TRAINERS)
-    assert set(tasks) == {"split-builder", *training, "evaluator", "promoter"}
+    # gpu: the trainers sit in the trainer_nodes choice (test_trainer_nodes_... below); the
+    # dataset_format choice (DATASET_CHOICE, test_dicom_input_... below) comes first.
+    training = {"condition-branches-5"} if profile == "gpu" else set(TRAINERS)
+    assert set(tasks) == {DATASET_CHOICE, "split-builder", *training, "evaluator", "promoter"}
     depends = {name: set(task.get("dependentTasks", [])) for name, task in _all_tasks(spec).items()}
-    assert depends["split-builder"] == set()
+    assert depends["split-builder"] == {DATASET_CHOICE}
     assert _parameter_source(spec, "baseline-trainer", "split_uri") == ("task", "split-builder", "split_uri")
     assert depends["unfreeze-trainer"] >= {"baseline-trainer"}
     assert training <= depends["evaluator"]
@@ -180,8 +219,8 @@ def test_trainer_nodes_chooses_trainjob_launchers_at_run_time(compiled) -> None:
         assert _parameter_source(spec, launcher, "nodes") == ("pipeline", "trainer_nodes")
         assert _parameter_source(spec, launcher, "gpus_per_node") == ("pipeline", "trainer_gpus")
         assert _parameter_source(spec, launcher, "image") == ("constant", images["TRAIN_IMAGE"])
-        for input_name in ("dataset_uri", "store_uri"):
-            assert _parameter_source(spec, launcher, input_name) == ("pipeline", input_name)
+        assert _parameter_source(spec, launcher, "store_uri") == ("pipeline", "store_uri")
+        assert _parameter_source(spec, launcher, "dataset_uri") == DATASET_SOURCE
         assert _parameter_source(spec, launcher, "params") == ("task", "split-builder", "params")
     assert _artifact_producers(spec, "unfreeze-trainjob", "init") == {("baseline-trainjob", "model")}
     assert _artifact_producers(spec, "evaluator", "baseline") == {("baseline-trainjob", "model"), ("baseline-trainer", "model")}
