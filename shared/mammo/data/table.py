@@ -7,6 +7,9 @@ leading zeros or non-numeric ids survive a round trip unchanged.
 
 from __future__ import annotations
 
+import csv
+import re
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -45,6 +48,21 @@ def _row(index: int) -> int:
     return index + 2
 
 
+def _parse_problem(path: Path, exc: Exception) -> str:
+    """Why the CSV parser gave up, as a few words naming the row where possible."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            rows = csv.reader(handle)
+            header = next(rows, [])
+            for number, row in enumerate(rows, start=2):
+                if len(row) > len(header):
+                    return f"row {number} has {len(row)} fields, the header {len(header)}"
+    except (csv.Error, UnicodeDecodeError, OSError):
+        pass
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return re.sub(r"^Error tokenizing data\. C error: ", "", text)[:200]
+
+
 def read_table(root: str | Path) -> pd.DataFrame:
     """Load and validate the table; raise ``DataError`` naming the file and row on bad input."""
     path = table_path(root)
@@ -52,11 +70,21 @@ def read_table(root: str | Path) -> pd.DataFrame:
         raise DataError(f"{path}: dataset table not found")
     try:
         # Required columns as text: ids keep leading zeros, and errors quote the value as written.
-        table = pd.read_csv(path, dtype={c: str for c in REQUIRED_COLUMNS})
+        # index_col=False: rows longer than the header are an error, never a silent row index.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            table = pd.read_csv(
+                path, dtype={c: str for c in REQUIRED_COLUMNS}, index_col=False, encoding="utf-8-sig"
+            )
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: file is empty") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not a readable CSV ({str(exc).splitlines()[0]})") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+            "save the table as UTF-8 CSV"
+        ) from None
+    except (pd.errors.ParserError, pd.errors.ParserWarning, ValueError, OverflowError) as exc:
+        raise DataError(f"{path}: not a readable CSV ({_parse_problem(path, exc)})") from None
     validate_table(table, str(path))
     table["patient_id"] = table["patient_id"].str.strip()
     table["image_id"] = table["image_id"].str.strip()
