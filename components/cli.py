@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=spec.help, description=spec.description, epilog=params_help)
         for f in spec.flags:
             p.add_argument(
-                f.flag, dest=f.dest, metavar=f.metavar, required=True, help=f.help,
+                f.flag, dest=f.dest, metavar=f.metavar, required=f.required, help=f.help,
                 action="append" if f.repeat else "store",
             )
         p.add_argument(

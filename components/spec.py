@@ -21,13 +21,15 @@ from mammo.errors import ConfigError
 
 @dataclass(frozen=True)
 class Flag:
-    """One required command-line flag, passed to ``entrypoint.run`` as ``dest``."""
+    """One command-line flag, passed to ``entrypoint.run`` as ``dest``; required unless
+    ``required`` is False (then the argument keeps ``entrypoint.run``'s default when left out)."""
 
     flag: str
     dest: str
     metavar: str
     help: str
     repeat: bool = False
+    required: bool = True
 
 
 @dataclass(frozen=True)
@@ -93,10 +95,10 @@ def component_args(
     ``dataset_uri``, ``split_uri``, ``run_uri``, ``init_uri``), for launchers that start it
     as a new process (torchrun on this node, a TrainJob on several)."""
     spec = import_module(f"mammo_components.{folder}").SPEC
-    missing = [flag.flag for flag in spec.flags if flag.dest not in uris]
+    missing = [flag.flag for flag in spec.flags if flag.required and flag.dest not in uris]
     if missing:
         raise ConfigError(f"{folder}: no value for {', '.join(missing)}")
-    args = [f"{flag.flag}={uris[flag.dest]}" for flag in spec.flags]
+    args = [f"{flag.flag}={uris[flag.dest]}" for flag in spec.flags if flag.dest in uris]
     args.append(f"--run-id={run_id}")
     args.extend(f"--param={key}={encode_value(value)}" for key, value in sorted(params.items()))
     return args

@@ -224,6 +224,8 @@ def _wire(profile: Profile, args: dict[str, Any]) -> Any:
         model_name=args["model_name"],
         promotion_metric=args["promotion_metric"],
         promotion_margin=args["promotion_margin"],
+        promotion_rule=args["promotion_rule"],
+        promotion_min=args["promotion_min"],
         **shared,
     )
     evaluation.set_display_name("evaluator").set_container_image(profile.evaluator_image)

@@ -1,6 +1,10 @@
 """Evaluator: scores checkpoints fetched by URI on val and test, names the best candidate and
 publishes metrics, predictions, plots and the HTML report.
 
+With a production pointer it also re-evaluates the production model on the same splits and
+decides promotion (``mammo.promotion``: a paired bootstrap over patients by default); the
+verdict is in the result (``decision``), the report and ``metrics.json``.
+
 The result also carries what the pipeline shows as KFP ClassificationMetrics: the test ROC
 curve and the confusion matrix at the operating threshold, both at breast level (the unit the
 competition scores).
@@ -19,15 +23,17 @@ from sklearn.metrics import roc_curve
 
 from mammo import storage
 from mammo.config import lookup_metric
-from mammo.errors import ConfigError
+from mammo.errors import ConfigError, MammoError
 from mammo.metrics import headline
 from mammo.storage.parallel import run_parallel
-from mammo_components.inputs import fetch_checkpoint, fetch_stage_inputs, normalize_uri
+from mammo_components.inputs import fetch_checkpoint, fetch_stage_inputs, normalize_uri, optional_manifest
 from mammo_components.publishing import publish_outputs
 from mammo_components.telemetry import run_id_from_uri, telemetry_step
 
 log = logging.getLogger(__name__)
 COMPONENT = "evaluator"
+#: The trainers' history, published beside their checkpoints (the report's training curves).
+HISTORY_NAME = "history.json"
 #: KFP's ClassificationMetrics needs no more than this to draw a ROC curve.
 ROC_POINTS = 200
 
@@ -72,6 +78,38 @@ def _check_names(uris: list[str], paths: list[Path]) -> None:
             )
 
 
+def fetch_history(uri: str, checkpoint: Path) -> None:
+    """The training history published beside a checkpoint (``history.json`` in its folder's
+    manifest), copied beside the local checkpoint for the report's training curves; nothing
+    when the folder has none."""
+    folder = uri.rpartition("/")[0]
+    manifest = optional_manifest(folder)
+    if manifest is not None and HISTORY_NAME in manifest.objects:
+        storage.get_file(storage.join(folder, HISTORY_NAME), checkpoint.parent / HISTORY_NAME,
+                         sha256=manifest.objects[HISTORY_NAME].sha256)
+
+
+def fetch_production(production_uri: str, work: Path) -> tuple[Path | None, dict[str, Any]]:
+    """The production model behind a production pointer (``models/<name>/production``), fetched
+    and verified against its manifest: (local checkpoint, its record), (None, {}) when nothing
+    was promoted yet, or (None, {"error": ...}) when it cannot be had (it is then not
+    re-evaluated, and the candidate is not promoted)."""
+    try:
+        manifest = optional_manifest(production_uri)
+        if manifest is None:
+            return None, {}
+        key = manifest.metadata.get("checkpoint")
+        if not key or key not in manifest.objects:
+            raise ConfigError(f"{storage.join(production_uri, 'manifest.json')}: names no checkpoint it lists")
+        uri = storage.join(production_uri, key)
+        path, sha256 = fetch_checkpoint(uri, work)
+    except MammoError as err:
+        log.warning("production model unavailable: %s", err)
+        return None, {"uri": production_uri, "error": str(err)}
+    record = {key: manifest.metadata.get(key) for key in ("source_uri", "promoted_at", "run_id", "threshold")}
+    return path, {"uri": uri, "sha256": sha256, **record}
+
+
 def run(
     *,
     dataset_uri: str,
@@ -79,11 +117,18 @@ def run(
     checkpoint_uris: list[str],
     out_uri: str,
     params: dict[str, Any],
+    production_uri: str | None = None,
     workdir: str | None = None,
     run_id: str | None = None,
 ) -> dict[str, Any]:
-    """Evaluate ``checkpoint_uris`` and publish the evaluation at ``out_uri``; return the result."""
-    from mammo.evaluate import REPORT_NAME, run_evaluation
+    """Evaluate ``checkpoint_uris`` and publish the evaluation at ``out_uri``; return the result.
+
+    With ``production_uri`` (a production pointer, ``<store>/models/<name>/production``) the
+    production model is re-evaluated on the same splits and the promotion rule of ``params``
+    (``promotion_rule``, ``promotion_metric``, ``promotion_margin``, ``promotion_min``; see
+    ``mammo.promotion``) decides whether the best candidate beats it: ``result["decision"]``."""
+    from mammo.evaluate import REPORT_NAME, candidate_names, run_evaluation
+    from mammo.promotion import PromotionRule
 
     with telemetry_step(COMPONENT, run_id or run_id_from_uri(out_uri)):
         if not checkpoint_uris:
@@ -94,11 +139,27 @@ def run(
         fetched = dict(run_parallel(lambda uri: fetch_checkpoint(uri, inputs.work), uris, workers=4))
         paths = [fetched[uri][0] for uri in uris]
         _check_names(uris, paths)
+        for uri in uris:
+            fetch_history(uri, fetched[uri][0])
+        p = inputs.params
+        rule = PromotionRule(metric=p.promotion_metric, rule=p.promotion_rule, margin=p.promotion_margin, floor=p.promotion_min)
+        rule.check()
+        production_path, production = (None, {})
+        if production_uri:
+            production_path, production = fetch_production(normalize_uri(production_uri), inputs.work)
         out_dir = inputs.out_dir(out_uri)
         shutil.rmtree(out_dir, ignore_errors=True)
         config = inputs.config("evaluate", out_dir)
         config.checkpoints = [str(p) for p in paths]
-        evaluation = run_evaluation(config)
+        context = {
+            "run_id": run_id or run_id_from_uri(out_uri), "dataset_uri": dataset_uri, "split_uri": split_uri,
+            "candidate_uris": dict(zip(candidate_names([str(p) for p in paths]), uris, strict=True)),
+            "params": p.model_dump(mode="json", exclude_none=True), "production": production,
+        }
+        evaluation = run_evaluation(
+            config, reference=production_path, rule=rule, context=context,
+            reference_error=production.get("error"),
+        )
 
         metrics = evaluation.metrics
         uri_of = {str(path): uri for path, uri in zip(paths, uris, strict=True)}
@@ -111,6 +172,10 @@ def run(
             "threshold": metrics["threshold"],
             "rank_metric": metrics["rank_metric"],
             "metrics": {split: headline(metrics[split]) for split in ("val", "test")},
+            "bootstrap": metrics["bootstrap"],
+            "warnings": metrics["warnings"],
+            "decision": metrics["promotion"],
+            "production": production or None,
             "report_uri": storage.join(out_uri, REPORT_NAME),
             "roc": roc_points(evaluation.best_breasts("test")),
             "confusion_matrix": confusion(metrics["test"]["breast"]),
@@ -126,5 +191,5 @@ def run(
             ],
         }
         publish_outputs(out_dir, out_uri, result, {"component": COMPONENT, "best_uri": best_uri, "metrics": result["metrics"]})
-        log.info("best candidate: %s (%s)", result["best_name"], best_uri)
+        log.info("best candidate: %s (%s); %s", result["best_name"], best_uri, result["decision"]["reason"])
     return result

@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from mammo.console import setup_logging
-from mammo.storage import get_bytes, run_uri
+from mammo.storage import get_bytes, production_model_uri, run_uri
 from mammo_components.artifacts import log_numbers, write_artifact_json
 from mammo_components.evaluator.entrypoint import COMPONENT, run
-from mammo_components.promoter.entrypoint import decide
 
 
 def log_classification(classification: Any, result: Mapping[str, Any]) -> None:
@@ -23,6 +22,17 @@ def log_classification(classification: Any, result: Mapping[str, Any]) -> None:
         classification.log_roc_curve(roc["fpr"], roc["tpr"], roc["thresholds"])
     matrix = result["confusion_matrix"]
     classification.log_confusion_matrix(matrix["labels"], matrix["matrix"])
+
+
+def promotion_numbers(decision: Mapping[str, Any]) -> dict[str, Any]:
+    """The promotion figures worth a KFP metric: both models' values with intervals, the
+    difference with its interval, and the verdict as 0/1."""
+    numbers: dict[str, Any] = {"promote": 1.0 if decision.get("promote") else 0.0}
+    for key in ("candidate", "production", "difference"):
+        numbers[key] = decision.get(key)
+        interval = decision.get(f"{key}_ci") or {}
+        numbers[f"{key}_low"], numbers[f"{key}_high"] = interval.get("low"), interval.get("high")
+    return numbers
 
 
 def record_best(best: Any, result: Mapping[str, Any], decision: Mapping[str, Any], run_id: str) -> None:
@@ -47,6 +57,8 @@ def run_step(
     model_name: str,
     promotion_metric: str,
     promotion_margin: float,
+    promotion_rule: str,
+    promotion_min: float,
     baseline: Any,
     unfreeze: Any,
     best: Any,
@@ -55,20 +67,24 @@ def run_step(
     report: Any,
 ) -> bool:
     """Evaluate the ``baseline`` and ``unfreeze`` Models' checkpoints into
-    ``<store>/runs/<run_id>/evaluator``, fill ``metrics`` (val/test x image/breast),
-    ``classification``, ``report`` (the HTML report) and ``best``; return whether the best
-    candidate should replace production."""
+    ``<store>/runs/<run_id>/evaluator``, re-evaluate the production model beside them and
+    decide promotion by the promotion rule, fill ``metrics`` (val/test x image/breast with
+    their intervals, and the promotion figures), ``classification``, ``report`` (the HTML
+    report) and ``best``; return whether the best candidate should replace production."""
     setup_logging()
+    rule = {"promotion_metric": promotion_metric, "promotion_margin": promotion_margin,
+            "promotion_rule": promotion_rule, "promotion_min": promotion_min}
     result = run(
-        dataset_uri=dataset_uri, split_uri=split_uri, params=params,
+        dataset_uri=dataset_uri, split_uri=split_uri, params={**params, **rule},
         checkpoint_uris=[baseline.metadata["uri"], unfreeze.metadata["uri"]],
         out_uri=run_uri(store_uri, run_id, COMPONENT),
+        production_uri=production_model_uri(store_uri, model_name),
     )
-    decision = decide(
-        candidate_metrics=result["metrics"], candidate_sha256=result["best_sha256"],
-        store_uri=store_uri, model_name=model_name, metric=promotion_metric, margin=promotion_margin,
-    )
+    decision = dict(result["decision"])
+    if decision["promote"] and decision.get("production_sha256") == result["best_sha256"]:
+        decision.update(promote=False, reason="this model is already in production")
     log_numbers(metrics, result["metrics"])
+    log_numbers(metrics, promotion_numbers(decision), "promotion.")
     log_classification(classification, result)
     Path(report.path).write_bytes(get_bytes(result["report_uri"]))
     record_best(best, result, decision, run_id)

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 
 from mammo.config import PipelineParams
 from mammo.console import setup_logging
+from mammo.promotion import PromotionRule
 from mammo.storage import open_store
 from mammo.telemetry import Telemetry
 from mammo_components.artifacts import write_artifact_json
@@ -95,6 +96,7 @@ def run_step(*, split: Any, dataset_uri: str, store_uri: str, code_version: str,
     started = time.monotonic()
     params = step_params(dataset_uri, values)
     check_rule(params.promotion_metric, params.promotion_margin)
+    PromotionRule(params.promotion_metric, params.promotion_rule, params.promotion_margin, params.promotion_min).check()
     training = params.training_values()
     result = run(dataset_uri=dataset_uri, store_uri=store_uri, params=training)
     run_id = derive_run_id(

@@ -230,6 +230,46 @@ def _cmd_bench_dicom(args: argparse.Namespace) -> None:
     print(json.dumps(result, sort_keys=False))
 
 
+def _cmd_bench_stats(args: argparse.Namespace) -> None:
+    from mammo.stats import bench
+
+    print(json.dumps(bench(images=args.images, patients=args.patients, resamples=args.resamples), sort_keys=False))
+
+
+def _cmd_predict(args: argparse.Namespace) -> None:
+    from mammo.predict import run_predict
+
+    result = run_predict(
+        model=args.model, data=args.data, out=args.out, device=args.device, batch_size=args.batch_size,
+        workers=args.workers, table=args.table, images=args.images, threshold=args.threshold, workdir=args.workdir,
+    )
+    if args.json:
+        _print_json(result)
+        return
+    m = result["model"]
+    threshold = "none recorded: no flags" if m["threshold"] is None else f"{m['threshold']:.4f}"
+    flagged = "" if result["flagged_breasts"] is None else f", {result['flagged_breasts']} flagged"
+    print(f"model: {m['uri']} ({m['kind']}, {m['backbone']}, {m['image_size']} px, sha256 {str(m['sha256'])[:12]})")
+    print(f"threshold: {threshold}")
+    print(f"scored {result['scored_images']} of {result['images']} images, {result['breasts']} breasts of "
+          f"{result['patients']} patients{flagged}")
+    print(f"written: {result['out']} (breasts), {result['images_out']} (images)")
+
+
+def _cmd_export(args: argparse.Namespace) -> None:
+    from mammo.export import save_export, write_program
+    from mammo.predict import resolve_model
+
+    local_paths(args, "--out", "--program")
+    model = resolve_model(args.model, args.workdir, args.threshold)
+    export = {**model.export, "threshold": model.threshold}
+    export["source"] = {**export.get("source", {}), "sha256": export.get("source", {}).get("sha256") or model.sha256}
+    result = {"model": model.describe(), "export": save_export(export, args.out)}
+    if args.program:
+        result["program"] = write_program(export, args.program)
+    _print_json(result)
+
+
 def _cmd_config_show(args: argparse.Namespace) -> None:
     from mammo import config as cfg
 
@@ -431,6 +471,54 @@ def build_parser() -> argparse.ArgumentParser:
     bench_dicom.add_argument("--source-bits", type=int, default=12, choices=[12, 16],
                              help="Bits stored of the generated files (default: %(default)s).")
     bench_dicom.set_defaults(handler=_cmd_bench_dicom)
+
+    bench_stats = bench_sub.add_parser(
+        "stats",
+        help="Seconds the evaluation's bootstrap intervals take on a split of a given size (JSON).",
+        description="Synthetic scores of --images images of --patients patients (~2%% cancer breasts): "
+        "image- and breast-level intervals with operating points, a paired comparison, DeLong, "
+        "calibration and the subgroup table.",
+    )
+    bench_stats.add_argument("--images", type=int, default=8000, metavar="N", help="Images (default: %(default)s, RSNA's test size).")
+    bench_stats.add_argument("--patients", type=int, default=1800, metavar="N", help="Patients (default: %(default)s).")
+    bench_stats.add_argument("--resamples", type=int, default=2000, metavar="N", help="Bootstrap resamples (default: %(default)s).")
+    bench_stats.set_defaults(handler=_cmd_bench_stats)
+
+    predict = sub.add_parser(
+        "predict",
+        help="Score studies without labels with a model (production pointer, checkpoint or export).",
+        description="Writes one CSV per breast (probability, flag at the model's threshold) to --out and one "
+        "per image beside it (<stem>_images.csv). --model, --data and --out take local paths or s3:// URIs; "
+        "the model is verified by sha256 before it is loaded.",
+    )
+    predict.add_argument("--model", required=True, metavar="URI_OR_PATH",
+                         help="A production pointer (s3://bucket/models/NAME/production), a checkpoint or a weights export.")
+    predict.add_argument("--data", required=True, metavar="DIR_OR_URI",
+                         help="Folder with test.csv or train.csv (patient_id, image_id, laterality[, view]) and the PNGs, or the CSV.")
+    predict.add_argument("--out", required=True, metavar="FILE_OR_URI", help="Breast-level CSV; the image-level one goes beside it.")
+    predict.add_argument("--table", metavar="NAME", help="The CSV in --data to score (default: the one of test.csv and train.csv there).")
+    predict.add_argument("--images", metavar="DIR", help="Image directory (default: detected under --data).")
+    predict.add_argument("--threshold", type=float, metavar="P", help="Flag threshold (default: the one the model records).")
+    predict.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s).")
+    predict.add_argument("--batch-size", type=int, default=32, metavar="N", help="Images per batch (default: %(default)s).")
+    predict.add_argument("--workers", type=int, default=2, metavar="N", help="DataLoader workers (default: %(default)s).")
+    predict.add_argument("--workdir", metavar="DIR", help="Where remote models and data are cached (default: a temporary folder).")
+    _add_json_flag(predict)
+    predict.set_defaults(handler=_cmd_predict)
+
+    export = sub.add_parser(
+        "export",
+        help="Write a model's slim weights-only export (and optionally a torch.export program).",
+        description="The export holds the weights, input size, preprocessing and threshold, and loads with "
+        "torch.load(..., weights_only=True); --program adds a torch.export program (uint8 images in, "
+        "probabilities out), checked to give the model's outputs.",
+    )
+    export.add_argument("--model", required=True, metavar="URI_OR_PATH", help="Production pointer, checkpoint or export.")
+    export.add_argument("--out", required=True, metavar="FILE", help="The weights-only export to write.")
+    export.add_argument("--program", metavar="FILE", help="Also write a torch.export program (.pt2).")
+    export.add_argument("--threshold", type=float, metavar="P", help="Threshold to record (default: the model's).")
+    export.add_argument("--workdir", metavar="DIR", help="Where a remote model is cached (default: a temporary folder).")
+    export.set_defaults(handler=_cmd_export)
 
     for plugin in sorted(entry_points(group=COMMAND_GROUP), key=lambda ep: ep.name):
         plugin.load()(sub)

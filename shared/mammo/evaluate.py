@@ -173,6 +173,7 @@ def run_evaluation(
     reference: str | Path | None = None,
     rule: PromotionRule | None = None,
     context: dict[str, Any] | None = None,
+    reference_error: str | None = None,
 ) -> Evaluation:
     """Evaluate every checkpoint of ``config``; write metrics, predictions, plots and report
     to ``config.out`` and return them. Several processes share the predicting; the main one
@@ -180,11 +181,14 @@ def run_evaluation(
 
     ``reference``: the production checkpoint, scored on the same splits like a candidate (but
     never ranked) so that ``rule`` (``mammo.promotion``) compares the best candidate with it on
-    the same patients; with a ``rule`` and no ``reference`` the candidate faces the floor alone.
+    the same patients; with a ``rule`` and no ``reference`` the candidate faces the floor alone,
+    unless ``reference_error`` says production exists but could not be had (never promoted then).
     ``context`` (run id, dataset URI, parameters, production URI and sha256, ...) heads the
     report."""
     with runtime_for(config, runtime) as made:
-        return _run_evaluation(config, made, reference=reference, rule=rule, context=dict(context or {}))
+        return _run_evaluation(
+            config, made, reference=reference, rule=rule, context=dict(context or {}), reference_error=reference_error
+        )
 
 
 def _evaluate_checkpoint(
@@ -236,7 +240,7 @@ def read_history(path: str | Path, payload: dict[str, Any]) -> list[dict[str, An
 
 def _run_evaluation(
     config: EvalConfig, runtime: Runtime, *, reference: str | Path | None, rule: PromotionRule | None,
-    context: dict[str, Any],
+    context: dict[str, Any], reference_error: str | None = None,
 ) -> Evaluation:
     checkpoints = require(config.checkpoints, "--checkpoint")
     out = Path(require(config.out, "--out (out)"))
@@ -251,7 +255,7 @@ def _run_evaluation(
         image_frames.append(images)
         histories[name] = history
 
-    production, production_error = None, None
+    production, production_error = None, reference_error
     if reference is not None:
         try:
             production, images, _ = _evaluate_checkpoint(reference, PRODUCTION, data, config, runtime, size_given)

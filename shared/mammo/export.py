@@ -1,0 +1,212 @@
+"""The slim, weights-only export of a model for scoring (``mammo predict``, the scorer).
+
+A training checkpoint carries what resuming needs (optimiser, scheduler and scaler state, the
+history): about three times the weights. The export keeps what inference needs and nothing else,
+as plain tensors and values, loadable with ``torch.load(..., weights_only=True)``:
+
+- ``model``: the network's state_dict, ``model_config``: backbone and input channels;
+- ``image_size`` (S or (H, W)) and ``preprocessing``: decode to single-channel uint8, resize to
+  ``image_size``, then ``x * scale + shift`` (the normalisation of training, GRAY_MEAN/GRAY_STD),
+  repeated to 3 channels when ``in_channels`` is 3; the output is one logit per image,
+  sigmoid = probability of cancer;
+- ``threshold`` (the operating threshold chosen on validation) and ``breast_aggregation`` (how a
+  breast's image probabilities combine), the two things that turn probabilities into a flag;
+- ``source``: the checkpoint's sha256, stage, epoch, split fingerprint; ``versions``.
+
+``write_program`` adds an optional ``torch.export`` program of the same network with its
+preprocessing (the successor of TorchScript; checked to give the same outputs).
+``publish_export`` is what the promoter calls to put the export beside the production
+checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mammo.data.augment import GRAY_MEAN, GRAY_STD, BatchTransform
+from mammo.engine.checkpoint import FORMAT as CHECKPOINT_FORMAT
+from mammo.engine.checkpoint import library_versions, load_checkpoint, model_from_checkpoint
+from mammo.errors import CheckpointError
+from mammo.imagesize import image_hw, parse_image_size
+from mammo.storage.atomic import atomic_path
+from mammo.storage.integrity import sha256_file
+
+log = logging.getLogger(__name__)
+
+EXPORT_FORMAT = "mammo-weights/1"
+#: Largest absolute difference allowed between the checkpoint's and an export's probabilities.
+TOLERANCE = 1e-5
+
+
+def export_name(sha256: str) -> str:
+    """The export's file name beside ``model-<sha12>.pt`` in a production folder."""
+    return f"model-{sha256[:12]}.weights.pt"
+
+
+def preprocessing(in_channels: int) -> dict[str, Any]:
+    """How an image becomes the network's input (what ``BatchTransform`` does in evaluation)."""
+    return {
+        "decode": "single-channel uint8 (8-bit as is, 16-bit scaled to 0..255), resized to image_size",
+        "scale": 1.0 / (255.0 * GRAY_STD),
+        "shift": -GRAY_MEAN / GRAY_STD,
+        "mean": GRAY_MEAN,
+        "std": GRAY_STD,
+        "in_channels": in_channels,
+        "layout": "NCHW float32; y = x * scale + shift; repeated to 3 channels when in_channels is 3",
+        "output": "one logit per image; sigmoid(logit) = probability of cancer",
+    }
+
+
+def export_payload(
+    checkpoint: dict[str, Any], *, threshold: float | None, breast_aggregation: str = "mean",
+    source_sha256: str | None = None,
+) -> dict[str, Any]:
+    """The export of a loaded checkpoint (``load_checkpoint``)."""
+    in_channels = int(checkpoint["model_config"]["in_channels"])
+    return {
+        "format": EXPORT_FORMAT,
+        "model": checkpoint["model"],
+        "model_config": dict(checkpoint["model_config"]),
+        "image_size": checkpoint["image_size"],
+        "preprocessing": preprocessing(in_channels),
+        "threshold": None if threshold is None else float(threshold),
+        "breast_aggregation": breast_aggregation,
+        "source": {
+            "sha256": source_sha256, "stage": checkpoint.get("stage"), "epoch": checkpoint.get("epoch"),
+            "split_fingerprint": checkpoint.get("split_fingerprint"),
+        },
+        "versions": library_versions(),
+    }
+
+
+def write_export(
+    checkpoint_path: str | Path, out_path: str | Path, *, threshold: float | None,
+    breast_aggregation: str = "mean", source_sha256: str | None = None,
+) -> dict[str, Any]:
+    """Write the export of the checkpoint at ``checkpoint_path``; returns its path, size and
+    sha256."""
+    checkpoint = load_checkpoint(checkpoint_path)
+    payload = export_payload(
+        checkpoint, threshold=threshold, breast_aggregation=breast_aggregation,
+        source_sha256=source_sha256 or sha256_file(checkpoint_path),
+    )
+    return save_export(payload, out_path)
+
+
+def save_export(payload: dict[str, Any], out_path: str | Path) -> dict[str, Any]:
+    """Write an export payload (atomically); returns its path, size and sha256."""
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        torch.save(payload, tmp)
+    return {"path": str(out), "size": out.stat().st_size, "sha256": sha256_file(out)}
+
+
+def load_export(path: str | Path) -> dict[str, Any]:
+    """An export, loaded with ``weights_only=True``; one-line errors for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"model not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for truncated/foreign files
+        raise CheckpointError(f"{path}: not a readable model file ({str(exc).strip().splitlines()[0][:200]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != EXPORT_FORMAT:
+        raise CheckpointError(f"{path}: not a mammo weights export (expected format {EXPORT_FORMAT})")
+    return payload
+
+
+def load_model_file(path: str | Path) -> tuple[dict[str, Any], str]:
+    """A checkpoint or an export, as an export-shaped dict, and which it was (``checkpoint`` or
+    ``export``); threshold None for a checkpoint (it does not know the threshold its
+    evaluation chose)."""
+    path = Path(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+    except Exception:  # reported below with the checkpoint loader's one-line message
+        payload = None
+    if isinstance(payload, dict) and payload.get("format") == EXPORT_FORMAT:
+        return payload, "export"
+    if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
+        return export_payload(payload, threshold=None), "checkpoint"
+    load_checkpoint(path)  # raises the one-line error naming what is wrong
+    raise CheckpointError(f"{path}: neither a mammo checkpoint nor a weights export")
+
+
+def model_from_export(export: dict[str, Any], source: str = "export") -> torch.nn.Module:
+    """The network of an export (or ``load_model_file`` result), weights loaded, in eval mode."""
+    model = model_from_checkpoint({"model": export["model"], "model_config": export["model_config"]}, source=source)
+    return model.eval()
+
+
+class _Scored(torch.nn.Module):
+    """uint8 images [B, 1, H, W] -> probabilities [B]: the network with its normalisation, for
+    the exported program (no mammo code needed to use it)."""
+
+    def __init__(self, model: torch.nn.Module, in_channels: int) -> None:
+        super().__init__()
+        self.model = model
+        self.transform = BatchTransform(None, in_channels)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.model(self.transform(images)).squeeze(1).float())
+
+
+def probabilities(model: torch.nn.Module, export: dict[str, Any], images: torch.Tensor) -> torch.Tensor:
+    """Probabilities of uint8 images [B, 1, H, W] through ``model`` with the export's
+    preprocessing, on the CPU in float32 (the reference for the checks)."""
+    with torch.inference_mode():
+        return _Scored(model.eval(), int(export["model_config"]["in_channels"]))(images)
+
+
+def example_images(export: dict[str, Any], batch: int = 4, seed: int = 0) -> torch.Tensor:
+    height, width = image_hw(parse_image_size(export["image_size"]))
+    return torch.randint(0, 256, (batch, 1, height, width), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+
+
+def write_program(export: dict[str, Any], out_path: str | Path) -> dict[str, Any]:
+    """The export's network with its preprocessing as a ``torch.export`` program (``.pt2``:
+    uint8 images [B, 1, H, W] in, probabilities [B] out, any batch size), usable without mammo
+    (``torch.export.load(path).module()(images)``). ``torch.export`` succeeds TorchScript, which
+    this torch deprecates. Checked against the eager network on images it was not traced with,
+    to ``TOLERANCE``; returns its path and the largest difference seen."""
+    model = model_from_export(export)
+    scored = _Scored(model, int(export["model_config"]["in_channels"])).eval()
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    with torch.inference_mode():
+        program = torch.export.export(scored, (example_images(export),), dynamic_shapes={"images": {0: batch}})
+        other = example_images(export, batch=3, seed=1)
+        diff = float((scored(other) - program.module()(other)).abs().max())
+    if diff > TOLERANCE:
+        raise CheckpointError(f"exported program differs from the model by {diff:.2e} (> {TOLERANCE:g})")
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        torch.export.save(program, str(tmp))
+    return {"path": str(out), "size": out.stat().st_size, "max_abs_diff": diff}
+
+
+def publish_export(
+    checkpoint_uri: str, sha256: str, prefix_uri: str, *, threshold: float | None,
+    breast_aggregation: str = "mean",
+) -> tuple[str, int, str]:
+    """Write the export of the checkpoint at ``checkpoint_uri`` (verified against ``sha256``)
+    to ``<prefix_uri>/model-<sha12>.weights.pt``; returns (key, size, sha256 of the export) for
+    the production manifest. The promoter calls this before it moves the production pointer,
+    so the pointer never names an export that is not there."""
+    from mammo import storage
+
+    key = export_name(sha256)
+    with tempfile.TemporaryDirectory(prefix="mammo-export-") as tmp:
+        local = Path(tmp) / "checkpoint.pt"
+        storage.get_file(checkpoint_uri, local, sha256=sha256)
+        written = write_export(local, Path(tmp) / key, threshold=threshold,
+                               breast_aggregation=breast_aggregation, source_sha256=sha256)
+        info = storage.put_file(written["path"], storage.join(prefix_uri, key))
+    log.info("weights-only export %s: %.1f MB", storage.join(prefix_uri, key), written["size"] / 1e6)
+    return key, written["size"], info.sha256 or written["sha256"]

@@ -1,0 +1,290 @@
+"""``mammo predict``: score studies that have no labels with a trained model.
+
+The model is a production pointer (``s3://bucket/models/NAME/production`` or its local twin:
+the manifest names the checkpoint, its weights-only export and the threshold chosen when it was
+evaluated), a training checkpoint or a weights-only export (``mammo.export``), local or in
+object storage, verified by sha256 before it is loaded (the manifest's, the one recorded at
+upload, or a published folder's manifest beside a local file).
+
+The data is a table with ``patient_id``, ``image_id``, ``laterality`` (``view`` and any other
+column are kept; ``cancer`` is optional, kept as ``label`` when present) and its PNGs in any
+RSNA layout (``mammo.data.layout``): a directory holding ``test.csv`` or ``train.csv``, or the
+CSV file itself. Images are decoded, resized and normalised exactly as in evaluation and scored
+in batches on the chosen device, with a progress bar.
+
+Output: one CSV per breast (probability = mean of its images, or max as the model records,
+``flag`` = probability >= the model's threshold) at ``out``, and one per image beside it
+(``<stem>_images.csv``), locally or in object storage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mammo import storage
+from mammo.config import EvalConfig, load_config
+from mammo.data.layout import resolve_image_paths
+from mammo.data.table import validate_table
+from mammo.errors import ConfigError, DataError
+from mammo.imagesize import size_text
+from mammo.metrics import aggregate_breasts
+from mammo.storage import MANIFEST_NAME
+
+log = logging.getLogger(__name__)
+
+TABLES = ("test.csv", "train.csv")
+IMAGE_COLUMNS = ("patient_id", "image_id", "laterality", "view")
+
+
+@dataclass(frozen=True)
+class ScoringModel:
+    """A model ready to score: its export-shaped payload (``mammo.export``) and where it came from."""
+
+    export: dict[str, Any]
+    uri: str
+    sha256: str | None
+    kind: str  # production, checkpoint or export
+    threshold: float | None
+
+    @property
+    def breast_aggregation(self) -> str:
+        return str(self.export.get("breast_aggregation") or "mean")
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "uri": self.uri, "sha256": self.sha256, "kind": self.kind, "threshold": self.threshold,
+            "backbone": self.export["model_config"]["backbone"], "image_size": size_text(self.export["image_size"]),
+            "breast_aggregation": self.breast_aggregation,
+        }
+
+
+def _cache_path(work: Path, uri: str) -> Path:
+    digest = hashlib.sha256(uri.encode()).hexdigest()[:12]
+    return work / "models" / digest / uri.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _fetch(uri: str, work: Path, sha256: str | None) -> Path:
+    """A local, verified copy of ``uri`` (a local file is used in place, after verification)."""
+    if not storage.is_remote(uri):
+        path = storage.local_path(uri)
+        if not path.is_file():
+            raise ConfigError(f"--model {uri}: no such file or production folder")
+        if sha256 is not None:
+            from mammo.storage.integrity import sha256_file, verify
+
+            verify(uri, sha256_file(path), sha256)
+        return path
+    local = _cache_path(work, uri)
+    local.parent.mkdir(parents=True, exist_ok=True)
+    storage.get_file(uri, local, sha256=sha256)
+    return local
+
+
+def _manifest_sha(uri: str) -> str | None:
+    """The sha256 a published folder's manifest records for ``uri``, if it has one."""
+    folder, _, name = uri.rstrip("/").rpartition("/")
+    if not folder or not storage.exists(storage.join(folder, MANIFEST_NAME)):
+        return None
+    manifest = storage.read_manifest(folder)
+    entry = manifest.objects.get(name)
+    if entry is None:
+        raise ConfigError(f"--model {uri}: not listed in {storage.join(folder, MANIFEST_NAME)}")
+    return entry.sha256
+
+
+def resolve_model(ref: str, workdir: str | Path | None = None, threshold: float | None = None) -> ScoringModel:
+    """Load the model ``ref`` names (production pointer, checkpoint or export; local or remote),
+    verified by sha256. ``threshold`` overrides the recorded one."""
+    from mammo.export import load_model_file
+
+    work = Path(workdir or Path(tempfile.gettempdir()) / "mammo-predict")
+    ref = str(ref).rstrip("/") if storage.is_remote(str(ref)) else str(storage.local_path(str(ref)).resolve())
+    if storage.exists(storage.join(ref, MANIFEST_NAME)):
+        manifest = storage.read_manifest(ref)
+        meta = manifest.metadata
+        key = meta.get("export") if meta.get("export") in manifest.objects else meta.get("checkpoint")
+        if not key or key not in manifest.objects:
+            raise ConfigError(f"--model {ref}: its manifest names no model file (is it a production folder?)")
+        uri = storage.join(ref, key)
+        sha = manifest.objects[key].sha256
+        path = _fetch(uri, work, sha)
+        export, _ = load_model_file(path)
+        recorded = meta.get("threshold", export.get("threshold"))
+        kind = "production"
+    else:
+        sha = _manifest_sha(ref)
+        path = _fetch(ref, work, sha)
+        uri = ref
+        export, kind = load_model_file(path)
+        recorded = export.get("threshold")
+        if sha is None:
+            from mammo.storage.integrity import sha256_file
+
+            sha = sha256_file(path)
+    chosen = threshold if threshold is not None else recorded
+    if chosen is None:
+        log.warning("%s records no operating threshold: flags left empty (give --threshold)", ref)
+    return ScoringModel(export, uri, sha, kind, None if chosen is None else float(chosen))
+
+
+# --- data -----------------------------------------------------------------------------------
+
+
+def table_file(data: str | Path, table: str | None = None) -> Path:
+    """The CSV to score: ``data`` itself when it is a file, else ``table`` in it, else the one
+    of test.csv and train.csv it holds."""
+    path = Path(data)
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise DataError(f"--data {data}: no such directory or file")
+    if table is not None:
+        chosen = path / table
+        if not chosen.is_file():
+            raise DataError(f"--data {data}: no {table} in it")
+        return chosen
+    present = [path / name for name in TABLES if (path / name).is_file()]
+    if not present:
+        raise DataError(f"--data {data}: holds neither {' nor '.join(TABLES)}; give the CSV with --table")
+    if len(present) > 1:
+        raise DataError(f"--data {data}: holds both {' and '.join(TABLES)}; choose one with --table")
+    return present[0]
+
+
+def read_studies(csv: str | Path) -> pd.DataFrame:
+    """The table to score, validated like a training table except that ``cancer`` is optional."""
+    path = Path(csv)
+    try:
+        table = pd.read_csv(path, dtype={c: str for c in ("patient_id", "image_id", "laterality", "cancer")})
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: file is empty") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not a readable CSV ({str(exc).splitlines()[0]})") from None
+    labelled = "cancer" in table.columns
+    validate_table(table if labelled else table.assign(cancer="0"), str(path))
+    for column in ("patient_id", "image_id", "laterality"):
+        table[column] = table[column].str.strip()
+    if labelled:
+        table["cancer"] = pd.to_numeric(table["cancer"].str.strip()).astype("int64")
+    return table.reset_index(drop=True)
+
+
+def fetch_dataset(data: str, workdir: Path) -> Path:
+    """A local copy of a dataset in object storage (every object verified on download); a
+    local dataset is used in place."""
+    if not storage.is_remote(data):
+        return Path(data)
+    local = workdir / "datasets" / hashlib.sha256(data.encode()).hexdigest()[:12]
+    storage.download_prefix(data, local)
+    return local
+
+
+# --- scoring --------------------------------------------------------------------------------
+
+
+def score_images(
+    model: ScoringModel, table: pd.DataFrame, *, device: str = "auto", batch_size: int = 32, workers: int = 2,
+    seed: int = 0,
+) -> np.ndarray:
+    """Probabilities of the images of ``table`` (column ``path``), in table order; batched on
+    ``device`` with a progress bar, preprocessed exactly as in evaluation."""
+    from mammo.data.augment import BatchTransform
+    from mammo.engine.data import eval_loader
+    from mammo.engine.loop import gather_predictions, predict
+    from mammo.engine.runtime import runtime_for
+    from mammo.export import model_from_export
+
+    config = load_config(EvalConfig, overrides={
+        "data.image_size": model.export["image_size"], "data.batch_size": batch_size, "data.workers": workers,
+        "device": device, "seed": seed,
+    })
+    rows = table.assign(cancer=table["cancer"] if "cancer" in table.columns else 0)
+    probs = np.full(len(rows), np.nan)
+    if rows.empty:
+        return probs
+    with runtime_for(config) as runtime:
+        net = model_from_export(model.export, source=model.uri).to(runtime.device)
+        transform = BatchTransform(None, int(model.export["model_config"]["in_channels"])).to(runtime.device)
+        preds = gather_predictions(
+            predict(net, eval_loader(rows, config, runtime), transform, runtime.precision, runtime.device, desc="predict"),
+            runtime,
+        )
+    probs[preds.index] = preds.probs
+    return probs
+
+
+def score_table(model: ScoringModel, table: pd.DataFrame, probs: np.ndarray) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(image rows, breast rows) with probabilities and flags at the model's threshold."""
+    threshold = model.threshold
+    images = table.drop(columns=["path", "cache_row"], errors="ignore").copy()
+    if "cancer" in images.columns:
+        images = images.rename(columns={"cancer": "label"})
+    images["prob"] = probs
+    images["flag"] = (images["prob"] >= threshold).astype("Int64") if threshold is not None else pd.NA
+    scored = images.dropna(subset=["prob"])
+    frame = scored.assign(label=scored["label"] if "label" in scored.columns else 0)
+    breasts = aggregate_breasts(frame, model.breast_aggregation)  # type: ignore[arg-type]
+    if "label" not in images.columns:
+        breasts = breasts.drop(columns="label")
+    breasts["flag"] = (breasts["prob"] >= threshold).astype("Int64") if threshold is not None else pd.NA
+    breasts["threshold"] = threshold
+    first = [c for c in IMAGE_COLUMNS if c in images.columns]
+    images = images[first + [c for c in images.columns if c not in first]]
+    return images, breasts
+
+
+def images_path(out: str) -> str:
+    """Where the image-level CSV goes beside the breast-level ``out``: ``<stem>_images.csv``."""
+    head, _, name = out.rpartition("/")
+    stem = name[:-4] if name.lower().endswith(".csv") else name
+    return f"{head}/{stem}_images.csv" if head else f"{stem}_images.csv"
+
+
+def _write_csv(frame: pd.DataFrame, out: str) -> None:
+    if storage.is_remote(out):
+        with tempfile.TemporaryDirectory(prefix="mammo-predict-") as tmp:
+            local = Path(tmp) / "out.csv"
+            frame.to_csv(local, index=False, float_format="%.6f")
+            storage.put_file(local, out)
+        return
+    from mammo.storage.atomic import atomic_path
+
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False, float_format="%.6f")
+
+
+def run_predict(
+    *, model: str, data: str, out: str, device: str = "auto", batch_size: int = 32, workers: int = 2,
+    table: str | None = None, images: str | None = None, threshold: float | None = None,
+    workdir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Score ``data`` with ``model``; write the breast CSV to ``out`` and the image CSV beside
+    it; return a summary (model, counts, flagged, where the files are)."""
+    work = Path(workdir or Path(tempfile.gettempdir()) / "mammo-predict")
+    chosen = resolve_model(model, work, threshold)
+    csv = table_file(fetch_dataset(data, work), table)
+    studies = read_studies(csv)
+    studies["path"] = resolve_image_paths(csv, studies, images)
+    probs = score_images(chosen, studies, device=device, batch_size=batch_size, workers=workers)
+    image_rows, breast_rows = score_table(chosen, studies, probs)
+    _write_csv(breast_rows, out)
+    _write_csv(image_rows, images_path(out))
+    flagged = None if chosen.threshold is None else int(breast_rows["flag"].sum())
+    return {
+        "model": chosen.describe(),
+        "data": str(data), "table": csv.name,
+        "images": int(len(image_rows)), "scored_images": int(np.isfinite(probs).sum()),
+        "breasts": int(len(breast_rows)), "patients": int(breast_rows["patient_id"].nunique()),
+        "flagged_breasts": flagged,
+        "out": out, "images_out": images_path(out),
+    }

@@ -1,0 +1,139 @@
+"""Using a model: ``mammo predict`` gives evaluate's probabilities on the same labelled data,
+reads a production pointer (verified, with its recorded threshold) and tables without labels;
+the weights-only export gives the checkpoint's probabilities to 1e-5 and loads with
+``weights_only=True``; the exported program too."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from mammo import storage
+from mammo.cli import main
+from mammo.config import EvalConfig, TrainConfig, load_config
+from mammo.engine.baseline import train_baseline
+from mammo.engine.checkpoint import load_checkpoint, model_from_checkpoint
+from mammo.errors import IntegrityError
+from mammo.evaluate import run_evaluation
+from mammo.export import (
+    TOLERANCE,
+    example_images,
+    export_name,
+    load_export,
+    model_from_export,
+    probabilities,
+    write_export,
+    write_program,
+)
+from mammo.predict import images_path, resolve_model, run_predict
+from mammo.split import run_split
+
+COMMON = {"data.batch_size": 16, "data.workers": 0, "device": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """(dataset, split, checkpoint): one epoch of resnet18 at 32 px on the tiny dataset."""
+    root = tmp_path_factory.mktemp("predict")
+    run_split(data=str(tiny_dataset), out=str(root / "split"), val_frac=0.25, test_frac=0.25, seed=42)
+    config = load_config(TrainConfig, overrides={
+        **COMMON, "model.backbone": "resnet18", "data.image_size": 32, "data.root": str(tiny_dataset),
+        "split": str(root / "split"), "out": str(root / "run"), "epochs": 1, "warmup_epochs": 0,
+        "augment.enabled": False,
+    })
+    train_baseline(config)
+    return tiny_dataset, root / "split", root / "run" / "last.pt"
+
+
+def test_predict_gives_evaluate_s_probabilities(trained, tmp_path):
+    data, split, checkpoint = trained
+    config = load_config(EvalConfig, overrides={
+        **COMMON, "data.root": str(data), "split": str(split), "out": str(tmp_path / "eval"),
+        "checkpoints": [str(checkpoint)], "stats.resamples": 50, "stats.subgroup_resamples": 0,
+    })
+    evaluation = run_evaluation(config)
+    out = tmp_path / "scores" / "breasts.csv"
+    summary = run_predict(model=str(checkpoint), data=str(data), out=str(out), device="cpu", workers=0,
+                          threshold=evaluation.metrics["threshold"])
+    images = pd.read_csv(images_path(str(out)), dtype={"image_id": str, "patient_id": str})
+    breasts = pd.read_csv(out, dtype={"breast_id": str, "patient_id": str})
+    assert summary["scored_images"] == summary["images"] == len(images)
+    joined = evaluation.predictions.merge(images, on="image_id", suffixes=("_eval", "_predict"))
+    assert len(joined) == len(evaluation.predictions)  # every val/test image scored
+    assert (joined["prob_eval"] - joined["prob_predict"]).abs().max() <= TOLERANCE
+    joined = evaluation.breasts.merge(breasts, on="breast_id", suffixes=("_eval", "_predict"))
+    assert (joined["prob_eval"] - joined["prob_predict"]).abs().max() <= TOLERANCE
+    flags = (breasts["prob"] >= evaluation.metrics["threshold"]).astype(int)
+    assert (breasts["flag"] == flags).all() and summary["flagged_breasts"] == int(flags.sum())
+    assert {"view", "label", "prob", "flag"} <= set(images.columns)
+
+
+def test_export_is_slim_loads_weights_only_and_scores_like_the_checkpoint(trained, tmp_path):
+    _, _, checkpoint = trained
+    info = write_export(checkpoint, tmp_path / "model.weights.pt", threshold=0.3)
+    assert info["size"] < checkpoint.stat().st_size / 2  # no optimiser state, no history
+    raw = torch.load(info["path"], map_location="cpu", weights_only=True)
+    assert raw["threshold"] == 0.3 and raw["image_size"] == 32 and raw["preprocessing"]["in_channels"] == 1
+    export = load_export(info["path"])
+    images = example_images(export, batch=8)
+    want = probabilities(model_from_checkpoint(load_checkpoint(checkpoint)), export, images)
+    got = probabilities(model_from_export(export), export, images)
+    assert (want - got).abs().max().item() <= TOLERANCE
+    program = write_program(export, tmp_path / "model.pt2")
+    assert program["max_abs_diff"] <= TOLERANCE
+    loaded = torch.export.load(program["path"]).module()
+    with torch.inference_mode():
+        assert (loaded(images) - want).abs().max().item() <= TOLERANCE
+
+
+def test_predict_reads_a_production_pointer_and_unlabelled_tables(trained, tmp_path):
+    data, _, checkpoint = trained
+    export = write_export(checkpoint, tmp_path / "staged" / "x.pt", threshold=0.4)
+    prefix = str(tmp_path / "store" / "models" / "m" / "production")
+    digest = export["sha256"]
+    storage.publish(
+        {"model-abc.pt": checkpoint, export_name(digest): export["path"]}, prefix,
+        metadata={"checkpoint": "model-abc.pt", "export": export_name(digest), "threshold": 0.4},
+    )
+    model = resolve_model(prefix, tmp_path / "work")
+    assert model.kind == "production" and model.threshold == 0.4 and model.uri.endswith(export_name(digest))
+
+    unlabelled = tmp_path / "unlabelled"
+    shutil.copytree(data, unlabelled)
+    table = pd.read_csv(unlabelled / "train.csv", dtype=str)
+    (unlabelled / "train.csv").unlink()
+    table.drop(columns=["cancer"]).to_csv(unlabelled / "test.csv", index=False)
+    out = tmp_path / "scores.csv"
+    assert main(["predict", "--model", prefix, "--data", str(unlabelled), "--out", str(out),
+                 "--device", "cpu", "--workers", "0", "--json"]) == 0
+    breasts = pd.read_csv(out)
+    assert "label" not in breasts.columns and set(breasts["flag"]) <= {0, 1}
+    assert (breasts["threshold"] == 0.4).all()
+
+    Path(prefix, export_name(digest)).write_bytes(b"tampered")
+    with pytest.raises(IntegrityError):
+        resolve_model(prefix, tmp_path / "work2")
+
+
+def test_predict_refuses_ambiguous_tables_in_one_line(trained, tmp_path, capsys):
+    data, _, checkpoint = trained
+    both = tmp_path / "both"
+    shutil.copytree(data, both)
+    shutil.copy(both / "train.csv", both / "test.csv")
+    code = main(["predict", "--model", str(checkpoint), "--data", str(both), "--out", str(tmp_path / "o.csv")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and "choose one with --table" in err[0]
+
+
+def test_export_command_writes_export_and_program(trained, tmp_path, capsys):
+    _, _, checkpoint = trained
+    code = main(["export", "--model", str(checkpoint), "--out", str(tmp_path / "w.pt"),
+                 "--program", str(tmp_path / "w.pt2"), "--threshold", "0.25"])
+    result = json.loads(capsys.readouterr().out)
+    assert code == 0 and result["program"]["max_abs_diff"] <= TOLERANCE
+    assert load_export(tmp_path / "w.pt")["threshold"] == 0.25
