@@ -21,7 +21,8 @@ from typing import Any
 
 from mammo.config import lookup_metric, metric_mode
 from mammo.errors import ArtifactNotFoundError, ConfigError, MammoError
-from mammo.storage import Manifest, join, production_model_uri, read_manifest
+from mammo.promotion import recheck
+from mammo.storage import Manifest, ManifestEntry, join, production_model_uri, read_manifest
 from mammo.storage.layout import check_name
 from mammo.storage.lease import hold
 from mammo_components.promoter.metric_names import promotable_metrics
@@ -158,10 +159,15 @@ def run(
     floor = fence_of(current_manifest(prefix))
     with hold(lock_uri(store_uri, model_name), floor=floor, intent={"candidate_uri": candidate_uri}) as lease:
         expected = current_manifest(prefix)
-        decision = decide(
-            candidate_metrics=candidate_metrics, store_uri=store_uri, model_name=model_name,
-            metric=metric, margin=margin, candidate_sha256=candidate_sha256,
-        )
+        if verdict is not None and verdict.get("rule"):
+            # The evaluator's statistical rule (mammo.promotion) holds only against the
+            # production model it compared with; it cannot be repeated here.
+            decision = recheck(verdict, None if expected is None else expected.metadata.get("sha256"), candidate_sha256)
+        else:
+            decision = decide(
+                candidate_metrics=candidate_metrics, store_uri=store_uri, model_name=model_name,
+                metric=metric, margin=margin, candidate_sha256=candidate_sha256,
+            )
         now = datetime.now(timezone.utc)
         result = {**base, "decided_at": now.isoformat(timespec="seconds"), "decided_by": "promoter", **decision}
         if verdict is not None:
@@ -171,13 +177,15 @@ def run(
                 digest = expected_sha256(candidate_uri, candidate_sha256)
                 lease.set_intent({"candidate_uri": candidate_uri, "staged": model_key(digest)})
                 entry = stage(candidate_uri, digest, prefix)
+                extra = _export(prefix, digest, provenance or {}, result)
                 metadata = {
                     "model_name": model_name, "source_uri": candidate_uri, "metric": metric,
                     "value": decision["candidate"], "metrics": candidate_metrics,
                     "promoted_at": result["decided_at"], "reason": decision["reason"],
                     "previous": _previous(expected), **(provenance or {}),
+                    **({"export": next(iter(extra))} if extra else {}),
                 }
-                swap(prefix, lease, expected, entry, metadata, keep)
+                swap(prefix, lease, expected, entry, metadata, keep, extra)
                 result.update(promoted=True, model_uri=join(prefix, model_key(digest)), sha256=digest, fence=lease.token)
                 log.info("promoted %s to %s: %s", candidate_uri, result["model_uri"], decision["reason"])
             else:
@@ -189,6 +197,23 @@ def run(
             raise
         record_decision(store_uri, model_name, result, when=now)
     return result
+
+
+def _export(prefix: str, digest: str, provenance: dict[str, Any], result: dict[str, Any]) -> dict[str, ManifestEntry]:
+    """The weights-only export (``mammo.export``) of the staged checkpoint, written beside it
+    for ``mammo predict`` and the scorer; {} (and ``export_error`` in the result) when it cannot
+    be made: the checkpoint alone is still a complete production model."""
+    from mammo.export import publish_export
+
+    try:
+        key, size, sha256 = publish_export(join(prefix, model_key(digest)), digest, prefix,
+                                           threshold=provenance.get("threshold"))
+    except (MammoError, OSError, RuntimeError) as err:
+        log.warning("no weights-only export: %s", err)
+        result["export_error"] = str(err)
+        return {}
+    result["export_uri"] = join(prefix, key)
+    return {key: ManifestEntry(size=size, sha256=sha256)}
 
 
 def _previous(manifest: Manifest | None) -> dict[str, Any] | None:

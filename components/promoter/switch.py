@@ -127,9 +127,11 @@ def _history(previous: Manifest | None, keep: int) -> list[dict[str, Any]]:
 
 
 def swap(
-    prefix: str, lease: Lease, expected: Manifest | None, entry: ManifestEntry, metadata: dict[str, Any], keep: int
+    prefix: str, lease: Lease, expected: Manifest | None, entry: ManifestEntry, metadata: dict[str, Any], keep: int,
+    extra: dict[str, ManifestEntry] | None = None,
 ) -> Manifest:
-    """Replace the manifest if it is still ``expected`` (``LeaseLost`` otherwise)."""
+    """Replace the manifest if it is still ``expected`` (``LeaseLost`` otherwise). ``extra``:
+    further objects it lists beside the checkpoint (the weights-only export)."""
     current = current_manifest(prefix)
     if not _same(current, expected) or fence_of(current) > lease.token:
         raise LeaseLost(
@@ -139,7 +141,7 @@ def swap(
     key = model_key(entry.sha256)
     manifest = Manifest(
         created=datetime.now(timezone.utc).isoformat(timespec="microseconds"),
-        objects={key: entry},
+        objects={key: entry, **(extra or {})},
         metadata={**metadata, "checkpoint": key, "sha256": entry.sha256, "fence": lease.token,
                   "history": _history(current, keep)},
     )

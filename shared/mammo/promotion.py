@@ -188,3 +188,25 @@ def decide(
     reason = (f"{rule.metric}: candidate {_interval(own)} vs production {_interval({'value': verdict['production'], **verdict['production_ci']})} "
               f"on the same {verdict['n_patients']} patients; {how}" + ("" if clears_floor else f"; {floor_text}"))
     return {**verdict, "promote": promote, "reason": reason}
+
+
+def recheck(verdict: dict[str, Any], production_sha256: str | None, candidate_sha256: str | None) -> dict[str, Any]:
+    """The evaluator's verdict, checked again where the promotion happens (under the promotion
+    lock): a "promote" holds only against the production model it was decided against. When
+    production has changed since (another run promoted in between), the candidate was never
+    compared with the new model, and a statistical comparison cannot be repeated without both
+    models' predictions: not promoted, and the next evaluation compares again."""
+    decision = {
+        "metric": verdict.get("metric"), "margin": verdict.get("margin"), "rule": verdict.get("rule"),
+        "candidate": verdict.get("candidate"), "production": verdict.get("production"),
+    }
+    if candidate_sha256 is not None and candidate_sha256 == production_sha256:
+        return {**decision, "promote": False, "reason": "this model is already in production"}
+    compared = verdict.get("production_sha256")
+    if compared != production_sha256:
+        was = "no production model" if compared is None else f"production {compared[:12]}"
+        now = "none" if production_sha256 is None else production_sha256[:12]
+        return {**decision, "promote": False,
+                "reason": f"production changed since the evaluation (it compared against {was}, production is now {now}); "
+                          "not promoted without a comparison with the new production model"}
+    return {**decision, "promote": bool(verdict.get("promote")), "reason": str(verdict.get("reason"))}

@@ -1,0 +1,143 @@
+"""The promotion rule (``mammo.promotion``): a paired bootstrap against the production model
+re-evaluated on the same patients, an absolute floor that also guards the first promotion, the
+margin rule as an option; and the promoter acting on that verdict (it holds only against the
+production model it was decided against) and writing the weights-only export beside the
+production checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mammo import storage
+from mammo.config import ModelConfig
+from mammo.engine.checkpoint import FORMAT, library_versions
+from mammo.errors import ConfigError
+from mammo.export import load_export
+from mammo.models import build_model
+from mammo.predict import resolve_model
+from mammo.promotion import PromotionRule, decide, recheck
+from mammo.stats import BootstrapSettings
+from mammo_components.promoter.entrypoint import run as promote
+
+SETTINGS = BootstrapSettings(resamples=400, seed=0)
+
+
+def breasts(rng: np.random.Generator, separation: float, *, n: int = 400, cancers: int = 40, latent=None) -> pd.DataFrame:
+    """Breast-level predictions of ``n`` breasts (two per patient) with ``cancers`` cancers;
+    ``latent`` is shared noise (two models that see the same hard cases)."""
+    labels = np.zeros(n, dtype=int)
+    labels[rng.choice(n, cancers, replace=False)] = 1
+    noise = (rng.normal(size=n) if latent is None else latent) + rng.normal(0, 0.5, n)
+    logits = separation * labels + noise - 2
+    return pd.DataFrame({
+        "breast_id": [f"b{i}" for i in range(n)], "patient_id": [f"p{i // 2}" for i in range(n)],
+        "label": labels, "prob": 1 / (1 + np.exp(-logits)),
+    })
+
+
+def test_rule_checks_its_parameters():
+    with pytest.raises(ConfigError, match="rule"):
+        PromotionRule(rule="vibes").check()
+    with pytest.raises(ConfigError, match="cannot be re-measured"):
+        PromotionRule(metric="test.breast.loss").check()
+    with pytest.raises(ConfigError, match="margin"):
+        PromotionRule(margin=-0.1).check()
+    PromotionRule(metric="val.image.pr_auc", rule="margin").check()
+
+
+def test_the_first_model_must_clear_the_floor_with_its_interval():
+    rng = np.random.default_rng(0)
+    chance = breasts(rng, 0.0, n=60, cancers=4)  # a chance-level model on a small split
+    strong = breasts(rng, 3.0)
+    verdict = decide(PromotionRule(), chance, 0.5, SETTINGS)
+    assert not verdict["promote"] and "not above the floor" in verdict["reason"]
+    assert verdict["candidate_ci"]["low"] < 0.5
+    verdict = decide(PromotionRule(), strong, 0.5, SETTINGS)
+    assert verdict["promote"] and verdict["reason"].startswith("no production model yet")
+    assert verdict["candidate_ci"]["low"] > 0.5 and verdict["production"] is None
+
+
+def test_paired_rule_promotes_a_real_improvement_only():
+    rng = np.random.default_rng(1)
+    latent = rng.normal(size=400)
+    production = breasts(np.random.default_rng(2), 1.0, latent=latent)
+    better = production.assign(prob=breasts(np.random.default_rng(2), 2.5, latent=latent)["prob"])
+    same = production.assign(prob=breasts(np.random.default_rng(3), 1.0, latent=latent)["prob"])
+    yes = decide(PromotionRule(), better, 0.5, SETTINGS, production=production, production_threshold=0.5)
+    assert yes["promote"] and yes["difference_ci"]["low"] > 0.005
+    assert yes["candidate"] > yes["production"] and yes["n_patients"] == 200
+    no = decide(PromotionRule(), same, 0.5, SETTINGS, production=production, production_threshold=0.5)
+    assert not no["promote"] and "does not exceed the margin" in no["reason"]
+    itself = decide(PromotionRule(), production, 0.5, SETTINGS, production=production, production_threshold=0.5)
+    assert not itself["promote"] and itself["difference"] == 0.0
+    # The margin rule looks at the point difference only.
+    lucky = same.assign(prob=same["prob"] + 0.2 * same["label"] * rng.random(400))
+    margin = decide(PromotionRule(rule="margin", margin=0.0), lucky, 0.5, SETTINGS, production=production, production_threshold=0.5)
+    assert margin["promote"] == (margin["difference"] > 0)
+
+
+def test_a_production_model_that_cannot_be_evaluated_blocks_promotion():
+    strong = breasts(np.random.default_rng(4), 3.0)
+    verdict = decide(PromotionRule(), strong, 0.5, SETTINGS, production_error="checkpoint unreadable")
+    assert not verdict["promote"] and "could not be re-evaluated" in verdict["reason"]
+
+
+def test_recheck_holds_only_against_the_production_it_was_decided_against():
+    verdict = {"rule": "paired_bootstrap", "metric": "test.breast.auc", "promote": True, "reason": "better",
+               "production_sha256": "a" * 64, "candidate": 0.8, "production": 0.7}
+    assert recheck(verdict, "a" * 64, "c" * 64)["promote"]
+    changed = recheck(verdict, "b" * 64, "c" * 64)
+    assert not changed["promote"] and "production changed since the evaluation" in changed["reason"]
+    assert not recheck(verdict, "c" * 64, "c" * 64)["promote"]
+
+
+def fake_checkpoint(path: Path) -> Path:
+    """A real (untrained) resnet18 checkpoint, without training."""
+    config = ModelConfig(backbone="resnet18")
+    payload = {
+        "format": FORMAT, "model": build_model(config).state_dict(), "model_config": config.model_dump(mode="json"),
+        "image_size": 32, "stage": "baseline", "epoch": 1, "split_fingerprint": "f" * 64, "versions": library_versions(),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(payload, path)
+    return path
+
+
+def test_promoter_follows_the_verdict_and_writes_the_export(tmp_path):
+    store = str(tmp_path / "store")
+    run_uri = storage.join(store, "runs", "r1", "unfreeze_trainer")
+    storage.publish({"best_auc.pt": fake_checkpoint(tmp_path / "c.pt")}, run_uri)
+    candidate = storage.join(run_uri, "best_auc.pt")
+    sha = storage.read_manifest(run_uri).objects["best_auc.pt"].sha256
+    verdict = {"rule": "paired_bootstrap", "metric": "test.breast.auc", "margin": 0.005, "promote": True,
+               "reason": "no production model yet; ...", "production_sha256": None, "candidate": 0.8, "production": None}
+    common = {"candidate_uri": candidate, "candidate_sha256": sha, "store_uri": store, "model_name": "m",
+              "metric": "test.breast.auc", "margin": 0.005,
+              "candidate_metrics": {"test": {"breast": {"auc": 0.8}}}}
+    result = promote(**common, verdict=verdict, provenance={"threshold": 0.37, "run_id": "r1"})
+    assert result["promoted"], result["reason"]
+    prefix = storage.production_model_uri(store, "m")
+    manifest = storage.read_manifest(prefix)
+    export_key = manifest.metadata["export"]
+    assert export_key in manifest.objects and result["export_uri"].endswith(export_key)
+    export = load_export(storage.local_path(storage.join(prefix, export_key)))
+    assert export["threshold"] == 0.37 and export["source"]["sha256"] == sha
+    model = resolve_model(prefix, tmp_path / "work")
+    assert model.kind == "production" and model.threshold == 0.37 and model.uri.endswith(export_key)
+
+    # Another run decided against "no production" too, but production has changed since.
+    again = promote(**{**common, "candidate_sha256": sha}, verdict=verdict)
+    assert not again["promoted"] and "already in production" in again["reason"]
+    run2 = storage.join(store, "runs", "r2", "unfreeze_trainer")
+    other = fake_checkpoint(tmp_path / "d.pt")
+    torch.save({**torch.load(other, weights_only=True), "epoch": 2}, other)
+    storage.publish({"best_auc.pt": other}, run2)
+    sha2 = storage.read_manifest(run2).objects["best_auc.pt"].sha256
+    late = promote(**{**common, "candidate_uri": storage.join(run2, "best_auc.pt"), "candidate_sha256": sha2}, verdict=verdict)
+    assert not late["promoted"] and "production changed since the evaluation" in late["reason"]
+    assert storage.read_manifest(prefix).metadata["sha256"] == sha
