@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 S3RVER_VERSION := 3.7.1
 S3RVER_STAMP := .cache/s3rver/.installed-$(S3RVER_VERSION)
 
-.PHONY: help venv run test test-servers bench clean
+.PHONY: help venv run test test-servers bench clean images-smoke images-tools
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -52,8 +52,27 @@ test-servers: $(S3RVER_STAMP) ## Install the servers the tests start (s3rver, Pu
 	  || { apt-get update && apt-get install -y --no-install-recommends prometheus-pushgateway; }; \
 	fi
 
-test: $(STAMP) test-servers test-tools ## Run the test suite
+# IMAGES_SMOKE=0 skips the image smoke test (about 15 minutes on 2 cores, see README).
+IMAGES_SMOKE ?= 1
+
+test: $(STAMP) test-servers test-tools ## Run the test suite, then the image smoke test
 	$(PY) -m pytest $(PYTEST_ARGS)
+	@if [ "$(IMAGES_SMOKE)" = 1 ]; then $(MAKE) --no-print-directory images-smoke; fi
+
+# buildah and mmdebstrap (Debian packages) build the images without Docker; util-linux brings
+# unshare for the read-only runs.
+images-tools: ## Install the image smoke test's tools (buildah, mmdebstrap) if missing
+	@if ! command -v buildah >/dev/null 2>&1 || ! command -v mmdebstrap >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends buildah mmdebstrap \
+	    || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends buildah mmdebstrap; }; \
+	  else \
+	    echo "buildah and mmdebstrap are missing: sudo apt-get install buildah mmdebstrap" >&2; exit 1; \
+	  fi; \
+	fi
+
+images-smoke: $(STAMP) test-servers images-tools ## Build both images with buildah and run the components inside them
+	scripts/images-smoke.sh
 
 bench: $(STAMP) ## Print data-path and training-step throughput figures (JSON)
 	$(MAMMO) data synth --out .cache/bench-data --patients 40 --image-size 512 --seed 1 >/dev/null

@@ -13,7 +13,7 @@ images: ## Build the CPU images for kind (TRAIN_IMAGE_CPU, EVAL_IMAGE of images.
 images-gpu: ## Build the CUDA training image and the eval image for GPU clusters
 	scripts/images.sh gpu
 
-images-push: ## Push TRAIN_IMAGE and EVAL_IMAGE to MAMMO_REGISTRY (images.env)
+images-push: ## Push TRAIN_IMAGE and EVAL_IMAGE to MAMMO_REGISTRY; write their digests to images.env
 	scripts/images.sh push
 
 cluster-secrets: ## Write random MinIO credentials to the git-ignored k8s/base/*/minio.env

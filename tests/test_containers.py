@@ -22,7 +22,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILES = ["Dockerfile.train", "Dockerfile.eval"]
 SCRIPTS = sorted((ROOT / "scripts").glob("*.sh"))
-IMAGE_KEYS = ["MAMMO_REGISTRY", "MAMMO_TAG", "TRAIN_IMAGE", "TRAIN_IMAGE_CPU", "EVAL_IMAGE"]
+IMAGE_KEYS = [
+    "MAMMO_REGISTRY", "MAMMO_TAG", "TRAIN_IMAGE", "TRAIN_IMAGE_DIGEST", "TRAIN_IMAGE_CPU", "EVAL_IMAGE",
+    "EVAL_IMAGE_DIGEST",
+]
 
 
 def _tool(name: str) -> str:
@@ -70,8 +73,11 @@ def test_dockerfile_runs_non_root_with_help_entrypoint_and_labels(dockerfile: st
     assert 'org.opencontainers.image.version="${VERSION}"' in final_stage
     # No credentials baked in: no ENV/ARG that looks like one.
     assert not re.search(r"^(ENV|ARG)\s+\S*(PASSWORD|SECRET|TOKEN|ACCESS_KEY)", text, re.M | re.I)
-    # Cache-friendly: dependencies are installed before the project's code is copied.
-    assert text.index("COPY requirements/image-runtime.txt") < text.index("COPY shared ")
+    # Cache-friendly: the code is copied only into the wheels stage, and the final stage installs
+    # the dependencies (their own layer, installed there, not copied from another stage) before
+    # the project's wheels.
+    assert "COPY shared " not in final_stage and "COPY --from=deps" not in text
+    assert final_stage.index("COPY requirements/image-runtime.txt") < final_stage.index("from=wheels")
     base = re.search(r"^ARG PYTHON_IMAGE=(\S+)$", text, re.M)
     assert base and re.fullmatch(r"python:3\.11\.\d+-slim-bookworm", base.group(1))
 
@@ -99,23 +105,97 @@ def test_images_env_reads_the_same_in_make_bash_and_python(tmp_path: Path) -> No
     assert values["TRAIN_IMAGE_CPU"] == f"{registry}/mammo-train:{tag}-cpu"
     assert values["EVAL_IMAGE"] == f"{registry}/mammo-eval:{tag}"
 
-    echo = " ".join(f"${{{key}}}" for key in IMAGE_KEYS)
+    echo = "|".join(f"${{{key}}}" for key in IMAGE_KEYS)
     bash = subprocess.run(
-        ["bash", "-c", f"set -euo pipefail; source images.env; echo {echo}"],
+        ["bash", "-c", f'set -euo pipefail; source images.env; echo "{echo}"'],
         cwd=ROOT, capture_output=True, text=True, check=True,
     )
     makefile = tmp_path / "Makefile"
     makefile.write_text(
-        f"include {ROOT / 'images.env'}\nprint:\n\t@echo "
-        + " ".join(f"$({key})" for key in IMAGE_KEYS) + "\n"
+        f"include {ROOT / 'images.env'}\nprint:\n\t@echo '"
+        + "|".join(f"$({key})" for key in IMAGE_KEYS) + "'\n"
     )
     make = subprocess.run(
         ["make", "--no-print-directory", "-f", str(makefile), "print"],
         capture_output=True, text=True, check=True,
     )
-    expected = " ".join(values[key] for key in IMAGE_KEYS)
+    expected = "|".join(values[key] for key in IMAGE_KEYS)
     assert bash.stdout.strip() == expected
     assert make.stdout.strip() == expected
+
+
+def test_both_dockerfiles_share_the_dependency_layer() -> None:
+    """Built with the same TORCH_VARIANT, the two images share the venv layer: the final
+    stages are the same instructions up to and including the dependency install."""
+    heads = []
+    for dockerfile in DOCKERFILES:
+        final_stage = (ROOT / dockerfile).read_text().rsplit("\nFROM ", 1)[1]
+        lines = [line for line in final_stage.splitlines() if not line.startswith("#")]
+        head = lines[: next(i for i, line in enumerate(lines) if "rm -rf /tmp/requirements" in line) + 1]
+        heads.append([line for line in head if not line.startswith("ARG TORCH_VARIANT=")])
+    assert heads[0] == heads[1] and any("pip install --no-deps -r /tmp/requirements/image-torch-" in line for line in heads[0])
+    bases = [
+        [line for line in (ROOT / d).read_text().split("\nFROM base AS wheels", 1)[0].split("\nFROM ", 1)[1].splitlines()
+         if not line.startswith("#")]
+        for d in DOCKERFILES
+    ]
+    assert bases[0] == bases[1]
+
+
+def test_images_push_writes_the_pushed_digests_to_images_env(tmp_path: Path) -> None:
+    """`make images-push` with a stand-in docker: both images pushed, their RepoDigests
+    written to the *_DIGEST keys of images.env, nothing else changed."""
+    copy = tmp_path / "repo"
+    (copy / "scripts").mkdir(parents=True)
+    for script in ("images.sh", "lib.sh"):
+        shutil.copy(ROOT / "scripts" / script, copy / "scripts" / script)
+    shutil.copy(ROOT / "images.env", copy / "images.env")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "docker.log"
+    docker = bin_dir / "docker"
+    docker.write_text(
+        "#!/usr/bin/env bash\n"
+        f"echo \"$*\" >>{log}\n"
+        'case "$1 $2" in\n'
+        '  "image inspect")\n'
+        '    image="${!#}"; repo="${image%:*}"\n'
+        '    case "$repo" in *train*) d=a;; *) d=b;; esac\n'
+        '    if [[ "$*" == *RepoDigests* ]]; then printf \'other/repo@sha256:%064d\\n%s@sha256:%s\\n\' 0 "$repo" "$(printf "$d%.0s" {1..64})"; fi ;;\n'
+        "esac\n"
+    )
+    docker.chmod(0o755)
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "HOME": str(tmp_path)}
+    before = read_images_env()
+    done = subprocess.run([str(copy / "scripts/images.sh"), "push"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    pushed = [line for line in log.read_text().splitlines() if line.startswith("push ")]
+    assert pushed == [f"push {before['TRAIN_IMAGE']}", f"push {before['EVAL_IMAGE']}"]
+    after = dict(line.split("=", 1) for line in (copy / "images.env").read_text().splitlines() if "=" in line and not line.startswith("#"))
+    assert after["TRAIN_IMAGE_DIGEST"] == "sha256:" + "a" * 64 and after["EVAL_IMAGE_DIGEST"] == "sha256:" + "b" * 64
+    assert {k: v for k, v in after.items() if not k.endswith("_DIGEST")} == {k: v for k, v in before.items() if not k.endswith("_DIGEST")}
+    assert list(after) == IMAGE_KEYS
+    # The compile profiles read the written digests (tests/test_pipeline_compile.py checks the rest).
+    from mammo_pipelines.profiles import pinned_image
+
+    assert pinned_image(after, "TRAIN_IMAGE", copy / "images.env") == f"{before['TRAIN_IMAGE']}@sha256:{'a' * 64}"
+
+
+def test_images_smoke_script_needs_its_tools_and_knows_its_modes(tmp_path: Path) -> None:
+    script = str(ROOT / "scripts/images-smoke.sh")
+    wrong = subprocess.run([script, "deploy"], capture_output=True, text=True)
+    assert wrong.returncode == 1 and "usage: scripts/images-smoke.sh [all|build|check|clean]" in wrong.stderr
+    if os.geteuid() == 0:  # CI: root, so the next missing thing is buildah
+        missing = subprocess.run(
+            [script, "build"], env={"PATH": _sandbox_path(tmp_path), "HOME": str(tmp_path),
+                                    "MAMMO_SMOKE_DIR": str(tmp_path / "smoke")},
+            capture_output=True, text=True,
+        )
+        assert missing.returncode == 1
+        assert "'buildah' is not installed" in missing.stderr and "apt-get install buildah" in missing.stderr
+    nothing = subprocess.run([script, "clean"], env={**os.environ, "MAMMO_SMOKE_DIR": str(tmp_path / "none")},
+                             capture_output=True, text=True)
+    assert nothing.returncode == 0
 
 
 def test_dockerignore_keeps_credentials_and_local_state_out() -> None:
