@@ -10,4 +10,4 @@ command line. What they share: ``inputs`` (params, URIs, work folders, fetching)
 """
 
 #: The components, in pipeline order: a new component is its folder plus its name here.
-COMPONENTS = ("preprocessor", "split_builder", "baseline_trainer", "unfreeze_trainer", "evaluator", "promoter")
+COMPONENTS = ("preprocessor", "split_builder", "baseline_trainer", "unfreeze_trainer", "evaluator", "promoter", "scorer")

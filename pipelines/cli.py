@@ -1,7 +1,8 @@
-"""``mammo pipeline ...``: compile, submit and schedule the ``mammo-training`` pipeline.
+"""``mammo pipeline ...``: compile, submit and schedule the ``mammo-training`` pipeline (and,
+with ``--pipeline scoring``, the ``mammo-scoring`` pipeline: ``mammo_pipelines.scoring``).
 
-    mammo pipeline compile --profile gpu|kind [--out FILE]
-    mammo pipeline params [--profile gpu|kind]
+    mammo pipeline compile --profile gpu|kind [--pipeline training|scoring] [--out FILE]
+    mammo pipeline params [--profile gpu|kind] [--pipeline training|scoring]
     mammo pipeline upload --host URL [--namespace NS]
     mammo pipeline submit --host URL [--experiment NAME] [--param key=value ...] [--wait]
     mammo pipeline schedule --host URL --name NAME --cron "0 0 3 * * 0" [--param ...]
@@ -22,17 +23,44 @@ import argparse
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mammo.console import run_guarded
 from mammo.errors import ConfigError
-from mammo_pipelines import remote
-from mammo_pipelines.parameters import check_arguments, describe, parse_params
+from mammo_pipelines import remote, scoring
+from mammo_pipelines.parameters import PipelineParameter, check_arguments, describe, parse_params
 from mammo_pipelines.pipeline import DESCRIPTION, PIPELINE_NAME, compile_pipeline, parameters_for
 from mammo_pipelines.profiles import PROFILES, Profile, Toleration, get_profile, parse_duration
 
 DEFAULT_EXPERIMENT = "mammo"
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One of the project's pipelines, as the commands handle it."""
+
+    name: str
+    description: str
+    compile: Callable[[Profile, Any], Path]
+    parameters: Callable[[Profile], list[PipelineParameter]]
+    check: Callable[[dict[str, Any], list[PipelineParameter]], Any]
+
+
+#: ``--pipeline``: training (split, train, evaluate, promote) or scoring (the production model on new studies).
+PIPELINES = {
+    "training": Kind(PIPELINE_NAME, DESCRIPTION, compile_pipeline, parameters_for, check_arguments),
+    "scoring": Kind(scoring.PIPELINE_NAME, scoring.DESCRIPTION, scoring.compile_pipeline, scoring.parameters_for,
+                    scoring.check_arguments),
+}
+
+
+def _add_pipeline_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pipeline", choices=PIPELINES, default="training",
+                   help="training: split, train, evaluate, promote; scoring: score a dataset of studies with the "
+                   "production model (default: %(default)s).")
 #: The ServiceAccount k8s/base/kubeflow creates for runs (docs/kubernetes.md).
 DEFAULT_SERVICE_ACCOUNT = "mammo-pipeline"
 
@@ -125,8 +153,9 @@ def _connect(args: argparse.Namespace) -> remote.Connection:
 
 
 def _add_upload_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--pipeline-name", default=PIPELINE_NAME, metavar="NAME",
-                   help="Name of the uploaded pipeline in KFP (default: %(default)s).")
+    p.add_argument("--pipeline-name", metavar="NAME",
+                   help=f"Name of the uploaded pipeline in KFP (default: {PIPELINE_NAME}, or "
+                   f"{scoring.PIPELINE_NAME} with --pipeline scoring).")
     p.add_argument("--version", metavar="NAME",
                    help="Version name (default: <profile>-<sha256 of the compiled pipeline>, so the same "
                    "pipeline is uploaded once).")
@@ -153,16 +182,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compile", help="Write the pipeline spec (YAML); needs no cluster and no torch.")
     _add_profile_args(p)
-    p.add_argument("--out", metavar="FILE", help="Output file (default: mammo-training-<profile>.yaml).")
+    _add_pipeline_arg(p)
+    p.add_argument("--out", metavar="FILE", help="Output file (default: <pipeline name>-<profile>.yaml).")
     p.set_defaults(handler=_cmd_compile)
 
     p = sub.add_parser("params", help="List the pipeline parameters with their types and defaults.")
     p.add_argument("--profile", choices=PROFILES, default="gpu")
+    _add_pipeline_arg(p)
     p.set_defaults(handler=_cmd_params)
 
     p = sub.add_parser("upload", help="Compile and upload as a version of the named pipeline (idempotent).")
     _add_connection_args(p)
     _add_profile_args(p)
+    _add_pipeline_arg(p)
     _add_upload_args(p)
     p.set_defaults(handler=_cmd_upload, no_cache=False)
 
@@ -170,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_connection_args(p)
     _add_profile_args(p)
     _add_run_args(p)
+    _add_pipeline_arg(p)
     _add_upload_args(p)
     p.add_argument("--run-name", metavar="NAME", help="Display name (default: mammo-training <UTC time>).")
     p.add_argument("--wait", action="store_true", help="Follow the run to its end; exit non-zero unless it succeeded.")
@@ -182,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_connection_args(p)
     _add_profile_args(p)
     _add_run_args(p)
+    _add_pipeline_arg(p)
     _add_upload_args(p)
     p.add_argument("--name", required=True, help="Schedule name; the same name replaces that schedule.")
     p.add_argument("--cron", required=True, help="Six fields, seconds first, e.g. '0 0 3 * * 0' (Sundays 03:00).")
@@ -203,7 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _cmd_compile(args: argparse.Namespace) -> int:
     profile = _profile(args)
-    out = compile_pipeline(profile, args.out or f"{PIPELINE_NAME}-{profile.name}.yaml")
+    kind = PIPELINES[args.pipeline]
+    out = kind.compile(profile, args.out or f"{kind.name}-{profile.name}.yaml")
     print(f"wrote {out} (profile {profile.name}: trainers {profile.train_image}, others {profile.eval_image})")
     _warn_unpinned(profile)
     return 0
@@ -220,7 +255,7 @@ def _warn_unpinned(profile: Profile) -> None:
 
 def _cmd_params(args: argparse.Namespace) -> int:
     profile = get_profile(args.profile, train_image="-", eval_image="-")
-    print(describe(parameters_for(profile)))
+    print(describe(PIPELINES[args.pipeline].parameters(profile)))
     return 0
 
 
@@ -228,10 +263,11 @@ def _prepared(args: argparse.Namespace, tmp: str) -> tuple[Profile, Path, dict[s
     """The profile, the compiled package (caching off everywhere with --no-cache) and the
     checked, typed arguments."""
     profile = _profile(args)
-    parameters = parameters_for(profile)
+    kind = PIPELINES[args.pipeline]
+    parameters = kind.parameters(profile)
     arguments = parse_params(getattr(args, "param", []), parameters)
-    check_arguments(arguments, parameters)
-    package = compile_pipeline(profile, Path(tmp) / f"{PIPELINE_NAME}.yaml")
+    kind.check(arguments, parameters)
+    package = kind.compile(profile, Path(tmp) / f"{kind.name}.yaml")
     if args.no_cache:
         _disable_caching(package)
     _warn_unpinned(profile)
@@ -252,10 +288,11 @@ def _disable_caching(package: Path) -> None:
 
 
 def _upload(args: argparse.Namespace, conn: remote.Connection, profile: Profile, package: Path) -> remote.PipelineVersion:
+    kind = PIPELINES[args.pipeline]
     version = remote.upload(
-        conn, package, pipeline_name=args.pipeline_name,
+        conn, package, pipeline_name=args.pipeline_name or kind.name,
         version=args.version or remote.version_name(package, profile.name + ("-nocache" if args.no_cache else "")),
-        description=DESCRIPTION,
+        description=kind.description,
     )
     state = "uploaded" if version.uploaded else "already there"
     print(f"pipeline {version.pipeline_name!r} version {version.version_name!r} ({state}): "
@@ -278,7 +315,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
         profile, package, arguments = _prepared(args, tmp)
         conn = _connect(args)
         version = _upload(args, conn, profile, package)
-        run_name = args.run_name or f"{PIPELINE_NAME} {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())}"
+        run_name = args.run_name or f"{PIPELINES[args.pipeline].name} {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())}"
         run_id = remote.submit(
             conn, version, arguments, experiment=args.experiment, run_name=run_name,
             service_account=args.service_account,

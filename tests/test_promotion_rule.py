@@ -6,23 +6,18 @@ production checkpoint."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from mammo import storage
-from mammo.config import ModelConfig
-from mammo.engine.checkpoint import FORMAT, library_versions
 from mammo.errors import ConfigError
 from mammo.export import load_export
-from mammo.models import build_model
 from mammo.predict import resolve_model
 from mammo.promotion import PromotionRule, decide, recheck
 from mammo.stats import BootstrapSettings
 from mammo_components.promoter.entrypoint import run as promote
+from model_support import fake_checkpoint
 
 SETTINGS = BootstrapSettings(resamples=400, seed=0)
 
@@ -96,18 +91,6 @@ def test_recheck_holds_only_against_the_production_it_was_decided_against():
     assert not recheck(verdict, "c" * 64, "c" * 64)["promote"]
 
 
-def fake_checkpoint(path: Path) -> Path:
-    """A real (untrained) resnet18 checkpoint, without training."""
-    config = ModelConfig(backbone="resnet18")
-    payload = {
-        "format": FORMAT, "model": build_model(config).state_dict(), "model_config": config.model_dump(mode="json"),
-        "image_size": 32, "stage": "baseline", "epoch": 1, "split_fingerprint": "f" * 64, "versions": library_versions(),
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(payload, path)
-    return path
-
-
 def test_promoter_follows_the_verdict_and_writes_the_export(tmp_path):
     store = str(tmp_path / "store")
     run_uri = storage.join(store, "runs", "r1", "unfreeze_trainer")
@@ -134,8 +117,7 @@ def test_promoter_follows_the_verdict_and_writes_the_export(tmp_path):
     again = promote(**{**common, "candidate_sha256": sha}, verdict=verdict)
     assert not again["promoted"] and "already in production" in again["reason"]
     run2 = storage.join(store, "runs", "r2", "unfreeze_trainer")
-    other = fake_checkpoint(tmp_path / "d.pt")
-    torch.save({**torch.load(other, weights_only=True), "epoch": 2}, other)
+    other = fake_checkpoint(tmp_path / "d.pt", epoch=2)
     storage.publish({"best_auc.pt": other}, run2)
     sha2 = storage.read_manifest(run2).objects["best_auc.pt"].sha256
     late = promote(**{**common, "candidate_uri": storage.join(run2, "best_auc.pt"), "candidate_sha256": sha2}, verdict=verdict)

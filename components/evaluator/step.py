@@ -81,7 +81,7 @@ def run_step(
         production_uri=production_model_uri(store_uri, model_name),
     )
     decision = dict(result["decision"])
-    if decision["promote"] and decision.get("production_sha256") == result["best_sha256"]:
+    if decision.get("production_sha256") == result["best_sha256"]:
         decision.update(promote=False, reason="this model is already in production")
     log_numbers(metrics, result["metrics"])
     log_numbers(metrics, promotion_numbers(decision), "promotion.")

@@ -1,0 +1,111 @@
+"""Scorer: the production model (or any model) on a dataset of studies without labels, the way
+``mammo predict`` scores them, with every input read from and every output written to storage.
+
+The dataset is fetched table first, then the PNG of every row (verified against its manifest,
+or the sha256 recorded at upload); the model through ``mammo.predict.resolve_model`` (verified
+against the production manifest). Outputs: ``breasts.csv`` (probability and flag per breast),
+``images.csv`` (per image), ``result.json`` and the manifest, written last.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from mammo import storage
+from mammo.data.layout import match_image_keys
+from mammo.errors import ArtifactNotFoundError
+from mammo.storage.cache import Wanted, fetch_all
+from mammo.storage.uri import relative_key
+from mammo_components.inputs import cache_dir, normalize_uri, optional_manifest, parse_params, resolve_workdir
+from mammo_components.publishing import publish_outputs
+from mammo_components.telemetry import telemetry_step
+
+log = logging.getLogger(__name__)
+COMPONENT = "scorer"
+BREASTS_NAME = "breasts.csv"
+IMAGES_NAME = "images.csv"
+
+
+def _objects(dataset_uri: str) -> dict[str, Wanted]:
+    """The dataset's objects by relative key: from its manifest (sha256 known) or a listing."""
+    manifest = optional_manifest(dataset_uri)
+    if manifest is not None:
+        return {key: Wanted(storage.join(dataset_uri, key), key, sha256=e.sha256) for key, e in manifest.objects.items()}
+    store = storage.open_store(dataset_uri)
+    listed = ((relative_key(dataset_uri, info.uri), info) for info in store.list_info(dataset_uri))
+    return {key: Wanted(info.uri, key, etag=info.etag, sha256=info.sha256) for key, info in listed}
+
+
+def fetch_studies(dataset_uri: str, work: Path, table: str | None) -> Path:
+    """The table to score, locally, with the PNG of every row beside it (a local dataset is
+    used in place); returns the CSV's path."""
+    from mammo.predict import TABLES, read_studies, table_file
+
+    if not storage.is_remote(dataset_uri):
+        return table_file(storage.local_path(dataset_uri), table)
+    objects = _objects(dataset_uri)
+    names = [table] if table else [name for name in TABLES if name in objects]
+    if len(names) != 1 or names[0] not in objects:
+        wanted = table or " or ".join(TABLES)
+        raise ArtifactNotFoundError(
+            f"artifact not found: {storage.join(dataset_uri, wanted)}"
+            + (" (both tables present: choose one with --table)" if len(names) > 1 else "")
+        )
+    store = storage.open_store(dataset_uri)
+    local = cache_dir(work, "datasets", dataset_uri)
+    [csv] = fetch_all(store, [objects[names[0]]], local)
+    studies = read_studies(csv)
+    keys, missing = match_image_keys(objects, zip(studies["patient_id"], studies["image_id"], strict=True))
+    if missing:
+        raise ArtifactNotFoundError(
+            f"artifact not found: {dataset_uri}: no PNG for image_id {missing[0]} ({len(missing)} of {len(studies)} missing)"
+        )
+    fetch_all(store, [objects[key] for key in keys], local)
+    return csv
+
+
+def run(
+    *,
+    dataset_uri: str,
+    model_uri: str,
+    out_uri: str,
+    params: dict[str, Any],
+    table: str | None = None,
+    workdir: str | None = None,
+    run_id: str | None = None,
+) -> dict[str, Any]:
+    """Score ``dataset_uri`` with ``model_uri``; publish the CSVs at ``out_uri``; return the result.
+    ``params``: PipelineParams (``device``, ``batch_size``, ``workers`` are used)."""
+    from mammo.data.layout import resolve_image_paths
+    from mammo.predict import read_studies, resolve_model, score_images, score_table
+
+    with telemetry_step(COMPONENT, run_id or out_uri.rstrip("/").rsplit("/", 1)[-1]):
+        parsed = parse_params(params)
+        work = resolve_workdir(workdir)
+        out_uri = normalize_uri(out_uri)
+        model = resolve_model(normalize_uri(model_uri), work)
+        csv = fetch_studies(normalize_uri(dataset_uri), work, table)
+        studies = read_studies(csv)
+        studies["path"] = resolve_image_paths(csv, studies)
+        probs = score_images(model, studies, device=parsed.device, batch_size=parsed.batch_size, workers=parsed.workers)
+        images, breasts = score_table(model, studies, probs)
+        out_dir = cache_dir(work, "runs", out_uri)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        out_dir.mkdir(parents=True)
+        breasts.to_csv(out_dir / BREASTS_NAME, index=False, float_format="%.6f")
+        images.to_csv(out_dir / IMAGES_NAME, index=False, float_format="%.6f")
+        flagged = None if model.threshold is None else int(breasts["flag"].sum())
+        result = {
+            "out_uri": out_uri, "dataset_uri": dataset_uri, "table": csv.name, "model": model.describe(),
+            "images": int(len(images)), "scored_images": int(images["prob"].notna().sum()),
+            "breasts": int(len(breasts)), "patients": int(breasts["patient_id"].nunique()),
+            "flagged_breasts": flagged,
+            "breasts_uri": storage.join(out_uri, BREASTS_NAME), "images_uri": storage.join(out_uri, IMAGES_NAME),
+        }
+        publish_outputs(out_dir, out_uri, result, {"component": COMPONENT, "model": result["model"]})
+        log.info("scored %d breasts of %d patients with %s: %s flagged", result["breasts"], result["patients"],
+                 model.uri, "n/a" if flagged is None else flagged)
+    return result
