@@ -15,9 +15,10 @@ flip, padding, windowing, ...), ``preprocess.json`` (settings, per-source record
 tag mismatches) and ``manifest.json`` last (sha256 of every object: ``mammo.storage``).
 
 Incremental: a source whose size and ETag (mtime locally) are those recorded, converted with
-the same pixel settings, is not converted again. Progress is recorded while converting (a
-journal under ``.preprocess/`` written at least every ``JOURNAL_SECONDS``), so a crash loses
-at most the files converted since then.
+the same pixel settings, is not converted again. Progress is recorded while converting, in a
+journal under ``.preprocess/``: locally a line per file as it is done, so a crash loses only the
+files in flight; in object storage (no appends) rewritten at least every ``JOURNAL_SECONDS``,
+so a crash loses at most the files converted since then.
 
 Sharded: ``shard``/``shards`` convert a stable share of the sources (by a hash of their key) and
 record it; ``merge`` then writes table, record and manifest. One call with ``shards=1`` does
@@ -293,16 +294,20 @@ def load_state(out_uri: str, options: PreprocessConfig) -> tuple[dict[str, dict[
     journals = []
     uris = storage.list_objects(_state_prefix(out_uri, digest))
     for uri in uris:
-        data = _read_json(uri)
-        if isinstance(data, dict) and data.get("digest") == digest:
-            journals.append((str(data.get("written", "")), data))
-    for _, data in sorted(journals, key=lambda item: item[0]):
-        for key, record in data.get("records", {}).items():
-            records[key] = record
-            bad.pop(key, None)
-        for item in data.get("bad_files", []):
-            bad[item["source"]] = item["reason"]
-            records.pop(item["source"], None)
+        journal = read_journal(uri)
+        if journal is not None and journal[0].get("digest") == digest:
+            journals.append((str(journal[0].get("written", "")), journal[1]))
+    for _, entries in sorted(journals, key=lambda item: item[0]):
+        for entry in entries:
+            key = entry.get("key")
+            if key is None:
+                continue
+            if "record" in entry:
+                records[key] = entry["record"]
+                bad.pop(key, None)
+            elif "bad" in entry:
+                bad[key] = entry["bad"]
+                records.pop(key, None)
     return records, bad, uris
 
 
@@ -319,35 +324,81 @@ def reusable(record: dict[str, Any] | None, job: Job, pngs: set[str]) -> bool:
 
 
 class Journal:
-    """This run's records, written to ``.preprocess/<digest>/<shard>-<id>.json`` at most every
-    ``JOURNAL_SECONDS`` and on ``flush``."""
+    """This run's progress as JSON lines in ``.preprocess/<settings>/shard-K-of-N-<id>.jsonl``: a
+    header (settings digest, start time), then one line per converted or bad file. Locally each
+    line is appended and flushed as the file is done, so a crash loses only the files in flight;
+    in object storage (no appends) the whole journal is rewritten at most every
+    ``JOURNAL_SECONDS`` and at the end."""
 
     def __init__(self, out_uri: str, options: PreprocessConfig, shard: int, shards: int) -> None:
         self.uri = storage.join(
-            _state_prefix(out_uri, options.digest()), f"shard-{shard:04d}-of-{shards:04d}-{uuid.uuid4().hex[:8]}.json"
+            _state_prefix(out_uri, options.digest()), f"shard-{shard:04d}-of-{shards:04d}-{uuid.uuid4().hex[:8]}.jsonl"
         )
-        self.digest = options.digest()
         self.records: dict[str, dict[str, Any]] = {}
         self.bad: list[dict[str, str]] = []
-        self.dirty = False
+        header = {"digest": options.digest(), "written": datetime.now(timezone.utc).isoformat()}
+        self.lines = [json.dumps(header)]
+        self.handle = None
+        if not storage.is_remote(out_uri):
+            path = storage.local_path(self.uri)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.handle = path.open("a", encoding="utf-8")
+            self.handle.write(self.lines[0] + "\n")
+            self.handle.flush()
+        self.dirty = True
         self.last = time.monotonic()
+
+    def _append(self, entry: dict[str, Any]) -> None:
+        line = json.dumps(entry)
+        self.lines.append(line)
+        if self.handle is not None:
+            self.handle.write(line + "\n")
+            self.handle.flush()
+        else:
+            self.dirty = True
+            if time.monotonic() - self.last >= JOURNAL_SECONDS:
+                self.flush()
 
     def add(self, key: str, record: dict[str, Any]) -> None:
         self.records[key] = record
-        self.dirty = True
-        if time.monotonic() - self.last >= JOURNAL_SECONDS:
-            self.flush()
+        self._append({"key": key, "record": record})
+
+    def add_bad(self, key: str, reason: str) -> None:
+        self.bad.append({"source": key, "reason": reason})
+        self.records.pop(key, None)
+        self._append({"key": key, "bad": reason})
 
     def flush(self) -> None:
-        if not self.dirty:
+        if self.handle is not None:
+            self.handle.flush()
             return
-        storage.put_json(
-            {"digest": self.digest, "written": datetime.now(timezone.utc).isoformat(), "records": self.records,
-             "bad_files": self.bad},
-            self.uri,
-        )
-        self.dirty = False
-        self.last = time.monotonic()
+        if self.dirty:
+            storage.put_bytes(("\n".join(self.lines) + "\n").encode(), self.uri)
+            self.dirty = False
+            self.last = time.monotonic()
+
+    def close(self) -> None:
+        self.flush()
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
+
+
+def read_journal(uri: str) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+    """A journal's header and entries; None when unreadable (a torn last line is dropped)."""
+    try:
+        text = storage.get_bytes(uri).decode("utf-8")
+    except (storage.ArtifactNotFoundError, UnicodeDecodeError):
+        return None
+    entries = []
+    for line in text.splitlines():
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a line cut by a crash, and nothing after it
+    if not entries or not isinstance(entries[0], dict) or "digest" not in entries[0]:
+        return None
+    return entries[0], entries[1:]
 
 
 # --- running the conversions ----------------------------------------------------------------------
@@ -458,10 +509,7 @@ def convert_shard(
     journal = Journal(out_uri, options, shard, shards)
     todo = []
     for job in mine:
-        record = previous.get(job.source.key)
-        if reusable(record, job, pngs):
-            journal.records[job.source.key] = record  # type: ignore[assignment]
-        else:
+        if not reusable(previous.get(job.source.key), job, pngs):
             todo.append(job)
     reused = len(mine) - len(todo)
     log.info(
@@ -477,9 +525,7 @@ def convert_shard(
             if options.bad_files == "fail":
                 raise DataError(result["bad"])
             log.warning("skipping %s", result["bad"])
-            journal.bad.append({"source": job.source.key, "reason": result["bad"]})
-            journal.records.pop(job.source.key, None)
-            journal.dirty = True
+            journal.add_bad(job.source.key, result["bad"])
             return
         converted += 1
         journal.add(job.source.key, result)
@@ -490,11 +536,10 @@ def convert_shard(
     base = Path(workdir) if workdir else Path(tempfile.gettempdir())
     base.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="mammo-dicom-", dir=base))
-    journal.dirty = True  # an empty shard still records that it ran
     try:
         _run_jobs(todo, out_uri, options, workers, scratch, on_done)
     finally:
-        journal.flush()
+        journal.close()
         shutil.rmtree(scratch, ignore_errors=True)
     seconds = time.monotonic() - started
     return {
