@@ -114,6 +114,15 @@ def _add_profile_args(p: argparse.ArgumentParser, *, default: str | None = "gpu"
                        help="Deadline of every other step, e.g. 6h (default: gpu 6h, kind 1h).")
     group.add_argument("--ttl", metavar="DURATION",
                        help="Delete the run's pods this long after it finished, e.g. 7d (default: gpu 7d, kind 1d).")
+    group.add_argument("--data-volume-size", metavar="QUANTITY",
+                       help="Disk of each trainer's and the evaluator's data volume: dataset copy plus decoded "
+                       "cache (default: gpu 200Gi, kind 5Gi; RSNA needs ~30Gi at 512 px, ~60Gi at 1024x512).")
+    group.add_argument("--data-storage-class", metavar="NAME",
+                       help="Make the data volume a generic ephemeral volume of this storage class (default: an "
+                       "emptyDir on the node's disk; the class must provision volumes writable by uid 10001).")
+    group.add_argument("--data-pvc", metavar="NAME",
+                       help="Keep the data on this PersistentVolumeClaim instead (shared by steps, retries and "
+                       "runs; owned by uid 10001).")
 
 
 def _profile(args: argparse.Namespace) -> Profile:
@@ -134,6 +143,9 @@ def _profile(args: argparse.Namespace) -> Profile:
         trainer_timeout=None if args.trainer_timeout is None else parse_duration(args.trainer_timeout, "--trainer-timeout"),
         step_timeout=None if args.step_timeout is None else parse_duration(args.step_timeout, "--step-timeout"),
         ttl_seconds=None if args.ttl is None else parse_duration(args.ttl, "--ttl"),
+        data_volume_size=args.data_volume_size,
+        data_pvc=args.data_pvc,
+        data_storage_class=args.data_storage_class,
     )
 
 

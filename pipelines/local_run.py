@@ -157,6 +157,9 @@ def summarize(outcome: dict[str, Any], store_uri: str, model_name: str, log_file
         "metrics": outcome["metrics"],
         "promoted": bool(decision["promote"]) and current == outcome["sha256"],
         "reason": decision["reason"],
+        "decision": decision,
+        "warnings": list(outcome.get("warnings") or []),
+        "bootstrap": outcome.get("bootstrap"),
         "production_uri": production,
         "report_uri": outcome["report_uri"],
         "checkpoints": [join(run_prefix, "baseline_trainer"), join(run_prefix, "unfreeze_trainer")],
@@ -169,18 +172,36 @@ def _cell(value: Any) -> str:
     return "   n/a" if value is None else f"{value:6.3f}"
 
 
+def _interval(figure: Any) -> str:
+    """``[0.712, 0.873]`` from ``{"low": ..., "high": ...}``, blank when there is none."""
+    if not isinstance(figure, dict) or figure.get("low") is None or figure.get("high") is None:
+        return ""
+    return f"[{figure['low']:.3f}, {figure['high']:.3f}]"
+
+
 def print_summary(summary: dict[str, Any], seconds: float) -> None:
     print(f"\nbest model: {summary['best']} (threshold {_cell(summary['threshold']).strip()})")
-    print(f"{'split':<6}{'level':<8}{'AUC':>7}{'PR-AUC':>8}{'pF1':>7}{'sens':>7}{'spec':>7}")
+    print(f"{'split':<6}{'level':<8}{'AUC':>7} {'95% interval':<16}{'PR-AUC':>7}{'pF1':>7}{'sens':>7}{'spec':>7}")
     for split in ("val", "test"):
         for level in ("image", "breast"):
             m = summary["metrics"][split][level]
+            ci = (m.get("ci") or {}).get("auc")
             print(
-                f"{split:<6}{level:<8}{_cell(m.get('auc')):>7}{_cell(m.get('pr_auc')):>8}{_cell(m.get('pf1')):>7}"
-                f"{_cell(m.get('sensitivity')):>7}{_cell(m.get('specificity')):>7}"
+                f"{split:<6}{level:<8}{_cell(m.get('auc')):>7} {_interval(ci):<16}{_cell(m.get('pr_auc')):>7}"
+                f"{_cell(m.get('pf1')):>7}{_cell(m.get('sensitivity')):>7}{_cell(m.get('specificity')):>7}"
             )
+    boot = summary.get("bootstrap") or {}
+    if boot.get("resamples"):
+        print(f"intervals: {boot['resamples']} bootstrap resamples of patients (seed {boot.get('seed')}); "
+              "every figure's interval is in the report")
+    for warning in summary.get("warnings") or []:
+        print(f"warning: {warning}")
+    decision = summary.get("decision") or {}
+    if decision.get("rule"):
+        print(f"\npromotion rule: {decision['rule']} on {decision.get('metric')}, margin {decision.get('margin')}, "
+              f"floor promotion_min={decision.get('floor')}")
     verdict = "promoted to" if summary["promoted"] else "not promoted; production stays"
-    print(f"\nmodel: {verdict} {summary['production_uri']} ({summary['reason']})")
+    print(f"model: {verdict} {summary['production_uri']} ({summary['reason']})")
     print(f"report:      {summary['report_uri']}")
     print(f"checkpoints: {summary['checkpoints'][0]}/")
     print(f"             {summary['checkpoints'][1]}/")

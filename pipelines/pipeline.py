@@ -42,6 +42,9 @@ DESCRIPTION = (
     "with warm-up, gradual unfreezing, evaluation on val/test, promotion of the best model."
 )
 SHM_VOLUME = "dshm"
+#: Where trainers and the evaluator keep the dataset copy and the decoded cache.
+DATA_VOLUME = "mammo-data"
+DATA_MOUNT = "/var/cache/mammo"
 #: USER of both Dockerfiles.
 IMAGE_UID = 10001
 
@@ -70,6 +73,26 @@ def _runtime(task: PipelineTask, profile: Profile, resources: Resources) -> Pipe
     return task
 
 
+def _data_volume(task: PipelineTask, profile: Profile) -> None:
+    """The dataset copy and its decoded cache go to a volume of planned size, not the
+    container's filesystem: the profile's PVC (kept across retries and runs); else, with a
+    storage class, a generic ephemeral volume of ``data_volume_size``; else an emptyDir on the
+    node's disk capped at ``data_volume_size``. (kfp-kubernetes cannot set a pod's fsGroup, and
+    a freshly formatted volume's root is writable by root only, while the steps run as uid
+    10001: the ephemeral volume needs a storage class that provisions writable volumes, the
+    PVC a one-time chown; an emptyDir is always writable.)"""
+    if profile.data_pvc:
+        kubernetes.mount_pvc(task, pvc_name=profile.data_pvc, mount_path=DATA_MOUNT)
+    elif profile.data_storage_class:
+        kubernetes.add_ephemeral_volume(
+            task, volume_name=DATA_VOLUME, mount_path=DATA_MOUNT, access_modes=["ReadWriteOnce"],
+            size=profile.data_volume_size, storage_class_name=profile.data_storage_class,
+        )
+    else:
+        kubernetes.empty_dir_mount(task, volume_name=DATA_VOLUME, mount_path=DATA_MOUNT, size_limit=profile.data_volume_size)
+    task.set_env_variable("MAMMO_CACHE_DIR", DATA_MOUNT)
+
+
 def _placement(task: PipelineTask, profile: Profile) -> None:
     """Node selector and tolerations of GPU steps."""
     for key, value in sorted(profile.node_selector.items()):
@@ -85,6 +108,7 @@ def _trainer(task: PipelineTask, profile: Profile, gpus: Any, name: str) -> Pipe
     """Training image, GPUs, memory-backed /dev/shm for DataLoader workers, retries."""
     task.set_display_name(name).set_container_image(profile.train_image)
     _runtime(task, profile, profile.trainer)
+    _data_volume(task, profile)
     kubernetes.empty_dir_mount(
         task, volume_name=SHM_VOLUME, mount_path="/dev/shm", medium="Memory", size_limit=profile.shm_size
     )
@@ -230,6 +254,7 @@ def _wire(profile: Profile, args: dict[str, Any]) -> Any:
     )
     evaluation.set_display_name("evaluator").set_container_image(profile.evaluator_image)
     _runtime(evaluation, profile, profile.evaluator).set_caching_options(False)
+    _data_volume(evaluation, profile)
     if profile.evaluator_gpus and profile.gpu_type is not None:
         evaluation.set_accelerator_type(profile.gpu_type).set_accelerator_limit(profile.evaluator_gpus)
         _placement(evaluation, profile)

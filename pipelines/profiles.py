@@ -108,6 +108,14 @@ class Profile:
     #: Seconds after the run finished before its workflow and pods are deleted (Argo's
     #: ttlStrategy); logs stay in KFP's artifact store.
     ttl_seconds: int = 7 * 24 * 3600
+    #: The volume that trainers and the evaluator keep the dataset copy and its decoded cache
+    #: on (``$MAMMO_CACHE_DIR``): ``data_pvc`` names a PersistentVolumeClaim (kept between
+    #: steps, retries and runs, so a retry reuses what is there); else with
+    #: ``data_storage_class`` a generic ephemeral volume of ``data_volume_size``; else an
+    #: emptyDir on the node's disk capped at ``data_volume_size`` (pipeline.py: why).
+    data_volume_size: str = "200Gi"
+    data_pvc: str | None = None
+    data_storage_class: str | None = None
 
     @property
     def has_gpus(self) -> bool:
@@ -237,6 +245,7 @@ def _base(name: ProfileName, train_image: str, eval_image: str) -> Profile:
         trainer=Resources("500m", "2", "1Gi", "4Gi"),
         evaluator=Resources("250m", "2", "1Gi", "3Gi"),
         shm_size="1Gi",
+        data_volume_size="5Gi",
         dataset_uri="s3://mammo/datasets/demo",
         # The demo trains in minutes: anything near these bounds is stuck.
         trainer_timeout=4 * 3600,
@@ -262,6 +271,9 @@ def get_profile(
     trainer_timeout: int | None = None,
     step_timeout: int | None = None,
     ttl_seconds: int | None = None,
+    data_volume_size: str | None = None,
+    data_pvc: str | None = None,
+    data_storage_class: str | None = None,
 ) -> Profile:
     """The named profile with the given settings replaced (``None`` keeps the default)."""
     if name not in PROFILES:
@@ -275,8 +287,12 @@ def get_profile(
         raise ConfigError(f"profile {name!r} has no GPUs: --evaluator-gpus needs the gpu profile")
     if evaluator_gpus is not None and evaluator_gpus < 0:
         raise ConfigError("--evaluator-gpus must be 0 or more")
-    if shm_size is not None and not re.fullmatch(r"[1-9][0-9]*(Mi|Gi)", shm_size):
-        raise ConfigError(f"--shm-size {shm_size!r}: a Kubernetes quantity in Mi or Gi, e.g. 32Gi")
+    for flag, quantity in (("--shm-size", shm_size), ("--data-volume-size", data_volume_size)):
+        if quantity is not None and not re.fullmatch(r"[1-9][0-9]*(Mi|Gi|Ti)", quantity):
+            raise ConfigError(f"{flag} {quantity!r}: a Kubernetes quantity in Mi, Gi or Ti, e.g. 32Gi")
+    for flag, name in (("--data-pvc", data_pvc), ("--data-storage-class", data_storage_class)):
+        if name is not None and DNS_NAME.fullmatch(name) is None:
+            raise ConfigError(f"{flag} {name!r}: not a Kubernetes object name")
     for secret in image_pull_secrets or ():
         if DNS_NAME.fullmatch(secret) is None:
             raise ConfigError(f"--image-pull-secret {secret!r}: not a Kubernetes Secret name")
@@ -298,5 +314,8 @@ def get_profile(
         "trainer_timeout": trainer_timeout,
         "step_timeout": step_timeout,
         "ttl_seconds": ttl_seconds,
+        "data_volume_size": data_volume_size,
+        "data_pvc": data_pvc,
+        "data_storage_class": data_storage_class,
     }
     return dataclasses.replace(profile, **{k: v for k, v in changes.items() if v is not None})

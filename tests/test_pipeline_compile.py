@@ -265,13 +265,13 @@ def test_trainers_retry_and_get_a_memory_backed_shm(compiled) -> None:
         retry = tasks[task]["retryPolicy"]
         assert retry["maxRetryCount"] == 3 and retry["backoffDuration"] == "60s" and retry["backoffFactor"] == 2.0
     for task in TRAINERS:
-        [shm] = executors[f"exec-{task}"]["emptyDirMounts"]
-        assert shm["mountPath"] == "/dev/shm" and shm["medium"] == "Memory" and shm["sizeLimit"]
+        [shm] = [m for m in executors[f"exec-{task}"]["emptyDirMounts"] if m["mountPath"] == "/dev/shm"]
+        assert shm["medium"] == "Memory" and shm["sizeLimit"]
     for task in launchers:  # the TrainJob's nodes get /dev/shm from the TrainingRuntime
         assert "emptyDirMounts" not in executors[f"exec-{task}"]
     for task in ("split-builder", "evaluator"):
         assert "retryPolicy" not in tasks[task]
-        assert "emptyDirMounts" not in executors[f"exec-{task}"]
+        assert all(m["mountPath"] != "/dev/shm" for m in executors[f"exec-{task}"].get("emptyDirMounts", []))
 
 
 def test_only_the_trainers_cache(compiled) -> None:
@@ -394,7 +394,8 @@ def test_shm_size_override_reaches_the_trainer_pods_and_bad_sizes_are_refused(tm
     assert main(["compile", "--profile", "gpu", "--shm-size", "64Gi", "--out", str(out)]) == 0
     platform = list(yaml.safe_load_all(out.read_text()))[1]
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"].values()
-    sizes = [mount["sizeLimit"] for executor in executors for mount in executor.get("emptyDirMounts", [])]
+    sizes = [mount["sizeLimit"] for executor in executors for mount in executor.get("emptyDirMounts", [])
+             if mount["mountPath"] == "/dev/shm"]
     assert sizes and set(sizes) == {"64Gi"}
     assert main(["compile", "--profile", "gpu", "--shm-size", "lots", "--out", str(out)]) == 2
     assert "--shm-size 'lots'" in capsys.readouterr().err
@@ -492,3 +493,27 @@ def test_images_pinned_by_digest_are_used_as_pinned_and_enter_the_run_id(
 def test_unpinned_gpu_images_are_named_in_a_note(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _compile(tmp_path, "gpu")
     assert "images are not pinned by digest" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("extra", "kind"),
+    [([], "emptyDirMounts"), (["--data-storage-class", "fast-ssd"], "genericEphemeralVolume"), (["--data-pvc", "rsna-cache"], "pvcMount")],
+)
+def test_trainers_and_the_evaluator_keep_their_data_on_a_planned_volume(extra, kind, tmp_path: Path) -> None:
+    out = tmp_path / "p.yaml"
+    assert main(["compile", "--profile", "gpu", "--data-volume-size", "300Gi", *extra, "--out", str(out)]) == 0
+    documents = list(yaml.safe_load_all(out.read_text()))
+    executors = documents[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    containers = documents[0]["deploymentSpec"]["executors"]
+    with_volume = set()
+    for name, executor in executors.items():
+        mounts = [m for m in executor.get(kind, []) if m.get("mountPath") == "/var/cache/mammo"]
+        if mounts:
+            with_volume.add(name)
+            if kind != "pvcMount":
+                assert mounts[0]["sizeLimit" if kind == "emptyDirMounts" else "size"] == "300Gi"
+            if kind == "genericEphemeralVolume":
+                assert mounts[0]["storageClassName"] == "fast-ssd"
+            env = {e["name"]: e["value"] for e in containers[name]["container"].get("env", [])}
+            assert env["MAMMO_CACHE_DIR"] == "/var/cache/mammo"
+    assert {"exec-baseline-trainer", "exec-unfreeze-trainer", "exec-evaluator"} <= with_volume

@@ -22,11 +22,13 @@ from mammo_components.split_builder.entrypoint import latest_split
 from mammo_components.split_builder.entrypoint import run as build_split
 from servers import Pushgateway, S3Env
 
-#: One epoch per trainer at 32 px: the point is the pipeline, not the model.
+#: One epoch per trainer at 32 px: the point is the pipeline, not the model (so no floor: a
+#: one-epoch model need not be above chance to be promoted here; few resamples).
 TINY = {
     "image_size": 32, "backbone": "resnet18", "batch_size": 16, "workers": 0, "device": "cpu",
     "baseline_epochs": 1, "warmup_epochs": 0, "unfreeze_epochs": 1,
-    "unfreeze_set": ["unfreeze.start_epoch=1"],
+    "unfreeze_set": ["unfreeze.start_epoch=1"], "promotion_min": -1.0,
+    "evaluate_set": ["stats.resamples=200", "stats.subgroup_resamples=100"],
 }
 
 
@@ -63,7 +65,9 @@ def test_local_run_promotes_the_first_model_and_not_an_equal_one(
     assert "baseline epoch 1/1: val AUC" in out and "KFP Executor" not in out  # quiet by default
     assert f"store {workdir}" in out and "model: promoted to" in out
 
-    assert first["promoted"] and first["reason"] == "no production model yet"
+    assert first["promoted"] and first["reason"].startswith("no production model yet")
+    assert "promotion rule: paired_bootstrap on test.breast.auc" in out
+    assert first["metrics"]["test"]["breast"]["ci"]["auc"]["low"] is not None
     production = storage.read_manifest(first["production_uri"])
     assert production.metadata["source_uri"] == first["best_uri"]
     assert production.metadata["run_id"] == first["run_id"] and production.metadata["report_uri"] == first["report_uri"]

@@ -43,6 +43,7 @@ def record_best(best: Any, result: Mapping[str, Any], decision: Mapping[str, Any
         "uri": result["best_uri"], "sha256": result["best_sha256"], "name": result["best_name"],
         "threshold": result["threshold"], "metrics": result["metrics"], "report_uri": result["report_uri"],
         "evaluation_uri": result["out_uri"], "run_id": run_id, "decision": dict(decision),
+        "warnings": list(result.get("warnings") or []), "bootstrap": result.get("bootstrap"),
     })
     write_artifact_json(best, {**result, "decision": dict(decision)})
 
