@@ -187,6 +187,9 @@ def test_unfreeze_unfreezes_blocks_and_keeps_batchnorm_frozen(small, small_init,
     assert state["schedule"]["unfrozen"] >= 2
     groups = [g["name"] for g in trainer.optimizer.param_groups]
     assert groups[:3] == ["head", "layer4", "layer3"]
+    # each epoch's history record names the blocks unfrozen at its end (the report marks them)
+    history = json.loads((tmp_path / "u" / "history.json").read_text())
+    assert [b for record in history for b in record["unfrozen"]] == groups[1:]
     # head lr follows the schedule of the latest unfrozen step
     trained = state["model"]
     assert not torch.equal(trained["fc.weight"], start["fc.weight"])

@@ -102,6 +102,11 @@ class Trainer(ABC):
     def after_validation(self, epoch: int, metrics: dict[str, Any]) -> None:
         """Step the learning-rate schedule (and, for unfreezing, the block schedule)."""
 
+    def epoch_notes(self) -> dict[str, Any]:
+        """Stage-specific facts of the epoch just validated, kept in its history record (the
+        report's training curves mark them); called after ``after_validation``."""
+        return {}
+
     def after_train_mode(self, model: torch.nn.Module) -> None:
         """Adjust modules after ``model.train()`` (e.g. keep frozen BatchNorm in eval)."""
 
@@ -203,6 +208,7 @@ class Trainer(ABC):
                 "images_per_second": stats.images_per_second,
                 "lr": lr,
                 "val": metrics,
+                **self.epoch_notes(),
             }
             history.append(to_jsonable(record))
             if runtime.is_main:

@@ -54,6 +54,7 @@ class UnfreezeTrainer(Trainer):
         for p in head_parameters(model, self.config.model.backbone):
             p.requires_grad_(True)
         self.unfrozen = 0
+        self._unfrozen_now: list[str] = []
         self.last_unfreeze: int | None = None
         self.best_seen: float | None = None
         self.phase = "cosine"
@@ -95,7 +96,13 @@ class UnfreezeTrainer(Trainer):
         )
         self.optimizer.param_groups[0]["lr"] = step.head_lr
         self.unfrozen += 1
+        self._unfrozen_now.append(step.block)
         return step.block
+
+    def epoch_notes(self) -> dict[str, Any]:
+        """The blocks unfrozen at the end of this epoch (they train from the next one)."""
+        notes, self._unfrozen_now = {"unfrozen": self._unfrozen_now}, []
+        return notes
 
     def after_validation(self, epoch: int, metrics: dict[str, Any]) -> None:
         sched = self.config.unfreeze
@@ -139,6 +146,7 @@ class UnfreezeTrainer(Trainer):
     def load_schedule_state(self, state: dict[str, Any]) -> None:
         for _ in range(int(state["unfrozen"])):
             self._unfreeze_next()
+        self._unfrozen_now = []  # restored, not unfrozen in the coming epoch
         self.last_unfreeze = state["last_unfreeze"]
         self.best_seen = state["best_seen"]
         if state["phase"] == "plateau":
