@@ -37,11 +37,53 @@ BASE_IMAGE="localhost/mammo-smoke/python:3.11-bookworm"
 TRAIN_SMOKE_IMAGE="localhost/mammo-smoke/mammo-train:smoke"
 EVAL_SMOKE_IMAGE="localhost/mammo-smoke/mammo-eval:smoke"
 REPORT="$SMOKE_DIR/report.txt"
+# buildah keeps a small blob-info cache in /var/lib/containers whatever --root says; a run that
+# created that folder removes it again.
+SYSTEM_STORE=/var/lib/containers
+SYSTEM_STORE_EXISTED=1
 
 # Every buildah call uses the private storage: nothing lands in /var/lib/containers.
 bah() { TMPDIR="$STORE/tmp" buildah --root "$STORE/root" --runroot "$STORE/run" --storage-driver overlay "$@"; }
 
 now() { date +%s; }
+
+# The file system's used space, sampled every 5 s while the test runs: its peak above the start
+# is the test's disk need (approximate: other processes write to the same disk).
+used_mb() { df --output=used --block-size=1M "$SMOKE_DIR" | tail -n 1 | tr -d ' '; }
+SAMPLER_PID=""
+start_sampler() {
+  local start
+  start="$(used_mb)"
+  echo "$start" >"$SMOKE_DIR/disk-start"
+  echo "$start" >"$SMOKE_DIR/disk-peak"
+  (
+    peak=$start
+    while sleep 5; do
+      used="$(used_mb)"
+      if (( used > peak )); then peak=$used; echo "$peak" >"$SMOKE_DIR/disk-peak"; fi
+    done
+  ) &
+  SAMPLER_PID=$!
+}
+stop_sampler() {
+  [[ -z "$SAMPLER_PID" ]] && return 0
+  kill "$SAMPLER_PID" 2>/dev/null || true
+  wait "$SAMPLER_PID" 2>/dev/null || true
+  SAMPLER_PID=""
+  printf 'disk: peak %s MB above the start\n' "$(( $(cat "$SMOKE_DIR/disk-peak") - $(cat "$SMOKE_DIR/disk-start") ))" >>"$REPORT"
+  rm -f "$SMOKE_DIR/disk-peak" "$SMOKE_DIR/disk-start"
+}
+
+finish() {  # on exit of a full run: stop sampling, remove everything but the base tarball
+  local status=$?
+  stop_sampler
+  clean
+  if [[ "$SYSTEM_STORE_EXISTED" == 0 ]]; then rm -rf --one-file-system "$SYSTEM_STORE"; fi
+  printf 'disk: %s MB left in %s (the base tarball)\n' "$(du -s --block-size=1M "$SMOKE_DIR" | cut -f1)" "$SMOKE_DIR" >>"$REPORT"
+  log "image smoke test report ($REPORT):"
+  sed 's/^/    /' "$REPORT" >&2
+  exit "$status"
+}
 
 require_tools() {
   [[ "$EUID" == 0 ]] || die "the image smoke test needs root (buildah chroot isolation, mounts): run it as root or in CI."
@@ -111,7 +153,7 @@ build_all() {
   local start
   start="$(now)"
   base_image
-  printf 'base image %ss (tarball %s MB)\n' "$(( $(now) - start ))" "$(( $(stat -c %s "$BASE_TAR") / 1000000 ))" >"$REPORT"
+  printf 'base image %ss (tarball %s MB)\n' "$(( $(now) - start ))" "$(( $(stat -c %s "$BASE_TAR") / 1000000 ))" >>"$REPORT"
   build Dockerfile.train "$TRAIN_SMOKE_IMAGE"
   build Dockerfile.eval "$EVAL_SMOKE_IMAGE"
   bah images --format '{{.Name}}:{{.Tag}} {{.Size}}' >>"$REPORT"
@@ -133,13 +175,23 @@ case "$mode" in
     mkdir -p "$SMOKE_DIR"
     start="$(now)"
     clean  # leftovers of an interrupted run
-    [[ "$mode" == build || "${MAMMO_SMOKE_KEEP:-0}" == 1 ]] || trap clean EXIT
+    [[ -e "$SYSTEM_STORE" ]] || SYSTEM_STORE_EXISTED=0
+    : >"$REPORT"
+    start_sampler
+    [[ "$mode" == build || "${MAMMO_SMOKE_KEEP:-0}" == 1 ]] || trap finish EXIT
     build_all
-    if [[ "$mode" == all ]]; then check; fi
-    printf 'disk: %s MB in %s at the end\n' "$(( $(du -sx --block-size=1M "$STORE" | cut -f1) ))" "$STORE" >>"$REPORT"
-    printf 'total %ss\n' "$(( $(now) - start ))" >>"$REPORT"
-    log "image smoke test report ($REPORT):"
-    sed 's/^/    /' "$REPORT" >&2
+    printf 'images: %s MB in %s after both builds\n' "$(du -sx --block-size=1M "$STORE" | cut -f1)" "$STORE" >>"$REPORT"
+    if [[ "$mode" == all ]]; then
+      check_start="$(now)"
+      check
+      printf 'checks %ss\n' "$(( $(now) - check_start ))" >>"$REPORT"
+    fi
+    printf 'total %ss (before the clean-up)\n' "$(( $(now) - start ))" >>"$REPORT"
+    if [[ "$mode" == build || "${MAMMO_SMOKE_KEEP:-0}" == 1 ]]; then
+      stop_sampler
+      log "image smoke test report ($REPORT):"
+      sed 's/^/    /' "$REPORT" >&2
+    fi
     ;;
   check)
     require_tools
