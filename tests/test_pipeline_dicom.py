@@ -73,7 +73,7 @@ def test_mammo_run_on_a_dicom_folder(dicoms: Path, tmp_path: Path, monkeypatch: 
     out = capsys.readouterr().out
     assert "holds DICOM files: dataset_format dicom" in out
     assert "[dicom] preprocess plan ..." in out and "preprocess merge done" in out
-    assert "[1/5] split builder" in out and result["promoted"]
+    assert "[1/5] split builder" in out and "[4/5] evaluator" in out
     png_uri = _output(workdir, "preprocess-merge")["parameterValues"]["Output"]
     assert png_uri.startswith(str(workdir / "datasets" / "rsna-")) and "/png-40x32-" in png_uri
     _check_trained_on(png_uri, result, tmp_path)
