@@ -13,6 +13,8 @@ parameters (``mammo pipeline params``). kfp is imported only when the run starts
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import time
 from importlib import resources
@@ -47,7 +49,10 @@ def demo_dataset(workdir: Path, recipe: dict[str, Any]) -> Path:
     """Generate the synthetic demo dataset once; later runs reuse it."""
     from mammo.data.synth import write_synthetic_dataset
 
-    name = f"demo-{recipe.get('patients', 200)}p-{recipe.get('image_size', 512)}px-s{recipe.get('seed', 0)}"
+    # The whole recipe names the folder: a changed recipe (prevalence, lesion difficulty) gets
+    # a dataset of its own instead of an earlier one of the same size.
+    digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:8]
+    name = f"demo-{recipe.get('patients', 200)}p-{recipe.get('image_size', 512)}px-s{recipe.get('seed', 0)}-{digest}"
     target = workdir / "datasets" / name
     if not (target / "train.csv").exists():
         print(f"mammo run: generating the synthetic demo dataset in {target}", flush=True)

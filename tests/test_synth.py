@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -87,6 +88,28 @@ def test_cancer_images_carry_a_local_bright_signal(tmp_path: Path) -> None:
     assert abs(roc_auc_score(table["cancer"], images.mean(dim=(1, 2, 3)).numpy()) - 0.5) < 0.2
 
 
+def test_difficulty_hides_or_dims_lesions_and_touches_nothing_else(tmp_path: Path) -> None:
+    common = {"patients": 30, "image_size": 32, "prevalence": 0.4, "seed": 3}
+    write_synthetic_dataset(tmp_path / "plain", **common)
+    summary = write_synthetic_dataset(tmp_path / "hard", **common, occult=0.5, view_miss=0.3)
+    dim = write_synthetic_dataset(tmp_path / "dim", **common, lesion_contrast=0.5)
+    table = read_table(tmp_path / "plain")
+    assert (tmp_path / "hard" / "train.csv").read_bytes() == (tmp_path / "plain" / "train.csv").read_bytes()
+    assert summary["cancer_images"] > summary["visible_cancer_images"] > 0
+    assert dim["visible_cancer_images"] == dim["cancer_images"]
+
+    def pixels(name: str, row: pd.Series) -> bytes:
+        return (tmp_path / name / "train_images" / row["patient_id"] / f"{row['image_id']}.png").read_bytes()
+
+    changed = {name: [pixels("plain", r) != pixels(name, r) for _, r in table.iterrows()] for name in ("hard", "dim")}
+    cancer = table["cancer"].to_numpy() == 1
+    # Healthy images are byte-identical; hidden lesions change exactly their cancer images.
+    assert not any(c for c, is_cancer in zip(changed["hard"], cancer) if not is_cancer)
+    assert sum(changed["hard"]) == summary["cancer_images"] - summary["visible_cancer_images"]
+    assert not any(c for c, is_cancer in zip(changed["dim"], cancer) if not is_cancer)
+    assert all(c for c, is_cancer in zip(changed["dim"], cancer) if is_cancer)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [
@@ -95,6 +118,9 @@ def test_cancer_images_carry_a_local_bright_signal(tmp_path: Path) -> None:
         ({"prevalence": 1.0}, "prevalence"),
         ({"image_size": 8}, "image_size"),
         ({"layout": "tree"}, "layout"),
+        ({"lesion_contrast": 0.0}, "lesion_contrast"),
+        ({"occult": 1.0}, "occult"),
+        ({"view_miss": -0.1}, "view_miss"),
     ],
 )
 def test_invalid_arguments_raise_config_error(tmp_path: Path, kwargs: dict, field: str) -> None:

@@ -124,6 +124,9 @@ def _cmd_synth(args: argparse.Namespace) -> None:
         prevalence=args.prevalence,
         layout=args.layout,
         seed=args.seed,
+        lesion_contrast=args.lesion_contrast,
+        occult=args.occult,
+        view_miss=args.view_miss,
     )
     _print_json(summary)
 
@@ -311,6 +314,13 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--layout", choices=["nested", "flat"], default="nested",
                        help="nested: <dir>/{patient_id}/{image_id}.png; flat: {image_id}.png (default: %(default)s).")
     synth.add_argument("--seed", type=int, default=0, help="Random seed (default: %(default)s).")
+    synth.add_argument("--lesion-contrast", type=float, default=1.0, metavar="C",
+                       help="Lesion brightness relative to the plainly visible default, e.g. 0.6 for subtle "
+                       "lesions (default: %(default)s).")
+    synth.add_argument("--occult", type=float, default=0.0, metavar="F",
+                       help="Share of cancer breasts whose lesion shows in no image (default: %(default)s).")
+    synth.add_argument("--view-miss", type=float, default=0.0, metavar="F",
+                       help="Chance that an image of another cancer breast does not show its lesion (default: %(default)s).")
     synth.set_defaults(handler=_cmd_synth)
     from mammo.dicom.options import add_arguments as add_dicom_arguments
 

@@ -7,6 +7,14 @@ are breast-shaped textured regions on a dark background (with the pectoral muscl
 views); every image of a cancer breast also shows a small bright spiculated mass at a random
 position. Everything derives from ``seed``, so the same arguments give byte-identical files
 (on the same torch build and CPU type).
+
+By default every lesion is plainly visible, which a small CNN separates perfectly: fine for
+tests of the machinery, useless for a report. ``lesion_contrast`` (fainter masses), ``occult``
+(cancer breasts whose lesion shows in no view, as some cancers are mammographically occult) and
+``view_miss`` (a lesion missing from one view) make the task realistic: the demo uses them so
+that its test AUC lands well above chance and clearly below 1 (``occult`` alone caps the
+breast-level AUC near 1 - occult / 2). They draw from generators of their own, so images the
+options do not touch are byte-identical to the default dataset's.
 """
 
 from __future__ import annotations
@@ -31,6 +39,14 @@ IMAGE_DIR = "train_images"
 CHUNK_PIXELS = 2**22
 _SITE_MACHINES = {1: [21, 29, 48, 49, 93, 216], 2: [29, 48, 49, 170, 190, 197, 210]}
 _OTHER_VIEWS = ["AT", "ML", "LM", "LMO"]
+
+
+def _check_difficulty(lesion_contrast: float, occult: float, view_miss: float) -> None:
+    if not 0 < lesion_contrast <= 4:
+        raise ConfigError(f"lesion_contrast must be in (0, 4], got {lesion_contrast}")
+    for name, value in (("occult", occult), ("view_miss", view_miss)):
+        if not 0 <= value < 1:
+            raise ConfigError(f"{name} must be in [0, 1), got {value}")
 
 
 def _validate(patients: int, image_size: int, prevalence: float, layout: str) -> None:
@@ -113,8 +129,10 @@ def _smooth_noise(gen: torch.Generator, n: int, cells: int, size: int) -> torch.
     return F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)[:, 0]
 
 
-def _render(chunk: pd.DataFrame, size: int, gen: torch.Generator) -> torch.Tensor:
-    """uint8 [n, 1, size, size] images for the rows of ``chunk`` (chest wall on the left)."""
+def _render(chunk: pd.DataFrame, size: int, gen: torch.Generator, lesion_contrast: float = 1.0) -> torch.Tensor:
+    """uint8 [n, 1, size, size] images for the rows of ``chunk`` (chest wall on the left).
+    A row's lesion shows where its ``visible`` column (default: ``cancer``) is 1, at
+    ``lesion_contrast`` times the full brightness."""
     n = len(chunk)
     axis = (torch.arange(size, dtype=torch.float32) + 0.5) / size
     y, x = axis.view(1, size, 1), axis.view(1, 1, size)
@@ -140,8 +158,9 @@ def _render(chunk: pd.DataFrame, size: int, gen: torch.Generator) -> torch.Tenso
     dx, dy = x - mass_x, y - mass_y
     spread = sigma * (1 + 0.35 * torch.cos(spikes * torch.atan2(dy, dx) + phase))
     mass = _uniform(gen, n, 50, 90) * torch.exp(-(dx**2 + dy**2) / (2 * spread**2))
-    cancer = torch.tensor(chunk["cancer"].to_numpy(), dtype=torch.float32).view(n, 1, 1)
-    image = image + cancer * mass * breast
+    shown = chunk["visible"] if "visible" in chunk.columns else chunk["cancer"]
+    cancer = torch.tensor(shown.to_numpy(), dtype=torch.float32).view(n, 1, 1)
+    image = image + cancer * mass * breast * lesion_contrast
     # Acquisition: machine gain, sensor noise, a nearly black background.
     image = image * _uniform(gen, n, 0.85, 1.15) + 3 * torch.randn(n, size, size, generator=gen) * breast + 4
     flip = torch.tensor((chunk["laterality"] == "R").to_numpy()).view(n, 1, 1)
@@ -149,12 +168,33 @@ def _render(chunk: pd.DataFrame, size: int, gen: torch.Generator) -> torch.Tenso
     return image.round().clamp(0, 255).to(torch.uint8).unsqueeze(1)
 
 
-def _rendered(table: pd.DataFrame, size: int, gen: torch.Generator) -> Iterator[tuple[pd.Series, torch.Tensor]]:
+def _rendered(
+    table: pd.DataFrame, size: int, gen: torch.Generator, lesion_contrast: float = 1.0
+) -> Iterator[tuple[pd.Series, torch.Tensor]]:
     """(row, uint8 [1, size, size]) per table row, rendered a chunk at a time."""
     chunk_rows = max(1, CHUNK_PIXELS // size**2)
     for start in range(0, len(table), chunk_rows):
         chunk = table.iloc[start : start + chunk_rows]
-        yield from zip((row for _, row in chunk.iterrows()), _render(chunk, size, gen), strict=True)
+        yield from zip((row for _, row in chunk.iterrows()), _render(chunk, size, gen, lesion_contrast), strict=True)
+
+
+def _visibility(table: pd.DataFrame, occult: float, view_miss: float, seed: int) -> pd.Series:
+    """Which cancer images show their lesion: none of an occult cancer breast's images (a share
+    ``occult`` of cancer breasts: the mammographically occult cancers every screening programme
+    misses), and each other image with probability 1 - ``view_miss`` (a lesion seen in one view
+    only). Drawn from a generator of its own, so the default (everything visible) leaves every
+    other draw, and so the files, as they were."""
+    visible = table["cancer"].astype(int).copy()
+    if occult == 0 and view_miss == 0:
+        return visible
+    rng = np.random.default_rng([seed, 1])
+    breasts = table.loc[table["cancer"] == 1, ["patient_id", "laterality"]].drop_duplicates()
+    hidden = {tuple(b) for b, u in zip(breasts.itertuples(index=False), rng.random(len(breasts))) if u < occult}
+    for i in np.flatnonzero(table["cancer"].to_numpy() == 1):
+        row = table.iloc[i]
+        if (row["patient_id"], row["laterality"]) in hidden or rng.random() < view_miss:
+            visible.iloc[i] = 0
+    return visible
 
 
 def _image_path(images: Path, row: pd.Series, layout: str) -> Path:
@@ -177,9 +217,18 @@ def write_synthetic_dataset(
     prevalence: float = 0.1,
     layout: Literal["nested", "flat"] = "nested",
     seed: int = 0,
+    lesion_contrast: float = 1.0,
+    occult: float = 0.0,
+    view_miss: float = 0.0,
 ) -> dict[str, Any]:
-    """Write ``out/train.csv`` and ``out/train_images/`` PNGs; return a summary of what was written."""
+    """Write ``out/train.csv`` and ``out/train_images/`` PNGs; return a summary of what was written.
+
+    Difficulty (defaults: every lesion plainly visible, which a small CNN separates perfectly):
+    ``lesion_contrast`` scales the masses' brightness against the tissue texture, ``occult`` is
+    the share of cancer breasts whose lesion shows in no image, ``view_miss`` the chance that an
+    image of another cancer breast does not show it."""
     _validate(patients, image_size, prevalence, layout)
+    _check_difficulty(lesion_contrast, occult, view_miss)
     root = Path(out)
     if root.exists() and not root.is_dir():
         raise ConfigError(f"{root}: exists and is not a directory")
@@ -191,7 +240,8 @@ def write_synthetic_dataset(
     if layout == "nested":
         for patient_id in table["patient_id"].unique():
             (images / patient_id).mkdir(exist_ok=True)
-    rendered = _rendered(table, image_size, torch.Generator().manual_seed(seed))
+    shown = table.assign(visible=_visibility(table, occult, view_miss, seed))
+    rendered = _rendered(shown, image_size, torch.Generator().manual_seed(seed), lesion_contrast)
     for row, pixels in track(rendered, desc="synthetic images", total=len(table), every_s=10.0):
         write_png(pixels, str(_image_path(images, row, layout)))
     _write_csv(table, root / TABLE_NAME)
@@ -203,4 +253,8 @@ def write_synthetic_dataset(
         "cancer_images": len(cancer),
         "cancer_patients": int(cancer["patient_id"].nunique()),
         "layout": layout,
+        **({} if (lesion_contrast, occult, view_miss) == (1.0, 0.0, 0.0) else {
+            "lesion_contrast": lesion_contrast, "occult": occult, "view_miss": view_miss,
+            "visible_cancer_images": int(shown["visible"].sum()),
+        }),
     }
