@@ -52,8 +52,9 @@ test-servers: $(S3RVER_STAMP) ## Install the servers the tests start (s3rver, Pu
 	  || { apt-get update && apt-get install -y --no-install-recommends prometheus-pushgateway; }; \
 	fi
 
-# IMAGES_SMOKE=0 skips the image smoke test (about 15 minutes on 2 cores, see README).
-IMAGES_SMOKE ?= 1
+# The image smoke test follows a full pytest run (about 15 minutes on 2 cores, see README);
+# IMAGES_SMOKE=0 skips it, and a subset (PYTEST_ARGS set) skips it unless IMAGES_SMOKE=1.
+IMAGES_SMOKE ?= $(if $(PYTEST_ARGS),0,1)
 
 test: $(STAMP) test-servers test-tools ## Run the test suite, then the image smoke test
 	$(PY) -m pytest $(PYTEST_ARGS)
