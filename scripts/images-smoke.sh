@@ -42,7 +42,7 @@ REPORT="$SMOKE_DIR/report.txt"
 SYSTEM_STORE=/var/lib/containers
 SYSTEM_STORE_EXISTED=1
 
-# Every buildah call uses the private storage: nothing lands in /var/lib/containers.
+# Every buildah call uses the private storage: no image or layer lands in /var/lib/containers.
 bah() { TMPDIR="$STORE/tmp" buildah --root "$STORE/root" --runroot "$STORE/run" --storage-driver overlay "$@"; }
 
 now() { date +%s; }
@@ -58,7 +58,7 @@ start_sampler() {
   echo "$start" >"$SMOKE_DIR/disk-peak"
   (
     peak=$start
-    while sleep 5; do
+    while sleep 5 && kill -0 "$$" 2>/dev/null; do  # ends with the script, even a killed one
       used="$(used_mb)"
       if (( used > peak )); then peak=$used; echo "$peak" >"$SMOKE_DIR/disk-peak"; fi
     done
@@ -178,7 +178,10 @@ case "$mode" in
     [[ -e "$SYSTEM_STORE" ]] || SYSTEM_STORE_EXISTED=0
     : >"$REPORT"
     start_sampler
-    [[ "$mode" == build || "${MAMMO_SMOKE_KEEP:-0}" == 1 ]] || trap finish EXIT
+    if [[ "$mode" == all && "${MAMMO_SMOKE_KEEP:-0}" != 1 ]]; then
+      trap finish EXIT
+      trap 'exit 130' INT TERM  # interrupted: still clean up
+    fi
     build_all
     printf 'images: %s MB in %s after both builds\n' "$(du -sx --block-size=1M "$STORE" | cut -f1)" "$STORE" >>"$REPORT"
     if [[ "$mode" == all ]]; then
