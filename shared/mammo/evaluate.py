@@ -96,6 +96,9 @@ class Evaluation:
             "threshold": m["threshold"],
             "val": headline(m["val"]),
             "test": headline(m["test"]),
+            "bootstrap": m.get("bootstrap"),
+            "warnings": m.get("warnings", []),
+            "promotion": m.get("promotion"),
             "ranking": [
                 {"name": c["name"], m["rank_metric"]: lookup_metric(c["val"], m["rank_metric"])}
                 for c in m["candidates"]

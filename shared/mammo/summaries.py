@@ -75,6 +75,18 @@ def evaluation_table(summary: dict[str, Any]) -> str:
     """The best candidate, its threshold and its val/test figures, and the files written."""
     lines = [f"best candidate: {summary['best']} (threshold {cell(summary['threshold']).strip()})"]
     lines += metrics_table(headline_rows(summary))
+    boot = summary.get("bootstrap") or {}
+    for split in ("val", "test"):
+        interval = ((summary.get(split) or {}).get("breast", {}).get("ci") or {}).get("auc") or {}
+        if interval.get("low") is not None:
+            lines.append(
+                f"{split} breast AUC 95% interval [{interval['low']:.3f}, {interval['high']:.3f}] "
+                f"({boot.get('resamples')} bootstrap resamples of patients, seed {boot.get('seed')})"
+            )
+    lines += [f"warning: {w}" for w in summary.get("warnings") or []]
+    if summary.get("promotion"):
+        lines.append(f"promotion: {'promote' if summary['promotion']['promote'] else 'do not promote'} "
+                     f"({summary['promotion']['reason']})")
     if len(summary.get("ranking", [])) > 1:
         lines.append("ranking on val: " + ", ".join(item["name"] for item in summary["ranking"]))
     lines.append(f"report: {summary['out']}/report.html (metrics.json, predictions_*.csv beside it)")
