@@ -27,12 +27,12 @@ from torchvision import transforms
 
 from mammo.config import AugmentConfig
 from mammo.data.augment import BatchTransform
-from mammo.data.cache import image_hw, open_cache
+from mammo.data.cache import open_cache
 from mammo.data.dataset import MammoImages, make_loader
 from mammo.data.layout import open_dataset
 from mammo.engine.runtime import resolve_device
 from mammo.errors import ConfigError
-from mammo.imagesize import image_hw as size_hw
+from mammo.imagesize import image_hw
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -77,7 +77,7 @@ def _reference_path(paths: list[str], *, image_size: int, batch_size: int) -> Ca
     """The research code's per-image PIL transforms, batched as its DataLoader collates them."""
     pipeline = transforms.Compose(
         [
-            transforms.Resize(list(size_hw(image_size))),
+            transforms.Resize(list(image_hw(image_size))),
             transforms.RandomRotation(20),
             transforms.ToTensor(),
             transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
@@ -156,7 +156,7 @@ def bench_data(
     device: str = "auto",
 ) -> dict[str, Any]:
     """Images/s of both paths on the dataset at ``data``; ``speedup`` = ours / reference."""
-    if batches < 1 or batch_size < 1 or workers < 0 or min(size_hw(image_size)) < 16:
+    if batches < 1 or batch_size < 1 or workers < 0 or min(image_hw(image_size)) < 16:
         raise ConfigError("bench: batches and batch_size must be >= 1, workers >= 0, image_size >= 16")
     target = resolve_device(device)
     table, paths = open_dataset(data)

@@ -132,7 +132,7 @@ def _cmd_synth(args: argparse.Namespace) -> None:
 
 
 def _cmd_data_cache(args: argparse.Namespace) -> None:
-    from mammo.data.cache import fill_cache
+    from mammo.data.prefill import fill_cache
 
     local_paths(args, "--data", "--images", "--cache")
     _print_json(fill_cache(args.data, args.images, args.image_size, args.cache,
@@ -348,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cache.add_argument("--data", required=True, metavar="DIR", help="Dataset directory holding train.csv and the PNGs.")
     cache.add_argument("--images", metavar="DIR", help="Image directory (default: detected under --data).")
-    cache.add_argument("--image-size", type=int, default=512, metavar="PX", help="Input size (default: %(default)s).")
+    cache.add_argument("--image-size", type=image_size_arg, default=512, metavar="S|HxW", help="Input size (default: %(default)s).")
     cache.add_argument("--cache", default="auto", metavar="DIR",
                        help="auto ($MAMMO_CACHE_DIR/decoded, else ~/.cache/mammo/decoded) or a directory (default: %(default)s).")
     cache.add_argument("--workers", type=int, default=2, metavar="N", help="Decoding processes (default: %(default)s).")

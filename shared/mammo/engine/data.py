@@ -13,13 +13,14 @@ import pandas as pd
 from torch.utils.data import DataLoader
 
 from mammo.config import RunConfig
-from mammo.data.cache import DecodedCache, image_hw, open_cache, resolve_cache_root
+from mammo.data.cache import DecodedCache, open_cache, resolve_cache_root
 from mammo.data.dataset import MammoImages, balanced_weights, make_loader
 from mammo.data.layout import open_dataset
 from mammo.data.table import breast_ids, table_path
 from mammo.engine.distributed import EpochSampler, ShardSampler, local_batch_size
 from mammo.engine.runtime import Runtime
 from mammo.errors import ConfigError, DataError
+from mammo.imagesize import image_hw
 from mammo.split import SPLIT_CSV, read_split
 
 log = logging.getLogger(__name__)
