@@ -338,8 +338,10 @@ def assess(
     if stats.subgroup_resamples > 0:
         sub = BootstrapSettings(resamples=stats.subgroup_resamples, seed=settings.seed, level=settings.level)
         test_images, test_breasts = images[images["split"] == "test"], breasts[breasts["split"] == "test"]
+        # Breast level for what is one value per breast; images only for the view.
         metrics["test"]["subgroups"] = (
-            subgroups(test_breasts, applied, sub, level="breast") + subgroups(test_images, applied, sub, level="image")
+            subgroups(test_breasts, applied, sub, level="breast")
+            + subgroups(test_images, applied, sub, level="image", columns=IMAGE_ONLY_COLUMNS)
         )
     metrics["bootstrap"] = {**settings.record(), "subgroup_resamples": stats.subgroup_resamples}
     metrics["warnings"] = small_sample_warnings(

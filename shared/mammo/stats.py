@@ -485,8 +485,8 @@ def bench(
     seconds["delong"] = time.perf_counter() - start
     start = time.perf_counter()
     sub = BootstrapSettings(resamples=min(resamples, subgroup_resamples), seed=seed)
-    subgroups(frame, 0.1, sub, level="image")
-    subgroups(breasts, 0.1, sub, level="breast")
+    subgroups(breasts, 0.1, sub, level="breast")  # as the evaluation does: images for the view only
+    subgroups(frame, 0.1, sub, level="image", columns=IMAGE_ONLY_COLUMNS)
     seconds["subgroups"] = time.perf_counter() - start
     start = time.perf_counter()
     calibration(breasts["label"], breasts["prob"])
