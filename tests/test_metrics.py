@@ -21,14 +21,15 @@ from sklearn.metrics import (
 )
 
 from mammo.errors import DataError
+from mammo.jsonio import to_jsonable
 from mammo.metrics import (
     aggregate_breasts,
     best_f1,
     best_pf1_threshold,
     binary_metrics,
     evaluate_predictions,
+    headline,
     pf1,
-    to_jsonable,
 )
 
 
@@ -203,3 +204,12 @@ def test_evaluate_predictions_reports_image_and_breast_levels() -> None:
 def test_metrics_and_split_modules_do_not_import_torch() -> None:
     code = "import sys, mammo.metrics, mammo.split; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_recall_rate_and_headline_intervals() -> None:
+    m = binary_metrics([0, 0, 1, 1, 0], [0.9, 0.1, 0.8, 0.2, 0.7], threshold=0.5)
+    assert m["recall_rate"] == 3 / 5  # share flagged, whatever the truth
+    levels = {"image": dict(m), "breast": {**m, "ci": {"auc": {"low": 0.4, "high": 0.9, "undefined": 0}, "f1": {}}}}
+    short = headline(levels)
+    assert "ci" not in short["image"] and short["breast"]["ci"] == {"auc": {"low": 0.4, "high": 0.9}}
+    assert short["breast"]["recall_rate"] == 3 / 5 and short["breast"]["n_pos"] == 2
