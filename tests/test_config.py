@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -140,3 +141,131 @@ def test_pipeline_params_carry_the_promotion_rule_and_a_description_each():
     shown = dump_config(PipelineParams())
     for key in ("promotion_metric:", "promotion_margin:", "model_name:"):
         assert key in shown
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        # Non-finite numbers: a learning rate of inf used to train straight to NaN and exit 0.
+        (["optimizer.lr=inf"], "optimizer.lr: Input should be a finite number"),
+        (["optimizer.lr=.inf"], "optimizer.lr: Input should be a finite number"),
+        (["optimizer.lr=1e400"], "optimizer.lr: Input should be a finite number"),
+        (["loss.focal_gamma=.nan"], "loss.focal_gamma: Input should be a finite number"),
+        (["augment.scale_max=-.inf"], "augment.scale_max: Input should be a finite number"),
+        # Absurd sizes: one line, not a ValueError from torch or NumPy.
+        (["data.batch_size=100000000000000000000"], "data.batch_size: Input should be less than or equal to 65536"),
+        (["data.batch_size=1e20"], "data.batch_size: Input should be a valid integer"),
+        (["data.workers=100000000"], "data.workers: Input should be less than or equal to 256"),
+        (["seed=100000000000000000000000"], "seed: Input should be less than or equal to 4294967295"),
+        (["seed=-1"], "seed: Input should be greater than or equal to 0"),
+        (["epochs=1000000000000"], "epochs: Input should be less than or equal to 100000"),
+        (["checkpoint.top_k=99999999"], "checkpoint.top_k: Input should be less than or equal to 1000"),
+    ],
+)
+def test_non_finite_numbers_and_absurd_sizes_are_refused(sets, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(TrainConfig, sets=sets)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_pipeline_params_are_bounded_too():
+    for key, value in [("batch_size", 10**9), ("workers", 10**6), ("seed", 2**40), ("baseline_lr", float("inf"))]:
+        with pytest.raises(ConfigError, match=key):
+            load_config(PipelineParams, overrides={key: value})
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("optimizer:\n  lr: caf\xe9\n".encode("latin-1"), r"not UTF-8 text \(byte 0xe9 at offset 20\); save it as UTF-8"),
+        ("epochs: 3\n".encode("utf-16"), r"not UTF-8 text \(byte 0xff at offset 0\)"),
+        (b"[" * 5000, "nested too deeply to be a config file"),
+        (b"a: [1, 2\n", r"not valid YAML at line 2, column 1 \(ParserError\)"),
+        (b"epochs: 3\n" + b"#" * (1024 * 1024), "larger than 1024 KiB; not a config file"),
+        (b"\xef\xbb\xbfepochs: 3\n", None),  # a UTF-8 BOM is fine
+    ],
+)
+def test_config_files_that_are_not_text_or_not_yaml(tmp_path, content, message):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(content)
+    if message is None:
+        assert load_config(TrainConfig, path).epochs == 3
+        return
+    with pytest.raises(ConfigError, match=message):
+        load_config(TrainConfig, path)
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_config(TrainConfig, tmp_path)  # a directory
+
+
+def _config_mutations(rng, count):
+    """Random bytes, truncations, other encodings, flipped and inserted bytes, deep nesting,
+    self-referencing aliases, and odd values (inf, nan, huge numbers) in a valid config."""
+    good = dump_config(TrainConfig()).encode()
+    lines = good.decode().splitlines()
+    values = [".inf", "-.inf", ".nan", "1e400", "1" * 30, "-1", "[1, 2]", "{a: 1}", "null", "''", "0x10", "*x", "!!binary AAAA"]
+    cases = []
+    for _ in range(count):
+        kind = rng.randrange(8)
+        data = bytearray(good)
+        if kind == 0:
+            data = bytearray(rng.randbytes(rng.randrange(1, 300)))
+        elif kind == 1:
+            data = data[: rng.randrange(len(data))]
+        elif kind == 2:
+            text = good.decode().replace("bce_pos", "bc\xe9")
+            data = bytearray(text.encode(rng.choice(["utf-16", "utf-32", "latin-1", "cp1252"])))
+        elif kind == 3:
+            for _ in range(rng.randrange(1, 10)):
+                data[rng.randrange(len(data))] = rng.randrange(256)
+        elif kind == 4:
+            for _ in range(rng.randrange(1, 6)):
+                data.insert(rng.randrange(len(data)), rng.choice(b"&*!%@`|>-[]{}:,\n\t\x00"))
+        elif kind == 5:
+            data = bytearray(rng.choice([b"[", b"{a: "]) * rng.randrange(50, 3000))
+        elif kind == 6:
+            mutated = list(lines)
+            i = rng.randrange(len(mutated))
+            mutated[i] = mutated[i].split(":")[0] + ": " + rng.choice(values)
+            data = bytearray("\n".join(mutated).encode())
+        else:
+            data = bytearray(b"optimizer: &a {lr: 1, x: *a}\n" if rng.random() < 0.5 else b"a: &a [" + b"*a," * 40 + b"]\n")
+        cases.append(bytes(data))
+    return cases
+
+
+def test_fuzzed_config_files_never_escape_as_tracebacks(tmp_path):
+    """Whatever the bytes, loading a config file succeeds or raises ConfigError with one line."""
+    import random
+
+    path = tmp_path / "c.yaml"
+    refused = 0
+    for data in _config_mutations(random.Random(20261130), 300):
+        path.write_bytes(data)
+        for model in (TrainConfig, PipelineParams):
+            try:
+                load_config(model, path)
+            except ConfigError as err:
+                assert "\n" not in str(err)
+                refused += 1
+    assert refused > 400
+
+
+def test_fuzzed_config_files_through_commands_exit_2_with_one_line(tmp_path):
+    """End to end, real processes: `mammo train --config` and `mammo run --config` on broken
+    config files exit 2 with one line and write nothing (the in-process test above covers the
+    random cases; each command here costs seconds of imports)."""
+    cases = ["optimizer:\n  lr: caf\xe9\n".encode("latin-1"), b"optimizer:\n  lr: .inf\n", b"[" * 5000]
+    mammo = str(Path(sys.executable).with_name("mammo"))
+    for n, data in enumerate(cases):
+        path = tmp_path / f"c{n}.yaml"
+        path.write_bytes(data)
+        commands = [["train", "--data", str(tmp_path / "nodata"), "--split", str(tmp_path), "--out", str(tmp_path / f"o{n}")]]
+        if n < 2:
+            commands.append(["run", "--workdir", str(tmp_path / f"w{n}")])
+        for command in commands:
+            proc = subprocess.run([mammo, *command, "--config", str(path)], capture_output=True, text=True, timeout=180)
+            if proc.returncode == 0:
+                continue  # pragma: no cover - a mutation that is a valid config
+            assert proc.returncode == 2, proc.stderr[-2000:]
+            assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("mammo: error: "), proc.stderr[-2000:]
+            assert not (tmp_path / f"o{n}").exists() and not (tmp_path / f"w{n}").exists()

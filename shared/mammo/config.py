@@ -50,10 +50,18 @@ LossName = Literal["bce", "bce_pos", "focal", "focal_pos"]
 MetricKey = str
 
 
-class _Strict(BaseModel):
-    """Unknown keys are errors: a typo in a config file must not be silently ignored."""
+#: Bounds that keep a typo (``1e20``, an extra digit) from reaching torch as an absurd size:
+#: DataLoader workers per process, epochs, and seeds (NumPy and torch take 32/64-bit seeds).
+MAX_WORKERS = 256
+MAX_EPOCHS = 100_000
+MAX_SEED = 2**32 - 1
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+class _Strict(BaseModel):
+    """Unknown keys are errors: a typo in a config file must not be silently ignored. Numbers
+    must be finite: ``inf``/``nan`` (a learning rate of inf trains straight to NaN) are refused."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataConfig(_Strict):
@@ -67,7 +75,7 @@ class DataConfig(_Strict):
     batch_size: int = Field(
         32, ge=1, le=65536, description="Global batch: split evenly across the processes of a distributed run."
     )
-    workers: int = Field(4, ge=0, description="DataLoader worker processes per process (0 = main process).")
+    workers: int = Field(4, ge=0, le=MAX_WORKERS, description="DataLoader worker processes per process (0 = main process).")
     cache: str = Field(
         "auto",
         description="Decoded-image cache: auto ($MAMMO_CACHE_DIR/decoded, else ~/.cache/mammo/decoded), "
@@ -146,7 +154,7 @@ class EarlyStoppingConfig(_Strict):
 
 class CheckpointConfig(_Strict):
     primary: MetricKey = Field("image.auc", description="Metric ranking the top-k checkpoints.")
-    top_k: int = Field(3, ge=0)
+    top_k: int = Field(3, ge=0, le=1000)
 
 
 class DistributedConfig(_Strict):
@@ -167,7 +175,7 @@ class RunConfig(_Strict):
     split: str | None = Field(None, description="Split directory written by `mammo split`.")
     out: str | None = Field(None, description="Output directory of this run.")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
-    seed: int = 42
+    seed: int = Field(42, ge=0, le=MAX_SEED, description="Seed of sampling, augmentation and initialisation.")
     deterministic: bool = Field(False, description="Deterministic kernels (slower).")
     amp: bool = Field(True, description="Mixed precision on CUDA (ignored on CPU).")
     amp_dtype: Literal["bf16", "fp16"] = Field(
@@ -181,9 +189,9 @@ class RunConfig(_Strict):
 class TrainConfig(RunConfig):
     """`mammo train`: baseline training with subset warm-up."""
 
-    epochs: int = Field(50, ge=1, description="Upper bound on epochs, warm-up included.")
+    epochs: int = Field(50, ge=1, le=MAX_EPOCHS, description="Upper bound on epochs, warm-up included.")
     warmup_epochs: int = Field(
-        2, ge=0, description="Leading epochs on the warm-up subset (balanced), then full data."
+        2, ge=0, le=MAX_EPOCHS, description="Leading epochs on the warm-up subset (balanced), then full data."
     )
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
@@ -264,10 +272,10 @@ class UnfreezeConfig(TrainConfig):
     """`mammo unfreeze`: gradual unfreezing from a trained checkpoint."""
 
     init: str | None = Field(None, description="Starting checkpoint (e.g. the baseline's best_auc.pt).")
-    epochs: int = Field(100, ge=1)
+    epochs: int = Field(100, ge=1, le=MAX_EPOCHS)
     warmup_epochs: int = 0
     optimizer: OptimizerConfig = Field(default_factory=lambda: OptimizerConfig(lr=3e-4, weight_decay=1e-4))
-    cosine_t_max: int = Field(50, ge=1, description="CosineAnnealingLR period while blocks unfreeze.")
+    cosine_t_max: int = Field(50, ge=1, le=MAX_EPOCHS, description="CosineAnnealingLR period while blocks unfreeze.")
     unfreeze: UnfreezeScheduleConfig = Field(default_factory=UnfreezeScheduleConfig, validate_default=True)
     scheduler: PlateauConfig = Field(
         default_factory=lambda: PlateauConfig(factor=0.3, patience=6),
@@ -396,14 +404,51 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     return f"{source}: " + "; ".join(parts)
 
 
+#: A config file is a page of settings; anything larger, or nested deeper, is not one.
+MAX_CONFIG_BYTES = 1024 * 1024
+MAX_CONFIG_DEPTH = 100
+
+
+def _flow_depth(text: str) -> int:
+    """The deepest nesting of YAML flow brackets (``[``, ``{``) in ``text``."""
+    depth = deepest = 0
+    for char in text:
+        if char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth = max(depth - 1, 0)
+    return deepest
+
+
 def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
-    """A YAML file holding a mapping (an empty file is an empty one); one-line errors otherwise."""
+    """A YAML file holding a mapping (an empty file is an empty one); one-line errors otherwise:
+    missing or unreadable file, not UTF-8, not YAML, nested absurdly deep, not a mapping."""
     try:
-        loaded = yaml.safe_load(Path(path).read_text())
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: cannot be read ({exc.strerror or exc})") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES // 1024} KiB; not a config file")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); save it as UTF-8"
+        ) from None
+    try:
+        if _flow_depth(text) > MAX_CONFIG_DEPTH:  # fails fast; the parser would recurse that deep
+            raise RecursionError
+        loaded = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where} ({exc.__class__.__name__})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a config file") from None
     if loaded is not None and not isinstance(loaded, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return loaded or {}
@@ -505,10 +550,10 @@ class PipelineParams(_Strict):
     in_channels: Literal[1, 3] = Field(
         1, description="1 = grayscale input (stem weights summed), 3 = image repeated."
     )
-    batch_size: int = Field(32, ge=1, description="Images per training step.")
-    workers: int = Field(4, ge=0, description="DataLoader worker processes per step (0 = main process).")
+    batch_size: int = Field(32, ge=1, le=65536, description="Images per training step.")
+    workers: int = Field(4, ge=0, le=MAX_WORKERS, description="DataLoader worker processes per step (0 = main process).")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
-    seed: int = Field(42, description="Seed of the split, the sampling and the initialisation.")
+    seed: int = Field(42, ge=0, le=MAX_SEED, description="Seed of the split, the sampling and the initialisation.")
     val_frac: float = Field(
         0.15, ge=0, lt=1,
         description="Fraction of patients in the validation split (new patients only; old ones keep theirs).",
@@ -518,7 +563,7 @@ class PipelineParams(_Strict):
         description="Fraction of patients in the test split (new patients only; old ones keep theirs).",
     )
     warmup_ratio: int = Field(
-        3, ge=0,
+        3, ge=0, le=1000,
         description="Warm-up subset: all positive training breasts plus this many times as many negatives.",
     )
     loss: LossName = Field(
@@ -526,12 +571,12 @@ class PipelineParams(_Strict):
     )
     augment: bool = Field(True, description="Batch-level augmentation of training images.")
     baseline_epochs: int = Field(
-        50, ge=1,
+        50, ge=1, le=MAX_EPOCHS,
         description="Upper bound on baseline epochs, warm-up included (early stopping may end sooner).",
     )
-    warmup_epochs: int = Field(2, ge=0, description="Leading baseline epochs on the balanced warm-up subset.")
+    warmup_epochs: int = Field(2, ge=0, le=MAX_EPOCHS, description="Leading baseline epochs on the balanced warm-up subset.")
     baseline_lr: float = Field(1e-3, gt=0, description="Adam learning rate of the baseline.")
-    unfreeze_epochs: int = Field(100, ge=1, description="Upper bound on gradual-unfreezing epochs.")
+    unfreeze_epochs: int = Field(100, ge=1, le=MAX_EPOCHS, description="Upper bound on gradual-unfreezing epochs.")
     unfreeze_lr: float = Field(3e-4, gt=0, description="Learning rate of the head while the backbone is frozen.")
     threshold_metric: Literal["pf1", "f1"] = Field(
         "pf1", description="Breast-level metric maximised on val to choose the operating threshold (pf1 or f1)."

@@ -18,6 +18,7 @@ import certifi
 import urllib3
 from minio import Minio
 from minio.commonconfig import CopySource
+from minio.credentials import IamAwsProvider
 from minio.error import InvalidResponseError, S3Error, ServerError
 from minio.helpers import check_bucket_name
 from urllib3.response import BaseHTTPResponse
@@ -90,9 +91,12 @@ class S3Store(Store):
             minio.endpoint,
             access_key=minio.access_key.get_secret_value() if minio.access_key else None,
             secret_key=minio.secret_key.get_secret_value() if minio.secret_key else None,
+            session_token=minio.session_token.get_secret_value() if minio.session_token else None,
             secure=minio.secure,
             region=minio.region,
             http_client=http,
+            # IRSA / pod identity: the minio client's provider exchanges the token for keys.
+            credentials=IamAwsProvider(http_client=http) if minio.web_identity else None,
         )
 
     # --- error handling -----------------------------------------------------------------

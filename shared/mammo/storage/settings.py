@@ -6,9 +6,10 @@ config that gets written next to the outputs, so they are not part of ``mammo.co
 
 from __future__ import annotations
 
-from typing import TypeVar
+import os
+from typing import Any, TypeVar
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mammo.errors import ConfigError
@@ -17,15 +18,43 @@ SettingsT = TypeVar("SettingsT", bound=BaseSettings)
 
 
 class MinioSettings(BaseSettings):
-    """Where the S3 service is: ``MINIO_ENDPOINT`` (host:port), keys, TLS and region."""
+    """Where the S3 service is and who we are there: ``MINIO_*``, or the standard AWS
+    variables (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
+    ``AWS_SESSION_TOKEN``, ``AWS_REGION``); ``MINIO_*`` wins where both are set. Without keys,
+    a web identity (IRSA: ``AWS_WEB_IDENTITY_TOKEN_FILE`` + ``AWS_ROLE_ARN``) or a container
+    role (``AWS_CONTAINER_CREDENTIALS_*``) gives short-lived credentials (``web_identity``)."""
 
-    model_config = SettingsConfigDict(env_prefix="MINIO_", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="MINIO_", frozen=True, populate_by_name=True)
 
-    endpoint: str | None = Field(None, description="host:port, without scheme.")
-    access_key: SecretStr | None = None
-    secret_key: SecretStr | None = None
+    endpoint: str | None = Field(None, description="host:port, without scheme (MINIO_ENDPOINT).")
+    aws_endpoint_url: str | None = Field(
+        None, validation_alias=AliasChoices("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"), exclude=True,
+        description="http(s)://host[:port], used when MINIO_ENDPOINT is not set; its scheme sets TLS.",
+    )
+    access_key: SecretStr | None = Field(None, validation_alias=AliasChoices("MINIO_ACCESS_KEY", "AWS_ACCESS_KEY_ID"))
+    secret_key: SecretStr | None = Field(None, validation_alias=AliasChoices("MINIO_SECRET_KEY", "AWS_SECRET_ACCESS_KEY"))
+    session_token: SecretStr | None = Field(None, validation_alias=AliasChoices("MINIO_SESSION_TOKEN", "AWS_SESSION_TOKEN"))
     secure: bool = Field(True, description="HTTPS; set MINIO_SECURE=false for plain HTTP.")
-    region: str | None = Field(None, description="Skips the bucket-location lookup when set.")
+    region: str | None = Field(
+        None, validation_alias=AliasChoices("MINIO_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"),
+        description="Skips the bucket-location lookup when set.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _endpoint_url(cls, data: Any) -> Any:
+        """Without MINIO_ENDPOINT, ``AWS_ENDPOINT_URL`` (https://host:port) gives host:port,
+        with TLS as its scheme says (unless MINIO_SECURE is set)."""
+        if not isinstance(data, dict) or data.get("endpoint"):
+            return data
+        url = next((data[k] for k in ("AWS_ENDPOINT_URL_S3", "aws_endpoint_url") if data.get(k)), None)
+        if isinstance(url, str) and url.startswith(("http://", "https://")):
+            scheme, _, rest = url.partition("://")
+            data = {**data, "endpoint": rest.rstrip("/")}
+            data.setdefault("secure", scheme == "https")
+        elif isinstance(url, str):
+            data = {**data, "endpoint": url}
+        return data
 
     @field_validator("endpoint")
     @classmethod
@@ -33,6 +62,15 @@ class MinioSettings(BaseSettings):
         if value is not None and ("://" in value or "/" in value):
             raise ValueError(f"expected host:port without scheme or path, got {value!r}")
         return value or None
+
+    @property
+    def web_identity(self) -> bool:
+        """No keys, but the environment names a role to assume (IRSA, ECS/EKS pod identity)."""
+        if self.access_key or self.secret_key:
+            return False
+        return bool(os.environ.get("AWS_WEB_IDENTITY_TOKEN_FILE") and os.environ.get("AWS_ROLE_ARN")) or bool(
+            os.environ.get("AWS_CONTAINER_CREDENTIALS_FULL_URI") or os.environ.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+        )
 
 
 class StorageSettings(BaseSettings):
@@ -75,6 +113,7 @@ def load_env_settings(model: type[SettingsT]) -> SettingsT:
         prefix = str(model.model_config.get("env_prefix", ""))
         parts = []
         for item in err.errors():
-            name = prefix + "_".join(str(p) for p in item["loc"]).upper()
+            where = "_".join(str(p) for p in item["loc"])
+            name = where if where.isupper() else prefix + where.upper()  # an alias is the variable itself
             parts.append(f"{name}: {item['msg'].removeprefix('Value error, ')}")
         raise ConfigError("environment: " + "; ".join(parts)) from None
