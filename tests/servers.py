@@ -171,13 +171,20 @@ class Sample:
 
 
 class Pushgateway:
-    def __init__(self, work_dir: Path) -> None:
+    """``web_config``: a ``--web.config.file`` (e.g. basic auth users); readiness is then
+    checked by the port alone."""
+
+    def __init__(self, work_dir: Path, web_config: Path | None = None) -> None:
         port = free_port()
+        self.port = port
         self.url = f"http://{HOST}:{port}"
         # No persistence: Debian's build defaults to /var/lib/prometheus/pushgateway.data, which
         # every gateway (and every test session) would share and leave behind.
         args = [pushgateway_binary(), f"--web.listen-address={HOST}:{port}", "--persistence.file="]
-        self._process = _Process(args, work_dir / "pushgateway.log", "pushgateway", self._ready)
+        if web_config is not None:
+            args.append(f"--web.config.file={web_config}")
+        ready = self._ready if web_config is None else (lambda: _port_open(port))
+        self._process = _Process(args, work_dir / "pushgateway.log", "pushgateway", ready)
 
     def _ready(self) -> bool:
         try:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 import math
+import socket
+import threading
+import urllib.request
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -146,3 +151,129 @@ def test_groups_older_than_the_retention_are_deleted_after_a_final_push(
         assert _values(gateway, new)["mammo_step_success"] == 1
     finally:
         gateway.stop()
+
+
+# --- a gateway that misbehaves, a URL that is wrong: telemetry never stops a run ----------------
+
+
+class _NotHttp:
+    """A real TCP server on a free port that answers every connection with bytes that are not
+    HTTP (http.client raises BadStatusLine, which is not an OSError), or hangs up at once."""
+
+    def __init__(self, reply: bytes) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.reply = reply
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            try:
+                conn.recv(65536)
+                conn.sendall(self.reply)
+            except OSError:
+                pass
+            conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "mammo.telemetry" and r.levelno >= logging.WARNING]
+
+
+def _a_short_run(telemetry: Telemetry) -> None:
+    with telemetry.step():
+        for epoch in range(1, 4):
+            assert not telemetry.epoch(epoch, **EPOCH)
+
+
+@pytest.mark.parametrize("reply", [b"SSH-2.0-OpenSSH_9.2\r\n", b"\x00\x01garbage\r\n\r\n", b"", b"HTTP/1.1 999\r\n\r\n"])
+def test_a_gateway_answering_garbage_warns_once_and_the_run_goes_on(
+    reply: bytes, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = _NotHttp(reply)
+    monkeypatch.setenv("MAMMO_PUSHGATEWAY_URL", f"http://127.0.0.1:{server.port}")
+    try:
+        with caplog.at_level(logging.DEBUG, logger="mammo.telemetry"):
+            _a_short_run(Telemetry("baseline", _run_id()))
+    finally:
+        server.close()
+    assert len(_warnings(caplog)) == 1
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("http://[::1", "MAMMO_PUSHGATEWAY_URL"),
+        ("http://gateway:port", "the port is not a number"),
+        ("ftp://gateway:9091", "use http:// or https://"),
+        ("http://", "no host name"),
+        ("http://user:hunter2@gateway:notaport", "the port is not a number"),
+        ("http://gateway:99999", "MAMMO_PUSHGATEWAY_URL"),
+    ],
+)
+def test_a_malformed_url_warns_once_without_credentials_and_the_run_goes_on(
+    url: str, why: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("MAMMO_PUSHGATEWAY_URL", url)
+    with caplog.at_level(logging.DEBUG, logger="mammo.telemetry"):
+        telemetry = Telemetry("baseline", _run_id())
+        _a_short_run(telemetry)
+    warnings = _warnings(caplog)
+    assert len(warnings) == 1 and why in warnings[0], warnings
+    assert "hunter2" not in caplog.text
+
+
+def test_bad_telemetry_settings_warn_and_the_run_goes_on(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("MAMMO_PUSHGATEWAY_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("MAMMO_PUSHGATEWAY_TIMEOUT_SECONDS", "soon")
+    with caplog.at_level(logging.WARNING, logger="mammo.telemetry"):
+        telemetry = Telemetry("baseline", _run_id())
+        _a_short_run(telemetry)
+    assert not telemetry.enabled
+    assert len(_warnings(caplog)) == 1 and "MAMMO_PUSHGATEWAY_TIMEOUT_SECONDS" in _warnings(caplog)[0]
+
+
+def test_credentials_in_the_url_are_used_and_never_shown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A gateway behind basic auth (the Pushgateway's own web config): the right password
+    pushes; the wrong one warns once; neither password appears in any message."""
+    crypt = pytest.importorskip("crypt")
+    web = tmp_path / "web.yml"
+    web.write_text(f"basic_auth_users:\n  mammo: '{crypt.crypt('r1ght-pw', crypt.mksalt(crypt.METHOD_BLOWFISH))}'\n")
+    gateway = Pushgateway(tmp_path, web_config=web)
+    try:
+        run_id = _run_id()
+        monkeypatch.setenv("MAMMO_PUSHGATEWAY_URL", f"http://mammo:r1ght-pw@127.0.0.1:{gateway.port}")
+        with caplog.at_level(logging.DEBUG, logger="mammo.telemetry"):
+            telemetry = Telemetry("baseline", run_id)
+            assert telemetry.epoch(1, **EPOCH)
+            assert telemetry.finish(True, 1.0)  # and the group expiry, authenticated too
+            monkeypatch.setenv("MAMMO_PUSHGATEWAY_URL", f"http://mammo:wr%40ng-pw@127.0.0.1:{gateway.port}")
+            _a_short_run(Telemetry("baseline", _run_id()))
+        assert len(_warnings(caplog)) == 1 and "401" in _warnings(caplog)[0]
+        assert "r1ght-pw" not in caplog.text and "wr@ng-pw" not in caplog.text and "wr%40ng-pw" not in caplog.text
+        # What the right password pushed is there (read back with it).
+        auth = "Basic " + base64.b64encode(b"mammo:r1ght-pw").decode()
+        request = urllib.request.Request(f"http://127.0.0.1:{gateway.port}/metrics", headers={"Authorization": auth})
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(request, timeout=5) as answer:
+            assert f'run_id="{run_id}"' in answer.read().decode()
+    finally:
+        gateway.stop()
+
+
+def test_redact_hides_passwords_in_any_url() -> None:
+    from mammo.telemetry import redact
+
+    assert redact("failed for http://u:p4ss@h:1/x and https://tok@h2") == "failed for http://u:***@h:1/x and https://***@h2"
+    assert redact("no url here") == "no url here"

@@ -21,18 +21,21 @@ group per run for ever; Prometheus keeps the history.
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import time
-from collections.abc import Iterator
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-import json
-import urllib.request
-
 from prometheus_client import CollectorRegistry, Gauge, delete_from_gateway, push_to_gateway
+from prometheus_client.exposition import basic_auth_handler, default_handler
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from mammo.errors import ConfigError
 from mammo.storage.layout import check_name
 from mammo.storage.settings import load_env_settings
 
@@ -46,6 +49,68 @@ class TelemetrySettings(BaseSettings):
     pushgateway_url: str | None = Field(None, description="e.g. http://pushgateway:9091")
     pushgateway_timeout_seconds: float = Field(5.0, gt=0)
     pushgateway_retention_seconds: float = Field(86400.0, ge=0, description="0: never delete groups")
+
+
+class Gateway:
+    """``MAMMO_PUSHGATEWAY_URL`` taken apart: the URL without credentials (what is requested and
+    what messages show), and the user and password for HTTP basic auth when the URL has them
+    (``http://user:password@host:9091``). The password never appears in a message."""
+
+    def __init__(self, url: str) -> None:
+        self.raw = url
+        full = url if "://" in url else f"http://{url}"
+        parts = urllib.parse.urlsplit(full)
+        self.username = urllib.parse.unquote(parts.username) if parts.username else None
+        self.password = urllib.parse.unquote(parts.password) if parts.password else None
+        host = parts.hostname or ""
+        netloc = f"[{host}]" if ":" in host else host
+        try:
+            port = parts.port
+        except ValueError:
+            raise ValueError(f"{redact(url)}: the port is not a number") from None
+        if port is not None:
+            netloc += f":{port}"
+        if parts.scheme not in ("http", "https"):
+            raise ValueError(f"{redact(url)}: use http:// or https://")
+        if not host:
+            raise ValueError(f"{redact(url)}: no host name")
+        self.url = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+
+    def handler(self) -> Callable[..., Callable[[], None]]:
+        if self.username is None:
+            return default_handler
+        username, password = self.username, self.password or ""
+
+        def with_auth(url: str, method: str, timeout: float | None, headers: list[tuple[str, str]], data: bytes) -> Callable[[], None]:
+            return basic_auth_handler(url, method, timeout, headers, data, username, password)
+
+        return with_auth
+
+    def headers(self) -> dict[str, str]:
+        if self.username is None:
+            return {}
+        token = base64.b64encode(f"{self.username}:{self.password or ''}".encode()).decode()
+        return {"Authorization": f"Basic {token}"}
+
+    def hide(self, text: str) -> str:
+        """``text`` with this gateway's password (raw and URL-encoded) replaced by ``***``."""
+        text = redact(text)
+        for secret in {self.password, urllib.parse.quote(self.password or "", safe="")} - {None, ""}:
+            text = text.replace(str(secret), "***")
+        return text
+
+
+def redact(text: str) -> str:
+    """Credentials in any URL inside ``text`` (``scheme://user:password@``) replaced by ``***``."""
+    out = []
+    for word in str(text).split(" "):
+        if "://" in word and "@" in word.split("://", 1)[1].split("/", 1)[0]:
+            scheme, rest = word.split("://", 1)
+            userinfo, _, tail = rest.partition("@")
+            user = userinfo.split(":", 1)[0]
+            word = f"{scheme}://{user}:***@{tail}" if ":" in userinfo else f"{scheme}://***@{tail}"
+        out.append(word)
+    return " ".join(out)
 
 
 def _value(metric: float | None) -> float:
@@ -79,10 +144,31 @@ class Telemetry:
             "component": check_name("component", component),
             "run_id": check_name("run id", run_id),
         }
-        self._settings = load_env_settings(TelemetrySettings)
         self._warned = False
         self.registry = CollectorRegistry()
         self._gauges: dict[str, Gauge] = {}
+        self.gateway: Gateway | None = None
+        try:
+            self._settings = load_env_settings(TelemetrySettings)
+        except ConfigError as exc:  # telemetry never stops a run: one warning, then on
+            self._settings = TelemetrySettings.model_construct()
+            self._warn(f"telemetry settings: {exc}; metrics are not pushed, the run goes on")
+            return
+        url = self._settings.pushgateway_url
+        if url:
+            try:
+                self.gateway = Gateway(url)
+            except ValueError as exc:
+                self._warn(f"MAMMO_PUSHGATEWAY_URL {exc}: metrics are not pushed; the run goes on")
+
+    def _warn(self, message: str) -> None:
+        """The one warning of this run's telemetry (later problems are debug lines)."""
+        message = self.gateway.hide(message) if self.gateway is not None else redact(message)
+        if not self._warned:
+            log.warning("%s", message)
+            self._warned = True
+        else:
+            log.debug("%s", message)
 
     def _set(self, name: str, value: float) -> None:
         if name not in self._gauges:
@@ -91,8 +177,8 @@ class Telemetry:
 
     @property
     def enabled(self) -> bool:
-        """Whether a Pushgateway is configured."""
-        return self._settings.pushgateway_url is not None
+        """Whether a usable Pushgateway is configured."""
+        return self.gateway is not None
 
     def epoch(
         self,
@@ -132,13 +218,14 @@ class Telemetry:
     def expire_groups(self) -> list[dict[str, str]]:
         """Delete the ``mammo`` groups last pushed more than the retention ago (never this
         step's own); returns their grouping keys. Never raises: hygiene must not fail a run."""
-        url, retention = self._settings.pushgateway_url, self._settings.pushgateway_retention_seconds
-        if url is None or retention <= 0:
+        gateway, retention = self.gateway, self._settings.pushgateway_retention_seconds
+        if gateway is None or retention <= 0:
             return []
-        base = url if "://" in url else f"http://{url}"
-        deleted = []
+        url = gateway.url
+        deleted: list[dict[str, str]] = []
         try:
-            with urllib.request.urlopen(f"{base.rstrip('/')}/api/v1/metrics", timeout=self._settings.pushgateway_timeout_seconds) as answer:
+            request = urllib.request.Request(f"{url}/api/v1/metrics", headers=gateway.headers())
+            with urllib.request.urlopen(request, timeout=self._settings.pushgateway_timeout_seconds) as answer:
                 groups = json.load(answer).get("data") or []
             cutoff = time.time() - retention
             for group in groups:
@@ -148,10 +235,11 @@ class Telemetry:
                 ours = labels.get("job") == JOB and set(labels) <= {"job", "component", "run_id"}
                 if not ours or key == self.grouping_key or not pushed or max(pushed) >= cutoff:
                     continue
-                delete_from_gateway(url, job=JOB, grouping_key=key, timeout=self._settings.pushgateway_timeout_seconds)
+                delete_from_gateway(url, job=JOB, grouping_key=key, timeout=self._settings.pushgateway_timeout_seconds,
+                                    handler=gateway.handler())
                 deleted.append(key)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.debug("expiring old Pushgateway groups at %s failed: %s", url, exc)
+        except Exception as exc:  # noqa: BLE001 - hygiene must not fail a run, whatever answers
+            log.debug("expiring old Pushgateway groups at %s failed: %s", url, gateway.hide(str(exc)))
         if deleted:
             log.debug("deleted %d Pushgateway group(s) older than %g s", len(deleted), retention)
         return deleted
@@ -168,29 +256,26 @@ class Telemetry:
         self.finish(True, time.monotonic() - start)
 
     def push(self) -> bool:
-        """Push the whole registry (replacing this run's previous push); never raises."""
-        url = self._settings.pushgateway_url
-        if url is None:
+        """Push the whole registry (replacing this run's previous push); never raises: an
+        unreachable gateway, one answering garbage (not HTTP, a 5xx), a timeout or a bad URL
+        give one warning for the run, with credentials hidden, and the run goes on."""
+        gateway = self.gateway
+        if gateway is None:
             return False
         try:
             push_to_gateway(
-                url,
+                gateway.url,
                 job=JOB,
                 registry=self.registry,
                 grouping_key=self.grouping_key,
                 timeout=self._settings.pushgateway_timeout_seconds,
+                handler=gateway.handler(),
             )
-        except OSError as exc:  # URLError/HTTPError/socket errors: telemetry never stops a run
-            if not self._warned:
-                log.warning(
-                    "Pushgateway %s not reachable (%s): metrics of %s are not pushed; "
-                    "the run goes on",
-                    url,
-                    exc,
-                    self.grouping_key,
-                )
-                self._warned = True
-            else:
-                log.debug("push to %s failed again: %s", url, exc)
+        except Exception as exc:  # noqa: BLE001 - telemetry never stops a run
+            reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            self._warn(
+                f"Pushgateway {gateway.url} not reachable or not answering as one ({reason}): metrics of {self.grouping_key} "
+                "are not pushed; the run goes on"
+            )
             return False
         return True
