@@ -18,7 +18,7 @@ from servers import Pushgateway, S3Env
 RUN_ID = "chain-1"
 EVALUATOR_FILES = {
     "metrics.json", "predictions_image.csv", "predictions_breast.csv", "roc.png", "pr.png",
-    "calibration.png", "report.html", "config.yaml", "result.json",
+    "calibration.png", "training.png", "report.html", "config.yaml", "result.json",
 }
 
 
