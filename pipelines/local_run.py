@@ -15,8 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import contextlib
+import fcntl
 import os
+import socket
 import time
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -27,6 +31,8 @@ from mammo.config import PipelineParams, load_config
 from mammo.errors import ConfigError, MammoError
 
 DEFAULT_BUCKET_URI = "s3://mammo"
+#: The work directory's lock (``workdir_lock``).
+LOCK_NAME = ".mammo-run.lock"
 
 
 def load_preset(name: str) -> dict[str, Any]:
@@ -119,6 +125,49 @@ def run_local(
 
     root = Path(workdir).resolve()
     params, recipe = resolve_params(preset, config_file, sets, data)
+    with workdir_lock(root):
+        return _run_locked(root, params, recipe, store, verbose, run_locally)
+
+
+def workdir_lock(root: Path) -> contextlib.AbstractContextManager[None]:
+    """One ``mammo run`` per work directory at a time: its kfp-local folder, caches, logs and
+    (the default) local store are not made for two writers. An exclusive ``flock`` on
+    ``<workdir>/.mammo-run.lock``, released by the kernel when the process ends however it
+    ends; a second run fails at once with one line naming the holder, before writing anything."""
+
+    @contextlib.contextmanager
+    def held() -> Iterator[None]:
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            handle = open(root / LOCK_NAME, "a+")
+        except OSError as exc:
+            raise ConfigError(f"--workdir {root}: cannot be used ({exc.strerror or exc})") from None
+        with handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise MammoError(
+                    f"another mammo run holds {root} ({holder}): wait for it to finish, or use another --workdir"
+                ) from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}")
+            handle.flush()
+            try:
+                yield
+            finally:
+                handle.seek(0)
+                handle.truncate()
+                handle.flush()
+
+    return held()
+
+
+def _run_locked(
+    root: Path, params: PipelineParams, recipe: dict[str, Any], store: str | None, verbose: bool, run_locally: Any
+) -> dict[str, Any]:
     if params.data is None:
         params.data = str(demo_dataset(root, recipe))
     elif not params.data.startswith("s3://"):
@@ -131,7 +180,7 @@ def run_local(
     store_uri, kind = choose_store(root, store)
     arguments = pipeline_arguments(params, store_uri)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    log_file = root / "logs" / f"run-{stamp}.log"
+    log_file = root / "logs" / f"run-{stamp}-{os.getpid()}.log"
     print(f"mammo run: store {store_uri} ({kind}); data {params.data}", flush=True)
     print(f"mammo run: pipeline mammo-training through kfp.local; full log {log_file}", flush=True)
     started = time.monotonic()
@@ -197,7 +246,7 @@ def print_summary(summary: dict[str, Any], seconds: float) -> None:
             )
     boot = summary.get("bootstrap") or {}
     if boot.get("resamples"):
-        print(f"intervals: {boot['resamples']} bootstrap resamples of patients (seed {boot.get('seed')}); "
+        print(f"intervals: {int(boot['resamples'])} bootstrap resamples of patients (seed {int(boot.get('seed') or 0)}); "
               "every figure's interval is in the report")
     for warning in summary.get("warnings") or []:
         print(f"warning: {warning}")

@@ -125,19 +125,27 @@ def _calibration(path: Path, breasts: pd.DataFrame, metrics: dict[str, Any]) -> 
         low = np.array([b["observed_low"] for b in bins])
         high = np.array([b["observed_high"] for b in bins])
         ax.errorbar(x, y, yerr=[np.maximum(y - low, 0), np.maximum(high - y, 0)], fmt="none", ecolor=SPLIT_COLOURS["test"], alpha=0.5, capsize=3)
-        for b in bins:
-            ax.annotate(f"n={b['count']}", (b["predicted"], b["observed"]), textcoords="offset points",
-                        xytext=(4, 6), fontsize=8)
-        hist.hist(np.clip(test["prob"], 0, 1), bins=np.linspace(0, 1, 41), color=SPLIT_COLOURS["test"], alpha=0.7)
-        hist.set_yscale("log")
+        top = float(min(1.0, 1.15 * max(np.clip(test["prob"], 0, 1).max(), max(b["observed"] for b in bins))))
+        limit = max(top, 0.05)
+        last = -1.0
+        for b in bins:  # counts where they do not overprint each other (all are in the report's table)
+            if b["predicted"] - last >= 0.06 * limit:
+                ax.annotate(f"n={b['count']}", (b["predicted"], b["observed"]), textcoords="offset points",
+                            xytext=(4, 6), fontsize=8)
+                last = b["predicted"]
+        # Readable where the predictions are (with few cancers they crowd near 0): the axes end
+        # a little beyond the largest prediction or observed rate instead of at 1.
+        hist.hist(np.clip(test["prob"], 0, 1), bins=np.linspace(0, limit, 41), color=SPLIT_COLOURS["test"], alpha=0.7)
         brier, ece = cal.get("brier"), cal.get("ece")
         ax.set_title(f"Calibration, test breast level (Brier {format_metric(brier, 3)}, ECE {format_metric(ece, 3)}; "
                      f"{cal.get('strategy', 'quantile')} bins, 95% intervals)", fontsize=10)
     else:
         _no_data(ax, "calibration")
-    ax.set(ylabel="observed cancer rate", xlim=(-0.01, 1.01), ylim=(-0.01, 1.01))
+        limit = 1.0
+    pad = 0.01 * limit
+    ax.set(ylabel="observed cancer rate", xlim=(-pad, limit + pad), ylim=(-pad, limit + pad))
     ax.grid(alpha=0.3)
-    hist.set(xlabel="predicted probability", ylabel="breasts (log)")
+    hist.set(xlabel="predicted probability", ylabel="breasts")
     _save(fig, path)
 
 
