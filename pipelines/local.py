@@ -10,6 +10,7 @@ epochs, and how each step ended.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import logging
 import os
@@ -25,7 +26,7 @@ from typing import Any, TextIO
 from mammo.errors import MammoError
 from mammo_pipelines import steps
 from mammo_pipelines.pipeline import build_pipeline
-from mammo_pipelines.profiles import get_profile
+from mammo_pipelines.profiles import Retry, get_profile
 
 #: Task names (as kfp.local prints them) -> what the progress line calls them, in order.
 STEPS = {
@@ -159,7 +160,12 @@ def run_locally(
     (metrics, report URI, promotion verdict, run id). A failed step raises ``StepFailed``."""
     from kfp import local
 
-    profile = get_profile("kind", train_image=steps.TRAIN_IMAGE, eval_image=steps.EVAL_IMAGE)
+    # One machine: a step that failed fails the same way again (a full disk, a diverged loss,
+    # bad data), so nothing is retried here (the cluster's retries start a fresh pod, maybe on
+    # another node); `mammo run` again resumes where the run stopped.
+    profile = dataclasses.replace(
+        get_profile("kind", train_image=steps.TRAIN_IMAGE, eval_image=steps.EVAL_IMAGE), retry=Retry(attempts=0)
+    )
     pipeline = build_pipeline(profile)
     pipeline_root.mkdir(parents=True, exist_ok=True)
     log_file.parent.mkdir(parents=True, exist_ok=True)

@@ -299,3 +299,16 @@ def test_storage_and_telemetry_do_not_import_torch() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "False"
+
+
+def test_linking_a_name_that_already_links_to_the_file_leaves_no_temp_file(tmp_path: Path) -> None:
+    """rename(2) is a no-op when both names are links to one file: the temp name used to stay
+    behind (the orphaned .tmp hard links two `mammo run`s left in a work directory)."""
+    from mammo.storage.atomic import link_or_copy
+
+    source = tmp_path / "last.pt"
+    source.write_bytes(b"epoch 3")
+    for _ in range(3):
+        link_or_copy(source, tmp_path / "best_auc.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best_auc.pt", "last.pt"]
+    assert (tmp_path / "best_auc.pt").stat().st_ino == source.stat().st_ino

@@ -34,3 +34,12 @@ class ArtifactNotFoundError(StorageError):
 
 class IntegrityError(StorageError):
     """Stored bytes do not match their recorded sha256: never load them."""
+
+
+class TrainingError(MammoError):
+    """Training cannot go on: the loss became NaN or infinite."""
+
+
+class DiskFullError(MammoError):
+    """A file could not be written for lack of space (or quota): naming the file and the free
+    space. Retrying on the same disk cannot help."""

@@ -6,6 +6,7 @@ into normalised (and, when training, augmented) float tensors there by ``BatchTr
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from torch.utils.data import DataLoader
 
 from mammo.data.augment import BatchTransform
 from mammo.engine.distributed import all_gather_objects
+from mammo.errors import TrainingError
 from mammo.engine.runtime import Precision, Runtime
 from mammo.progress import track
 
@@ -57,7 +59,7 @@ def train_one_epoch(
     transform.train()
     total_loss, seen, skipped = 0.0, 0, 0
     start = time.perf_counter()
-    for batch in track(loader, desc=desc):
+    for step, batch in enumerate(track(loader, desc=desc), start=1):
         skipped += batch["skipped"]
         if len(batch["labels"]) == 0:
             continue
@@ -70,7 +72,14 @@ def train_one_epoch(
         precision.scaler.scale(loss).backward()
         precision.scaler.step(optimizer)
         precision.scaler.update()
-        total_loss += loss.item() * len(labels)
+        value = loss.item()
+        if not math.isfinite(value):
+            # The weights are garbage from here on: stop before anything is saved from them.
+            raise TrainingError(
+                f"{desc}, step {step}: the training loss became {value} (training diverged: lower "
+                "optimizer.lr, or check the data and loss settings)"
+            )
+        total_loss += value * len(labels)
         seen += len(labels)
     if device.type == "cuda":
         torch.cuda.synchronize(device)

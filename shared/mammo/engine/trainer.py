@@ -34,7 +34,7 @@ from mammo.engine.distributed import broadcast_buffers, broadcast_object, local_
 from mammo.engine.early_stopping import EarlyStopping
 from mammo.engine.loop import EpochStats, Predictions, gather_predictions, predict, reduce_stats, train_one_epoch
 from mammo.engine.runtime import Runtime, epoch_seed, runtime_for, seed_everything
-from mammo.errors import CheckpointError, DataError
+from mammo.errors import CheckpointError, DataError, TrainingError
 from mammo.losses import build_loss
 from mammo.storage.atomic import write_text_atomic
 from mammo.jsonio import to_jsonable, write_json
@@ -183,10 +183,13 @@ class Trainer(ABC):
             if loader is None or phase != loader_phase:
                 loader_phase, loader = phase, train_loader(rows, config, runtime, seed=seed, cache=cache)
             reseed_loader(loader, seed)
-            stats = reduce_stats(train_one_epoch(
-                self.trainable_model(), loader, transform, self.loss_fn, self.optimizer, self.precision,
-                device, desc=f"epoch {epoch} {phase}", after_train_mode=self.after_train_mode,
-            ), runtime)
+            try:
+                stats = reduce_stats(train_one_epoch(
+                    self.trainable_model(), loader, transform, self.loss_fn, self.optimizer, self.precision,
+                    device, desc=f"epoch {epoch} {phase}", after_train_mode=self.after_train_mode,
+                ), runtime)
+            except TrainingError as err:
+                raise TrainingError(f"{self.stage} {err}; {self._last_good(history)}") from None
             broadcast_buffers(self.model, runtime.world_size)
             preds = gather_predictions(predict(
                 self.model, val_loader, val_transform, self.precision, device,
@@ -217,6 +220,13 @@ class Trainer(ABC):
                 log.info("%s: early stopping at epoch %d (%s did not improve)", self.stage, epoch, es.metric)
                 break
         return self._summary(history, keeper, stopped)
+
+    def _last_good(self, history: list[dict[str, Any]]) -> str:
+        """Where the run stands after a diverged epoch: nothing of it was saved."""
+        last = self.out_dir / LAST
+        if history and last.is_file():
+            return f"kept the last good checkpoint {last} (epoch {history[-1]['epoch']})"
+        return f"no checkpoint was written to {self.out_dir}"
 
     def trainable_model(self) -> torch.nn.Module:
         """The module the training step runs: the model itself in one process; under DDP a

@@ -7,6 +7,7 @@ volume can read the reports, checkpoints and runs written here.
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import shutil
@@ -15,6 +16,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
+
+from mammo.errors import DiskFullError
 
 #: Suffix of in-progress files; listings skip them.
 TEMP_SUFFIX = ".tmp"
@@ -50,8 +53,13 @@ def atomic_path(path: str | Path, *, durable: bool = True) -> Iterator[Path]:
     fetched again, skip it for speed.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=target.parent)
+    except OSError as exc:
+        if is_out_of_space(exc):
+            raise disk_full(exc, target) from None
+        raise
     os.fchmod(fd, file_mode())
     os.close(fd)
     tmp = Path(name)
@@ -61,9 +69,69 @@ def atomic_path(path: str | Path, *, durable: bool = True) -> Iterator[Path]:
             with open(tmp, "rb") as handle:
                 os.fsync(handle.fileno())
         os.replace(tmp, target)
-    except BaseException:
+        # rename(2) does nothing when both names are links to one file (link_or_copy of a
+        # target that already links to the source): the temp name would be left behind.
         tmp.unlink(missing_ok=True)
+    except BaseException as exc:
+        full = is_out_of_space(exc, target.parent)
+        tmp.unlink(missing_ok=True)
+        if full:
+            raise disk_full(exc, target) from None
         raise
+
+
+#: errno values meaning "no room": the disk is full, or the user's quota is.
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+#: What torch.save's C++ writer says instead of an errno when a write fails.
+_WRITE_FAILED = ("file write failed", "inline_container.cc", "unexpected pos", "No space left on device")
+#: Free space below which a failed write is put down to a full disk.
+_ALMOST_FULL = 1024 * 1024
+
+
+def is_out_of_space(exc: BaseException, directory: Path | None = None) -> bool:
+    """Whether ``exc`` is a write that failed for lack of space: ENOSPC/EDQUOT, or (torch.save
+    hides the errno) a failed write while ``directory``'s file system is (almost) full. Call it
+    before removing the partial file."""
+    if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
+        return True
+    if isinstance(exc, RuntimeError) and directory is not None and any(m in str(exc) for m in _WRITE_FAILED):
+        try:
+            return shutil.disk_usage(directory).free < _ALMOST_FULL
+        except OSError:
+            return False
+    return False
+
+
+def _mount_point(path: Path) -> Path:
+    path = path.resolve()
+    while not os.path.ismount(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+def disk_full(exc: BaseException, target: Path) -> DiskFullError:
+    """The one-line error for a write to ``target`` that ran out of space."""
+    directory = target.parent
+    while not directory.exists() and directory != directory.parent:
+        directory = directory.parent
+    try:
+        usage = shutil.disk_usage(directory)
+        space = f"{_size(usage.free)} free of {_size(usage.total)} on {_mount_point(directory)}"
+    except OSError:
+        space = f"free space of {directory} unknown"
+    quota = " (quota exceeded)" if isinstance(exc, OSError) and exc.errno == errno.EDQUOT else ""
+    return DiskFullError(
+        f"no space left on device{quota} writing {target} ({space}); free some space or write "
+        "elsewhere, then run again (it resumes)"
+    )
 
 
 @contextmanager
