@@ -95,3 +95,40 @@ def test_no_images_anywhere(tiny_dataset: Path, tmp_path: Path) -> None:
     shutil.copy(tiny_dataset / "train.csv", tmp_path / "ds" / "train.csv")
     with pytest.raises(DataError, match="no images found for the first rows"):
         open_dataset(tmp_path / "ds")
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [("image_id", "../../../outside/evil"), ("image_id", "/ABS/outside/evil"), ("patient_id", ".."),
+     ("patient_id", "../outside"), ("image_id", "sub\\evil")],
+)
+def test_ids_that_are_paths_never_reach_a_file_outside_the_dataset(
+    tiny_dataset: Path, tmp_path: Path, column: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The issue's repro: an image_id of ../../../outside/evil (or an absolute path) made the
+    local data path read a PNG outside the dataset directory. Now: one line naming the row, for
+    the library and for the commands (real files: the outside PNG exists)."""
+    from mammo.cli import main
+
+    root, _ = _copy_as(tiny_dataset, tmp_path / "ds" / "a" / "b", "train_images", "nested")
+    outside = tmp_path / "ds" / "outside"
+    outside.mkdir(parents=True)
+    shutil.copy(next((root / "train_images").rglob("*.png")), outside / "evil.png")
+    value = value.replace("/ABS", str(tmp_path / "ds"))
+    table = pd.read_csv(root / "train.csv", dtype=str)
+    table.loc[1, column] = value
+    table.to_csv(root / "train.csv", index=False)
+    with pytest.raises(DataError, match=rf"row 3: {column} .* is not a plain name"):
+        open_dataset(root)
+    assert main(["split", "--data", str(root), "--out", str(tmp_path / "split")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not a plain name" in err and not (tmp_path / "split").exists()
+
+
+def test_a_resolved_image_path_outside_the_image_directory_is_refused(tiny_dataset: Path, tmp_path: Path) -> None:
+    """Defence in depth below the table check: resolution itself refuses to leave the folder."""
+    root, images = _copy_as(tiny_dataset, tmp_path / "ds", "train_images", "flat")
+    table = read_table(root)
+    table.loc[0, "image_id"] = "../train"  # bypassing read_table's check
+    with pytest.raises(DataError, match=r"row 2: image_id '../train' resolves outside"):
+        resolve_image_paths(root, table, images=images)

@@ -312,3 +312,19 @@ def test_linking_a_name_that_already_links_to_the_file_leaves_no_temp_file(tmp_p
         link_or_copy(source, tmp_path / "best_auc.pt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best_auc.pt", "last.pt"]
     assert (tmp_path / "best_auc.pt").stat().st_ino == source.stat().st_ino
+
+
+@pytest.mark.parametrize("key", ["runs/../models/x.pt", "../x", "runs/./x", "a/b/.."])
+def test_dot_segments_in_s3_keys_are_one_line(s3_env: S3Env, key: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """`..` in an s3:// key was a minio ValueError traceback; now a StorageError naming the URI,
+    also through a command."""
+    from mammo_components.cli import main
+
+    uri = f"{s3_env.uri}/{key}"
+    for call in (lambda: storage.stat(uri), lambda: storage.get_bytes(uri), lambda: storage.put_bytes(b"x", uri),
+                 lambda: storage.list_objects(uri)):
+        with pytest.raises(StorageError, match=r"'\.' and '\.\.' are not allowed in object keys"):
+            call()
+    assert main(["promoter", "--evaluation", uri, "--store", s3_env.uri]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "are not allowed in object keys" in err

@@ -122,6 +122,10 @@ def resolve_image_paths(
         directory, layout = found
     log.info("images: %s (%s layout)", directory, layout)
     paths = [os.path.join(directory, LAYOUTS[layout](p, i)) for p, i in ids]
+    inside = os.path.normpath(directory) + os.sep
+    for n, path in enumerate(paths):  # ids are plain names (read_table); make sure of it here
+        if not os.path.normpath(path).startswith(inside):
+            raise DataError(f"{source}: row {n + 2}: image_id {ids[n][1]!r} resolves outside {directory}")
     missing = [n for n, path in enumerate(paths) if not os.path.isfile(path)]
     if missing:
         first = missing[0]

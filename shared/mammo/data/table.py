@@ -104,6 +104,17 @@ def validate_table(table: pd.DataFrame, source: str) -> None:
         blank = table[column].isna() | (table[column].astype(str).str.strip() == "")
         if blank.any():
             raise DataError(f"{source}: row {_row(int(blank.idxmax()))}: empty {column}")
+    for column in ("patient_id", "image_id"):
+        # Ids name files (``{patient_id}/{image_id}.png``): a path in an id could read a file
+        # outside the dataset (``../../outside/evil``, ``/etc/...``).
+        ids = table[column].astype(str).str.strip()
+        pathlike = ids.str.contains(r"[/\\\x00]", regex=True) | ids.isin([".", ".."])
+        if pathlike.any():
+            i = int(pathlike.idxmax())
+            raise DataError(
+                f"{source}: row {_row(i)}: {column} {table[column].iloc[i]!r} is not a plain name "
+                "(no '/', '\\', '.' or '..'): ids name files inside the dataset"
+            )
     labels = pd.to_numeric(table["cancer"].astype(str).str.strip(), errors="coerce")
     bad = labels.isna() | ~labels.isin([0, 1])
     if bad.any():

@@ -44,6 +44,8 @@ def parse_s3(uri: str) -> S3Location:
     bucket, _, key = uri[len(S3_SCHEME) :].partition("/")
     if not bucket:
         raise StorageError(f"{uri}: missing bucket name (expected s3://bucket/key)")
+    if any(segment in (".", "..") for segment in key.split("/")):
+        raise StorageError(f"{uri}: '.' and '..' are not allowed in object keys")
     return S3Location(bucket, key.strip("/"))
 
 
