@@ -55,6 +55,9 @@ MetricKey = str
 MAX_WORKERS = 256
 MAX_EPOCHS = 100_000
 MAX_SEED = 2**32 - 1
+#: ``data.max_pixels``: four times the largest full-field mammogram (about 26 MP), a 200 MB
+#: 16-bit image; a PNG claiming more is refused before it is decoded.
+DEFAULT_MAX_PIXELS = 100_000_000
 
 
 class _Strict(BaseModel):
@@ -83,6 +86,11 @@ class DataConfig(_Strict):
     )
     bad_images: Literal["fail", "skip"] = Field(
         "fail", description="Unreadable/corrupted PNGs: stop with an error, or skip and count."
+    )
+    max_pixels: int = Field(
+        DEFAULT_MAX_PIXELS, ge=1, le=2**40,
+        description="Largest image (width x height, from the PNG header) decoded; larger ones are "
+        "unreadable (a decompression bomb: a 100 KB PNG can claim 30000x30000 pixels).",
     )
     balanced_sampler: bool = Field(False, description="Class-balanced sampling of training images.")
     breast_aggregation: Literal["mean", "max"] = Field(

@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mammo.data.cache import DecodedCache
+from mammo.config import DEFAULT_MAX_PIXELS
 from mammo.data.decode import read_png
 from mammo.errors import DataError, MammoError
 
@@ -37,9 +38,10 @@ class MammoImages(Dataset):
         bad_images: Literal["fail", "skip"] = "fail",
         cache: DecodedCache | None = None,
         cache_rows: Sequence[int] | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         """``cache``: the decoded cache to read from and fill, ``cache_rows`` each path's row in
-        it (``mammo.data.cache``)."""
+        it (``mammo.data.cache``); ``max_pixels``: larger PNGs are unreadable (``data.max_pixels``)."""
         if len(paths) != len(labels):
             raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
         if bad_images not in ("fail", "skip"):
@@ -50,6 +52,7 @@ class MammoImages(Dataset):
         self.bad_images = bad_images
         self.cache = cache
         self.cache_rows = None if cache_rows is None else np.asarray(cache_rows, dtype=np.int64)
+        self.max_pixels = max_pixels
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -70,7 +73,7 @@ class MammoImages(Dataset):
 
     def __getitem__(self, index: int) -> Sample | None:
         def decode() -> torch.Tensor:
-            return read_png(self.paths[index], self.image_size)
+            return read_png(self.paths[index], self.image_size, self.max_pixels)
 
         try:
             if self.cache is None:

@@ -8,13 +8,18 @@ scale 16-bit to 8-bit and resize only when the stored size differs. Everything e
 from __future__ import annotations
 
 import re
+import struct
 
 import torch
 from torchvision.io import ImageReadMode, decode_png, read_file
 from torchvision.transforms.v2 import functional as TF
 
+from mammo.config import DEFAULT_MAX_PIXELS
 from mammo.errors import DataError
 from mammo.imagesize import ImageSize, image_hw
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def _reason(exc: RuntimeError) -> str:
@@ -23,12 +28,30 @@ def _reason(exc: RuntimeError) -> str:
     return re.sub(r"^\w+, \S+:\d+, ", "", text).rstrip(".")
 
 
-def read_png(path: str, image_size: ImageSize) -> torch.Tensor:
+def png_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG's IHDR chunk, or None when ``data`` does not start like a PNG
+    (the decoder then says what is wrong)."""
+    if len(data) < 24 or data[:8] != PNG_SIGNATURE or data[12:16] != b"IHDR":
+        return None
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
+
+
+def read_png(path: str, image_size: ImageSize, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
     """uint8 tensor [1, H, W] (``image_size`` is S or (H, W)); ``DataError`` naming the file if
-    unreadable. A PNG of another size is resized to it (not cropped or padded: DICOMs converted
-    by ``mammo data dicom`` already have the input size, with their aspect ratio kept)."""
+    unreadable, or larger than ``max_pixels`` by its header (checked before decoding: a small
+    file can decode to gigabytes). A PNG of another size is resized to it (not cropped or
+    padded: DICOMs converted by ``mammo data dicom`` already have the input size, with their
+    aspect ratio kept)."""
     try:
-        image = decode_png(read_file(path), mode=ImageReadMode.GRAY)
+        data = read_file(path)
+        size = png_size(data[:24].numpy().tobytes())
+        if size is not None and size[0] * size[1] > max_pixels:
+            raise DataError(
+                f"{path}: {size[0]}x{size[1]} pixels is more than data.max_pixels ({max_pixels}); "
+                "not decoded (a decompression bomb, or not a mammogram export)"
+            )
+        image = decode_png(data, mode=ImageReadMode.GRAY)
     except RuntimeError as exc:
         raise DataError(f"{path}: not a readable PNG ({_reason(exc)})") from None
     if image.dtype != torch.uint8:

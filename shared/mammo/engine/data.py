@@ -106,6 +106,7 @@ def _images(rows: pd.DataFrame, config: RunConfig, cache: DecodedCache | None) -
     return MammoImages(
         rows["path"].tolist(), rows["cancer"].tolist(), config.data.image_size, bad_images=config.data.bad_images,
         cache=cache, cache_rows=rows["cache_row"].tolist() if cache is not None else None,
+        max_pixels=config.data.max_pixels,
     )
 
 
