@@ -34,6 +34,15 @@ log "installing KFP $KFP_VERSION: env/platform-agnostic"
 kc apply -k "$MANIFESTS/env/platform-agnostic?ref=$KFP_VERSION" \
   || die "applying KFP's platform-agnostic manifests failed (see the kubectl error above)."
 
+# Pipeline pods run in this namespace: enforce Pod Security "baseline" (no privileged, host
+# namespaces, hostPath or added capabilities; KFP's own pods and Argo's helper containers meet
+# it) and warn/audit at "restricted", which the mammo steps meet (docs/kubernetes.md, Pod security).
+log "labelling namespace $KFP_NAMESPACE for Pod Security (enforce baseline, warn and audit restricted)"
+kc label --overwrite namespace "$KFP_NAMESPACE" \
+  pod-security.kubernetes.io/enforce=baseline pod-security.kubernetes.io/enforce-version=latest \
+  pod-security.kubernetes.io/warn=restricted pod-security.kubernetes.io/audit=restricted >/dev/null \
+  || die "labelling namespace $KFP_NAMESPACE for Pod Security failed (see the kubectl error above)."
+
 log "waiting for KFP's deployments in namespace $KFP_NAMESPACE (first install pulls images: minutes)"
 if ! kc -n "$KFP_NAMESPACE" wait --for=condition=Available deployment --all --timeout="$KFP_WAIT_TIMEOUT"; then
   kc -n "$KFP_NAMESPACE" get pods >&2 || true
