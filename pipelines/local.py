@@ -186,4 +186,16 @@ def run_locally(
             raise StepFailed(
                 f"{STEPS.get(failed, PREPROCESS_STEPS.get(failed, failed))} failed: {detail} (full log: {log_file})"
             ) from None
+        finally:
+            _drop_handlers_on(progress)
     return dict(task.outputs["Output"].metadata)
+
+
+def _drop_handlers_on(stream: Any) -> None:
+    """Logging handlers made while stdout was redirected to ``stream`` (a closed log file once
+    the run is over) would fail on every later record: remove them."""
+    loggers = [logging.getLogger(), *(logging.getLogger(name) for name in list(logging.root.manager.loggerDict))]
+    for logger in loggers:
+        for handler in list(logger.handlers):
+            if getattr(handler, "stream", None) is stream:
+                logger.removeHandler(handler)

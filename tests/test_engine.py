@@ -25,6 +25,8 @@ COMMON = {
     "model.backbone": "resnet18",
     "device": "cpu",
 }
+#: Evaluation takes the model from each checkpoint.
+EVAL_COMMON = {key: value for key, value in COMMON.items() if not key.startswith("model.")}
 
 
 class Killed(Exception):
@@ -233,7 +235,7 @@ def test_evaluate_ranks_candidates_and_writes_report(learnable, baseline_run, tm
     config = load_config(
         EvalConfig,
         overrides={
-            **COMMON,
+            **EVAL_COMMON,
             "data.root": str(learnable.root),
             "split": str(learnable.split),
             "out": str(tmp_path / "eval"),
@@ -266,7 +268,7 @@ def test_run_evaluation_returns_what_it_writes(learnable, baseline_run, tmp_path
     out = tmp_path / "eval"
     config = load_config(
         EvalConfig,
-        overrides={**COMMON, "data.root": str(learnable.root), "split": str(learnable.split), "out": str(out),
+        overrides={**EVAL_COMMON, "data.root": str(learnable.root), "split": str(learnable.split), "out": str(out),
                    "checkpoints": [str(baseline_run[0] / "best_auc.pt")]},
     )
     evaluation = run_evaluation(config)
