@@ -217,7 +217,7 @@ def test_a_gateway_answering_garbage_warns_once_and_the_run_goes_on(
         ("ftp://gateway:9091", "use http:// or https://"),
         ("http://", "no host name"),
         ("http://user:hunter2@gateway:notaport", "the port is not a number"),
-        ("http://gateway:99999", "MAMMO_PUSHGATEWAY_URL"),
+        ("http://gateway:99999", "the port is not a number from 0 to 65535"),
     ],
 )
 def test_a_malformed_url_warns_once_without_credentials_and_the_run_goes_on(

@@ -67,7 +67,7 @@ class Gateway:
         try:
             port = parts.port
         except ValueError:
-            raise ValueError(f"{redact(url)}: the port is not a number") from None
+            raise ValueError(f"{redact(url)}: the port is not a number from 0 to 65535") from None
         if port is not None:
             netloc += f":{port}"
         if parts.scheme not in ("http", "https"):
