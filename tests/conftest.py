@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -118,3 +119,18 @@ def pushgateway_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pus
 def pushgateway(pushgateway_server: Pushgateway, monkeypatch: pytest.MonkeyPatch) -> Pushgateway:
     monkeypatch.setenv("MAMMO_PUSHGATEWAY_URL", pushgateway_server.url)
     return pushgateway_server
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 8 MiB file system (tmpfs): room for a split, not for a ResNet checkpoint. Mounting
+    needs root, which the test machines and CI have; elsewhere the test fails rather than skips."""
+    mount = tmp_path / f"small-{uuid.uuid4().hex[:6]}"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.fail(f"a small file system needs mount -t tmpfs (root): {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)

@@ -15,8 +15,6 @@ import os
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -74,20 +72,6 @@ def test_a_second_run_on_the_same_workdir_is_refused_and_the_first_leaves_no_lit
     out3, err3 = third.communicate(timeout=900)
     assert third.returncode == 0, err3[-3000:]
     assert _litter(workdir) == [] and len(list((workdir / "logs").iterdir())) == 2
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A real 8 MiB file system (tmpfs): room for the split, not for a checkpoint."""
-    mount = tmp_path / f"small-{uuid.uuid4().hex[:6]}"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"a small file system needs mount -t tmpfs (root): {done.stderr.strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_a_full_disk_in_a_run_is_said_once_and_not_retried(

@@ -13,9 +13,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -117,20 +114,6 @@ def test_a_diverging_loss_stops_naming_the_epoch_and_step_and_keeps_the_last_goo
         assert [h["epoch"] for h in history] == list(range(1, failed_epoch))
     else:
         assert "no checkpoint was written" in line and not (out / "last.pt").exists()
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A real 8 MiB file system (tmpfs), too small for a ResNet-18 checkpoint."""
-    mount = tmp_path / f"small-{uuid.uuid4().hex[:6]}"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"a small file system needs mount -t tmpfs (root): {done.stderr.strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_a_full_disk_while_checkpointing_is_one_line_naming_the_file_and_free_space(
