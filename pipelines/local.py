@@ -164,13 +164,20 @@ def run_locally(
     # bad data), so nothing is retried here (the cluster's retries start a fresh pod, maybe on
     # another node); `mammo run` again resumes where the run stopped.
     profile = dataclasses.replace(
-        get_profile("kind", train_image=steps.TRAIN_IMAGE, eval_image=steps.EVAL_IMAGE), retry=Retry(attempts=0)
+        get_profile("kind", train_image=steps.TRAIN_IMAGE, eval_image=steps.EVAL_IMAGE),
+        retry=Retry(attempts=0), data_mount=None,
     )
     pipeline = build_pipeline(profile)
     pipeline_root.mkdir(parents=True, exist_ok=True)
     log_file.parent.mkdir(parents=True, exist_ok=True)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))
-    env = {"MAMMO_CACHE_DIR": os.environ.get("MAMMO_CACHE_DIR") or str(cache_dir), "PYTHONUNBUFFERED": "1"}
+    # Caches stay in the run's work directory unless the environment names others; matplotlib's
+    # font cache too (it would go to ~/.cache/matplotlib, which may not be writable).
+    env = {
+        "MAMMO_CACHE_DIR": os.environ.get("MAMMO_CACHE_DIR") or str(cache_dir),
+        "MPLCONFIGDIR": os.environ.get("MPLCONFIGDIR") or str(cache_dir / "matplotlib"),
+        "PYTHONUNBUFFERED": "1",
+    }
     with log_file.open("w") as log, _environment(env), warnings.catch_warnings(), _quiet_root(verbose):
         # Expected here: placeholder images without "python" in their names, and cluster
         # settings (resources, labels) that kfp.local ignores.

@@ -44,7 +44,6 @@ DESCRIPTION = (
 SHM_VOLUME = "dshm"
 #: Where trainers and the evaluator keep the dataset copy and the decoded cache.
 DATA_VOLUME = "mammo-data"
-DATA_MOUNT = "/var/cache/mammo"
 #: USER of both Dockerfiles.
 IMAGE_UID = 10001
 
@@ -80,17 +79,21 @@ def _data_volume(task: PipelineTask, profile: Profile) -> None:
     node's disk capped at ``data_volume_size``. (kfp-kubernetes cannot set a pod's fsGroup, and
     a freshly formatted volume's root is writable by root only, while the steps run as uid
     10001: the ephemeral volume needs a storage class that provisions writable volumes, the
-    PVC a one-time chown; an emptyDir is always writable.)"""
+    PVC a one-time chown; an emptyDir is always writable.) A profile without ``data_mount``
+    (``mammo run``) has no volume and leaves ``MAMMO_CACHE_DIR`` to the environment."""
+    mount = profile.data_mount
+    if mount is None:
+        return
     if profile.data_pvc:
-        kubernetes.mount_pvc(task, pvc_name=profile.data_pvc, mount_path=DATA_MOUNT)
+        kubernetes.mount_pvc(task, pvc_name=profile.data_pvc, mount_path=mount)
     elif profile.data_storage_class:
         kubernetes.add_ephemeral_volume(
-            task, volume_name=DATA_VOLUME, mount_path=DATA_MOUNT, access_modes=["ReadWriteOnce"],
+            task, volume_name=DATA_VOLUME, mount_path=mount, access_modes=["ReadWriteOnce"],
             size=profile.data_volume_size, storage_class_name=profile.data_storage_class,
         )
     else:
-        kubernetes.empty_dir_mount(task, volume_name=DATA_VOLUME, mount_path=DATA_MOUNT, size_limit=profile.data_volume_size)
-    task.set_env_variable("MAMMO_CACHE_DIR", DATA_MOUNT)
+        kubernetes.empty_dir_mount(task, volume_name=DATA_VOLUME, mount_path=mount, size_limit=profile.data_volume_size)
+    task.set_env_variable("MAMMO_CACHE_DIR", mount)
 
 
 def _placement(task: PipelineTask, profile: Profile) -> None:

@@ -116,6 +116,11 @@ class Profile:
     data_volume_size: str = "200Gi"
     data_pvc: str | None = None
     data_storage_class: str | None = None
+    #: Where that volume is mounted (and ``MAMMO_CACHE_DIR`` points) in the pods. ``None``: no
+    #: volume and no ``MAMMO_CACHE_DIR`` for the steps, as for ``mammo run``, where kfp.local
+    #: ignores volumes (but would apply the variable) and the steps keep their caches in the
+    #: run's own work directory.
+    data_mount: str | None = "/var/cache/mammo"
 
     @property
     def has_gpus(self) -> bool:

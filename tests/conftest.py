@@ -11,6 +11,11 @@ ports of 127.0.0.1 and stopped at the end.
 Data: ``tiny_dataset``, a small synthetic dataset written once per session. Every test (and
 every process it starts) keeps its caches, the decoded-image cache included, in a session
 folder that is removed at the end (``_session_cache_dir``), never in the home directory.
+
+Nothing outside: ``_nothing_written_outside`` fails the session when a file under
+``/var/cache/mammo``, ``$HOME/.cache`` or the working tree (but its ignored ``.mammo/``,
+``.cache/``, ``.venv/``, ``.pytest_cache/`` and ``__pycache__/`` folders) appeared, changed or
+went away while the tests ran.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,10 +41,63 @@ from servers import (
 )
 
 TEST_RETRY_SECONDS = "2"
+REPO = Path(__file__).resolve().parent.parent
+#: Folders of the working tree the tests may write (the project's own ignored folders).
+WRITABLE_IN_TREE = {".git", ".venv", ".mammo", ".cache", ".pytest_cache", "__pycache__"}
+
+
+def _files_under(root: Path, skip: set[str] = frozenset()) -> dict[str, tuple[int, int]]:
+    """Path -> (size, mtime_ns) of every file below ``root``, folders named in ``skip`` left out."""
+    found: dict[str, tuple[int, int]] = {}
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in skip]
+        for name in files:
+            path = os.path.join(folder, name)
+            try:
+                info = os.lstat(path)
+            except OSError:
+                continue
+            found[path] = (info.st_size, info.st_mtime_ns)
+    return found
+
+
+def _snapshot() -> dict[str, tuple[int, int]]:
+    places = [(Path("/var/cache/mammo"), set()), (Path.home() / ".cache", set()), (REPO, WRITABLE_IN_TREE)]
+    found: dict[str, tuple[int, int]] = {}
+    for root, skip in places:
+        found.update(_files_under(root, skip))
+    return found
+
+
+_BEFORE: dict[str, tuple[int, int]] = {}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Before collection imports anything: the snapshot, and matplotlib's font cache in a
+    temporary folder (it would go to ``$HOME/.cache/matplotlib``)."""
+    _BEFORE.update(_snapshot())
+    if "MPLCONFIGDIR" not in os.environ:
+        os.environ["MPLCONFIGDIR"] = tempfile.mkdtemp(prefix="mammo-tests-matplotlib-")
+        config.add_cleanup(lambda: shutil.rmtree(os.environ.pop("MPLCONFIGDIR"), ignore_errors=True))
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _session_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+def _nothing_written_outside() -> Iterator[None]:
+    before = dict(_BEFORE)
+    yield
+    after = _snapshot()
+    changed = sorted(
+        [f"new {p}" for p in after.keys() - before.keys()]
+        + [f"removed {p}" for p in before.keys() - after.keys()]
+        + [f"changed {p}" for p in before.keys() & after.keys() if before[p] != after[p]]
+    )
+    if changed:
+        shown = "\n  ".join(changed[:20]) + (f"\n  ... {len(changed) - 20} more" if len(changed) > 20 else "")
+        pytest.fail(f"the tests wrote outside their temporary folders:\n  {shown}", pytrace=False)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache_dir(tmp_path_factory: pytest.TempPathFactory, _nothing_written_outside: None) -> Iterator[None]:
     previous = os.environ.get("MAMMO_CACHE_DIR")
     folder = tmp_path_factory.mktemp("mammo-cache")
     os.environ["MAMMO_CACHE_DIR"] = str(folder)

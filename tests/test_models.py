@@ -29,6 +29,7 @@ HEAD_WIDTH = {
     "efficientnet_v2_s": 1280,
     "convnext_tiny": 768,
     "convnext_small": 768,
+    "tinynet": 16,
 }
 #: Built for real (weights, forward on CPU); the others are checked on the meta device.
 SMALL = ("resnet18", "efficientnet_b0", "convnext_tiny")
@@ -214,7 +215,7 @@ def test_every_family_s_blocks_and_head_cover_each_parameter_once(backbone: str)
     assert any(stem is m or any(stem is s for s in m.modules()) for m in block_modules(model, backbone, family.block_names[-1]))
 
 
-@pytest.mark.parametrize("backbone", ["efficientnet_b0", "convnext_tiny"])
+@pytest.mark.parametrize("backbone", ["efficientnet_b0", "convnext_tiny", "tinynet"])
 def test_unfreeze_trains_the_head_only_and_keeps_batchnorm_in_eval_mode(backbone: str, tmp_path: Path) -> None:
     """Frozen blocks have requires_grad=False; every BatchNorm stays in eval mode (EfficientNet);
     ConvNeXt has none, and its frozen LayerNorms only stop training."""

@@ -5,25 +5,30 @@
   BatchNorm; training drops a last partial batch (``engine.distributed.EpochSampler``), so every
   step sees a whole batch and DDP ranks stay in step; a set smaller than one batch is one batch,
   and a set of one image is refused in one line (BatchNorm needs two).
-- A loss that becomes NaN stops the run with one line naming the epoch and step, and keeps the
-  last good checkpoint (nothing of the diverged epoch is saved).
+- A loss that explodes (finite but above ``loss.ceiling``) or becomes NaN/inf stops the run with
+  one line naming the epoch and step, and keeps the last good checkpoint (nothing of the diverged
+  epoch is saved). The divergence is made exactly, not by a learning rate whose effect depends on
+  the machine's float kernels: a head whose weights are 0 and whose bias is huge gives every image
+  the same logit, so every cancer-free image's loss is that number, bit for bit, on any CPU.
 - A full disk while writing a checkpoint is one line naming the file and the free space.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from mammo.cli import main as mammo_main
 from mammo.data.synth import write_synthetic_dataset
 from mammo.engine.checkpoint import load_checkpoint
 
 BATCH = 4
-TRAIN_ARGS = ["--image-size", "32", "--backbone", "resnet18", "--workers", "0", "--device", "cpu"]
+TRAIN_ARGS = ["--image-size", "32", "--backbone", "tinynet", "--workers", "0", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
@@ -92,38 +97,106 @@ def test_a_warmup_subset_of_one_image_is_refused_in_one_line(
     assert err.count("\n") == 1 and "training needs at least 2 images per epoch" in err
 
 
+def _explode(state: dict[str, torch.Tensor], bias: float) -> dict[str, torch.Tensor]:
+    """``state`` with tinynet's head giving every image the logit ``bias`` exactly."""
+    return {**state, "fc.weight": torch.zeros_like(state["fc.weight"]), "fc.bias": torch.full_like(state["fc.bias"], bias)}
+
+
+def _last_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err.strip().splitlines()[-1]
+
+
+def test_an_exploding_loss_stops_the_first_epoch_naming_the_step_and_writes_no_checkpoint(
+    dataset: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A finite but absurd loss (1e6 for every cancer-free image, as a learning rate of 1e8 gives
+    on some CPUs and not others) is divergence; before, such a run trained on and exited 0."""
+    from mammo.config import ModelConfig
+    from mammo.models import build_model
+
+    data, split = dataset
+    weights = tmp_path / "exploded.pt"
+    torch.save(_explode(build_model(ModelConfig(backbone="tinynet")).state_dict(), 1e6), weights)
+    out = tmp_path / "run"
+    args = ["train", "--data", str(data), "--split", str(split), "--out", str(out), *TRAIN_ARGS,
+            "--epochs", "3", "--batch-size", str(BATCH), "--set", "warmup_epochs=0", "--weights", str(weights)]
+    assert mammo_main(args) == 2
+    line = _last_line(capsys)
+    assert line.startswith("mammo: error: baseline epoch 1 full, step "), line
+    assert ", above loss.ceiling 1000 (training diverged" in line
+    assert line.endswith(f"no checkpoint was written to {out}")
+    assert not (out / "last.pt").exists() and not (out / "history.json").exists()
+
+
 def test_a_diverging_loss_stops_naming_the_epoch_and_step_and_keeps_the_last_good_checkpoint(
     dataset: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A learning rate of 1e8 (finite, so the config accepts it) trains one epoch to huge but
-    finite losses, then NaN. Before: NaN epochs were trained, checkpointed, and exit 0."""
+    """Epoch 1 trains; its checkpoint's head then explodes, and the resumed epoch 2 stops at the
+    first step that holds a cancer-free image, with epoch 1's checkpoint and history untouched."""
     data, split = dataset
     out = tmp_path / "run"
     args = ["train", "--data", str(data), "--split", str(split), "--out", str(out), *TRAIN_ARGS,
-            "--epochs", "3", "--batch-size", str(BATCH), "--set", "warmup_epochs=0", "--set", "optimizer.lr=1e8"]
-    assert mammo_main(args) == 2
-    err = capsys.readouterr().err
-    line = err.strip().splitlines()[-1]
-    assert line.startswith("mammo: error: baseline epoch ") and "Traceback" not in err
-    assert ", step " in line and ("the training loss became nan" in line or "the training loss became inf" in line)
-    failed_epoch = int(line.split("epoch ")[1].split()[0])
-    if failed_epoch > 1:
-        assert f"kept the last good checkpoint {out / 'last.pt'} (epoch {failed_epoch - 1})" in line
-        assert load_checkpoint(out / "last.pt")["epoch"] == failed_epoch - 1
-        history = json.loads((out / "history.json").read_text())
-        assert [h["epoch"] for h in history] == list(range(1, failed_epoch))
-    else:
-        assert "no checkpoint was written" in line and not (out / "last.pt").exists()
+            "--batch-size", str(BATCH), "--set", "warmup_epochs=0"]
+    assert mammo_main([*args, "--epochs", "1"]) == 0
+    capsys.readouterr()
+    payload = torch.load(out / "last.pt", weights_only=True)
+    payload["model"] = _explode(payload["model"], 1e6)
+    torch.save(payload, out / "last.pt")
+    good = (out / "last.pt").read_bytes()
+    assert mammo_main([*args, "--epochs", "3", "--resume"]) == 2
+    line = _last_line(capsys)
+    assert line.startswith("mammo: error: baseline epoch 2 full, step "), line
+    assert ", above loss.ceiling 1000 (training diverged" in line
+    assert line.endswith(f"kept the last good checkpoint {out / 'last.pt'} (epoch 1)")
+    assert (out / "last.pt").read_bytes() == good
+    assert [h["epoch"] for h in json.loads((out / "history.json").read_text())] == [1]
+
+
+@pytest.mark.parametrize("logit", [math.inf, math.nan], ids=["inf", "nan"])
+def test_a_non_finite_loss_stops_the_epoch_at_its_step(logit: float) -> None:
+    """NaN and inf are divergence whatever the ceiling: the step that produced one is named."""
+    from torch.utils.data import DataLoader
+
+    from mammo.data.augment import BatchTransform
+    from mammo.engine.loop import train_one_epoch
+    from mammo.engine.runtime import Precision
+    from mammo.errors import TrainingError
+    from mammo.losses import BCEWithLogits
+
+    class ThirdStepGives(torch.nn.Module):
+        """One trainable logit for every image; at the third call, ``logit`` instead."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.logit, self.calls = torch.nn.Parameter(torch.zeros(())), 0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.calls += 1
+            out = self.logit + (logit if self.calls == 3 else 0.0)
+            return out.expand(x.shape[0], 1)
+
+    batches = [{"images": torch.zeros(2, 1, 8, 8, dtype=torch.uint8), "labels": torch.zeros(2),
+                "skipped": 0, "index": torch.arange(2)} for _ in range(4)]
+    model = ThirdStepGives()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(TrainingError) as raised:
+        train_one_epoch(model, DataLoader(batches, batch_size=None), BatchTransform(None, 1), BCEWithLogits(),
+                        optimizer, Precision(torch.device("cpu"), enabled=False), torch.device("cpu"),
+                        desc="epoch 4 full", loss_ceiling=1000.0)
+    assert str(raised.value).startswith(f"epoch 4 full, step 3: the training loss became {'inf' if logit == math.inf else 'nan'} (training diverged")
 
 
 def test_a_full_disk_while_checkpointing_is_one_line_naming_the_file_and_free_space(
     dataset: tuple[Path, Path], small_disk: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """torch.save on a full disk raised 'RuntimeError: [enforce fail at inline_container.cc]'."""
+    """torch.save on a full disk raised 'RuntimeError: [enforce fail at inline_container.cc]'.
+    A resnet18 here: its 45 MB checkpoint is what does not fit the 8 MiB disk."""
     data, base = dataset
     split = _split_with(base, tmp_path / "split", BATCH, 2)
     out = small_disk / "run"
-    args = ["train", "--data", str(data), "--split", str(split), "--out", str(out), *TRAIN_ARGS,
+    args = ["train", "--data", str(data), "--split", str(split), "--out", str(out), *TRAIN_ARGS, "--backbone", "resnet18",
             "--epochs", "1", "--batch-size", str(BATCH), "--set", "warmup_epochs=0"]
     assert mammo_main(args) == 2
     err = capsys.readouterr().err

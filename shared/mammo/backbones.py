@@ -53,6 +53,9 @@ class Family:
     blocks: tuple[Block, ...]
     #: What "frozen" means for its normalisation layers (see the module docstring).
     norm: Literal["batch", "layer"] = "batch"
+    #: Where the network comes from: ``torchvision.models.get_model`` (which also knows its
+    #: pretrained weights), or this package's ``mammo.tinynet`` (no pretrained weights).
+    source: Literal["torchvision", "mammo"] = "torchvision"
 
     @property
     def block_names(self) -> tuple[str, ...]:
@@ -119,6 +122,23 @@ FAMILIES: tuple[Family, ...] = (
         stem="features.0.0",
         blocks=_features((6, 7), (4, 5), (2, 3), (1,), (0,), extra={0: ("classifier.0",)}),
         norm="layer",
+    ),
+    # A test-scale network (about 4,200 parameters) with ResNet's layout: a stem (conv1 + bn1),
+    # three conv-BatchNorm-ReLU stages and a Linear head. Not for real data: it is what the test
+    # suite and quick smoke runs train in seconds, with warm-up, gradual unfreezing, DDP and
+    # frozen BatchNorm exercised exactly as for ResNet (``mammo.tinynet``).
+    Family(
+        name="tiny",
+        backbones=("tinynet",),
+        head="fc",
+        stem="conv1",
+        blocks=(
+            Block("layer3", ("layer3",)),
+            Block("layer2", ("layer2",)),
+            Block("layer1", ("layer1",)),
+            Block("conv1", ("conv1", "bn1")),
+        ),
+        source="mammo",
     ),
 )
 

@@ -134,6 +134,13 @@ class LossConfig(_Strict):
     name: LossName = "bce_pos"
     focal_alpha: float | None = Field(None, ge=0, le=1, description="Default: 1 - prevalence.")
     focal_gamma: float = Field(2.0, ge=0)
+    # A healthy run's batch loss stays near or below its start (about 0.7 x the positive weight,
+    # at most ~5 at RSNA's prevalence); a mean above 1000 means logits in the hundreds on wrongly
+    # classified images: the weights have diverged even while every number is still finite.
+    ceiling: float = Field(
+        1000.0, gt=0,
+        description="A training step whose mean loss is above this, or not finite, stops the run as diverged.",
+    )
 
 
 class OptimizerConfig(_Strict):

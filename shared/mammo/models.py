@@ -46,6 +46,10 @@ def is_weights_path(value: str) -> bool:
 
 def _download(backbone: str, name: str) -> dict[str, torch.Tensor]:
     """State dict of a torchvision weights enum member, e.g. ``IMAGENET1K_V2`` or ``DEFAULT``."""
+    if family_of(backbone).source != "torchvision":
+        raise ConfigError(
+            f"model.weights: {backbone} has no pretrained weights; expected none or a path to a state_dict file"
+        )
     enum = get_model_weights(backbone)
     member = enum.__members__.get(name.upper().removeprefix(f"{enum.__name__.upper()}."))
     if member is None:
@@ -160,10 +164,19 @@ def _to_single_channel(model: nn.Module, family: Family) -> None:
     _set_submodule(model, family.stem, new)
 
 
+def _network(backbone: str, family: Family) -> nn.Module:
+    """The untrained network ``backbone`` names, from torchvision or from this package."""
+    if family.source == "mammo":
+        from mammo.tinynet import TinyNet
+
+        return TinyNet()
+    return get_model(backbone, weights=None)
+
+
 def build_model(config: ModelConfig) -> nn.Module:
     """The backbone with a 1-logit head, weights loaded, its stem converted for grayscale if asked."""
     family = family_of(config.backbone)
-    model = get_model(config.backbone, weights=None)
+    model = _network(config.backbone, family)
     head = model.get_submodule(family.head)
     if not isinstance(head, nn.Linear):
         raise TypeError(f"{family.name}: {family.head} is a {type(head).__name__}, not a Linear")

@@ -52,7 +52,10 @@ def train_one_epoch(
     device: torch.device,
     desc: str,
     after_train_mode: Callable[[torch.nn.Module], None] | None = None,
+    loss_ceiling: float = math.inf,
 ) -> EpochStats:
+    """Train ``model`` for one pass over ``loader``. A step whose loss is not finite or above
+    ``loss_ceiling`` (``loss.ceiling``) raises ``TrainingError``: the weights have diverged."""
     model.train()
     if after_train_mode is not None:
         after_train_mode(model)
@@ -73,10 +76,11 @@ def train_one_epoch(
         precision.scaler.step(optimizer)
         precision.scaler.update()
         value = loss.item()
-        if not math.isfinite(value):
+        if not math.isfinite(value) or value > loss_ceiling:
             # The weights are garbage from here on: stop before anything is saved from them.
+            became = f"{value}" if not math.isfinite(value) else f"{value:.3g}, above loss.ceiling {loss_ceiling:g}"
             raise TrainingError(
-                f"{desc}, step {step}: the training loss became {value} (training diverged: lower "
+                f"{desc}, step {step}: the training loss became {became} (training diverged: lower "
                 "optimizer.lr, or check the data and loss settings)"
             )
         total_loss += value * len(labels)

@@ -187,6 +187,7 @@ class Trainer(ABC):
                 stats = reduce_stats(train_one_epoch(
                     self.trainable_model(), loader, transform, self.loss_fn, self.optimizer, self.precision,
                     device, desc=f"epoch {epoch} {phase}", after_train_mode=self.after_train_mode,
+                    loss_ceiling=config.loss.ceiling,
                 ), runtime)
             except TrainingError as err:
                 raise TrainingError(f"{self.stage} {err}; {self._last_good(history)}") from None
