@@ -193,3 +193,12 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+
+@pytest.fixture(scope="session")
+def learnable_dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(dataset, split) where learning is certain (``data_support.LEARNABLE``). Read-only."""
+    from data_support import write_learnable
+
+    return write_learnable(tmp_path_factory.mktemp("learnable"))
