@@ -15,9 +15,9 @@ from mammo.models import build_model
 
 
 def fake_checkpoint(path: Path, *, epoch: int = 1, image_size: int = 32, seed: int = 0) -> Path:
-    """An untrained resnet18 checkpoint (``epoch`` and ``seed`` make different files)."""
+    """An untrained tinynet checkpoint (``epoch`` and ``seed`` make different files)."""
     torch.manual_seed(seed)
-    config = ModelConfig(backbone="resnet18")
+    config = ModelConfig(backbone="tinynet")
     payload = {
         "format": FORMAT, "model": build_model(config).state_dict(), "model_config": config.model_dump(mode="json"),
         "image_size": image_size, "stage": "baseline", "epoch": epoch, "split_fingerprint": "f" * 64,

@@ -71,7 +71,7 @@ def test_a_bomb_in_a_dataset_is_one_line_or_skipped_and_counted(
     shutil.copy(bomb, victim)
     split = tmp_path / "split"
     assert main(["split", "--data", str(data), "--out", str(split)]) == 0
-    args = ["train", "--data", str(data), "--split", str(split), "--image-size", "32", "--backbone", "resnet18",
+    args = ["train", "--data", str(data), "--split", str(split), "--image-size", "32", "--backbone", "tinynet",
             "--epochs", "1", "--batch-size", "8", "--workers", "0", "--device", "cpu", "--set", "warmup_epochs=0"]
     assert main([*args, "--out", str(tmp_path / "fail")]) == 2
     err = capsys.readouterr().err

@@ -90,7 +90,7 @@ def test_train_and_evaluate_at_hxw(tmp_path: Path, capsys: pytest.CaptureFixture
     run_split(data=str(tmp_path / "data"), out=str(tmp_path / "split"), val_frac=0.25, test_frac=0.25, seed=1)
     common = ["--data", str(tmp_path / "data"), "--split", str(tmp_path / "split"), "--workers", "0",
               "--device", "cpu", "--batch-size", "8"]
-    assert main(["train", *common, "--out", str(tmp_path / "run"), "--image-size", "40x24", "--backbone", "resnet18",
+    assert main(["train", *common, "--out", str(tmp_path / "run"), "--image-size", "40x24", "--backbone", "tinynet",
                  "--epochs", "1", "--json"]) == 0
     capsys.readouterr()
     payload = load_checkpoint(tmp_path / "run" / "last.pt")

@@ -21,7 +21,7 @@ from mammo_pipelines.local_run import run_local
 from servers import S3Env
 
 TINY = {
-    "image_size": "40x32", "backbone": "resnet18", "batch_size": 16, "workers": 0, "device": "cpu",
+    "image_size": "40x32", "backbone": "tinynet", "batch_size": 16, "workers": 0, "device": "cpu",
     "baseline_epochs": 1, "warmup_epochs": 0, "unfreeze_epochs": 1, "unfreeze_set": ["unfreeze.start_epoch=1"],
 }
 

@@ -9,11 +9,11 @@ from mammo.storage import MANIFEST_NAME, Manifest
 
 from servers import S3Env
 
-#: Tiny and fast: 32 px, resnet18, two batches per epoch, CPU in the main process, one
+#: Tiny and fast: 32 px, tinynet, two batches per epoch, CPU in the main process, one
 #: baseline epoch. Top-k by validation loss (it falls from epoch to epoch, so a second epoch
 #: evicts the first).
 PARAMS = {
-    "backbone": "resnet18",
+    "backbone": "tinynet",
     "image_size": 32,
     "batch_size": 64,
     "workers": 0,

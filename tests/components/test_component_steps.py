@@ -227,7 +227,7 @@ def test_a_trainer_step_with_two_processes_runs_torchrun_and_records_what_rank_0
     outputs = split_step.run_step(
         split=FakeArtifact(tmp_path / "split.json"), dataset_uri=str(tiny_dataset), store_uri=store,
         **{**SPLIT_VALUES, "code_version": "v1", "image_size": 32, "batch_size": 8, "workers": 0,
-           "device": "cpu", "baseline_epochs": 1, "warmup_epochs": 0, "backbone": "resnet18"},
+           "device": "cpu", "baseline_epochs": 1, "warmup_epochs": 0, "backbone": "tinynet"},
     )
     model, metrics = FakeArtifact(tmp_path / "model"), FakeArtifact(tmp_path / "metrics")
     result = baseline_step(

@@ -26,7 +26,7 @@ from mammo_components.trainjob.step import launch, run_step, trainer_command
 RUN_ID = "0123456789abcdef"
 NAMESPACE = "kubeflow"
 IMAGE = "registry.example/mammo-train:1"
-PARAMS = {"backbone": "resnet18", "image_size": 32, "baseline_lr": 1e-05, "baseline_set": ["a.b=1"], "weights": None}
+PARAMS = {"backbone": "tinynet", "image_size": 32, "baseline_lr": 1e-05, "baseline_set": ["a.b=1"], "weights": None}
 
 
 class Artifact:

@@ -44,7 +44,7 @@ UID = 10001
 RUN_ID = "smoke-1"
 #: The component tests' tiny settings (tests/components/component_support.py).
 PARAMS: dict[str, Any] = {
-    "backbone": "resnet18",
+    "backbone": "tinynet",
     "image_size": 32,
     "batch_size": 64,
     "workers": 0,
