@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 S3RVER_VERSION := 3.7.1
 S3RVER_STAMP := .cache/s3rver/.installed-$(S3RVER_VERSION)
 
-.PHONY: help venv run test test-servers bench clean images-smoke images-tools
+.PHONY: help venv run check test test-servers bench clean images-smoke images-tools
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -56,7 +56,10 @@ test-servers: $(S3RVER_STAMP) ## Install the servers the tests start (s3rver, Pu
 # IMAGES_SMOKE=0 skips it, and a subset (PYTEST_ARGS set) skips it unless IMAGES_SMOKE=1.
 IMAGES_SMOKE ?= $(if $(PYTEST_ARGS),0,1)
 
-test: $(STAMP) test-servers test-tools ## Run the test suite, then the image smoke test
+check: $(STAMP) test-servers test-tools ## The fast tier for the edit loop: pytest without the slow tests
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test: $(STAMP) test-servers test-tools ## Run the whole test suite, then the image smoke test
 	$(PY) -m pytest $(PYTEST_ARGS)
 	@if [ "$(IMAGES_SMOKE)" = 1 ]; then $(MAKE) --no-print-directory images-smoke; fi
 

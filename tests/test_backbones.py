@@ -119,6 +119,7 @@ def split(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone", ["efficientnet_b0", "convnext_tiny"])
 def test_train_unfreeze_evaluate_on_another_family(
     backbone: str, tiny_dataset: Path, split: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]

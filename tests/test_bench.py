@@ -40,6 +40,7 @@ def test_bench_rejects_bad_arguments(tiny_dataset: Path) -> None:
         bench_data(tiny_dataset, image_size=32, batches=0)
 
 
+@pytest.mark.slow
 def test_bench_train_measures_one_and_two_processes(tiny_dataset: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["bench", "train", "--data", str(tiny_dataset), "--nproc", "2", "--image-size", "32",
                  "--batch-size", "8", "--steps", "2", "--warmup", "1", "--device", "cpu"]) == 0

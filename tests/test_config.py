@@ -250,6 +250,7 @@ def test_fuzzed_config_files_never_escape_as_tracebacks(tmp_path):
     assert refused > 400
 
 
+@pytest.mark.slow
 def test_fuzzed_config_files_through_commands_exit_2_with_one_line(tmp_path):
     """End to end, real processes: `mammo train --config` and `mammo run --config` on broken
     config files exit 2 with one line and write nothing (the in-process test above covers the

@@ -135,6 +135,7 @@ def test_loader_settings_and_seeded_order(tiny_dataset) -> None:
     assert not make_loader(dataset, batch_size=8, workers=0).pin_memory
 
 
+@pytest.mark.slow
 def test_workers_deliver_the_same_batches(tiny_dataset) -> None:
     table, paths = open_dataset(tiny_dataset)
     dataset = MammoImages(paths, table["cancer"].tolist(), 32)

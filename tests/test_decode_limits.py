@@ -38,6 +38,7 @@ def bomb(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_bomb(tmp_path_factory.mktemp("bomb") / "bomb.png")
 
 
+@pytest.mark.slow
 def test_the_header_is_checked_before_decoding(bomb: Path) -> None:
     assert bomb.stat().st_size < 200_000
     assert png_size(bomb.read_bytes()[:24]) == (30000, 30000)
@@ -55,6 +56,7 @@ def _peak_rss_mib(code: str) -> float:
     return float(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_memory_stays_flat_on_a_bomb(bomb: Path) -> None:
     refused = _peak_rss_mib(f"try:\n    d.read_png({str(bomb)!r}, 32)\nexcept Exception:\n    pass")
     assert refused < 100, f"{refused:.0f} MiB"

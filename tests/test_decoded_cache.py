@@ -131,6 +131,7 @@ def test_an_unusable_cache_directory_is_one_line(paths: list[str], tmp_path: Pat
         open_cache(target, paths, SIZE)
 
 
+@pytest.mark.slow
 def test_two_processes_filling_one_cache_agree(paths: list[str], tmp_path: Path) -> None:
     script = (
         "import sys; from pathlib import Path; from mammo.data.cache import open_cache; "

@@ -28,6 +28,8 @@ from mammo.split import run_split
 
 from data_support import LEARNABLE
 
+pytestmark = pytest.mark.slow  # real processes and whole runs: `make check` leaves them out
+
 PROBE = Path(__file__).with_name("ddp_probe.py")
 SIZE = 32
 

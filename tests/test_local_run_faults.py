@@ -22,6 +22,8 @@ import yaml
 
 from test_pipeline_local import TINY
 
+pytestmark = pytest.mark.slow  # real processes and whole runs: `make check` leaves them out
+
 MAMMO = str(Path(sys.executable).with_name("mammo"))
 
 

@@ -167,6 +167,7 @@ def test_unreachable_host_is_one_line(capsys: pytest.CaptureFixture[str], kfp_en
     assert err.startswith(f"mammo: error: KFP API at {url} unreachable") and err.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_upload_is_idempotent_and_a_new_package_is_a_new_version(
     kfp_server: FakeKfp, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -450,6 +450,7 @@ def test_bad_bounds_secrets_and_image_references_are_refused(
     assert not (tmp_path / "x.yaml").exists()
 
 
+@pytest.mark.slow
 def test_images_pinned_by_digest_are_used_as_pinned_and_enter_the_run_id(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -20,6 +20,8 @@ from mammo.imagesize import parse_image_size
 from mammo_pipelines.local_run import run_local
 from servers import S3Env
 
+pytestmark = pytest.mark.slow  # real processes and whole runs: `make check` leaves them out
+
 TINY = {
     "image_size": "40x32", "backbone": "tinynet", "batch_size": 16, "workers": 0, "device": "cpu",
     "baseline_epochs": 1, "warmup_epochs": 0, "unfreeze_epochs": 1, "unfreeze_set": ["unfreeze.start_epoch=1"],

@@ -22,6 +22,8 @@ from mammo_components.split_builder.entrypoint import latest_split
 from mammo_components.split_builder.entrypoint import run as build_split
 from servers import Pushgateway, S3Env
 
+pytestmark = pytest.mark.slow  # real processes and whole runs: `make check` leaves them out
+
 #: One epoch per trainer at 32 px: the point is the pipeline, not the model (so no floor: a
 #: one-epoch model need not be above chance to be promoted here; few resamples).
 TINY = {

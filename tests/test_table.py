@@ -140,6 +140,7 @@ def test_fuzzed_tables_never_escape_as_tracebacks(tmp_path):
     assert outcomes["refused"] > 300 and outcomes["read"] > 10
 
 
+@pytest.mark.slow
 def test_fuzzed_tables_through_the_command_exit_2_with_one_line(tmp_path):
     """The same, end to end: `mammo split` on a few broken tables (real processes)."""
     rng = random.Random(7)

@@ -119,6 +119,7 @@ def test_labels_are_plain_names(component: str, run_id: str) -> None:
         Telemetry(component, run_id)
 
 
+@pytest.mark.slow
 def test_groups_older_than_the_retention_are_deleted_after_a_final_push(
     tmp_path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -22,6 +22,8 @@ from mammo_components.baseline_trainer import entrypoint as baseline_trainer
 from component_support import PARAMS, TRAINER_FILES, Staged, assert_published
 from servers import Pushgateway
 
+pytestmark = pytest.mark.slow  # real processes and whole runs: `make check` leaves them out
+
 RUN_ID = "resume-1"
 TWO_EPOCHS = {**PARAMS, "baseline_epochs": 2, "warmup_epochs": 1}
 

@@ -214,6 +214,7 @@ def test_write_artifact_json(tmp_path: Path) -> None:
     assert artifact.read_json() == {"b": [1, 2]}
 
 
+@pytest.mark.slow
 def test_a_trainer_step_with_two_processes_runs_torchrun_and_records_what_rank_0_published(
     tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -60,6 +60,7 @@ def test_shards_in_separate_pods_then_merge_publish_the_png_dataset(source: str,
     assert (again["converted"], again["unchanged"], again["rows"]) == (0, 10, 10)
 
 
+@pytest.mark.slow
 def test_pipeline_steps_compute_the_same_dataset(source: str, s3_env: S3Env, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("MAMMO_CACHE_DIR", str(tmp_path / "cache"))
     shards = run_plan_step(dataset_uri=source, store_uri=s3_env.uri, image_size="48x32", preprocess_shards=3,

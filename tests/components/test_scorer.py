@@ -75,6 +75,7 @@ def test_scorer_without_a_production_model_is_one_line(tiny_dataset: Path, tmp_p
     assert len(str(err.value).splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_scoring_pipeline_runs_through_kfp_local(tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from kfp import local
 
