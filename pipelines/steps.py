@@ -1,6 +1,8 @@
-"""The pipeline's five steps as KFP lightweight Python components (and the trainers' TrainJob
-launchers, which stand in for them when a trainer runs on several nodes; and the preprocessor's
-steps, which run first when the dataset is DICOM).
+"""The pipeline's steps as KFP lightweight Python components: the five of every run (split
+builder, baseline trainer, unfreeze trainer, evaluator, promoter), the trainers' two TrainJob
+launchers, which stand in for them when a trainer runs on several nodes, and the four steps that
+prepare the dataset first (the preprocessor's plan, shards and merge for DICOM; ``png_dataset``
+otherwise): eleven in all.
 
 Each function is a thin adapter: its body imports the component's ``step.run_step``
 (``mammo_components``, installed in the project's images and in the local virtual environment),

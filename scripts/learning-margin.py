@@ -5,7 +5,7 @@ seeds, thread counts and PyTorch's CPU instruction sets. Prints one JSON object.
 The learning tests (tests/test_engine.py: best validation image AUC > 0.8 and test breast AUC
 > 0.75 after 8 epochs; tests/test_distributed.py: test image AUC > 0.75 after 5 epochs on two
 processes) use ``tests/data_support.LEARNABLE``. This script runs the same configurations, built
-by the tests' own helpers, with ``seed`` 0..N-1, under ``OMP_NUM_THREADS=1``, ``=2`` and
+by the tests' own helpers, with ``seed`` 0..N-1 and 42 (the tests' own), under ``OMP_NUM_THREADS=1``, ``=2`` and
 ``ATEN_CPU_CAPABILITY=default`` (each setting in a fresh process, as they act at import), and
 reports every figure and the smallest margin. Usage: .venv/bin/python scripts/learning-margin.py
 [--seeds 5]
@@ -24,11 +24,14 @@ from pathlib import Path
 TESTS = Path(__file__).resolve().parent.parent / "tests"
 SETTINGS = {"threads1": {"OMP_NUM_THREADS": "1"}, "threads2": {"OMP_NUM_THREADS": "2"},
             "aten_default": {"ATEN_CPU_CAPABILITY": "default", "OMP_NUM_THREADS": "2"}}
+#: The seed the tests train with (the configuration's default).
+TESTS_SEED = 42
 THRESHOLDS = {"engine_best_val_image_auc": 0.8, "engine_test_breast_auc": 0.75, "ddp_test_image_auc": 0.75}
 
 
 def one(seed: int, root: Path) -> dict[str, float]:
     """The three figures for one seed, in this process's environment."""
+    os.environ["MAMMO_CACHE_DIR"] = str(root / "cache")  # decoded caches stay in the temp folder
     sys.path.insert(0, str(TESTS))
     import test_distributed
     import test_engine
@@ -63,7 +66,8 @@ def one(seed: int, root: Path) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=5, help="Training seeds 0..N-1 (default: %(default)s).")
+    parser.add_argument("--seeds", type=int, default=5,
+                        help=f"Training seeds 0..N-1, plus the tests' own seed {TESTS_SEED} (default: %(default)s).")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one is not None:
@@ -72,7 +76,7 @@ def main() -> None:
         return
     runs = []
     for name, env in SETTINGS.items():
-        for seed in range(args.seeds):
+        for seed in [TESTS_SEED, *range(args.seeds)]:
             done = subprocess.run([sys.executable, __file__, "--one", str(seed)], capture_output=True, text=True,
                                   env={**os.environ, **env}, check=False)
             if done.returncode != 0:

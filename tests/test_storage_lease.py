@@ -1,6 +1,7 @@
-"""The storage lock (``mammo.storage.lease``) on the local store and the S3 server, with real
-processes: mutual exclusion (a read-modify-write counter that loses no increment), fencing
-tokens that only grow, expiry, and local reads of a file that keeps being replaced."""
+"""The storage lock (``mammo.storage.lease``) on the local store and the S3 server: mutual
+exclusion between real processes (a read-modify-write counter that loses no increment), fencing
+tokens that only grow, expiry on a clock the test moves by hand, a killed holder, and local reads
+of a file that keeps being replaced."""
 
 from __future__ import annotations
 
@@ -18,8 +19,6 @@ from mammo import storage
 from mammo.errors import IntegrityError
 from mammo.storage.lease import LeaseLost, acquire, hold
 from mammo.storage.settings import LockSettings
-
-pytestmark = pytest.mark.slow  # real processes and whole runs: `make check` leaves them out
 
 WORKERS = 6
 ROUNDS = 4
@@ -50,6 +49,7 @@ def root(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return request.getfixturevalue("s3_env").uri
 
 
+@pytest.mark.slow  # six real processes, each importing mammo: `make check` leaves it out
 def test_processes_take_turns_and_tokens_only_grow(root: str) -> None:
     lock, counter = storage.join(root, "lock"), storage.join(root, "counter.json")
     storage.put_json(0, counter)
@@ -84,10 +84,62 @@ def test_tokens_grow_across_holders_and_above_the_callers_floor(root: str) -> No
         assert lease.token == 43  # the guarded object's record still keeps order
 
 
-def test_a_lease_that_was_not_renewed_refuses_to_act(root: str) -> None:
-    """A holder frozen past its ttl (renewal thread starved) must not write: check() says so.
-    Here the renewal cannot happen because the ttl is shorter than the renewal interval allows
-    to catch up: the ticket is removed behind its back, as another process would after expiry."""
+class ManualClock:
+    """A clock that moves only when waited on: each ``sleep`` advances it and then runs the
+    ``on_sleep`` callbacks (a holder's renewal, say), so expiry is checked without real waits."""
+
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+        self.on_sleep: list = []
+
+    def time(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        for callback in list(self.on_sleep):
+            callback()
+
+
+def test_a_ticket_expires_only_when_its_holder_stops_renewing_and_the_frozen_holder_refuses_to_act(root: str) -> None:
+    """Expiry by the clock, in one process (the holder's pid is alive, so only time can free
+    it): renewed every second with a 3 s ttl, the lock stays taken through a 10 s wait; once
+    renewals stop, the next waiter gets it soon after the ttl, and the old holder's check()
+    refuses to act."""
+    clock = ManualClock()
+    lock = storage.join(root, "lock")
+    settings = LockSettings(ttl_seconds=3, wait_seconds=10, clock_skew_seconds=0)
+    holder = acquire(lock, settings=settings, clock=clock)
+    holder._stop.set()  # renewals come from the clock below, not the thread's real-time timer
+    renewed = {"at": clock.now}
+
+    def renew_each_second() -> None:
+        if clock.now - renewed["at"] >= 1:
+            holder.renew()
+            renewed["at"] = clock.now
+
+    clock.on_sleep.append(renew_each_second)
+    started = clock.now
+    with pytest.raises(storage.StorageError, match=r"held by pid \d+ .* gave up after 10 s"):
+        acquire(lock, settings=settings, clock=clock)
+    assert clock.now - started > 10 > settings.ttl_seconds  # held well beyond one ttl
+    holder.check()  # renewed: still entitled to act
+
+    clock.on_sleep.clear()  # frozen: no more renewals
+    frozen_at = renewed["at"]
+    with hold(lock, settings=settings, clock=clock) as successor:
+        assert frozen_at + settings.ttl_seconds < clock.now < frozen_at + settings.ttl_seconds + 1
+        assert successor.token == holder.token + 1
+        with pytest.raises(LeaseLost, match="not renewed for"):
+            holder.check()
+    holder.release()
+
+
+def test_a_removed_ticket_makes_its_holder_stop(root: str) -> None:
+    """Another process that took the ticket as expired removes it: check() says so."""
     lock = storage.join(root, "lock")
     lease = acquire(lock, settings=LockSettings(ttl_seconds=30, wait_seconds=5, clock_skew_seconds=0))
     lease.check()
@@ -95,36 +147,26 @@ def test_a_lease_that_was_not_renewed_refuses_to_act(root: str) -> None:
     with pytest.raises(LeaseLost, match="ticket was removed"):
         lease.check()
     lease.release()
-    lease2 = acquire(lock, settings=LockSettings(ttl_seconds=3, wait_seconds=5, clock_skew_seconds=0))
-    lease2._stop.set()  # no more renewals: as if the process were frozen
-    time.sleep(2.2)
-    with pytest.raises(LeaseLost, match="not renewed"):
-        lease2.check()
-    lease2.release()
 
 
-def test_a_live_holder_keeps_the_lock_beyond_its_ttl_and_a_killed_one_frees_it_at_once(root: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_killed_holder_frees_the_lock_at_once(root: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real process (pid liveness is what is tested) holds the lock with the default ttl and
+    is killed: one look, no waiting, takes the lock, although the ticket has not expired."""
     lock = storage.join(root, "lock")
-    monkeypatch.setenv("MAMMO_LOCK_CLOCK_SKEW_SECONDS", "0")
-    monkeypatch.setenv("MAMMO_LOCK_TTL_SECONDS", "3")
     holder = subprocess.Popen(
         [sys.executable, "-c",
          "import time\nfrom mammo.storage.lease import acquire\n"
-         f"lease = acquire({lock!r})\nprint('held', flush=True)\ntime.sleep(8)\n"],
+         f"lease = acquire({lock!r})\nprint('held', flush=True)\ntime.sleep(600)\n"],
         stdout=subprocess.PIPE, text=True, env=dict(os.environ),
     )
-    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-    # Alive and renewing every second: the lock stays taken for longer than its ttl.
-    monkeypatch.setenv("MAMMO_LOCK_WAIT_SECONDS", "4")
-    started = time.monotonic()
-    with pytest.raises(storage.StorageError, match="held by pid"):
-        acquire(lock)
-    assert time.monotonic() - started >= 4
-    holder.kill()
-    holder.wait()
-    # One look, no waiting: its ticket has not expired (renewed each second with a 3 s ttl), but
-    # its pid is gone on this host, so the lock is free at once.
-    monkeypatch.setenv("MAMMO_LOCK_WAIT_SECONDS", "0")
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        monkeypatch.setenv("MAMMO_LOCK_WAIT_SECONDS", "0")
+        with pytest.raises(storage.StorageError, match="held by pid"):
+            acquire(lock)  # alive: taken
+    finally:
+        holder.kill()
+        holder.wait()
     with hold(lock) as lease:
         assert lease.token == 2
 

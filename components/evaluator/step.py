@@ -1,6 +1,7 @@
 """The evaluator's KFP step (``mammo_pipelines.steps.evaluator`` calls ``run_step``): evaluate
-both trainers' best checkpoints, decide whether the best candidate beats production (the
-pipeline's ``dsl.If`` gate), and fill the step's artifacts for the KFP UI."""
+both trainers' best checkpoints, decide whether the best candidate beats production (the verdict
+the promoter, which runs after every evaluation, records and acts on), and fill the step's
+artifacts for the KFP UI."""
 
 from __future__ import annotations
 

@@ -631,7 +631,8 @@ class PipelineParams(_Strict):
     promotion_min: float = Field(
         DEFAULT_PROMOTION_MIN,
         description="Absolute floor: never promote a candidate whose promotion metric is not above this "
-        "(paired_bootstrap: its lower 95% bound; margin: its value), e.g. AUC 0.5 = chance; a ceiling for losses.",
+        "(paired_bootstrap: its lower 95% bound; margin: its value), e.g. AUC 0.5 = chance. For a metric "
+        "where lower is better (a loss) it is mirrored: the upper bound must lie below it.",
     )
 
     def training_values(self) -> dict[str, Any]:

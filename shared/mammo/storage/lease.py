@@ -38,6 +38,10 @@ been superseded and must stop. The remaining window - a holder paused for longer
 between its last check and its write - cannot be closed without server-side conditional
 writes; the defaults (ttl 120 s, checks right before the write) make it a matter of a process
 frozen for minutes at one exact instruction.
+
+Time: every reading of the wall clock, the monotonic clock and every wait goes through a
+``Clock`` (``SYSTEM_CLOCK`` by default), so expiry, renewal deadlines and waiting limits can be
+checked with a clock a test moves by hand instead of with sleeps.
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Protocol
 
 from mammo.errors import ArtifactNotFoundError, DataError, IntegrityError, StorageError
 from mammo.storage.api import open_store
@@ -70,6 +74,35 @@ TICKETS = "tickets"
 LAST = "last.json"
 _POLL_MIN_SECONDS = 0.02
 _POLL_MAX_SECONDS = 0.5
+
+
+class Clock(Protocol):
+    """Where the lock reads the time and waits."""
+
+    def time(self) -> float:
+        """Wall-clock seconds since the epoch (compared across hosts, for expiry)."""
+
+    def monotonic(self) -> float:
+        """Seconds on a clock that never goes back (for this process's own deadlines)."""
+
+    def sleep(self, seconds: float) -> None:
+        """Wait (between polls)."""
+
+
+class SystemClock:
+    """The real clocks: ``time.time``, ``time.monotonic``, ``time.sleep``."""
+
+    def time(self) -> float:
+        return time.time()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
+SYSTEM_CLOCK: Clock = SystemClock()
 
 
 class LeaseLost(StorageError):
@@ -135,13 +168,15 @@ def _parse_number(name: str) -> int | None:
 class Lease:
     """A held lock: ``token`` for fencing, ``check()`` before every guarded write."""
 
-    def __init__(self, store: Store, lock_uri: str, entry: Entry, settings: LockSettings) -> None:
+    def __init__(self, store: Store, lock_uri: str, entry: Entry, settings: LockSettings,
+                 clock: Clock = SYSTEM_CLOCK) -> None:
         self.store = store
         self.lock_uri = lock_uri
         self.token = entry.number
         self._entry = entry
         self._settings = settings
-        self._renewed_at = time.monotonic()
+        self._clock = clock
+        self._renewed_at = clock.monotonic()
         self._stop = threading.Event()
         self._mutex = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -155,8 +190,8 @@ class Lease:
 
     def _write(self, intent: dict[str, Any] | None = None) -> None:
         """Put the ticket again with a fresh expiry (and intent); record when, on success."""
-        started = time.monotonic()
-        now = time.time()
+        started = self._clock.monotonic()
+        now = self._clock.time()
         with self._mutex:
             if self.released:
                 return
@@ -169,6 +204,11 @@ class Lease:
             self._entry = Entry(**{**entry.__dict__, "expires_at": now + self._settings.ttl_seconds,
                                    "intent": json.loads(body)["intent"]})
             self._renewed_at = started
+
+    def renew(self) -> None:
+        """Put the ticket again with a fresh expiry now (the renewal thread does this every
+        ttl / 3)."""
+        self._write()
 
     def _renew_loop(self) -> None:
         interval = self._settings.ttl_seconds / 3
@@ -191,7 +231,7 @@ class Lease:
     # --- checks and release ---------------------------------------------------------------
 
     def remaining(self) -> float:
-        return self._settings.ttl_seconds - (time.monotonic() - self._renewed_at)
+        return self._settings.ttl_seconds - (self._clock.monotonic() - self._renewed_at)
 
     def check(self) -> None:
         """Raise ``LeaseLost`` unless this lease certainly still holds for a while."""
@@ -199,7 +239,7 @@ class Lease:
             raise LeaseLost(f"lock {self.lock_uri}: already released")
         if self.remaining() < self._settings.ttl_seconds / 3:
             raise LeaseLost(
-                f"lock {self.lock_uri}: not renewed for {time.monotonic() - self._renewed_at:.0f} s "
+                f"lock {self.lock_uri}: not renewed for {self._clock.monotonic() - self._renewed_at:.0f} s "
                 f"(ttl {self._settings.ttl_seconds:g} s); stopping before changing anything"
             )
         if not self.store.exists(self._entry.uri):
@@ -220,12 +260,9 @@ class Lease:
                             self._entry.uri, exc, self._settings.ttl_seconds)
 
 
-def _entry_body(
-    ident: str, number: int, expires_at: float, intent: dict[str, Any], *, created_at: float | None = None
-) -> bytes:
+def _entry_body(ident: str, number: int, expires_at: float, intent: dict[str, Any], *, created_at: float) -> bytes:
     return json.dumps({
-        "id": ident, "number": number, "host": _namespace(), "pid": os.getpid(),
-        "created_at": time.time() if created_at is None else created_at,
+        "id": ident, "number": number, "host": _namespace(), "pid": os.getpid(), "created_at": created_at,
         "expires_at": expires_at, "intent": intent,
     }, sort_keys=True).encode()
 
@@ -282,15 +319,15 @@ def _last_token(store: Store, lock_uri: str) -> int:
     return value if isinstance(value, int) else 0
 
 
-def _sleep(attempt: int) -> None:
+def _poll_delay(attempt: int) -> float:
+    """Growing, jittered waits between looks (so that waiters do not poll in step)."""
     delay = min(_POLL_MAX_SECONDS, _POLL_MIN_SECONDS * 1.5 ** attempt)
-    time.sleep(random.uniform(delay / 2, delay))
+    return random.uniform(delay / 2, delay)
 
 
-def _clean(store: Store, entries: list[Entry], settings: LockSettings, keep: str) -> None:
+def _clean(store: Store, entries: list[Entry], settings: LockSettings, keep: str, now: float) -> None:
     """Remove entries long expired (a further ttl past their expiry) or of dead processes:
     they hold nothing, and an expired holder's intent has been kept long enough."""
-    now = time.time()
     for entry in entries:
         if entry.id == keep:
             continue
@@ -303,7 +340,7 @@ def _clean(store: Store, entries: list[Entry], settings: LockSettings, keep: str
 
 
 def acquire(lock_uri: str, *, floor: int = 0, intent: dict[str, Any] | None = None,
-            settings: LockSettings | None = None) -> Lease:
+            settings: LockSettings | None = None, clock: Clock = SYSTEM_CLOCK) -> Lease:
     """Take the lock at ``lock_uri`` (a prefix), waiting up to ``settings.wait_seconds``;
     ``StorageError`` naming the current holder when it does not come free in time."""
     settings = settings or load_env_settings(LockSettings)
@@ -311,7 +348,8 @@ def acquire(lock_uri: str, *, floor: int = 0, intent: dict[str, Any] | None = No
     ident = uuid.uuid4().hex
     intent = dict(intent or {})
     choosing_uri = join(lock_uri, CHOOSING, f"{ident}.json")
-    store.put_bytes(_entry_body(ident, 0, time.time() + settings.ttl_seconds, {}), choosing_uri)
+    started = clock.time()
+    store.put_bytes(_entry_body(ident, 0, started + settings.ttl_seconds, {}, created_at=started), choosing_uri)
     try:
         names = [info.uri.rsplit("/", 1)[-1] for info in store.list_info(join(lock_uri, TICKETS))]
         numbers = [n for n in map(_parse_number, names) if n is not None]
@@ -319,31 +357,33 @@ def acquire(lock_uri: str, *, floor: int = 0, intent: dict[str, Any] | None = No
         # a token is either still listed or already recorded here.
         number = max([floor, _last_token(store, lock_uri), *numbers]) + 1
         ticket_uri = join(lock_uri, TICKETS, _ticket_name(number, ident))
-        body = _entry_body(ident, number, time.time() + settings.ttl_seconds, intent)
+        now = clock.time()
+        body = _entry_body(ident, number, now + settings.ttl_seconds, intent, created_at=now)
         store.put_bytes(body, ticket_uri)
     finally:
         store.delete(choosing_uri)
     data = json.loads(body)
     lease = Lease(store, lock_uri, Entry(ticket_uri, ident, number, data["host"], data["pid"],
-                                         data["created_at"], data["expires_at"], intent), settings)
+                                         data["created_at"], data["expires_at"], intent), settings, clock)
     lease.start()
     try:
-        _wait_turn(store, lock_uri, lease, settings, floor)
+        _wait_turn(store, lock_uri, lease, settings, floor, clock)
     except BaseException:
         lease.release()
         raise
     return lease
 
 
-def _wait_turn(store: Store, lock_uri: str, lease: Lease, settings: LockSettings, floor: int) -> None:
-    deadline = time.monotonic() + settings.wait_seconds
+def _wait_turn(store: Store, lock_uri: str, lease: Lease, settings: LockSettings, floor: int,
+               clock: Clock) -> None:
+    deadline = clock.monotonic() + settings.wait_seconds
     me = lease._entry.order
     reader = Reader(store, lock_uri)
     # Whoever is still picking a number may pick one lower than ours: wait for them.
     pending = {e.id for e in reader.entries(CHOOSING)}
     attempt = 0
     while True:
-        now = time.time()
+        now = clock.time()
         if pending:
             choosing = [e for e in reader.entries(CHOOSING)
                         if e.id in pending and not e.gone(now, settings.clock_skew_seconds)]
@@ -357,10 +397,10 @@ def _wait_turn(store: Store, lock_uri: str, lease: Lease, settings: LockSettings
             # the token is made unique here, where only the holder writes.
             lease.token = max(lease.token, floor + 1, _last_token(store, lock_uri) + 1)
             store.put_bytes(json.dumps({"token": lease.token}).encode(), join(lock_uri, LAST))
-            _clean(store, tickets + reader.entries(CHOOSING), settings, keep=me[1])
+            _clean(store, tickets + reader.entries(CHOOSING), settings, keep=me[1], now=now)
             log.debug("lock %s acquired with token %d", lock_uri, lease.token)
             return
-        if time.monotonic() > deadline:
+        if clock.monotonic() > deadline:
             holder = min(ahead, key=lambda e: e.order) if ahead else None
             who = holder.describe() if holder else "a process still choosing"
             raise StorageError(
@@ -368,14 +408,14 @@ def _wait_turn(store: Store, lock_uri: str, lease: Lease, settings: LockSettings
                 "(MAMMO_LOCK_WAIT_SECONDS)"
             )
         attempt += 1
-        _sleep(attempt)
+        clock.sleep(_poll_delay(attempt))
 
 
 @contextmanager
 def hold(lock_uri: str, *, floor: int = 0, intent: dict[str, Any] | None = None,
-         settings: LockSettings | None = None) -> Iterator[Lease]:
+         settings: LockSettings | None = None, clock: Clock = SYSTEM_CLOCK) -> Iterator[Lease]:
     """``with hold(uri) as lease:`` - acquire, and release whatever happens inside."""
-    lease = acquire(lock_uri, floor=floor, intent=intent, settings=settings)
+    lease = acquire(lock_uri, floor=floor, intent=intent, settings=settings, clock=clock)
     try:
         yield lease
     finally:
