@@ -43,10 +43,10 @@ def scorer(
 ) -> str:
     """Scores the dataset's studies with <store>/models/<model_name>/production and publishes
     breasts.csv and images.csv under <store>/scores/<model_name>/; returns that folder."""
-    args = dict(locals())  # the step's inputs and outputs, as run_step takes them
     from mammo_components.scorer.step import run_step
 
-    return run_step(**args)
+    return run_step(dataset_uri=dataset_uri, store_uri=store_uri, model_name=model_name, table=table,
+                    params=params, scores=scores)
 
 
 def parameters_for(profile: Profile) -> list[PipelineParameter]:

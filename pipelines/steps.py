@@ -6,7 +6,8 @@ otherwise): eleven in all.
 
 Each function is a thin adapter: its body imports the component's ``step.run_step``
 (``mammo_components``, installed in the project's images and in the local virtual environment),
-calls it with the step's inputs and outputs, and returns what it returns. The logic - running
+calls it with the step's inputs and outputs, each by name (a call that readers and tools can
+follow), and returns what it returns. The logic - running
 the component with URIs in object storage, deriving the run id, filling the
 Dataset/Model/Metrics/ClassificationMetrics/HTML artifacts for the KFP UI - lives in those
 ordinary, unit-tested functions. KFP copies each function's source into the compiled pipeline,
@@ -37,10 +38,12 @@ def preprocess_plan(
 ) -> list:
     """dataset_format dicom: checks the preprocessing settings and that the dataset holds DICOM
     files (in seconds, before any shard starts); returns the shard indices for the ParallelFor."""
-    args = dict(locals())  # the step's inputs, as run_plan_step takes them
     from mammo_components.preprocessor.step import run_plan_step
 
-    return run_plan_step(**args)
+    return run_plan_step(
+        dataset_uri=dataset_uri, store_uri=store_uri, image_size=image_size,
+        preprocess_shards=preprocess_shards, preprocess_set=preprocess_set,
+    )
 
 
 @dsl.component(base_image=EVAL_IMAGE, install_kfp_package=False)
@@ -55,10 +58,12 @@ def preprocessor(
     """One shard of the DICOM conversion: decodes, windows, crops and resizes its share of the
     files that are new or changed into <store>/datasets/<name>-<hash>/png-<HxW>-<settings>/,
     recording its progress there (a retried pod goes on where it stopped). Never cached."""
-    args = dict(locals())  # the step's inputs, as run_step takes them
     from mammo_components.preprocessor.step import run_step
 
-    return run_step(**args)
+    return run_step(
+        dataset_uri=dataset_uri, store_uri=store_uri, image_size=image_size, preprocess_set=preprocess_set,
+        shard=shard, shards=shards,
+    )
 
 
 @dsl.component(base_image=EVAL_IMAGE, install_kfp_package=False)
@@ -71,19 +76,20 @@ def preprocess_merge(
 ) -> str:
     """Writes the PNG dataset's train.csv, preprocess.json and manifest from what the shards
     recorded; returns its URI, the dataset the split builder and the trainers read."""
-    args = dict(locals())  # the step's inputs, as run_merge_step takes them
     from mammo_components.preprocessor.step import run_merge_step
 
-    return run_merge_step(**args)
+    return run_merge_step(
+        dataset_uri=dataset_uri, store_uri=store_uri, image_size=image_size, preprocess_set=preprocess_set,
+        parts=parts,
+    )
 
 
 @dsl.component(base_image=EVAL_IMAGE, install_kfp_package=False)
 def png_dataset(dataset_uri: str) -> str:
     """dataset_format png: checks that the dataset's train.csv exists and hands the URI on."""
-    args = dict(locals())  # the step's inputs, as run_png_step takes them
     from mammo_components.preprocessor.step import run_png_step
 
-    return run_png_step(**args)
+    return run_png_step(dataset_uri=dataset_uri)
 
 
 @dsl.component(base_image=EVAL_IMAGE, install_kfp_package=False)
@@ -125,10 +131,19 @@ def split_builder(
     split, parameters, images and the installed code. Never cached: it reads data that can
     change behind its URI. Its telemetry is pushed once that run id exists (a failure before
     it shows in KFP only)."""
-    args = dict(locals())  # the step's inputs (PipelineParams fields, URIs) and outputs
     from mammo_components.split_builder.step import run_step
 
-    return run_step(**args)
+    return run_step(
+        dataset_uri=dataset_uri, store_uri=store_uri, code_version=code_version,
+        promotion_metric=promotion_metric, promotion_margin=promotion_margin, promotion_rule=promotion_rule,
+        promotion_min=promotion_min, image_size=image_size, backbone=backbone, weights=weights,
+        in_channels=in_channels, batch_size=batch_size, workers=workers, device=device, seed=seed,
+        val_frac=val_frac, test_frac=test_frac, warmup_ratio=warmup_ratio, loss=loss, augment=augment,
+        baseline_epochs=baseline_epochs, warmup_epochs=warmup_epochs, baseline_lr=baseline_lr,
+        unfreeze_epochs=unfreeze_epochs, unfreeze_lr=unfreeze_lr, threshold_metric=threshold_metric,
+        rank_metric=rank_metric, baseline_set=baseline_set, unfreeze_set=unfreeze_set,
+        evaluate_set=evaluate_set, split=split,
+    )
 
 
 @dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
@@ -145,10 +160,12 @@ def baseline_trainer(
     """Baseline training (as `processes` torchrun processes, one per GPU, when more than one);
     checkpoints go to <store>/runs/<run_id>/baseline_trainer/ as they are saved, and a restarted
     pod resumes from the last one there."""
-    args = dict(locals())  # the step's inputs and outputs, as run_step takes them
     from mammo_components.baseline_trainer.step import run_step
 
-    run_step(**args)
+    run_step(
+        dataset_uri=dataset_uri, split_uri=split_uri, store_uri=store_uri, run_id=run_id, params=params,
+        processes=processes, model=model, metrics=metrics,
+    )
 
 
 @dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
@@ -165,10 +182,12 @@ def unfreeze_trainer(
 ):
     """Gradual unfreezing from the baseline's best checkpoint (its URI and sha256 travel in the
     Model artifact's metadata); same storage and resume behaviour as the baseline."""
-    args = dict(locals())  # the step's inputs and outputs, as run_step takes them
     from mammo_components.unfreeze_trainer.step import run_step
 
-    run_step(**args)
+    run_step(
+        dataset_uri=dataset_uri, split_uri=split_uri, store_uri=store_uri, run_id=run_id, params=params,
+        init=init, processes=processes, model=model, metrics=metrics,
+    )
 
 
 @dsl.component(base_image=EVAL_IMAGE, install_kfp_package=False)
@@ -188,10 +207,13 @@ def baseline_trainjob(
     TrainJob of `nodes` nodes x `gpus_per_node` GPUs running the trainer under torchrun (this
     pod needs no GPU), copies node 0's log here, deletes the job, and records the result the
     job published to <store>/runs/<run_id>/baseline_trainer/."""
-    args = dict(locals())  # the step's inputs and outputs, as run_step takes them
     from mammo_components.trainjob.step import run_step
 
-    run_step(component="baseline_trainer", **args)
+    run_step(
+        component="baseline_trainer", dataset_uri=dataset_uri, split_uri=split_uri, store_uri=store_uri,
+        run_id=run_id, params=params, nodes=nodes, gpus_per_node=gpus_per_node, image=image, model=model,
+        metrics=metrics,
+    )
 
 
 @dsl.component(base_image=EVAL_IMAGE, install_kfp_package=False)
@@ -209,10 +231,13 @@ def unfreeze_trainjob(
     metrics: Output[Metrics],
 ):
     """The unfreeze trainer on several nodes, as a TrainJob like baseline_trainjob."""
-    args = dict(locals())  # the step's inputs and outputs, as run_step takes them
     from mammo_components.trainjob.step import run_step
 
-    run_step(component="unfreeze_trainer", **args)
+    run_step(
+        component="unfreeze_trainer", dataset_uri=dataset_uri, split_uri=split_uri, store_uri=store_uri,
+        run_id=run_id, params=params, nodes=nodes, gpus_per_node=gpus_per_node, image=image, init=init,
+        model=model, metrics=metrics,
+    )
 
 
 @dsl.component(base_image=EVAL_IMAGE, install_kfp_package=False)
@@ -237,10 +262,14 @@ def evaluator(
     """Evaluates both trainers' best checkpoints on val and test, publishes the report, and
     returns whether the best candidate should replace the production model (its verdict, also
     in the ``best`` Model's metadata, which the promoter step acts on). Never cached: the answer depends on the current production model."""
-    args = dict(locals())  # the step's inputs and outputs, as run_step takes them
     from mammo_components.evaluator.step import run_step
 
-    return run_step(**args)
+    return run_step(
+        dataset_uri=dataset_uri, split_uri=split_uri, store_uri=store_uri, run_id=run_id, params=params,
+        model_name=model_name, promotion_metric=promotion_metric, promotion_margin=promotion_margin,
+        promotion_rule=promotion_rule, promotion_min=promotion_min, baseline=baseline, unfreeze=unfreeze,
+        best=best, metrics=metrics, classification=classification, report=report,
+    )
 
 
 @dsl.component(base_image=EVAL_IMAGE, install_kfp_package=False)
@@ -257,7 +286,10 @@ def promoter(
     production, copies it (verified) to <store>/models/<name>/production/ and switches the
     production manifest under the promotion lock (see the promoter's README). Runs after every
     evaluation; never cached."""
-    args = dict(locals())  # the step's inputs and outputs, as run_step takes them
     from mammo_components.promoter.step import run_step
 
-    run_step(**args)
+    run_step(
+        store_uri=store_uri, model_name=model_name, promotion_metric=promotion_metric,
+        promotion_margin=promotion_margin, dataset_fingerprint=dataset_fingerprint, candidate=candidate,
+        production=production,
+    )

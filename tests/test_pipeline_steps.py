@@ -1,7 +1,7 @@
-"""Each KFP step of ``mammo_pipelines.steps`` is import, call, return: it hands all of its
-inputs and outputs to its component's ``step.run_step`` and returns what that returns. The
-logic is tested in ``tests/components/test_component_steps.py``; here only the wiring, without
-KFP running anything."""
+"""Each KFP step of ``mammo_pipelines.steps`` (and the scoring pipeline's) is import, call,
+return: it hands each of its inputs and outputs by name to its component's step function and
+returns what that returns. The logic is tested in ``tests/components/test_component_steps.py``;
+here only the wiring, without KFP running anything."""
 
 from __future__ import annotations
 
@@ -11,52 +11,76 @@ import textwrap
 from importlib import import_module
 
 import pytest
+from kfp.dsl.python_component import PythonComponent
 
 from mammo.config import PipelineParams
-from mammo_pipelines import steps
+from mammo_pipelines import scoring, steps
 
-STEPS = ["split_builder", "baseline_trainer", "unfreeze_trainer", "evaluator", "promoter"]
+#: Every lightweight component the pipelines define, by name.
+COMPONENTS = {
+    **{name: obj for name, obj in vars(steps).items() if isinstance(obj, PythonComponent)},
+    "scorer": scoring.scorer,
+}
+#: What the TrainJob launchers add: which trainer the job runs.
+FIXED = {"baseline_trainjob": {"component": "baseline_trainer"}, "unfreeze_trainjob": {"component": "unfreeze_trainer"}}
 
 
-def _body_import(func) -> str:
-    """The module a step body imports ``run_step`` from."""
+def _body_import(func) -> tuple[str, str]:
+    """(module, function) that a step body imports and calls."""
     tree = ast.parse(textwrap.dedent(inspect.getsource(func)))
-    [module] = [
-        node.module for node in ast.walk(tree)
-        if isinstance(node, ast.ImportFrom) and any(alias.name == "run_step" for alias in node.names)
+    [(module, name)] = [
+        (node.module, alias.name) for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) for alias in node.names
     ]
-    return module
+    return module, name
 
 
-@pytest.mark.parametrize("name", STEPS)
-def test_a_step_passes_everything_to_run_step_and_returns_its_answer(name: str, monkeypatch) -> None:
-    func = getattr(steps, name).python_func
-    module = import_module(_body_import(func))
+def _calls_by_keyword_only(func) -> bool:
+    """The body's one call passes keywords only, each a plain name or a constant (no **args)."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(func)))
+    [call] = [node for node in ast.walk(tree) if isinstance(node, ast.Call) and not isinstance(node.func, ast.Attribute)
+              and getattr(node.func, "id", "") != "NamedTuple"]
+    return not call.args and all(k.arg is not None and isinstance(k.value, (ast.Name, ast.Constant)) for k in call.keywords)
+
+
+def test_the_list_holds_every_step_of_the_pipelines() -> None:
+    assert {"split_builder", "baseline_trainer", "unfreeze_trainer", "evaluator", "promoter",
+            "baseline_trainjob", "unfreeze_trainjob", "preprocess_plan", "preprocessor", "preprocess_merge",
+            "png_dataset", "scorer"} == set(COMPONENTS)
+
+
+@pytest.mark.parametrize("name", sorted(COMPONENTS))
+def test_a_step_passes_everything_by_name_and_returns_its_answer(name: str, monkeypatch) -> None:
+    func = COMPONENTS[name].python_func
+    module_name, function = _body_import(func)
+    module = import_module(module_name)
     received = {}
 
-    def fake_run_step(**kwargs):
+    def fake(**kwargs):
         received.update(kwargs)
         return "answer"
 
-    monkeypatch.setattr(module, "run_step", fake_run_step)
+    monkeypatch.setattr(module, function, fake)
     arguments = {param: object() for param in inspect.signature(func).parameters}
     returned = func(**arguments)
-    assert received == arguments
+    assert received == {**FIXED.get(name, {}), **arguments}
+    assert _calls_by_keyword_only(func)
     # Steps with outputs of their own (the split builder's parameters, the evaluator's verdict)
-    # return run_step's answer; the others fill their artifacts only.
+    # return the answer; the others fill their artifacts only.
     has_outputs = inspect.signature(func).return_annotation is not inspect.Signature.empty
     assert returned == ("answer" if has_outputs else None)
 
 
-@pytest.mark.parametrize("name", STEPS)
-def test_run_step_takes_the_step_signature(name: str) -> None:
-    func = getattr(steps, name).python_func
-    run_step = import_module(_body_import(func)).run_step
-    step_params = set(inspect.signature(func).parameters)
-    params = inspect.signature(run_step).parameters
+@pytest.mark.parametrize("name", sorted(COMPONENTS))
+def test_the_step_function_takes_the_step_signature(name: str) -> None:
+    func = COMPONENTS[name].python_func
+    module_name, function = _body_import(func)
+    target = getattr(import_module(module_name), function)
+    step_params = set(inspect.signature(func).parameters) | set(FIXED.get(name, {}))
+    params = inspect.signature(target).parameters
     named = {n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    required = {n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is inspect.Parameter.empty}
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         # The split builder: its own inputs by name, the PipelineParams fields as **values.
-        assert named <= step_params and step_params - named <= set(PipelineParams.model_fields)
+        assert required <= step_params and step_params - named <= set(PipelineParams.model_fields)
     else:
-        assert named == step_params
+        assert required <= step_params <= named

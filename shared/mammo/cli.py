@@ -15,7 +15,7 @@ from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Any
 
-from mammo import __version__
+from mammo import __version__, defaults
 from mammo.console import add_config_args, run_guarded, setup_logging
 from mammo.errors import ConfigError
 from mammo.imagesize import image_size_arg
@@ -363,12 +363,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     split.add_argument("--data", required=True, metavar="DIR", help="Dataset directory or train.csv.")
     split.add_argument("--out", required=True, metavar="DIR", help="Directory for split.csv and split.json.")
-    split.add_argument("--val-frac", type=float, default=0.15, metavar="F",
+    split.add_argument("--val-frac", type=float, default=defaults.VAL_FRAC, metavar="F",
                        help="Fraction of patients in the validation split (default: %(default)s).")
-    split.add_argument("--test-frac", type=float, default=0.15, metavar="F",
+    split.add_argument("--test-frac", type=float, default=defaults.TEST_FRAC, metavar="F",
                        help="Fraction of patients in the test split (default: %(default)s).")
-    split.add_argument("--seed", type=int, default=42, help="Seed of the assignment (default: %(default)s).")
-    split.add_argument("--warmup-ratio", type=int, default=3, metavar="K",
+    split.add_argument("--seed", type=int, default=defaults.SEED, help="Seed of the assignment (default: %(default)s).")
+    split.add_argument("--warmup-ratio", type=int, default=defaults.WARMUP_RATIO, metavar="K",
                        help="Warm-up subset: all positive train breasts + K times as many negatives "
                        "(default: %(default)s).")
     split.add_argument("--previous", metavar="DIR",

@@ -28,6 +28,7 @@ from pydantic import (
 )
 from pydantic.functional_serializers import PlainSerializer
 
+from mammo import defaults
 from mammo.backbones import BACKBONES, DEFAULT_BACKBONE, default_schedule, family_of
 from mammo.errors import ConfigError
 from mammo.imagesize import ImageSize, parse_image_size, size_text
@@ -190,7 +191,7 @@ class RunConfig(_Strict):
     split: str | None = Field(None, description="Split directory written by `mammo split`.")
     out: str | None = Field(None, description="Output directory of this run.")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
-    seed: int = Field(42, ge=0, le=MAX_SEED, description="Seed of sampling, augmentation and initialisation.")
+    seed: int = Field(defaults.SEED, ge=0, le=MAX_SEED, description="Seed of sampling, augmentation and initialisation.")
     deterministic: bool = Field(False, description="Deterministic kernels (slower).")
     amp: bool = Field(True, description="Mixed precision on CUDA (ignored on CPU).")
     amp_dtype: Literal["bf16", "fp16"] = Field(
@@ -568,17 +569,17 @@ class PipelineParams(_Strict):
     batch_size: int = Field(32, ge=1, le=65536, description="Images per training step.")
     workers: int = Field(4, ge=0, le=MAX_WORKERS, description="DataLoader worker processes per step (0 = main process).")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
-    seed: int = Field(42, ge=0, le=MAX_SEED, description="Seed of the split, the sampling and the initialisation.")
+    seed: int = Field(defaults.SEED, ge=0, le=MAX_SEED, description="Seed of the split, the sampling and the initialisation.")
     val_frac: float = Field(
-        0.15, ge=0, lt=1,
+        defaults.VAL_FRAC, ge=0, lt=1,
         description="Fraction of patients in the validation split (new patients only; old ones keep theirs).",
     )
     test_frac: float = Field(
-        0.15, ge=0, lt=1,
+        defaults.TEST_FRAC, ge=0, lt=1,
         description="Fraction of patients in the test split (new patients only; old ones keep theirs).",
     )
     warmup_ratio: int = Field(
-        3, ge=0, le=1000,
+        defaults.WARMUP_RATIO, ge=0, le=1000,
         description="Warm-up subset: all positive training breasts plus this many times as many negatives.",
     )
     loss: LossName = Field(

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mammo import defaults
 from mammo.data.table import breast_ids, read_table, validate_table
 from mammo.errors import ConfigError, DataError
 from mammo.storage.atomic import atomic_path
@@ -151,7 +152,7 @@ def build_split(
     val_frac: float,
     test_frac: float,
     seed: int,
-    warmup_ratio: int = 3,
+    warmup_ratio: int = defaults.WARMUP_RATIO,
     previous: pd.DataFrame | None = None,
 ) -> Split:
     """Assign every patient of ``table`` to train/val/test; see the module docstring.
@@ -277,10 +278,10 @@ def split_frame(assignments: pd.DataFrame, name: str) -> pd.DataFrame:
 def run_split(
     data: str,
     out: str,
-    val_frac: float = 0.15,
-    test_frac: float = 0.15,
-    seed: int = 42,
-    warmup_ratio: int = 3,
+    val_frac: float = defaults.VAL_FRAC,
+    test_frac: float = defaults.TEST_FRAC,
+    seed: int = defaults.SEED,
+    warmup_ratio: int = defaults.WARMUP_RATIO,
     previous: str | None = None,
 ) -> dict[str, Any]:
     """``mammo split``: read the table (and an earlier split), build, write, return the summary."""
