@@ -277,7 +277,7 @@ def _holder(store: str, env: dict[str, str]) -> subprocess.Popen[str]:
     """A real process that takes the promotion lock and keeps it until killed."""
     code = (
         "import sys, time\n"
-        "from mammo.storage.lease import acquire\n"
+        "from mammo.storage.lock import acquire\n"
         f"lease = acquire({lock_uri(store, 'mammo')!r}, intent={{'staged': 'model-aaaaaaaaaaaa.pt'}})\n"
         "print('held', lease.token, flush=True)\n"
         "time.sleep(600)\n"

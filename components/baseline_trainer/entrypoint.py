@@ -1,12 +1,12 @@
 """Baseline trainer: warm-up on the balanced subset, then the full training split, with early
 stopping; every checkpoint goes to object storage as it is saved, and a restarted pod resumes
-from the run's ``last.pt`` in storage (see ``mammo_components.trainer.run_trainer``)."""
+from the run's ``last.pt`` in storage (see ``mammo_components.training_run.run_trainer``)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from mammo_components.trainer import run_trainer
+from mammo_components.training_run import run_trainer
 
 COMPONENT = "baseline_trainer"
 

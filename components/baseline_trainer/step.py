@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from mammo_components.baseline_trainer.entrypoint import COMPONENT, run
-from mammo_components.trainer import trainer_step
+from mammo_components.training_run import trainer_step
 
 
 def run_step(

@@ -24,7 +24,7 @@ from mammo.errors import ArtifactNotFoundError, ConfigError, MammoError
 from mammo.promotion import recheck
 from mammo.storage import Manifest, ManifestEntry, join, production_model_uri, read_manifest
 from mammo.storage.layout import check_name
-from mammo.storage.lease import hold
+from mammo.storage.lock import hold
 from mammo_components.promoter.metric_names import promotable_metrics
 from mammo_components.promoter.records import record_decision
 from mammo_components.promoter.switch import (
@@ -107,7 +107,7 @@ def decide(
 
 
 def lock_uri(store_uri: str, model_name: str) -> str:
-    """The promotion lock of one model name (``mammo.storage.lease``)."""
+    """The promotion lock of one model name (``mammo.storage.lock``)."""
     return join(store_uri, "models", check_name("model name", model_name), "lock")
 
 

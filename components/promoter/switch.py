@@ -1,7 +1,7 @@
 """Moving the production pointer: a verified copy, a compare-and-swap, garbage collection.
 
 ``models/<name>/production/manifest.json`` is the pointer: it lists the production checkpoint
-with its sha256. Changing it, under the promotion lock (``mammo.storage.lease``) of
+with its sha256. Changing it, under the promotion lock (``mammo.storage.lock``) of
 ``models/<name>/lock/``:
 
 1. ``stage``: the candidate is copied to ``production/model-<sha256[:12]>.pt`` (server-side on
@@ -40,7 +40,7 @@ from mammo.storage import (
     read_manifest,
     stat,
 )
-from mammo.storage.lease import Lease, LeaseLost, intents
+from mammo.storage.lock import Lease, LeaseLost, intents
 from mammo.storage.uri import is_remote, local_path, relative_key
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from mammo.console import run_guarded, setup_logging
 from mammo.errors import ArtifactNotFoundError, ConfigError
 from mammo_components.publishing import read_result
 from mammo_components.spec import component_args
-from mammo_components.trainer import record_trainer_artifacts
+from mammo_components.training_run import record_trainer_artifacts
 from mammo_components.trainjob.launcher import (
     TrainJobError,
     TrainJobGoneError,

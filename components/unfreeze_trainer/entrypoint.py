@@ -1,12 +1,12 @@
 """Unfreeze trainer: gradual unfreezing from a baseline checkpoint fetched by URI (verified by
 sha256), with the baseline trainer's storage and resume behaviour
-(see ``mammo_components.trainer.run_trainer``)."""
+(see ``mammo_components.training_run.run_trainer``)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from mammo_components.trainer import run_trainer
+from mammo_components.training_run import run_trainer
 
 COMPONENT = "unfreeze_trainer"
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from mammo.errors import IntegrityError
 from mammo.storage import stat
-from mammo_components.trainer import trainer_step
+from mammo_components.training_run import trainer_step
 from mammo_components.unfreeze_trainer.entrypoint import COMPONENT, run
 
 

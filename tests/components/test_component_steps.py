@@ -18,7 +18,7 @@ from mammo_components.artifacts import log_numbers, write_artifact_json
 from mammo_components.evaluator.step import log_classification, record_best
 from mammo_components.promoter import step as promoter_step
 from mammo_components.split_builder import step as split_step
-from mammo_components.trainer import record_trainer_artifacts
+from mammo_components.training_run import record_trainer_artifacts
 from mammo_components.unfreeze_trainer.step import verify_init
 
 from step_fakes import FakeArtifact

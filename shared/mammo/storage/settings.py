@@ -90,7 +90,7 @@ class StorageSettings(BaseSettings):
 
 
 class LockSettings(BaseSettings):
-    """Locks on storage (``mammo.storage.lease``): how long a holder's claim lasts without
+    """Locks on storage (``mammo.storage.lock``): how long a holder's claim lasts without
     renewal, how long to wait for the lock, and how far apart machines' clocks may be."""
 
     model_config = SettingsConfigDict(env_prefix="MAMMO_LOCK_", frozen=True)

@@ -1,7 +1,7 @@
-"""What the baseline and the unfreeze trainer share: fetch the inputs, resume from the run
-folder in storage, train while mirroring every checkpoint to it, publish; and the KFP side of
-a trainer step (its Model and Metrics artifacts, ``trainer_step``). Torch is imported by the
-trainer that runs, not here."""
+"""A trainer component's run against object storage, shared by the baseline and the unfreeze
+trainer: fetch the inputs, resume from the run folder in storage, train (``mammo.engine``)
+while mirroring every checkpoint to it, publish; and the KFP side of a trainer step (its Model
+and Metrics artifacts, ``trainer_step``). Torch is imported by the trainer that runs, not here."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The storage lock (``mammo.storage.lease``) on the local store and the S3 server: mutual
+"""The storage lock (``mammo.storage.lock``) on the local store and the S3 server: mutual
 exclusion between real processes (a read-modify-write counter that loses no increment), fencing
 tokens that only grow, expiry on a clock the test moves by hand, a killed holder, and local reads
 of a file that keeps being replaced."""
@@ -17,7 +17,7 @@ import pytest
 
 from mammo import storage
 from mammo.errors import IntegrityError
-from mammo.storage.lease import LeaseLost, acquire, hold
+from mammo.storage.lock import LeaseLost, acquire, hold
 from mammo.storage.settings import LockSettings
 
 WORKERS = 6
@@ -28,7 +28,7 @@ ROUNDS = 4
 WORKER = """
 import json, sys, time
 from mammo import storage
-from mammo.storage.lease import hold
+from mammo.storage.lock import hold
 lock, counter = sys.argv[1], sys.argv[2]
 tokens = []
 for _ in range({rounds}):
@@ -155,7 +155,7 @@ def test_a_killed_holder_frees_the_lock_at_once(root: str, monkeypatch: pytest.M
     lock = storage.join(root, "lock")
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import time\nfrom mammo.storage.lease import acquire\n"
+         "import time\nfrom mammo.storage.lock import acquire\n"
          f"lease = acquire({lock!r})\nprint('held', flush=True)\ntime.sleep(600)\n"],
         stdout=subprocess.PIPE, text=True, env=dict(os.environ),
     )
