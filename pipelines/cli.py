@@ -31,7 +31,7 @@ from typing import Any
 from mammo.console import run_guarded
 from mammo.errors import ConfigError
 from mammo_pipelines import remote, scoring
-from mammo_pipelines.parameters import PipelineParameter, check_arguments, describe, parse_params
+from mammo_pipelines.parameters import PipelineParameter, check_arguments, describe, parse_param_flags
 from mammo_pipelines.pipeline import DESCRIPTION, PIPELINE_NAME, compile_pipeline, parameters_for
 from mammo_pipelines.profiles import PROFILES, Profile, Toleration, get_profile, parse_duration
 
@@ -277,7 +277,7 @@ def _prepared(args: argparse.Namespace, tmp: str) -> tuple[Profile, Path, dict[s
     profile = _profile(args)
     kind = PIPELINES[args.pipeline]
     parameters = kind.parameters(profile)
-    arguments = parse_params(getattr(args, "param", []), parameters)
+    arguments = parse_param_flags(getattr(args, "param", []), parameters)
     kind.check(arguments, parameters)
     package = kind.compile(profile, Path(tmp) / f"{kind.name}.yaml")
     if args.no_cache:

@@ -101,7 +101,7 @@ def pipeline_parameters(*, dataset_uri: str, with_gpus: bool) -> list[PipelinePa
     return [*head, *fields.values(), *tail]
 
 
-def parse_params(pairs: list[str], parameters: list[PipelineParameter]) -> dict[str, Any]:
+def parse_param_flags(pairs: list[str], parameters: list[PipelineParameter]) -> dict[str, Any]:
     """``key=value`` strings -> typed pipeline arguments; unknown keys and bad values are
     ``ConfigError`` naming the key."""
     known = {p.name: p for p in parameters}
