@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from mammo import storage
+from mammo import metric_registry, storage
 from mammo.config import lookup_metric
 from mammo.console import setup_logging
 from mammo.storage.integrity import sha256_file
@@ -38,8 +38,13 @@ BEST_NAME = "best_auc.pt"
 TrainFn = Callable[..., dict[str, Any]]
 
 
+def pushed_values(val: Mapping[str, Any]) -> dict[str, float | None]:
+    """The registry's pushed metrics from an epoch's validation figures, each at its level."""
+    return {m.name: lookup_metric(val, f"{m.pushed}.{m.name}") for m in metric_registry.pushed()}
+
+
 def push_epoch(telemetry: Telemetry | None, record: Mapping[str, Any]) -> None:
-    """Push one epoch record of the engine (``on_epoch``); image-level val metrics, breast pF1."""
+    """Push one epoch record of the engine (``on_epoch``): the loss and the pushed metrics."""
     if telemetry is None:
         return
     val = record["val"]
@@ -47,9 +52,7 @@ def push_epoch(telemetry: Telemetry | None, record: Mapping[str, Any]) -> None:
         int(record["epoch"]),
         train_loss=record["train_loss"],
         val_loss=lookup_metric(val, "image.loss"),
-        val_auc=lookup_metric(val, "image.auc"),
-        val_pr_auc=lookup_metric(val, "image.pr_auc"),
-        val_pf1=lookup_metric(val, "breast.pf1"),
+        val=pushed_values(val),
         lr=float(record["lr"]),
         duration_s=float(record["epoch_seconds"]),
         images_per_s=float(record["images_per_second"]),
@@ -69,12 +72,7 @@ def best_metrics(run_dir: Path, last: str) -> tuple[str, dict[str, float | None]
     else:
         log.warning("validation AUC was never defined (one class in val?): naming %s as best", last)
     val = record["val"]
-    return name, {
-        "auc": lookup_metric(val, "image.auc"),
-        "pr_auc": lookup_metric(val, "image.pr_auc"),
-        "pf1": lookup_metric(val, "breast.pf1"),
-        "loss": lookup_metric(val, "image.loss"),
-    }
+    return name, {**pushed_values(val), "loss": lookup_metric(val, "image.loss")}
 
 
 def run_trainer(

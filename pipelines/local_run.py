@@ -29,6 +29,7 @@ import yaml
 
 from mammo.config import PipelineParams, load_config
 from mammo.errors import ConfigError, MammoError
+from mammo.summaries import metric_columns
 
 DEFAULT_BUCKET_URI = "s3://mammo"
 #: The work directory's lock (``workdir_lock``).
@@ -235,15 +236,15 @@ def _interval(figure: Any) -> str:
 
 def print_summary(summary: dict[str, Any], seconds: float) -> None:
     print(f"\nbest model: {summary['best']} (threshold {_cell(summary['threshold']).strip()})")
-    print(f"{'split':<6}{'level':<8}{'AUC':>7} {'95% interval':<16}{'PR-AUC':>7}{'pF1':>7}{'sens':>7}{'spec':>7}")
+    # The first column (the registry's first, AUC) with its interval, then the others.
+    (first_title, first), *others = metric_columns()
+    print(f"{'split':<6}{'level':<8}{first_title:>7} {'95% interval':<16}" + "".join(f"{title:>7}" for title, _ in others))
     for split in ("val", "test"):
         for level in ("image", "breast"):
             m = summary["metrics"][split][level]
-            ci = (m.get("ci") or {}).get("auc")
-            print(
-                f"{split:<6}{level:<8}{_cell(m.get('auc')):>7} {_interval(ci):<16}{_cell(m.get('pr_auc')):>7}"
-                f"{_cell(m.get('pf1')):>7}{_cell(m.get('sensitivity')):>7}{_cell(m.get('specificity')):>7}"
-            )
+            ci = (m.get("ci") or {}).get(first)
+            print(f"{split:<6}{level:<8}{_cell(m.get(first)):>7} {_interval(ci):<16}"
+                  + "".join(f"{_cell(m.get(key)):>7}" for _, key in others))
     boot = summary.get("bootstrap") or {}
     if boot.get("resamples"):
         print(f"intervals: {int(boot['resamples'])} bootstrap resamples of patients (seed {int(boot.get('seed') or 0)}); "

@@ -21,7 +21,7 @@ from mammo import storage
 from mammo.errors import ConfigError, IntegrityError, StorageError
 from mammo.storage.uri import parse_s3
 from mammo_components.promoter.entrypoint import check_rule, decide, lock_uri, run
-from mammo_components.promoter.metric_names import promotable_metrics
+from mammo.promotion import promotable_metrics
 from mammo_components.promoter.records import read_records, record_decision
 from servers import FaultProxy, S3Env
 
@@ -171,14 +171,14 @@ def test_same_model_undefined_metric_and_margin_zero(tmp_path: Path) -> None:
 
 
 def test_promotable_metrics_are_what_the_evaluator_reports() -> None:
-    """Derived from mammo.metrics: the model's measures, at both levels, on both splits; not
+    """From the metric registry: the model's measures, at both levels, on both splits; not
     the data's counts (n, prevalence) nor the loss the evaluation does not compute."""
-    from mammo.metrics import HEADLINE_KEYS
+    from mammo.metrics import headline_keys
 
     names = set(promotable_metrics())
     measures = {"auc", "pr_auc", "pf1", "sensitivity", "specificity", "precision"}
     assert names >= {f"{s}.{lv}.{m}" for s in ("val", "test") for lv in ("image", "breast") for m in measures}
-    assert {name.split(".")[2] for name in names} <= set(HEADLINE_KEYS) - {"n", "prevalence", "loss"}
+    assert {name.split(".")[2] for name in names} <= set(headline_keys()) - {"n", "n_pos", "prevalence", "loss"}
     assert {name.rsplit(".", 1)[0] for name in names} == {"val.image", "val.breast", "test.image", "test.breast"}
 
 

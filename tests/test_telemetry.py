@@ -21,9 +21,7 @@ from servers import Pushgateway, free_port
 EPOCH = dict(
     train_loss=0.61,
     val_loss=0.55,
-    val_auc=0.72,
-    val_pr_auc=0.18,
-    val_pf1=0.21,
+    val={"auc": 0.72, "pr_auc": 0.18, "pf1": 0.21},
     lr=1e-3,
     duration_s=12.5,
     images_per_s=480.0,
@@ -55,7 +53,7 @@ def test_epochs_and_the_end_of_a_step_are_pushed(pushgateway: Pushgateway) -> No
         assert first["mammo_val_auc"] == pytest.approx(0.72)
         assert first["mammo_images_per_second"] == 480.0
         assert "mammo_step_success" not in first  # still running: neither success nor failure
-        assert telemetry.epoch(2, **{**EPOCH, "val_auc": None, "lr": 5e-4})
+        assert telemetry.epoch(2, **{**EPOCH, "val": {"auc": None, "pr_auc": 0.18, "pf1": 0.21}, "lr": 5e-4})
 
     values = _values(pushgateway, run_id)
     assert values["mammo_epoch"] == 2

@@ -21,11 +21,10 @@ from typing import Any
 
 from mammo.config import lookup_metric, metric_mode
 from mammo.errors import ArtifactNotFoundError, ConfigError, MammoError
-from mammo.promotion import recheck
+from mammo.promotion import promotable_metrics, recheck
 from mammo.storage import Manifest, ManifestEntry, join, production_model_uri, read_manifest
 from mammo.storage.layout import check_name
 from mammo.storage.lock import hold
-from mammo_components.promoter.metric_names import promotable_metrics
 from mammo_components.promoter.records import record_decision
 from mammo_components.promoter.switch import (
     KEEP_PROMOTED,
@@ -44,7 +43,7 @@ log = logging.getLogger(__name__)
 def check_rule(metric: str, margin: float) -> None:
     """The promotion rule is usable: ``metric`` is one the evaluator reports for every
     candidate (``<split>.<level>.<metric>``, e.g. ``test.breast.auc``; the list comes from
-    ``mammo.metrics``, see ``metric_names``) and ``margin`` is a finite number, not negative;
+    the metric registry, ``mammo.promotion.promotable_metrics``) and ``margin`` is a finite number, not negative;
     ConfigError otherwise. The pipeline's first step calls this too, so a typo fails before
     hours of training, not after - and a name that is well-formed but measures nothing
     (``test.breast.bogus``) cannot make every later promotion "undefined"."""

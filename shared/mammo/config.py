@@ -515,8 +515,14 @@ def lookup_metric(metrics: dict[str, Any], key: MetricKey) -> float | None:
 
 
 def metric_mode(key: MetricKey) -> Literal["min", "max"]:
-    """Losses are minimised, every other metric maximised."""
-    return "min" if key.rsplit(".", 1)[-1] == "loss" else "max"
+    """Losses are minimised; a registered metric as its direction says; others maximised."""
+    from mammo import metric_registry
+
+    name = key.rsplit(".", 1)[-1]
+    if name == "loss":
+        return "min"
+    registered = {m.name: m for m in metric_registry.metrics()}
+    return "max" if name not in registered or registered[name].higher_is_better else "min"
 
 
 #: Defaults of the promotion rule and the production model's name (pipeline, promoter, ``mammo run``).

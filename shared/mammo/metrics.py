@@ -4,7 +4,10 @@ Every metric is defined for every input: values that are undefined (no positives
 empty input) are NaN (``None`` after ``to_jsonable``) instead of an exception or a scikit-learn
 warning, so a validation set without cancer cases cannot crash a training run.
 The competition scores breasts (``{patient_id}_{laterality}``), so ``evaluate_predictions``
-reports both levels. numpy and scikit-learn only: the pipeline layer imports this module.
+reports both levels. The figures themselves (AUC, PR-AUC, pF1, sensitivity, ...) are the
+registry's (``mammo.metric_registry``), computed by the same code as their bootstrap intervals
+(``mammo.stats.point_metrics``); this module adds the counts, the loss and the best F1.
+numpy, pandas and scipy only: the pipeline layer imports this module.
 """
 
 from __future__ import annotations
@@ -14,8 +17,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import average_precision_score, confusion_matrix, roc_auc_score
-
+from mammo import metric_registry
 from mammo.errors import DataError
 
 Aggregation = Literal["mean", "max"]
@@ -68,22 +70,13 @@ def aggregate_breasts(frame: pd.DataFrame, how: Aggregation = "mean") -> pd.Data
 
 
 def pf1(labels: Any, probs: Any) -> float:
-    """Probabilistic F1 (RSNA 2023): precision and recall from summed probabilities.
-
-    NaN without positives (recall undefined); 0 when precision or recall is 0.
+    """Probabilistic F1 (RSNA 2023): precision and recall from summed probabilities (the
+    registry's ``pf1``). NaN without positives (recall undefined); 0 when precision or recall is 0.
     """
+    from mammo.stats import point_metrics
+
     y, p = _arrays(labels, probs)
-    n_pos = int(y.sum())
-    if n_pos == 0:
-        return NAN
-    p = np.clip(p, 0.0, 1.0)
-    ctp = float(p[y == 1].sum())
-    cfp = float(p[y == 0].sum())
-    if ctp == 0.0:
-        return 0.0
-    precision = ctp / (ctp + cfp)
-    recall = ctp / n_pos
-    return 2 * precision * recall / (precision + recall)
+    return point_metrics(y, p, which=("pf1",))["pf1"]
 
 
 def _f1_curve(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -123,47 +116,39 @@ def best_pf1_threshold(labels: Any, probs: Any) -> float | None:
 def binary_metrics(
     labels: Any, probs: Any, threshold: float = 0.5, loss: float | None = None
 ) -> dict[str, Any]:
-    """Ranking metrics (AUC, PR-AUC, pF1, best F1) and confusion-based metrics at ``threshold``.
+    """Every registered metric (ranking ones, and the others at ``threshold``), the counts, the
+    best F1 over all thresholds and the confusion matrix at ``threshold``.
 
     Undefined values are NaN (best_threshold: None): AUC needs both classes; PR-AUC, pF1,
     best F1 and recall need positives; specificity needs negatives; precision needs at least
     one predicted positive. Non-finite probabilities (a diverged model) leave the ranking
     metrics NaN.
     """
+    from mammo.stats import point_metrics
+
     y, p = _arrays(labels, probs)
     n = int(y.size)
     n_pos = int(y.sum())
-    n_neg = n - n_pos
-    finite = bool(np.isfinite(p).all())
-    both = n_pos > 0 and n_neg > 0
-    auc = float(roc_auc_score(y, p)) if both and finite else NAN
-    pr_auc = float(average_precision_score(y, p)) if n_pos > 0 and finite else NAN
+    flagged = p >= threshold
+    tp = int((flagged & (y == 1)).sum())
+    fp = int((flagged & (y == 0)).sum())
+    fn, tn = n_pos - tp, n - n_pos - fp
+    if bool(np.isfinite(p).all()):
+        figures = point_metrics(y, p, threshold)
+    else:  # the ranking figures are undefined; the thresholded ones count what was flagged
+        figures = {**{name: NAN for name in metric_registry.names("ranking")},
+                   **point_metrics(y, flagged.astype(np.float64), 0.5, which=metric_registry.names("threshold"))}
     best, best_threshold = best_f1(y, p)
-    if n:
-        tn, fp, fn, tp = (
-            int(v) for v in confusion_matrix(y, p >= threshold, labels=[0, 1]).ravel()
-        )
-    else:
-        tn = fp = fn = tp = 0
-    recall = _ratio(tp, tp + fn)
     return {
         "n": n,
         "n_pos": n_pos,
         "prevalence": _ratio(n_pos, n),
         "loss": None if loss is None else float(loss),
-        "auc": auc,
-        "pr_auc": pr_auc,
-        "pf1": pf1(y, p) if finite else NAN,
+        **figures,
         "best_f1": best,
         "best_threshold": best_threshold,
         "threshold": float(threshold),
-        "accuracy": _ratio(tp + tn, n),
-        "sensitivity": recall,
-        "recall": recall,
-        "specificity": _ratio(tn, tn + fp),
-        "precision": _ratio(tp, tp + fp),
-        "recall_rate": _ratio(tp + fp, n),
-        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+        "recall": figures["sensitivity"],
         "tp": tp,
         "fp": fp,
         "tn": tn,
@@ -196,29 +181,28 @@ def format_metric(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
-#: Figures worth a glance (command output, the evaluator's result, KFP metrics); the full set
-#: stays in metrics/history files. ``loss`` is image-level and only known while training.
-#: ``recall_rate`` is the share flagged at the threshold (screening's recall rate).
-HEADLINE_KEYS = (
-    "loss", "auc", "pr_auc", "pf1", "sensitivity", "specificity", "precision", "recall_rate",
-    "n", "n_pos", "prevalence",
-)
+def headline_keys() -> tuple[str, ...]:
+    """Figures worth a glance (command output, the evaluator's result, KFP metrics): the loss
+    (image-level, only known while training), the registry's headline metrics and the counts;
+    the full set stays in metrics/history files."""
+    return ("loss", *(m.name for m in metric_registry.headline()), "n", "n_pos", "prevalence")
 
 
 def headline(metrics: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """``{"image": {...}, "breast": {...}}`` cut down to ``HEADLINE_KEYS`` (missing ones None).
+    """``{"image": {...}, "breast": {...}}`` cut down to ``headline_keys()`` (missing ones None).
 
     A level that carries confidence intervals (``ci``: ``{metric: {"low", "high", ...}}``, added
     by the evaluation) keeps those of the headline figures, as ``ci: {metric: {"low", "high"}}``."""
     out = {}
+    keys = headline_keys()
     for level in ("image", "breast"):
         values = metrics[level]
-        row = {k: values.get(k) for k in HEADLINE_KEYS}
+        row = {k: values.get(k) for k in keys}
         intervals = values.get("ci")
         if isinstance(intervals, dict):
             row["ci"] = {
                 k: {"low": intervals[k].get("low"), "high": intervals[k].get("high")}
-                for k in HEADLINE_KEYS if isinstance(intervals.get(k), dict)
+                for k in keys if isinstance(intervals.get(k), dict)
             }
         out[level] = row
     return out

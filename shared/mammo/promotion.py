@@ -36,9 +36,21 @@ from mammo.config import (
     metric_mode,
 )
 from mammo.errors import ConfigError
-from mammo.stats import COMPARABLE_METRICS, BootstrapSettings, bootstrap, paired_difference
+from mammo import metric_registry
+from mammo.stats import BootstrapSettings, bootstrap, paired_difference
 
 RULES = ("paired_bootstrap", "margin")
+#: The splits and levels the evaluator reports every candidate's figures on.
+SPLITS = ("val", "test")
+LEVELS = ("image", "breast")
+
+
+def promotable_metrics() -> tuple[str, ...]:
+    """Every ``<split>.<level>.<metric>`` a promotion can be decided on, sorted: the registry's
+    headline metrics (the figures the evaluator reports for every candidate and can re-measure
+    for both models), never a count of the data or the training loss."""
+    return tuple(sorted(f"{split}.{level}.{m.name}" for split in SPLITS for level in LEVELS
+                        for m in metric_registry.headline()))
 
 
 @dataclass(frozen=True)
@@ -68,12 +80,12 @@ class PromotionRule:
         if self.rule not in RULES:
             raise ConfigError(f"promotion rule {self.rule!r}: one of {', '.join(RULES)}")
         parts = self.metric.split(".")
-        if len(parts) != 3 or parts[0] not in ("val", "test") or parts[1] not in ("image", "breast"):
+        if len(parts) != 3 or parts[0] not in SPLITS or parts[1] not in LEVELS:
             raise ConfigError(f"promotion metric {self.metric!r}: expected <split>.<level>.<metric>, e.g. test.breast.auc")
-        if parts[2] not in COMPARABLE_METRICS:
+        if self.metric not in promotable_metrics():
             raise ConfigError(
                 f"promotion metric {self.metric!r}: {parts[2]} cannot be re-measured for both models; "
-                f"use one of {', '.join(sorted(COMPARABLE_METRICS))}"
+                f"use one of {', '.join(m.name for m in metric_registry.headline())}"
             )
         if not 0 <= self.margin < float("inf"):
             raise ConfigError(f"promotion margin {self.margin}: must be a finite number, 0 or more")

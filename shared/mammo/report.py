@@ -25,7 +25,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape  # noqa: E402
 from sklearn.calibration import CalibrationDisplay  # noqa: E402
 from sklearn.metrics import PrecisionRecallDisplay, RocCurveDisplay  # noqa: E402
 
-from mammo import __version__  # noqa: E402
+from mammo import __version__, metric_registry  # noqa: E402
 from mammo.engine.checkpoint import library_versions  # noqa: E402
 from mammo.metrics import format_metric  # noqa: E402
 from mammo.storage.atomic import atomic_path, write_text_atomic  # noqa: E402
@@ -230,6 +230,11 @@ def write_report(
         split=split_summary,
         plots=images,
         context=context or {},
+        registry={  # which metrics go where (mammo.metric_registry)
+            "headline": metric_registry.headline(),
+            "table": [m for m in metric_registry.metrics() if m.report],
+            "subgroups": [m for m in metric_registry.metrics() if m.subgroups],
+        },
         version=__version__,
         versions=library_versions(),
     )

@@ -33,13 +33,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from mammo import metric_registry
+from mammo.metric_registry import AtThreshold, Curve
+
 NAN = float("nan")
-#: Figures ``bootstrap`` computes (threshold-free first, then those at the operating threshold).
-RANKING_METRICS = ("auc", "pr_auc", "pf1")
-THRESHOLD_METRICS = ("sensitivity", "specificity", "precision", "recall_rate", "f1", "accuracy")
-METRICS = RANKING_METRICS + THRESHOLD_METRICS
-#: Metrics a paired comparison (the promotion rule) can use.
-COMPARABLE_METRICS = frozenset(METRICS)
 #: Quantile calibration bins hold at least this many units (fewer bins at small n).
 MIN_BIN_COUNT = 15
 #: Small-sample warning below this many cancers (units with label 1) in a split.
@@ -124,25 +121,24 @@ class Units:
         return np.asarray(codes)[self.order]
 
 
-def _div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out = num / den
-    return np.where(den > 0, out, np.nan)
+_div = metric_registry.ratio
 
 
 def weighted_metrics(
-    units: Units, weights: np.ndarray, threshold: float | None, which: Iterable[str] = METRICS,
+    units: Units, weights: np.ndarray, threshold: float | None, which: Iterable[str] | None = None,
     specificities: Sequence[float] = (), sensitivities: Sequence[float] = (),
 ) -> dict[str, np.ndarray]:
     """Metrics of ``units`` under each row of ``weights`` (block, units in sorted order:
     ``units.order``; see ``Units.sorted_codes``).
 
-    Returns arrays of length ``block``: the names of ``which`` (threshold metrics only when a
-    ``threshold`` is given), ``sens@spec=<s>`` for each of ``specificities`` (the highest
-    sensitivity of any threshold whose specificity is at least s) and ``spec@sens=<s>``.
-    NaN where a figure is undefined (no positives or negatives in that resample).
+    Returns arrays of length ``block``: the registered metrics named in ``which`` (default:
+    all; threshold metrics only when a ``threshold`` is given), ``sens@spec=<s>`` for each of
+    ``specificities`` (the highest sensitivity of any threshold whose specificity is at least
+    s) and ``spec@sens=<s>``. NaN where a figure is undefined (no positives or negatives in
+    that resample).
     """
-    which = tuple(which)
+    which = metric_registry.names() if which is None else tuple(which)
+    chosen = [metric_registry.get(name) for name in which]
     w = np.atleast_2d(weights)
     y = units.labels.astype(w.dtype)
     out: dict[str, np.ndarray] = {}
@@ -159,19 +155,10 @@ def weighted_metrics(
     tp = np.cumsum(gpos, axis=1)  # TP when flagging every score >= that of run k
     fp = np.cumsum(gneg, axis=1)
     pos, neg = tp[:, -1], fp[:, -1]
-    if "auc" in which:  # trapezoids of the ROC curve: ties count one half
-        area = ((tp - 0.5 * gpos) * gneg).sum(axis=1)
-        out["auc"] = _div(area, pos * neg)
-    if "pr_auc" in which:  # scikit-learn's average precision: sum of (R_k - R_k-1) * P_k
-        flagged = tp + fp
-        precision = np.divide(tp, flagged, out=np.zeros_like(tp), where=flagged > 0)
-        out["pr_auc"] = _div((gpos * precision).sum(axis=1), pos)
-    if "pf1" in which:
-        p = np.clip(units.scores, 0.0, 1.0).astype(w.dtype)
-        ctp, cfp = wpos @ p, wneg @ p
-        precision, recall = _div(ctp, ctp + cfp), _div(ctp, pos)
-        pf1 = _div(2 * precision * recall, precision + recall)
-        out["pf1"] = np.where((ctp == 0) & (pos > 0), 0.0, pf1)
+    curve = Curve(tp=tp, fp=fp, gpos=gpos, gneg=gneg, pos=pos, neg=neg, wpos=wpos, wneg=wneg, scores=units.scores)
+    for metric in chosen:
+        if metric.kind == "ranking":
+            out[metric.name] = metric.compute(curve)
     both = (pos > 0) & (neg > 0)
     last = tp.shape[1] - 1
     for s in specificities:  # the highest sensitivity with FP <= (1 - s) * negatives
@@ -184,19 +171,11 @@ def weighted_metrics(
         first = np.clip(last + 1 - reached, 0, last)
         got = np.take_along_axis(fp, first[:, None], axis=1)[:, 0]
         out[f"spec@sens={s:g}"] = np.where(both & (reached > 0), 1 - _div(got, neg), np.nan)
-    if threshold is not None and any(name in THRESHOLD_METRICS for name in which):
+    at_threshold = [metric for metric in chosen if metric.kind == "threshold"]
+    if threshold is not None and at_threshold:
         flagged = (units.scores >= threshold).astype(w.dtype)
-        tpt, fpt = wpos @ flagged, wneg @ flagged
-        total = pos + neg
-        values = {
-            "sensitivity": _div(tpt, pos),
-            "specificity": _div(neg - fpt, neg),
-            "precision": _div(tpt, tpt + fpt),
-            "recall_rate": _div(tpt + fpt, total),
-            "f1": _div(2 * tpt, tpt + fpt + pos),
-            "accuracy": _div(tpt + neg - fpt, total),
-        }
-        out.update({name: values[name] for name in which if name in values})
+        counts = AtThreshold(tp=wpos @ flagged, fp=wneg @ flagged, pos=pos, neg=neg)
+        out.update({metric.name: metric.compute(counts) for metric in at_threshold})
     return out
 
 
@@ -222,13 +201,13 @@ def _interval(values: np.ndarray, level: float) -> dict[str, Any]:
 
 def bootstrap(
     labels: Any, scores: Any, patients: Any, threshold: float | None, settings: BootstrapSettings,
-    *, which: Iterable[str] = METRICS, specificities: Sequence[float] = (), sensitivities: Sequence[float] = (),
+    *, which: Iterable[str] | None = None, specificities: Sequence[float] = (), sensitivities: Sequence[float] = (),
 ) -> dict[str, dict[str, Any]]:
     """Point value and patient-level percentile interval of each metric:
     ``{name: {"value", "low", "high", "undefined"}}``."""
     units = Units.of(labels, scores)
     codes, n_patients = patient_codes(patients)
-    kwargs = {"which": tuple(which), "specificities": specificities, "sensitivities": sensitivities}
+    kwargs = {"which": which, "specificities": specificities, "sensitivities": sensitivities}
     point = weighted_metrics(units, np.ones((1, units.size)), threshold, **kwargs)
     counts = resample_counts(n_patients, settings)
     parts = [weighted_metrics(units, block, threshold, **kwargs) for block in _blocks(counts, units.sorted_codes(codes))]
@@ -251,8 +230,8 @@ def paired_difference(
     bootstrap: both models are scored on the same resamples. Returns both models' values and
     intervals, the difference, its interval and ``p_not_better``: the share of resamples in
     which A does not beat B (a one-sided bootstrap p-value for "A is better")."""
-    if metric not in COMPARABLE_METRICS:
-        raise ValueError(f"metric {metric!r} cannot be compared; one of {', '.join(sorted(COMPARABLE_METRICS))}")
+    if metric not in metric_registry.names():
+        raise ValueError(f"metric {metric!r} cannot be compared; one of {', '.join(sorted(metric_registry.names()))}")
     a, b = Units.of(labels, scores_a), Units.of(labels, scores_b)
     codes, n_patients = patient_codes(patients)
     ones = np.ones((1, a.size))
@@ -395,10 +374,13 @@ def with_age_band(frame: pd.DataFrame) -> pd.DataFrame:
 
 def subgroups(
     frame: pd.DataFrame, threshold: float | None, settings: BootstrapSettings, *, level: str,
-    columns: Sequence[str] = SUBGROUP_COLUMNS, which: Sequence[str] = ("auc", "sensitivity", "specificity"),
+    columns: Sequence[str] = SUBGROUP_COLUMNS, which: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Metrics with intervals for every value of every metadata column ``frame`` has (rows are
-    units with ``patient_id``, ``label``, ``prob``): n, patients, cancers, and ``which``."""
+    units with ``patient_id``, ``label``, ``prob``): n, patients, cancers, and ``which``
+    (default: the registry's subgroup metrics)."""
+    if which is None:
+        which = [m.name for m in metric_registry.metrics() if m.subgroups]
     rows = []
     frame = with_age_band(frame)
     for column in columns:
@@ -511,7 +493,7 @@ def describe(
     bins: int = 10, strategy: Literal["uniform", "quantile"] = "quantile",
 ) -> dict[str, Any]:
     """What a reviewer needs beside the point figures of one split at one level (rows are
-    units with patient_id, label, prob): ``ci`` (interval of every metric of ``METRICS``),
+    units with patient_id, label, prob): ``ci`` (interval of every registered metric),
     ``operating_points`` (sensitivity at each specificity, specificity at each sensitivity,
     with intervals), ``delong`` (AUC, clustered by patient) and ``calibration``. With
     ``settings.resamples`` 0 the intervals are left out (values only)."""

@@ -8,8 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from mammo import metric_registry
+
 SPLIT_ROWS = ("train", "val", "test", "all")
-METRIC_COLUMNS = (("AUC", "auc"), ("PR-AUC", "pr_auc"), ("pF1", "pf1"), ("sens", "sensitivity"), ("spec", "specificity"))
+
+
+def metric_columns() -> list[tuple[str, str]]:
+    """(column title, metric name) of the tables commands print: the registry's ``column``s."""
+    return [(m.column or m.name, m.name) for m in metric_registry.columns()]
 
 
 def cell(value: Any) -> str:
@@ -19,10 +25,11 @@ def cell(value: Any) -> str:
 
 def metrics_table(rows: list[tuple[str, str, dict[str, Any]]]) -> list[str]:
     """Lines of a split/level x headline-metric table; ``rows`` are (split, level, metrics)."""
-    header = f"{'split':<6}{'level':<8}" + "".join(f"{title:>8}" for title, _ in METRIC_COLUMNS)
+    columns = metric_columns()
+    header = f"{'split':<6}{'level':<8}" + "".join(f"{title:>8}" for title, _ in columns)
     lines = [header]
     for split, level, values in rows:
-        lines.append(f"{split:<6}{level:<8}" + "".join(f"{cell(values.get(key)):>8}" for _, key in METRIC_COLUMNS))
+        lines.append(f"{split:<6}{level:<8}" + "".join(f"{cell(values.get(key)):>8}" for _, key in columns))
     return lines
 
 

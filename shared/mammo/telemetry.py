@@ -15,8 +15,11 @@ group per run for ever; Prometheus keeps the history.
     telemetry = Telemetry("baseline", run_id)
     with telemetry.step():                      # mammo_step_success / _duration_seconds
         for epoch in ...:
-            telemetry.epoch(epoch, train_loss=..., val_loss=..., val_auc=..., val_pr_auc=...,
-                            val_pf1=..., lr=..., duration_s=..., images_per_s=...)
+            telemetry.epoch(epoch, train_loss=..., val_loss=..., val={"auc": ..., ...},
+                            lr=..., duration_s=..., images_per_s=...)
+
+The validation series are the metric registry's ``pushed`` metrics (``mammo_val_<name>``, each
+at its level: image AUC and PR-AUC, breast pF1; ``mammo.metric_registry``).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import logging
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
 from prometheus_client import CollectorRegistry, Gauge, delete_from_gateway, push_to_gateway
@@ -35,6 +38,7 @@ from prometheus_client.exposition import basic_auth_handler, default_handler
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from mammo import metric_registry
 from mammo.errors import ConfigError
 from mammo.storage.layout import check_name
 from mammo.storage.settings import load_env_settings
@@ -118,15 +122,13 @@ def _value(metric: float | None) -> float:
     return float("nan") if metric is None else float(metric)
 
 
-#: Every series a component can push; each appears once it has a value (a running step has no
-#: ``mammo_step_success`` yet, an evaluator no training loss).
-METRICS = {
+#: The series of every component besides the validation metrics (``metric_descriptions``); each
+#: appears once it has a value (a running step has no ``mammo_step_success`` yet, an evaluator
+#: no training loss).
+SERIES = {
     "mammo_epoch": "Last completed epoch (1-based).",
     "mammo_train_loss": "Mean training loss of the last epoch.",
     "mammo_val_loss": "Validation loss of the last epoch.",
-    "mammo_val_auc": "Validation ROC-AUC of the last epoch.",
-    "mammo_val_pr_auc": "Validation PR-AUC (average precision) of the last epoch.",
-    "mammo_val_pf1": "Validation probabilistic F1 of the last epoch.",
     "mammo_learning_rate": "Learning rate at the last epoch.",
     "mammo_epoch_duration_seconds": "Wall time of the last epoch.",
     "mammo_images_per_second": "Training throughput of the last epoch.",
@@ -134,6 +136,16 @@ METRICS = {
     "mammo_step_duration_seconds": "Wall time of the whole step.",
     "mammo_step_end_timestamp_seconds": "Unix time at which the step ended.",
 }
+
+
+def metric_descriptions() -> dict[str, str]:
+    """Every series a component can push, with its help text: ``SERIES`` and one
+    ``mammo_val_<name>`` per pushed metric of the registry."""
+    validation = {
+        f"mammo_val_{m.name}": f"Validation {m.title} ({m.pushed} level) of the last epoch."
+        for m in metric_registry.pushed()
+    }
+    return {**SERIES, **validation}
 
 
 class Telemetry:
@@ -172,7 +184,7 @@ class Telemetry:
 
     def _set(self, name: str, value: float) -> None:
         if name not in self._gauges:
-            self._gauges[name] = Gauge(name, METRICS[name], registry=self.registry)
+            self._gauges[name] = Gauge(name, metric_descriptions()[name], registry=self.registry)
         self._gauges[name].set(value)
 
     @property
@@ -186,20 +198,18 @@ class Telemetry:
         *,
         train_loss: float | None,
         val_loss: float | None,
-        val_auc: float | None,
-        val_pr_auc: float | None,
-        val_pf1: float | None,
+        val: Mapping[str, float | None],
         lr: float,
         duration_s: float,
         images_per_s: float,
     ) -> bool:
-        """Record one finished epoch and push; returns whether the push reached the gateway."""
+        """Record one finished epoch and push; returns whether the push reached the gateway.
+        ``val``: the pushed metrics' validation values by name (missing ones are NaN)."""
         self._set("mammo_epoch", epoch)
         self._set("mammo_train_loss", _value(train_loss))
         self._set("mammo_val_loss", _value(val_loss))
-        self._set("mammo_val_auc", _value(val_auc))
-        self._set("mammo_val_pr_auc", _value(val_pr_auc))
-        self._set("mammo_val_pf1", _value(val_pf1))
+        for metric in metric_registry.pushed():
+            self._set(f"mammo_val_{metric.name}", _value(val.get(metric.name)))
         self._set("mammo_learning_rate", lr)
         self._set("mammo_epoch_duration_seconds", duration_s)
         self._set("mammo_images_per_second", images_per_s)
