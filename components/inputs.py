@@ -20,7 +20,7 @@ import pandas as pd
 from pydantic import ValidationError
 
 from mammo import storage
-from mammo.config import PipelineParams, RunConfig, format_validation_error, stage_configs
+from mammo.config import PipelineParams, RunConfig, format_validation_error, stage_config
 from mammo.data.layout import match_image_keys
 from mammo.data.table import TABLE_NAME, read_table
 from mammo.errors import ArtifactNotFoundError, ConfigError, DataError
@@ -30,9 +30,6 @@ from mammo.storage.base import Store
 from mammo.storage.cache import Wanted, fetch_all
 from mammo.storage.integrity import sha256_file
 from mammo.storage.uri import relative_key
-
-#: The stages of ``mammo.config.stage_configs``, in its order.
-STAGES = ("baseline", "unfreeze", "evaluate")
 
 
 # --- params, URIs, local folders ------------------------------------------------------------
@@ -78,11 +75,9 @@ def cache_dir(workdir: Path, kind: str, uri: str) -> Path:
     return workdir / kind / f"{last_segment(uri)}-{digest}"
 
 
-def stage_config(params: PipelineParams, stage: str, *, data: Path, split: Path, out: Path) -> RunConfig:
+def local_stage_config(params: PipelineParams, stage: str, *, data: Path, split: Path, out: Path) -> RunConfig:
     """One stage's config (``baseline``, ``unfreeze`` or ``evaluate``) on local copies."""
-    local = params.model_copy(update={"data": str(data)})
-    configs = stage_configs(local, split=str(split), runs={name: str(out) for name in STAGES})
-    return dict(zip(STAGES, configs, strict=True))[stage]
+    return stage_config(params.model_copy(update={"data": str(data)}), stage, split=str(split), out=str(out))
 
 
 # --- fetching -------------------------------------------------------------------------------
@@ -205,7 +200,7 @@ class StageInputs:
 
     def config(self, stage: str, out: Path) -> RunConfig:
         """The stage's config on these local copies, writing to ``out``."""
-        return stage_config(self.params, stage, data=self.data_dir, split=self.split_dir, out=out)
+        return local_stage_config(self.params, stage, data=self.data_dir, split=self.split_dir, out=out)
 
     def out_dir(self, out_uri: str) -> Path:
         """The local folder of an output URI (under ``runs/``)."""

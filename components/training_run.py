@@ -21,9 +21,9 @@ from mammo_components.inputs import (
     StageInputs,
     fetch_checkpoint,
     fetch_stage_inputs,
+    local_stage_config,
     normalize_uri,
     parse_params,
-    stage_config,
 )
 from mammo_components.publishing import RunMirror, publish_outputs, sync_down
 from mammo_components.telemetry import run_id_from_uri, telemetry_step
@@ -100,7 +100,7 @@ def run_trainer(
 
     run_uri = normalize_uri(run_uri)
     placeholder = Path(".")
-    layout = stage_config(parse_params(params), stage, data=placeholder, split=placeholder, out=placeholder)
+    layout = local_stage_config(parse_params(params), stage, data=placeholder, split=placeholder, out=placeholder)
     with runtime_for(layout) as runtime, telemetry_step(
         component, (run_id or run_id_from_uri(run_uri)) if runtime.is_main else None, quiet=not runtime.is_main
     ) as telemetry:

@@ -648,8 +648,13 @@ class PipelineParams(_Strict):
         return self.model_dump(mode="json", exclude_none=True, exclude=set(PROMOTION_FIELDS) | set(DATASET_FIELDS))
 
 
-def stage_configs(params: PipelineParams, *, split: str, runs: dict[str, str]) -> tuple[TrainConfig, UnfreezeConfig, EvalConfig]:
-    """Stage configs for one run; ``runs`` maps baseline/unfreeze/evaluate to output dirs."""
+#: The stages of a run, in order, each with its config model.
+STAGES = ("baseline", "unfreeze", "evaluate")
+
+
+def stage_config(params: PipelineParams, stage: str, *, split: str, out: str) -> RunConfig:
+    """The config of one stage of a run (``baseline``, ``unfreeze`` or ``evaluate``) writing to
+    ``out``: the run's shared settings, then the stage's own, then its ``*_set`` overrides."""
     common = {
         "data.root": params.data,
         "data.image_size": params.image_size,
@@ -658,45 +663,33 @@ def stage_configs(params: PipelineParams, *, split: str, runs: dict[str, str]) -
         "device": params.device,
         "seed": params.seed,
         "split": split,
+        "out": out,
     }
     trained = {
         "loss.name": params.loss, "augment.enabled": params.augment, "model.backbone": params.backbone,
         "model.weights": params.weights, "model.in_channels": params.in_channels,
     }
-    baseline = load_config(
-        TrainConfig,
-        sets=params.baseline_set,
-        overrides={
-            **common,
-            **trained,
-            "out": runs["baseline"],
-            "epochs": params.baseline_epochs,
-            "warmup_epochs": params.warmup_epochs,
+    if stage == "baseline":
+        return load_config(TrainConfig, sets=params.baseline_set, overrides={
+            **common, **trained, "epochs": params.baseline_epochs, "warmup_epochs": params.warmup_epochs,
             "optimizer.lr": params.baseline_lr,
-        },
-    )
-    unfreeze = load_config(
-        UnfreezeConfig,
-        sets=params.unfreeze_set,
-        overrides={
-            **common,
-            **trained,
-            "out": runs["unfreeze"],
-            "epochs": params.unfreeze_epochs,
-            "optimizer.lr": params.unfreeze_lr,
-        },
-    )
-    evaluation = load_config(
-        EvalConfig,
-        sets=params.evaluate_set,
-        overrides={
-            **common,
-            "out": runs["evaluate"],
-            "threshold_metric": params.threshold_metric,
-            "rank_metric": params.rank_metric,
-        },
-    )
-    return baseline, unfreeze, evaluation
+        })
+    if stage == "unfreeze":
+        return load_config(UnfreezeConfig, sets=params.unfreeze_set, overrides={
+            **common, **trained, "epochs": params.unfreeze_epochs, "optimizer.lr": params.unfreeze_lr,
+        })
+    if stage == "evaluate":
+        return load_config(EvalConfig, sets=params.evaluate_set, overrides={
+            **common, "threshold_metric": params.threshold_metric, "rank_metric": params.rank_metric,
+        })
+    raise ValueError(f"unknown stage {stage!r}; one of {', '.join(STAGES)}")
+
+
+def stage_configs(params: PipelineParams, *, split: str, runs: dict[str, str]) -> tuple[TrainConfig, UnfreezeConfig, EvalConfig]:
+    """Every stage's config for one run (what a submission checks up front); ``runs`` maps
+    baseline/unfreeze/evaluate to output dirs."""
+    baseline, unfreeze, evaluation = (stage_config(params, stage, split=split, out=runs[stage]) for stage in STAGES)
+    return baseline, unfreeze, evaluation  # type: ignore[return-value]
 
 
 def preprocess_config(params: PipelineParams) -> Any:
