@@ -38,7 +38,7 @@ def breasts(rng: np.random.Generator, separation: float, *, n: int = 400, cancer
 def test_rule_checks_its_parameters():
     with pytest.raises(ConfigError, match="rule"):
         PromotionRule(rule="vibes").check()
-    with pytest.raises(ConfigError, match="cannot be re-measured"):
+    with pytest.raises(ConfigError, match="the evaluator reports no such metric"):
         PromotionRule(metric="test.breast.loss").check()
     with pytest.raises(ConfigError, match="margin"):
         PromotionRule(margin=-0.1).check()

@@ -20,8 +20,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from mammo.config import lookup_metric, metric_mode
-from mammo.errors import ArtifactNotFoundError, ConfigError, MammoError
-from mammo.promotion import promotable_metrics, recheck
+from mammo.errors import ArtifactNotFoundError, MammoError
+from mammo.promotion import PromotionRule, recheck
 from mammo.storage import Manifest, ManifestEntry, join, production_model_uri, read_manifest
 from mammo.storage.layout import check_name
 from mammo.storage.lock import hold
@@ -41,22 +41,10 @@ log = logging.getLogger(__name__)
 
 
 def check_rule(metric: str, margin: float) -> None:
-    """The promotion rule is usable: ``metric`` is one the evaluator reports for every
-    candidate (``<split>.<level>.<metric>``, e.g. ``test.breast.auc``; the list comes from
-    the metric registry, ``mammo.promotion.promotable_metrics``) and ``margin`` is a finite number, not negative;
-    ConfigError otherwise. The pipeline's first step calls this too, so a typo fails before
-    hours of training, not after - and a name that is well-formed but measures nothing
-    (``test.breast.bogus``) cannot make every later promotion "undefined"."""
-    known = promotable_metrics()
-    if metric not in known:
-        levels = sorted({name.split(".", 2)[2] for name in known})
-        raise ConfigError(
-            f"promotion metric {metric!r}: the evaluator reports no such metric; use "
-            f"<split>.<level>.<metric> with split val|test, level image|breast and metric "
-            f"{'|'.join(levels)}, e.g. test.breast.auc"
-        )
-    if not isinstance(margin, (int, float)) or not 0 <= margin < float("inf"):
-        raise ConfigError(f"promotion margin {margin}: must be a finite number, 0 or more")
+    """The promoter's part of the promotion rule is usable (``mammo.promotion.PromotionRule.check``:
+    ``metric`` is one the evaluator reports for every candidate, ``margin`` a finite number,
+    not negative); ConfigError otherwise."""
+    PromotionRule(metric=metric, margin=margin).check()
 
 
 def production_manifest(store_uri: str, model_name: str) -> Manifest | None:

@@ -26,7 +26,6 @@ from mammo.storage import open_store
 from mammo.telemetry import Telemetry
 from mammo_components.artifacts import write_artifact_json
 from mammo_components.inputs import parse_params
-from mammo_components.promoter.entrypoint import check_rule
 from mammo_components.split_builder.entrypoint import COMPONENT, run
 
 #: Files of an installed package that make up its behaviour: code, report templates, presets.
@@ -95,7 +94,6 @@ def run_step(*, split: Any, dataset_uri: str, store_uri: str, code_version: str,
     setup_logging()
     started = time.monotonic()
     params = step_params(dataset_uri, values)
-    check_rule(params.promotion_metric, params.promotion_margin)
     PromotionRule(params.promotion_metric, params.promotion_rule, params.promotion_margin, params.promotion_min).check()
     training = params.training_values()
     result = run(dataset_uri=dataset_uri, store_uri=store_uri, params=training)

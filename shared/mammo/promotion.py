@@ -75,19 +75,19 @@ class PromotionRule:
         return self.metric.split(".", 2)[2]
 
     def check(self) -> None:
-        """A usable rule: known rule name, ``<split>.<level>.<metric>`` with a metric the
-        bootstrap computes, a finite margin of 0 or more; ConfigError otherwise."""
+        """A usable rule: known rule name, ``<split>.<level>.<metric>`` naming a figure the
+        evaluator reports for every candidate (``promotable_metrics``), a finite margin of 0 or
+        more, a finite floor; ConfigError otherwise. The pipeline's first step and the promoter
+        call this, so a typo fails before hours of training, not after."""
         if self.rule not in RULES:
             raise ConfigError(f"promotion rule {self.rule!r}: one of {', '.join(RULES)}")
-        parts = self.metric.split(".")
-        if len(parts) != 3 or parts[0] not in SPLITS or parts[1] not in LEVELS:
-            raise ConfigError(f"promotion metric {self.metric!r}: expected <split>.<level>.<metric>, e.g. test.breast.auc")
         if self.metric not in promotable_metrics():
             raise ConfigError(
-                f"promotion metric {self.metric!r}: {parts[2]} cannot be re-measured for both models; "
-                f"use one of {', '.join(m.name for m in metric_registry.headline())}"
+                f"promotion metric {self.metric!r}: the evaluator reports no such metric; use "
+                f"<split>.<level>.<metric> with split {'|'.join(SPLITS)}, level {'|'.join(LEVELS)} and metric "
+                f"{'|'.join(m.name for m in metric_registry.headline())}, e.g. test.breast.auc"
             )
-        if not 0 <= self.margin < float("inf"):
+        if isinstance(self.margin, bool) or not isinstance(self.margin, (int, float)) or not 0 <= self.margin < float("inf"):
             raise ConfigError(f"promotion margin {self.margin}: must be a finite number, 0 or more")
         if not -float("inf") < self.floor < float("inf"):
             raise ConfigError(f"promotion_min {self.floor}: must be a finite number")
