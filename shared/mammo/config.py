@@ -80,7 +80,8 @@ class DataConfig(_Strict):
         32, ge=1, le=65536, description="Global batch: split evenly across the processes of a distributed run."
     )
     workers: int = Field(4, ge=0, le=MAX_WORKERS, description="DataLoader worker processes per process (0 = main process).")
-    cache: str = Field(
+    # YAML 1.1 (configs, --set) reads a bare off as false: that is the documented "off".
+    cache: Annotated[str, BeforeValidator(lambda v: "off" if v is False else v)] = Field(
         "auto",
         description="Decoded-image cache: auto ($MAMMO_CACHE_DIR/decoded, else ~/.cache/mammo/decoded), "
         "off, or a directory. Each image is decoded once, then read back ~100x faster.",

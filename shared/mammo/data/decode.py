@@ -1,6 +1,7 @@
 """Decode one PNG into the uint8 grayscale tensor the training data path ships around.
 
-This is the only per-sample CPU work of the data path: read, decode (libpng via torchvision),
+This is the only per-sample CPU work of the data path: read, check the whole file
+(``png_check``: libpng must never see damaged bytes), decode (libpng via torchvision),
 scale 16-bit to 8-bit and resize only when the stored size differs. Everything else
 (augmentation, float conversion, normalisation) runs on whole batches on the training device.
 """
@@ -15,6 +16,7 @@ from torchvision.io import ImageReadMode, decode_png, read_file
 from torchvision.transforms.v2 import functional as TF
 
 from mammo.config import DEFAULT_MAX_PIXELS
+from mammo.data.png_check import checked_png
 from mammo.errors import DataError
 from mammo.imagesize import ImageSize, image_hw
 
@@ -51,7 +53,9 @@ def read_png(path: str, image_size: ImageSize, max_pixels: int = DEFAULT_MAX_PIX
                 f"{path}: {size[0]}x{size[1]} pixels is more than data.max_pixels ({max_pixels}); "
                 "not decoded (a decompression bomb, or not a mammogram export)"
             )
-        image = decode_png(data, mode=ImageReadMode.GRAY)
+        # Checked whole first: libpng's own error path crashes the process (png_check).
+        checked = checked_png(data.numpy().tobytes(), path)
+        image = decode_png(torch.frombuffer(bytearray(checked), dtype=torch.uint8), mode=ImageReadMode.GRAY)
     except RuntimeError as exc:
         raise DataError(f"{path}: not a readable PNG ({_reason(exc)})") from None
     if image.dtype != torch.uint8:
