@@ -119,6 +119,55 @@ def test_bad_files_fail_naming_the_file_or_are_skipped_and_listed(rsna: Path, tm
         preprocess(str(src), str(tmp_path / "out2"), OPTIONS)
 
 
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("where", ["a PNG dataset", "the parent of datasets"])
+def test_an_output_folder_holding_other_files_is_refused_untouched(
+    rsna: Path, tiny_dataset: Path, tmp_path: Path, where: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--out on an existing dataset (its PNGs and train.csv would be replaced or deleted) or on
+    the folder above datasets (a sibling's PNGs would be deleted): one line, nothing written."""
+    datasets = tmp_path / "datasets"
+    shutil.copytree(tiny_dataset, datasets / "base")
+    out = datasets / "base" if where == "a PNG dataset" else datasets
+    before = _snapshot(datasets)
+    assert main(["data", "dicom", "--in", str(rsna), "--out", str(out), "--image-size", "64x48"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--out {out}: already holds files this command did not write" in err
+    assert _snapshot(datasets) == before
+
+
+def test_an_output_folder_on_s3_holding_a_dataset_is_refused_untouched(rsna: Path, tiny_dataset: Path, s3_env) -> None:
+    from mammo import storage
+    from mammo.errors import ConfigError
+
+    storage.upload_dir(tiny_dataset, f"{s3_env.uri}/datasets/base")
+    before = storage.list_objects(s3_env.uri)
+    with pytest.raises(ConfigError, match="already holds files this command did not write"):
+        preprocess(str(rsna), f"{s3_env.uri}/datasets", OPTIONS)
+    assert storage.list_objects(s3_env.uri) == before
+
+
+def test_cleaning_its_own_output_never_touches_files_it_did_not_write(rsna: Path, tmp_path: Path) -> None:
+    """A rerun deletes the PNGs of sources that are gone (its own, listed in its manifest), not
+    a PNG or a note the user put into the folder since."""
+    src = _copy(rsna, tmp_path)
+    out = tmp_path / "out"
+    preprocess(str(src), str(out), OPTIONS)
+    (out / "extra").mkdir()
+    (out / "extra" / "mine.png").write_bytes(b"the user's")
+    (out / "notes.txt").write_text("the user's")
+    removed = sorted((src / "train_images").rglob("*.dcm"))[0]
+    removed.unlink()
+    table = pd.read_csv(src / "train.csv", dtype=str)
+    table[table["image_id"] != removed.stem].to_csv(src / "train.csv", index=False)
+    again = preprocess(str(src), str(out), OPTIONS)
+    assert again["removed"] == 1 and not (out / removed.parent.name / f"{removed.stem}.png").exists()
+    assert (out / "extra" / "mine.png").read_bytes() == b"the user's" and (out / "notes.txt").exists()
+
+
 def test_reruns_convert_only_new_or_changed_files(rsna: Path, tmp_path: Path) -> None:
     src = _copy(rsna, tmp_path)
     out = tmp_path / "out"

@@ -58,6 +58,9 @@ DICOM_SUFFIXES = (".dcm", ".dicom")
 TABLE_NAME = "train.csv"
 RECORD_NAME = "preprocess.json"
 STATE_DIR = ".preprocess"
+#: Written into an empty output folder before the first PNG: the folder is this command's
+#: until its first merge, whose manifest then says so (the marker is removed with the journals).
+CLAIM_NAME = "claimed.json"
 JOURNAL_SECONDS = 15.0
 #: Columns a table must have to name each row's file.
 ID_COLUMNS = ("patient_id", "image_id")
@@ -267,6 +270,34 @@ def _worker_init() -> None:
 
 
 # --- state: what earlier runs converted ---------------------------------------------------------
+
+
+def _preprocessor_manifest(out_uri: str) -> dict[str, Any] | None:
+    """The manifest at ``out_uri`` when a merge of this command wrote it, else None."""
+    manifest = _read_json(storage.join(out_uri, MANIFEST_NAME))
+    if isinstance(manifest, dict) and (manifest.get("metadata") or {}).get("component") == "preprocessor":
+        return manifest
+    return None
+
+
+def claim_output(out_uri: str, source_uri: str) -> None:
+    """Make sure ``out_uri`` is this command's to write and clean: an earlier output of it (its
+    manifest, or the claim of a run not merged yet), or empty, then claimed. A folder holding
+    anything else - another dataset, the parent of datasets, a bucket - is refused before a
+    single file is written: its files would be replaced or deleted."""
+    if _preprocessor_manifest(out_uri) is not None:
+        return
+    claim = storage.join(out_uri, STATE_DIR, CLAIM_NAME)
+    if storage.exists(claim):
+        return
+    state = storage.join(out_uri, STATE_DIR) + "/"
+    foreign = [uri for uri in storage.list_objects(out_uri) if not uri.startswith(state)]
+    if foreign:
+        raise ConfigError(
+            f"--out {out_uri}: already holds files this command did not write (e.g. {foreign[0]}, "
+            f"{len(foreign)} in all); choose an empty folder, or an earlier output of mammo data dicom"
+        )
+    storage.put_json({"source": source_uri, "claimed": datetime.now(timezone.utc).isoformat(timespec="seconds")}, claim)
 
 
 def _state_prefix(out_uri: str, digest: str) -> str:
@@ -503,6 +534,7 @@ def convert_shard(
     if missing and options.bad_files == "fail":
         first = missing[0]
         raise DataError(f"{_table_uri(source_uri, csv)}: row {first['row']}: image_id {first['image_id']}: {first['reason']}")
+    claim_output(out_uri, source_uri)
     mine = [job for job in jobs if shard_of(job.source.key, shards) == shard]
     previous, _, _ = load_state(out_uri, options)
     pngs = {relative_key(out_uri, uri) for uri in storage.list_objects(out_uri) if uri.endswith(".png")}
@@ -611,12 +643,17 @@ def merge(
     shard_results: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Write ``train.csv``, ``preprocess.json`` and the manifest (last) from the recorded
-    conversions; delete PNGs no row refers to any more and the journals."""
+    conversions; delete the PNGs this command wrote that no row refers to any more (never a
+    file it did not write), the journals and the claim."""
     source_uri, out_uri = _normalize(source), _normalize(out)
+    claim_output(out_uri, source_uri)
+    earlier = _preprocessor_manifest(out_uri)
     csv_uri = _table_uri(source_uri, csv)
     jobs, missing, table = plan_jobs(source_uri, csv_uri)
     digest = options.digest()
     records, bad, journals = load_state(out_uri, options)
+    # The PNGs this command wrote here: in its last manifest, or recorded by its runs since.
+    own = set((earlier or {}).get("objects", {})) | {str(rec["png"]) for rec in records.values() if "png" in rec}
     current = {job.source.key for job in jobs}
     records = {key: rec for key, rec in records.items() if key in current}
     bad = {key: reason for key, reason in bad.items() if key in current}
@@ -643,7 +680,7 @@ def merge(
     store = storage.open_store(out_uri)
     wanted = set(png_key(p, i) for p, i in zip(result_table["patient_id"], result_table["image_id"], strict=True))
     listed = {relative_key(out_uri, info.uri): info for info in store.list_info(out_uri)}
-    stale = [key for key in listed if key.endswith(".png") and key not in wanted and not key.startswith(".")]
+    stale = [key for key in listed if key in own and key.endswith(".png") and key not in wanted]
     entries: dict[str, ManifestEntry] = {}
     for rec in records.values():
         if rec["png"] in wanted:
@@ -681,6 +718,9 @@ def merge(
         store.delete(storage.join(out_uri, key))
     for uri in journals:
         store.delete(uri)
+    claim = storage.join(out_uri, STATE_DIR, CLAIM_NAME)
+    if store.exists(claim):
+        store.delete(claim)
     shards = shard_results or []
     return {
         **summary,
