@@ -141,3 +141,58 @@ def test_export_command_writes_export_and_program(trained, tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert code == 0 and result["program"]["max_abs_diff"] <= TOLERANCE
     assert load_export(tmp_path / "w.pt")["threshold"] == 0.25
+
+
+def _bytes(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_export_never_lands_on_its_input_a_checkpoint_or_production(trained, tmp_path, capsys):
+    """--out onto the production checkpoint, onto --model itself, or onto another training
+    checkpoint: one line each, nothing replaced. An earlier export is replaced (a rerun)."""
+    _, _, checkpoint = trained
+    store = tmp_path / "store"
+    prefix = store / "models" / "m" / "production"
+    storage.publish({"model-abc.pt": checkpoint}, str(prefix), metadata={"checkpoint": "model-abc.pt"})
+    other = tmp_path / "run" / "last.pt"
+    other.parent.mkdir()
+    shutil.copy(checkpoint, other)
+    model = tmp_path / "model.pt"
+    shutil.copy(checkpoint, model)
+    before = {**_bytes(store), **_bytes(tmp_path / "run"), "model": model.read_bytes()}
+    for out, says in ((prefix / "model-abc.pt", "is inside a production model folder"),
+                      (model, "is an input of this command"),
+                      (other, "exists and is not an earlier weights export")):
+        assert main(["export", "--model", str(model), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"--out {out}: {says}" in err
+    assert main(["export", "--model", str(model), "--out", str(tmp_path / "w.pt"), "--program", str(other)]) == 2
+    assert "--program" in capsys.readouterr().err
+    assert {**_bytes(store), **_bytes(tmp_path / "run"), "model": model.read_bytes()} == before
+    assert not (tmp_path / "w.pt").exists()
+    for _ in range(2):  # a rerun replaces its own earlier export
+        assert main(["export", "--model", str(model), "--out", str(tmp_path / "w.pt")]) == 0
+    capsys.readouterr()
+
+
+def test_predict_never_overwrites_its_table_or_a_user_s_file(trained, tmp_path, capsys):
+    data, _, checkpoint = trained
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    table = (copy / "train.csv").read_bytes()
+    note = tmp_path / "notes.csv"
+    note.write_text("a,b\n1,2\n")
+    common = ["predict", "--model", str(checkpoint), "--data", str(copy), "--device", "cpu", "--workers", "0", "--json"]
+    for out, says in ((copy / "train.csv", "is an input of this command"),
+                      (note, "exists and is not an earlier scores CSV"),
+                      (tmp_path / "notes_images.csv", None)):
+        if says is None:  # the image-level CSV beside --out would replace the note
+            note.rename(tmp_path / "notes_images.csv")
+            out, says = tmp_path / "notes.csv", "(its image-level CSV)"
+        assert main([*common, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and says in err
+    assert (copy / "train.csv").read_bytes() == table and (tmp_path / "notes_images.csv").read_text() == "a,b\n1,2\n"
+    for _ in range(2):  # a rerun replaces its own earlier scores
+        assert main([*common, "--out", str(tmp_path / "scores.csv")]) == 0
+    capsys.readouterr()

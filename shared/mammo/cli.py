@@ -260,10 +260,15 @@ def _cmd_predict(args: argparse.Namespace) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
-    from mammo.export import save_export, write_program
+    from mammo.export import is_export, is_program, save_export, write_program
+    from mammo.outputs import check_output
     from mammo.predict import resolve_model
 
     local_paths(args, "--out", "--program")
+    check_output(args.out, flag="--out", inputs=[args.model], what="weights export", ours=is_export)
+    if args.program:
+        check_output(args.program, flag="--program", inputs=[args.model, args.out], what="torch.export program",
+                     ours=is_program)
     model = resolve_model(args.model, args.workdir, args.threshold)
     export = {**model.export, "threshold": model.threshold}
     export["source"] = {**export.get("source", {}), "sha256": export.get("source", {}).get("sha256") or model.sha256}

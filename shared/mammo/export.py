@@ -121,6 +121,26 @@ def load_export(path: str | Path) -> dict[str, Any]:
     return payload
 
 
+def is_export(path: str | Path) -> bool:
+    """Whether ``path`` holds a weights export (an earlier ``mammo export`` may be replaced)."""
+    try:
+        load_export(path)
+    except CheckpointError:
+        return False
+    return True
+
+
+def is_program(path: str | Path) -> bool:
+    """Whether ``path`` holds a ``torch.export`` program archive (a zip with ``archive_format``)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("/archive_format") for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
 def load_model_file(path: str | Path) -> tuple[dict[str, Any], str]:
     """A checkpoint or an export, as an export-shaped dict, and which it was (``checkpoint`` or
     ``export``); threshold None for a checkpoint (it does not know the threshold its

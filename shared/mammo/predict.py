@@ -36,6 +36,7 @@ from mammo.data.table import validate_table
 from mammo.errors import ConfigError, DataError
 from mammo.imagesize import size_text
 from mammo.metrics import aggregate_breasts
+from mammo.outputs import check_output, csv_header
 from mammo.storage import MANIFEST_NAME
 
 log = logging.getLogger(__name__)
@@ -248,6 +249,22 @@ def images_path(out: str) -> str:
     return f"{head}/{stem}_images.csv" if head else f"{stem}_images.csv"
 
 
+def _inputs(model: str, data: str, table: str | None) -> list[str]:
+    """What predict reads, as locations an output must not land on: the model and, for a
+    local dataset, its tables."""
+    found = [model, data]
+    if not storage.is_remote(data) and Path(data).is_dir():
+        found += [str(Path(data) / name) for name in ("train.csv", "test.csv", table or "")]
+    elif table:
+        found.append(table)
+    return found
+
+
+def _earlier_scores(location: str) -> bool:
+    """An earlier output of predict: a CSV with its ``prob`` and ``flag`` columns."""
+    return {"prob", "flag"} <= set(csv_header(location))
+
+
 def _write_csv(frame: pd.DataFrame, out: str) -> None:
     if storage.is_remote(out):
         with tempfile.TemporaryDirectory(prefix="mammo-predict-") as tmp:
@@ -271,6 +288,8 @@ def run_predict(
     """Score ``data`` with ``model``; write the breast CSV to ``out`` and the image CSV beside
     it; return a summary (model, counts, flagged, where the files are)."""
     work = Path(workdir or Path(tempfile.gettempdir()) / "mammo-predict")
+    for location, flag in ((out, "--out"), (images_path(out), "--out (its image-level CSV)")):
+        check_output(location, flag=flag, inputs=_inputs(model, data, table), what="scores CSV", ours=_earlier_scores)
     chosen = resolve_model(model, work, threshold)
     csv = table_file(fetch_dataset(data, work), table)
     studies = read_studies(csv)
