@@ -205,3 +205,26 @@ def test_a_full_disk_while_checkpointing_is_one_line_naming_the_file_and_free_sp
     assert line.startswith(f"mammo: error: no space left on device writing {out / 'last.pt'} (")
     assert f"free of 8.0 MiB on {small_disk})" in line
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]  # no partial file left
+
+
+def test_what_a_run_killed_mid_write_left_is_removed_by_the_next_and_nothing_else(
+    dataset: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A SIGKILL while last.pt is written leaves its temporary copy (``.last.pt.<random>.tmp``,
+    as ``atomic_path`` names it); the resumed run removes it, and leaves files it does not
+    write alone."""
+    data, split = dataset
+    out = tmp_path / "run"
+    args = ["train", "--data", str(data), "--split", str(split), "--out", str(out), *TRAIN_ARGS,
+            "--batch-size", str(BATCH), "--set", "warmup_epochs=0"]
+    assert mammo_main([*args, "--epochs", "1"]) == 0
+    leftovers = [out / ".last.pt.k1ll3d00.tmp", out / ".history.json.x9y8z7w6.tmp", out / ".topk_epoch001.pt.abcdefgh.tmp"]
+    for leftover in leftovers:
+        leftover.write_bytes(b"half a checkpoint")
+    users = [out / ".notes.abc.tmp", out / "mine.pt", out / ".mine.pt.abc.tmp"]
+    for path in users:
+        path.write_bytes(b"the user's")
+    assert mammo_main([*args, "--epochs", "2", "--resume"]) == 0
+    assert not any(path.exists() for path in leftovers)
+    assert all(path.read_bytes() == b"the user's" for path in users)
+    assert len(json.loads((out / "history.json").read_text())) == 2

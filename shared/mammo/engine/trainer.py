@@ -22,6 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from mammo.config import PlateauConfig, TrainConfig, dump_config, lookup_metric, metric_mode
 from mammo.data.augment import BatchTransform
 from mammo.engine.checkpoint import (
+    BEST_CHECKPOINTS,
     FORMAT,
     LAST,
     CheckpointKeeper,
@@ -36,13 +37,16 @@ from mammo.engine.loop import EpochStats, Predictions, gather_predictions, predi
 from mammo.engine.runtime import Runtime, epoch_seed, runtime_for, seed_everything
 from mammo.errors import CheckpointError, DataError, TrainingError
 from mammo.losses import build_loss
-from mammo.storage.atomic import write_text_atomic
+from mammo.storage.atomic import remove_leftover_temps, write_text_atomic
 from mammo.jsonio import to_jsonable, write_json
 from mammo.metrics import evaluate_predictions, format_metric, headline
 
 log = logging.getLogger(__name__)
 
 EpochListener = Callable[[dict[str, Any]], None]
+#: The files a training run writes in its output folder (globs), whose half-written temporary
+#: copies a killed run leaves behind.
+OWN_FILES = ("config.yaml", "history.json", "summary.json", LAST, *BEST_CHECKPOINTS, "topk_epoch*.pt")
 
 
 def validation_metrics(rows: pd.DataFrame, preds: Predictions, how: str) -> dict[str, Any]:
@@ -151,6 +155,8 @@ class Trainer(ABC):
         self.model = model.to(device, memory_format=torch.channels_last)
         self.optimizer = self.build_optimizer(self.model)
         if runtime.is_main:
+            for tmp in remove_leftover_temps(self.out_dir, OWN_FILES):
+                log.info("%s: removed %s, left by a run killed while writing it", self.stage, tmp)
             write_text_atomic(self.out_dir / "config.yaml", dump_config(config))
         transform = BatchTransform(config.augment, config.model.in_channels).to(device)
         val_transform = BatchTransform(None, config.model.in_channels).to(device)

@@ -12,7 +12,7 @@ import functools
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
@@ -41,6 +41,20 @@ def _umask() -> int:
 def file_mode() -> int:
     """The mode of a newly created file: ``0666`` less the umask."""
     return 0o666 & ~_umask()
+
+
+def remove_leftover_temps(folder: str | Path, patterns: Iterable[str]) -> list[Path]:
+    """Delete the temporary files (``.<name>.<random>.tmp``) that ``atomic_path`` writes of
+    files matching ``patterns`` (globs such as ``last.pt``, ``topk_epoch*.pt``) left in
+    ``folder`` when their process was killed mid-write; returns them. They are this program's
+    own and never a finished file: call it before the command writes there again."""
+    removed = []
+    for pattern in patterns:
+        for tmp in sorted(Path(folder).glob(f".{pattern}.*{TEMP_SUFFIX}")):
+            if tmp.is_file():
+                tmp.unlink(missing_ok=True)
+                removed.append(tmp)
+    return removed
 
 
 @contextmanager
