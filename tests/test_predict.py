@@ -18,7 +18,7 @@ from mammo.cli import main
 from mammo.config import EvalConfig, TrainConfig, load_config
 from mammo.engine.baseline import train_baseline
 from mammo.engine.checkpoint import load_checkpoint, model_from_checkpoint
-from mammo.errors import IntegrityError
+from mammo.errors import ConfigError, IntegrityError
 from mammo.evaluate import run_evaluation
 from mammo.export import (
     TOLERANCE,
@@ -196,3 +196,22 @@ def test_predict_never_overwrites_its_table_or_a_user_s_file(trained, tmp_path, 
     for _ in range(2):  # a rerun replaces its own earlier scores
         assert main([*common, "--out", str(tmp_path / "scores.csv")]) == 0
     capsys.readouterr()
+
+
+@pytest.mark.parametrize("value", ["2", "nan", "-0.1", "inf"])
+def test_a_threshold_that_is_not_a_probability_is_refused(trained, tmp_path, capsys, value):
+    data, _, checkpoint = trained
+    for command in (["predict", "--data", str(data), "--out", str(tmp_path / "s.csv")],
+                    ["export", "--out", str(tmp_path / "w.pt")]):
+        assert main([*command, "--model", str(checkpoint), "--threshold", value]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"--threshold {float(value)!r}: must be a probability between 0 and 1" in err
+    assert not (tmp_path / "s.csv").exists() and not (tmp_path / "w.pt").exists()
+
+
+def test_a_recorded_threshold_that_is_not_a_probability_is_refused(trained, tmp_path):
+    _, _, checkpoint = trained
+    prefix = str(tmp_path / "store" / "models" / "m" / "production")
+    storage.publish({"model-abc.pt": checkpoint}, prefix, metadata={"checkpoint": "model-abc.pt", "threshold": "NaN"})
+    with pytest.raises(ConfigError, match="its recorded threshold 'NaN': must be a probability between 0 and 1"):
+        resolve_model(prefix, tmp_path / "work")

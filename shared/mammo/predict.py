@@ -130,10 +130,24 @@ def resolve_model(ref: str, workdir: str | Path | None = None, threshold: float 
             from mammo.storage.integrity import sha256_file
 
             sha = sha256_file(path)
-    chosen = threshold if threshold is not None else recorded
+    if threshold is not None:
+        chosen = _probability(threshold, "--threshold")
+    else:
+        chosen = None if recorded is None else _probability(recorded, f"{uri}: its recorded threshold")
     if chosen is None:
         log.warning("%s records no operating threshold: flags left empty (give --threshold)", ref)
-    return ScoringModel(export, uri, sha, kind, None if chosen is None else float(chosen))
+    return ScoringModel(export, uri, sha, kind, chosen)
+
+
+def _probability(value: Any, what: str) -> float:
+    """A threshold: a finite number in [0, 1] (a probability), or ``ConfigError`` naming it."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if isinstance(value, bool) or not 0.0 <= number <= 1.0:
+        raise ConfigError(f"{what} {value!r}: must be a probability between 0 and 1")
+    return number
 
 
 # --- data -----------------------------------------------------------------------------------
