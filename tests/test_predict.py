@@ -18,7 +18,7 @@ from mammo.cli import main
 from mammo.config import EvalConfig, TrainConfig, load_config
 from mammo.engine.baseline import train_baseline
 from mammo.engine.checkpoint import load_checkpoint, model_from_checkpoint
-from mammo.errors import ConfigError, IntegrityError
+from mammo.errors import CheckpointError, ConfigError, IntegrityError
 from mammo.evaluate import run_evaluation
 from mammo.export import (
     TOLERANCE,
@@ -215,3 +215,29 @@ def test_a_recorded_threshold_that_is_not_a_probability_is_refused(trained, tmp_
     storage.publish({"model-abc.pt": checkpoint}, prefix, metadata={"checkpoint": "model-abc.pt", "threshold": "NaN"})
     with pytest.raises(ConfigError, match="its recorded threshold 'NaN': must be a probability between 0 and 1"):
         resolve_model(prefix, tmp_path / "work")
+
+
+class _Payload:
+    """Unpickling this runs code: it would create the file named."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_checkpoint_carrying_code_is_refused_saying_why_and_the_code_never_runs(tmp_path, capsys):
+    from mammo.engine.checkpoint import load_checkpoint
+
+    marker = tmp_path / "ran"
+    hostile = tmp_path / "hostile.pt"
+    torch.save({"format": "mammo-checkpoint/1", "model": _Payload(marker)}, hostile)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(hostile)
+    message = str(err.value)
+    assert message.startswith(f"{hostile}: not a readable checkpoint (it holds Python objects a weights-only load refuses")
+    assert "it may carry code, so it is not loaded" in message and "weights_only` set to `False" not in message
+    assert main(["export", "--model", str(hostile), "--out", str(tmp_path / "w.pt")]) == 2
+    assert "it may carry code" in capsys.readouterr().err
+    assert not marker.exists()

@@ -30,7 +30,7 @@ import torch
 
 from mammo.data.augment import GRAY_MEAN, GRAY_STD, BatchTransform
 from mammo.engine.checkpoint import FORMAT as CHECKPOINT_FORMAT
-from mammo.engine.checkpoint import library_versions, load_checkpoint, model_from_checkpoint
+from mammo.engine.checkpoint import library_versions, load_checkpoint, load_failure, model_from_checkpoint
 from mammo.errors import CheckpointError
 from mammo.imagesize import image_hw, parse_image_size
 from mammo.storage.atomic import atomic_path
@@ -115,7 +115,7 @@ def load_export(path: str | Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for truncated/foreign files
-        raise CheckpointError(f"{path}: not a readable model file ({str(exc).strip().splitlines()[0][:200]})") from None
+        raise CheckpointError(f"{path}: not a readable model file ({load_failure(exc)})") from None
     if not isinstance(payload, dict) or payload.get("format") != EXPORT_FORMAT:
         raise CheckpointError(f"{path}: not a mammo weights export (expected format {EXPORT_FORMAT})")
     return payload

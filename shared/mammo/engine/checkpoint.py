@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import platform
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,24 @@ def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
         torch.save(payload, tmp)
 
 
+def load_failure(exc: BaseException) -> str:
+    """Why ``torch.load(..., weights_only=True)`` refused a file, in a few words. Its message
+    begins with advice to load again with ``weights_only=False`` - which would run whatever
+    code the file carries - so the line that names what was refused is said instead."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    refused = "it holds Python objects a weights-only load refuses{}; it may carry code, so it is not loaded"
+    for line in lines:
+        found = re.search(r"(?:unsupported GLOBAL|Unsupported global: GLOBAL) ([\w.]+)", line)
+        if found:
+            return refused.format(f" ({found.group(1)})")
+    for line in lines:
+        if line.startswith("WeightsUnpickler error"):
+            return line.removeprefix("WeightsUnpickler error:").strip()[:200]
+    if lines and lines[0].startswith("Weights only load failed"):
+        return refused.format("")
+    return (lines or [type(exc).__name__])[0][:200]
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load on CPU with ``weights_only=True``; a missing or foreign file is a one-line error."""
     path = Path(path)
@@ -60,10 +79,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for truncated/foreign files
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        unpickler = [line for line in lines if line.startswith("WeightsUnpickler error")]
-        reason = (unpickler or lines or [type(exc).__name__])[0]
-        raise CheckpointError(f"{path}: not a readable checkpoint ({reason[:200]})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({load_failure(exc)})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a mammo checkpoint (expected format {FORMAT})")
     return payload
