@@ -228,3 +228,32 @@ def test_what_a_run_killed_mid_write_left_is_removed_by_the_next_and_nothing_els
     assert not any(path.exists() for path in leftovers)
     assert all(path.read_bytes() == b"the user's" for path in users)
     assert len(json.loads((out / "history.json").read_text())) == 2
+
+
+@pytest.mark.slow  # a real process receiving a real signal
+def test_sigterm_stops_training_with_exit_143_a_line_and_no_half_written_file(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    """A pod being stopped gets SIGTERM: the trainer says so in one line and exits 143 (128 +
+    15), like Ctrl-C's 130, and no temporary file is left; before, it died silently."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data, split = dataset
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "mammo.cli", "train", "--data", str(data), "--split", str(split), "--out", str(out),
+               *TRAIN_ARGS, "--batch-size", str(BATCH), "--epochs", "100000", "--set", "warmup_epochs=0",
+               "--set", "early_stopping.patience=100000"]
+    trainer = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    try:
+        while not (out / "history.json").exists():  # training is under way
+            assert trainer.poll() is None, trainer.stderr.read() if trainer.stderr else ""
+            time.sleep(0.1)
+        trainer.send_signal(signal.SIGTERM)
+        _, err = trainer.communicate(timeout=120)
+    finally:
+        trainer.kill()
+    assert trainer.returncode == 143, err[-2000:]
+    assert err.strip().splitlines()[-1] == "mammo: terminated (SIGTERM); files being written were discarded"
+    assert not list(out.glob(".*.tmp"))

@@ -10,8 +10,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from importlib import import_module
 
 from mammo.errors import MammoError
@@ -41,19 +44,46 @@ def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=level, format=fmt, datefmt="%H:%M:%S")
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived (a pod being stopped, ``kill``): unwind like Ctrl-C, so that files being
+    written are removed whole and the process says why it stopped."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+@contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """While the command runs, SIGTERM raises ``Terminated`` - only in the main thread and only
+    where nobody (a launcher, a test harness) installed a handler of their own."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def run_guarded(call: Callable[[], int | None]) -> int:
     """Run a command; a user mistake (``MammoError``) becomes one line on stderr and its exit
-    code, Ctrl-C exit 130. Shared by every ``mammo`` command family."""
+    code, Ctrl-C exit 130, SIGTERM exit 143 with a line. Shared by every ``mammo`` command family."""
+    rank = worker_rank()
+    where = "" if rank is None else f"rank {rank}: "
     try:
-        return int(call() or 0)
+        with _sigterm_unwinds():
+            return int(call() or 0)
     except MammoError as err:
-        rank = worker_rank()
-        where = "" if rank is None else f"rank {rank}: "
         print(f"mammo: error: {where}{err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
-        print("mammo: interrupted", file=sys.stderr)
+        print(f"mammo: {where}interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"mammo: {where}terminated (SIGTERM); files being written were discarded", file=sys.stderr)
+        return 143
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:
