@@ -257,3 +257,66 @@ def test_sigterm_stops_training_with_exit_143_a_line_and_no_half_written_file(da
     assert trainer.returncode == 143, err[-2000:]
     assert err.strip().splitlines()[-1] == "mammo: terminated (SIGTERM); files being written were discarded"
     assert not list(out.glob(".*.tmp"))
+
+
+def _trained(dataset: tuple[Path, Path], out: Path) -> list[str]:
+    data, split = dataset
+    args = ["train", "--data", str(data), "--split", str(split), "--out", str(out), *TRAIN_ARGS,
+            "--batch-size", str(BATCH), "--set", "warmup_epochs=0"]
+    assert mammo_main([*args, "--epochs", "1"]) == 0
+    return args
+
+
+@pytest.mark.parametrize(("change", "says"), [
+    (lambda p: p.pop("model"), "not a mammo checkpoint (no model weights"),
+    (lambda p: p.update(model={"fc.weight": "not a tensor"}), "not a mammo checkpoint (no model weights"),
+    (lambda p: p["model_config"].update(backbone="resnet9000"), "its model_config is not valid (model_config: backbone"),
+    (lambda p: p.update(model_config="tinynet"), "not a mammo checkpoint (no valid 'model_config')"),
+    (lambda p: p.update(image_size=0), "its recorded image size 0"),
+    (lambda p: p.update(image_size=60000), "its recorded image size 60000"),
+    (lambda p: p.update(image_size="big"), "its recorded image size 'big'"),
+    (lambda p: p.pop("optimizer"), "holds no 'optimizer', so training cannot resume from it"),
+], ids=["no-model", "model-not-tensors", "unknown-backbone", "config-not-a-dict", "size-0", "size-60000", "size-text",
+        "no-optimizer"])
+def test_a_malformed_checkpoint_is_one_line_in_every_command(
+    dataset: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], change, says: str
+) -> None:
+    """Checkpoints that unpickle but are malformed: one line naming the file and what is wrong
+    in train --resume, evaluate, predict and export, never a traceback."""
+    data, split = dataset
+    out = tmp_path / "run"
+    args = _trained(dataset, out)
+    payload = torch.load(out / "last.pt", weights_only=True)
+    change(payload)
+    torch.save(payload, out / "last.pt")
+    capsys.readouterr()
+    commands = [[*args, "--epochs", "2", "--resume"]]
+    if "resume" not in says:
+        commands += [
+            ["evaluate", "--data", str(data), "--split", str(split), "--out", str(tmp_path / "eval"),
+             "--checkpoint", str(out / "last.pt"), "--workers", "0", "--device", "cpu"],
+            ["predict", "--model", str(out / "last.pt"), "--data", str(data), "--out", str(tmp_path / "s.csv"),
+             "--workers", "0", "--device", "cpu"],
+            ["export", "--model", str(out / "last.pt"), "--out", str(tmp_path / "w.pt")],
+        ]
+    for command in commands:
+        assert mammo_main(command) == 2, command[0]
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{out / 'last.pt'}: " in err and says in err, (command[0], err)
+
+
+@pytest.mark.parametrize(("flag", "value", "says"), [
+    ("--image-size", "40", "trained at 32 px, not the 40 asked for"),
+    ("--backbone", "resnet18", "a tinynet checkpoint, not resnet18"),
+])
+def test_resume_with_another_size_or_backbone_is_refused(
+    dataset: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str, says: str
+) -> None:
+    out = tmp_path / "run"
+    args = _trained(dataset, out)
+    before = (out / "last.pt").read_bytes()
+    capsys.readouterr()
+    assert mammo_main([*args, "--epochs", "2", "--resume", flag, value]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and says in err
+    assert (out / "last.pt").read_bytes() == before

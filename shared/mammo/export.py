@@ -30,7 +30,7 @@ import torch
 
 from mammo.data.augment import GRAY_MEAN, GRAY_STD, BatchTransform
 from mammo.engine.checkpoint import FORMAT as CHECKPOINT_FORMAT
-from mammo.engine.checkpoint import library_versions, load_checkpoint, load_failure, model_from_checkpoint
+from mammo.engine.checkpoint import check_payload, library_versions, load_checkpoint, load_failure, model_from_checkpoint
 from mammo.errors import CheckpointError
 from mammo.imagesize import image_hw, parse_image_size
 from mammo.storage.atomic import atomic_path
@@ -90,7 +90,7 @@ def write_export(
 ) -> dict[str, Any]:
     """Write the export of the checkpoint at ``checkpoint_path``; returns its path, size and
     sha256."""
-    checkpoint = load_checkpoint(checkpoint_path)
+    checkpoint = load_checkpoint(checkpoint_path, needs=("image_size",))
     payload = export_payload(
         checkpoint, threshold=threshold, breast_aggregation=breast_aggregation,
         source_sha256=source_sha256 or sha256_file(checkpoint_path),
@@ -118,6 +118,7 @@ def load_export(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not a readable model file ({load_failure(exc)})") from None
     if not isinstance(payload, dict) or payload.get("format") != EXPORT_FORMAT:
         raise CheckpointError(f"{path}: not a mammo weights export (expected format {EXPORT_FORMAT})")
+    check_payload(payload, str(path), ("image_size",))
     return payload
 
 
@@ -151,8 +152,10 @@ def load_model_file(path: str | Path) -> tuple[dict[str, Any], str]:
     except Exception:  # reported below with the checkpoint loader's one-line message
         payload = None
     if isinstance(payload, dict) and payload.get("format") == EXPORT_FORMAT:
+        check_payload(payload, str(path), ("image_size",))
         return payload, "export"
     if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
+        check_payload(payload, str(path), ("image_size",))
         return export_payload(payload, threshold=None), "checkpoint"
     load_checkpoint(path)  # raises the one-line error naming what is wrong
     raise CheckpointError(f"{path}: neither a mammo checkpoint nor a weights export")

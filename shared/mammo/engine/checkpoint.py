@@ -16,10 +16,12 @@ from typing import Any
 
 import torch
 import torchvision
+from pydantic import ValidationError
 
 from mammo import __version__
-from mammo.config import ModelConfig, lookup_metric, metric_mode
+from mammo.config import ModelConfig, format_validation_error, lookup_metric, metric_mode
 from mammo.errors import CheckpointError
+from mammo.imagesize import parse_image_size
 from mammo.storage.atomic import atomic_path, link_or_copy
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,11 @@ def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
         torch.save(payload, tmp)
 
 
+#: What readers of a checkpoint use besides the weights: its stage and epoch (evaluation's
+#: log, the export's provenance) and the input size it was trained at.
+RECORDED = ("stage", "epoch", "image_size")
+
+
 def load_failure(exc: BaseException) -> str:
     """Why ``torch.load(..., weights_only=True)`` refused a file, in a few words. Its message
     begins with advice to load again with ``weights_only=False`` - which would run whatever
@@ -71,8 +78,9 @@ def load_failure(exc: BaseException) -> str:
     return (lines or [type(exc).__name__])[0][:200]
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load on CPU with ``weights_only=True``; a missing or foreign file is a one-line error."""
+def load_checkpoint(path: str | Path, needs: tuple[str, ...] = RECORDED) -> dict[str, Any]:
+    """Load on CPU with ``weights_only=True``; a missing, foreign or malformed file (its weights,
+    its model config, the ``needs`` of ``RECORDED``) is a one-line error."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -82,7 +90,30 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not a readable checkpoint ({load_failure(exc)})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a mammo checkpoint (expected format {FORMAT})")
+    check_payload(payload, str(path), needs)
     return payload
+
+
+def check_payload(payload: dict[str, Any], source: str, needs: tuple[str, ...] = ()) -> None:
+    """The parts readers rely on are there and sound - the weights (a state dict of tensors),
+    the model's config and those of ``RECORDED`` named in ``needs`` - so a malformed file is
+    one line naming what is wrong, not a traceback in whichever command meets it first."""
+    weights = payload.get("model")
+    if not isinstance(weights, dict) or not weights or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise CheckpointError(f"{source}: not a mammo checkpoint (no model weights: 'model' is not a state dict)")
+    kinds = {"stage": str, "epoch": int, "model_config": dict}
+    for key in (*(k for k in needs if k in kinds), "model_config"):
+        if not isinstance(payload.get(key), kinds[key]) or isinstance(payload.get(key), bool):
+            raise CheckpointError(f"{source}: not a mammo checkpoint (no valid {key!r})")
+    try:
+        ModelConfig.model_validate({**payload["model_config"], "weights": None})
+    except ValidationError as err:
+        raise CheckpointError(f"{source}: its model_config is not valid ({format_validation_error(err, 'model_config')})") from None
+    if "image_size" in needs:
+        try:
+            parse_image_size(payload.get("image_size"))
+        except ValueError as err:
+            raise CheckpointError(f"{source}: its recorded {err}") from None
 
 
 def model_from_checkpoint(payload: dict[str, Any], source: str = "checkpoint") -> torch.nn.Module:

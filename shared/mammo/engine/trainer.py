@@ -36,6 +36,7 @@ from mammo.engine.early_stopping import EarlyStopping
 from mammo.engine.loop import EpochStats, Predictions, gather_predictions, predict, reduce_stats, train_one_epoch
 from mammo.engine.runtime import Runtime, epoch_seed, runtime_for, seed_everything
 from mammo.errors import CheckpointError, DataError, TrainingError
+from mammo.imagesize import image_hw, size_text
 from mammo.losses import build_loss
 from mammo.storage.atomic import remove_leftover_temps, write_text_atomic
 from mammo.jsonio import to_jsonable, write_json
@@ -46,6 +47,8 @@ log = logging.getLogger(__name__)
 EpochListener = Callable[[dict[str, Any]], None]
 #: The files a training run writes in its output folder (globs), whose half-written temporary
 #: copies a killed run leaves behind.
+#: What ``last.pt`` holds beyond the weights, for a resumed run to go on exactly.
+RESUME_KEYS = ("schedule", "optimizer", "scaler", "trainer", "history", "stopped_early", "split_fingerprint", "image_size")
 OWN_FILES = ("config.yaml", "history.json", "summary.json", LAST, *BEST_CHECKPOINTS, "topk_epoch*.pt")
 
 
@@ -170,8 +173,11 @@ class Trainer(ABC):
         if resume:
             state = self._resume()
             if state is not None:
-                keeper.load_state_dict(state["trainer"]["keeper"])
-                stopper.load_state_dict(state["trainer"]["early_stopping"])
+                try:
+                    keeper.load_state_dict(state["trainer"]["keeper"])
+                    stopper.load_state_dict(state["trainer"]["early_stopping"])
+                except (KeyError, TypeError, ValueError) as exc:
+                    raise CheckpointError(f"{self.out_dir / LAST}: its trainer state is not readable ({exc!r:.200})") from None
                 history = list(state["history"])
                 first_epoch = int(state["epoch"]) + 1
                 if state["stopped_early"] or state["epoch"] >= config.epochs:
@@ -312,14 +318,33 @@ class Trainer(ABC):
         if state is None:
             log.info("%s: nothing to resume in %s, starting from epoch 1", self.stage, self.out_dir)
             return None
+        missing = [key for key in RESUME_KEYS if key not in state]
+        if missing:
+            raise CheckpointError(f"{path}: holds no {missing[0]!r}, so training cannot resume from it")
         if state["stage"] != self.stage:
             raise CheckpointError(f"{path}: written by stage {state['stage']!r}, cannot resume {self.stage!r}")
         if state["split_fingerprint"] != self.data.fingerprint:
             raise CheckpointError(f"{path}: trained on a different split; start over in a new output location")
-        self.model.load_state_dict(state["model"])
-        self.load_schedule_state(state["schedule"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.precision.scaler.load_state_dict(state["scaler"])
+        trained = image_hw(state["image_size"])
+        if trained != image_hw(self.config.data.image_size):
+            raise CheckpointError(
+                f"{path}: trained at {size_text(state['image_size'])} px, not the {size_text(self.config.data.image_size)} "
+                "asked for; resume with its size, or start over in a new output location"
+            )
+        backbone = state["model_config"].get("backbone")
+        if backbone != self.config.model.backbone:
+            raise CheckpointError(
+                f"{path}: a {backbone} checkpoint, not {self.config.model.backbone}; resume with its backbone, or start "
+                "over in a new output location"
+            )
+        try:
+            self.model.load_state_dict(state["model"])
+            self.load_schedule_state(state["schedule"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.precision.scaler.load_state_dict(state["scaler"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise CheckpointError(f"{path}: its state does not fit this run ({first[:200]})") from None
         log.info("%s: resuming %s after epoch %d", self.stage, self.out_dir, state["epoch"])
         return state
 

@@ -44,7 +44,7 @@ class UnfreezeTrainer(Trainer):
 
     def build_model(self) -> torch.nn.Module:
         init = require(self.config.init, "--init (init)")
-        payload = load_checkpoint(init)
+        payload = load_checkpoint(init, needs=())  # the weights and their model: the rest is this run's
         model = model_from_checkpoint(payload, source=str(init))
         if payload["model_config"] != self.config.model.model_dump(mode="json"):
             log.info("unfreeze: using the model of %s (%s)", init, payload["model_config"])
