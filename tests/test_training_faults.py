@@ -276,8 +276,9 @@ def _trained(dataset: tuple[Path, Path], out: Path) -> list[str]:
     (lambda p: p.update(image_size=60000), "its recorded image size 60000"),
     (lambda p: p.update(image_size="big"), "its recorded image size 'big'"),
     (lambda p: p.pop("optimizer"), "holds no 'optimizer', so training cannot resume from it"),
+    (lambda p: p["model"]["fc.weight"].fill_(float("nan")), "its weights hold NaN or infinite values (fc.weight)"),
 ], ids=["no-model", "model-not-tensors", "unknown-backbone", "config-not-a-dict", "size-0", "size-60000", "size-text",
-        "no-optimizer"])
+        "no-optimizer", "nan-weights"])
 def test_a_malformed_checkpoint_is_one_line_in_every_command(
     dataset: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], change, says: str
 ) -> None:

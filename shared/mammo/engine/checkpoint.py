@@ -101,6 +101,9 @@ def check_payload(payload: dict[str, Any], source: str, needs: tuple[str, ...] =
     weights = payload.get("model")
     if not isinstance(weights, dict) or not weights or not all(isinstance(v, torch.Tensor) for v in weights.values()):
         raise CheckpointError(f"{source}: not a mammo checkpoint (no model weights: 'model' is not a state dict)")
+    broken = next((name for name, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    if broken is not None:
+        raise CheckpointError(f"{source}: its weights hold NaN or infinite values ({broken}): a diverged model scores nothing")
     kinds = {"stage": str, "epoch": int, "model_config": dict}
     for key in (*(k for k in needs if k in kinds), "model_config"):
         if not isinstance(payload.get(key), kinds[key]) or isinstance(payload.get(key), bool):
