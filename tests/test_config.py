@@ -183,6 +183,8 @@ def test_pipeline_params_are_bounded_too():
         (b"a: [1, 2\n", r"not valid YAML at line 2, column 1 \(ParserError\)"),
         (b"epochs: 3\n" + b"#" * (1024 * 1024), "larger than 1024 KiB; not a config file"),
         (b"\xef\xbb\xbfepochs: 3\n", None),  # a UTF-8 BOM is fine
+        (b"epochs: 3\noptimizer:\n  lr: 0.1\nepochs: 9\n", r"line 4: key 'epochs' appears twice"),
+        (b"optimizer:\n  lr: 0.1\n  lr: 0.2\n", r"line 3: key 'lr' appears twice"),
     ],
 )
 def test_config_files_that_are_not_text_or_not_yaml(tmp_path, content, message):

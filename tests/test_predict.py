@@ -241,3 +241,19 @@ def test_a_checkpoint_carrying_code_is_refused_saying_why_and_the_code_never_run
     assert main(["export", "--model", str(hostile), "--out", str(tmp_path / "w.pt")]) == 2
     assert "it may carry code" in capsys.readouterr().err
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("column", ["prob", "breast_id", "split"])
+def test_an_input_column_predict_writes_is_refused(trained, tmp_path, capsys, column):
+    """Its two CSVs join on breast_id and carry prob: an input bringing its own would leak in."""
+    data, _, checkpoint = trained
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    table = pd.read_csv(copy / "train.csv", dtype=str)
+    table[column] = "x"
+    table.to_csv(copy / "train.csv", index=False)
+    assert main(["predict", "--model", str(checkpoint), "--data", str(copy), "--out", str(tmp_path / "s.csv"),
+                 "--workers", "0", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"column '{column}' is one predict writes" in err
+    assert not (tmp_path / "s.csv").exists()

@@ -42,6 +42,9 @@ def test_valid_table_keeps_every_column_and_string_ids(tmp_path):
         ("patient_id,image_id,laterality,cancer\n1,10,L,0\n2,11,R,0\n2,10,R,1\n",
          "row 4: duplicate image_id 10 (first seen in row 2)"),
         ("patient_id,image_id,laterality,cancer\n1,10,L,0\n,11,R,0\n", "row 3: empty patient_id"),
+        ("patient_id,image_id,laterality,cancer,cancer\n1,10,L,0,1\n", "column 'cancer' appears 2 times in the header"),
+        ("patient_id,image_id,laterality,cancer\n1,10,L,0\n1,11,L,1\n",
+         "row 2: breast 1_L has images labelled cancer 0 and 1 (row 3); a breast has one label"),
     ],
 )
 def test_bad_tables_name_the_file_and_row(tmp_path, body, message):
@@ -49,6 +52,13 @@ def test_bad_tables_name_the_file_and_row(tmp_path, body, message):
     with pytest.raises(DataError) as err:
         read_table(tmp_path)
     assert str(err.value) == f"{path}: {message}"
+
+
+def test_ids_that_pandas_would_read_as_missing_are_ids(tmp_path):
+    write(tmp_path, "patient_id,image_id,laterality,cancer,age\nNA,null,L,0,\nNone,NaN,R,0,61\n")
+    table = read_table(tmp_path)
+    assert table["patient_id"].tolist() == ["NA", "None"] and table["image_id"].tolist() == ["null", "NaN"]
+    assert table["age"].isna().tolist() == [True, False]  # other columns keep missing values
 
 
 def test_missing_empty_and_unreadable_files(tmp_path):

@@ -384,6 +384,31 @@ class StatsConfig(_Strict):
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key written twice in one mapping (PyYAML keeps the last
+    silently: a config whose second ``epochs:`` wins is a mistake the user should see)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise DuplicateKeyError(key, key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    def __init__(self, key: Any, mark: Any) -> None:
+        super().__init__(f"key {key!r} appears twice")
+        self.key, self.problem_mark = key, mark
+
+
+def load_yaml(text: str) -> Any:
+    """Safe YAML, with every key of a mapping written once."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def parse_value(text: str) -> Any:
     """Parse a ``--set`` value as YAML so numbers, booleans, null and lists get their types."""
     try:
@@ -459,7 +484,9 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     try:
         if _flow_depth(text) > MAX_CONFIG_DEPTH:  # fails fast; the parser would recurse that deep
             raise RecursionError
-        loaded = yaml.safe_load(text)
+        loaded = load_yaml(text)
+    except DuplicateKeyError as exc:
+        raise ConfigError(f"{path}: line {exc.problem_mark.line + 1}: key {exc.key!r} appears twice") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

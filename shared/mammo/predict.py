@@ -32,7 +32,7 @@ import pandas as pd
 from mammo import storage
 from mammo.config import EvalConfig, load_config
 from mammo.data.layout import resolve_image_paths
-from mammo.data.table import validate_table
+from mammo.data.table import load_csv, validate_table
 from mammo.errors import ConfigError, DataError
 from mammo.imagesize import size_text
 from mammo.metrics import aggregate_breasts
@@ -174,15 +174,17 @@ def table_file(data: str | Path, table: str | None = None) -> Path:
     return present[0]
 
 
+#: Columns predict adds to its outputs; an input table must not bring its own.
+OUTPUT_COLUMNS = ("breast_id", "split", "prob", "flag", "threshold", "label", "n_images")
+
+
 def read_studies(csv: str | Path) -> pd.DataFrame:
     """The table to score, validated like a training table except that ``cancer`` is optional."""
     path = Path(csv)
-    try:
-        table = pd.read_csv(path, dtype={c: str for c in ("patient_id", "image_id", "laterality", "cancer")})
-    except pd.errors.EmptyDataError:
-        raise DataError(f"{path}: file is empty") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not a readable CSV ({str(exc).splitlines()[0]})") from None
+    table = load_csv(path)
+    written = [c for c in table.columns if c in OUTPUT_COLUMNS]
+    if written:
+        raise DataError(f"{path}: column {written[0]!r} is one predict writes (its outputs join on them); rename it")
     labelled = "cancer" in table.columns
     validate_table(table if labelled else table.assign(cancer="0"), str(path))
     for column in ("patient_id", "image_id", "laterality"):

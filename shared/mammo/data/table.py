@@ -63,19 +63,22 @@ def _parse_problem(path: Path, exc: Exception) -> str:
     return re.sub(r"^Error tokenizing data\. C error: ", "", text)[:200]
 
 
-def read_table(root: str | Path) -> pd.DataFrame:
-    """Load and validate the table; raise ``DataError`` naming the file and row on bad input."""
-    path = table_path(root)
-    if not path.is_file():
-        raise DataError(f"{path}: dataset table not found")
+def load_csv(path: Path, text_columns: tuple[str, ...] = REQUIRED_COLUMNS) -> pd.DataFrame:
+    """A table CSV as written: ``text_columns`` as text, ids exactly as in the file (``NA``,
+    ``null`` or ``None`` are ids, not missing values), a header without repeated names;
+    ``DataError`` naming the file (and the row where it can) otherwise."""
     try:
         # Required columns as text: ids keep leading zeros, and errors quote the value as written.
         # index_col=False: rows longer than the header are an error, never a silent row index.
         with warnings.catch_warnings():
             warnings.simplefilter("error", pd.errors.ParserWarning)
             table = pd.read_csv(
-                path, dtype={c: str for c in REQUIRED_COLUMNS}, index_col=False, encoding="utf-8-sig"
+                path, dtype={c: str for c in text_columns}, index_col=False, encoding="utf-8-sig"
             )
+            ids = [c for c in ("patient_id", "image_id") if c in table.columns]
+            if ids:  # pandas' default missing-value words (NA, null, None, ...) are ids here
+                table[ids] = pd.read_csv(path, usecols=ids, dtype=str, keep_default_na=False, na_values=[""],
+                                         index_col=False, encoding="utf-8-sig")[ids]
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: file is empty") from None
     except UnicodeDecodeError as exc:
@@ -85,6 +88,20 @@ def read_table(root: str | Path) -> pd.DataFrame:
         ) from None
     except (pd.errors.ParserError, pd.errors.ParserWarning, ValueError, OverflowError) as exc:
         raise DataError(f"{path}: not a readable CSV ({_parse_problem(path, exc)})") from None
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        header = [name.strip() for name in next(csv.reader(handle), [])]
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise DataError(f"{path}: column {repeated[0]!r} appears {header.count(repeated[0])} times in the header")
+    return table
+
+
+def read_table(root: str | Path) -> pd.DataFrame:
+    """Load and validate the table; raise ``DataError`` naming the file and row on bad input."""
+    path = table_path(root)
+    if not path.is_file():
+        raise DataError(f"{path}: dataset table not found")
+    table = load_csv(path)
     validate_table(table, str(path))
     table["patient_id"] = table["patient_id"].str.strip()
     table["image_id"] = table["image_id"].str.strip()
@@ -136,6 +153,16 @@ def validate_table(table: pd.DataFrame, source: str) -> None:
         first = int(ids[ids == ids.iloc[i]].index[0])
         raise DataError(
             f"{source}: row {_row(i)}: duplicate image_id {ids.iloc[i]} (first seen in row {_row(first)})"
+        )
+    # A breast has one label: its images disagreeing is a mistake in the table, not a max to take.
+    breast = table["patient_id"].astype(str).str.strip() + "_" + side
+    mixed = labels.groupby(breast).transform("nunique") > 1
+    if mixed.any():
+        i = int(mixed.idxmax())
+        other = int(breast[(breast == breast.iloc[i]) & (labels != labels.iloc[i])].index[0])
+        raise DataError(
+            f"{source}: row {_row(i)}: breast {breast.iloc[i]} has images labelled cancer {int(labels.iloc[i])} "
+            f"and {int(labels.iloc[other])} (row {_row(other)}); a breast has one label"
         )
 
 
