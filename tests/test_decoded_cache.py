@@ -65,6 +65,35 @@ def test_every_part_of_the_key_makes_another_cache(paths: list[str], tmp_path: P
     assert open_cache(tmp_path, paths, SIZE).info.folder != base  # decoder version
 
 
+def test_an_image_replaced_with_its_size_and_mtime_kept_is_decoded_again(paths: list[str], tmp_path: Path) -> None:
+    """``cp -p`` / ``rsync -a`` of another image of the same byte size over one of the dataset:
+    size and mtime are what they were, the pixels are not."""
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    # Stored (uncompressed) PNGs: the byte size depends on the dimensions only.
+    pixels = [np.asarray(Image.open(path)) for path in paths[:2]]
+    copies = [tmp_path / f"{i}.png" for i in range(2)]
+    for array, copy in zip(pixels, copies):
+        Image.fromarray(array).save(copy, compress_level=0)
+    rows = [str(c) for c in copies]
+    cache = open_cache(tmp_path / "c", rows, SIZE)
+    _fill(cache, rows)
+    before = cache.get(0, lambda: read_png(rows[0], SIZE[0]))
+    stat = copies[0].stat()
+    replacement = tmp_path / "other.png"
+    Image.fromarray(pixels[0][::-1].copy()).save(replacement, compress_level=0)  # upside down
+    shutil.copyfile(replacement, copies[0])
+    os.utime(copies[0], ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert (copies[0].stat().st_size, copies[0].stat().st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+    again = open_cache(tmp_path / "c", rows, SIZE)
+    assert again.info.folder != cache.info.folder
+    decoded = again.get(0, lambda: read_png(rows[0], SIZE[0]))
+    assert torch.equal(decoded, read_png(rows[0], SIZE[0])) and not torch.equal(decoded, before)
+
+
 def test_a_torn_write_is_never_read(paths: list[str], tmp_path: Path) -> None:
     cache = open_cache(tmp_path, paths, SIZE)
     pixels, state, crc = cache._open()

@@ -61,15 +61,17 @@ def decoder_version() -> str:
 
 
 def cache_key(paths: Sequence[str], size: tuple[int, int]) -> str:
-    """Digest of the rows (in order), each source file's name, size and mtime, the input size
-    and the decoder version; a missing file is a one-line ``DataError``."""
+    """Digest of the rows (in order), each source file's name, size, mtime, inode and ctime,
+    the input size and the decoder version; a missing file is a one-line ``DataError``. The
+    inode and ctime catch a file replaced by another of the same size with its mtime kept
+    (``cp -p``, ``rsync -a``, ``touch -r``): no one can set a ctime."""
     digest = hashlib.sha256(json.dumps([list(size), decoder_version()]).encode())
     for path in paths:
         try:
             stat = os.stat(path)
         except OSError as exc:
             raise DataError(f"{path}: cannot read ({exc.strerror or exc.__class__.__name__})") from None
-        digest.update(f"{os.path.abspath(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        digest.update(f"{os.path.abspath(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\0{stat.st_ino}\0{stat.st_ctime_ns}\n".encode())
     return digest.hexdigest()[:24]
 
 
