@@ -321,3 +321,27 @@ def test_resume_with_another_size_or_backbone_is_refused(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and says in err
     assert (out / "last.pt").read_bytes() == before
+
+
+def test_an_evaluation_that_runs_out_of_space_leaves_nothing_half_written(
+    dataset: tuple[Path, Path], small_disk: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its files move into --out together: a full disk halfway (here: after the CSVs, in the
+    plots or the report) leaves no predictions without metrics.json, and no scratch folder."""
+    import os
+    import shutil
+
+    from model_support import fake_checkpoint
+
+    data, split = dataset
+    checkpoint = fake_checkpoint(tmp_path / "model.pt")
+    out = small_disk / "eval"
+    free = shutil.disk_usage(small_disk).free
+    (small_disk / "filler").write_bytes(b"\0" * (free - 96 * 1024))  # room for the CSVs, not for the plots
+    os.sync()
+    code = mammo_main(["evaluate", "--data", str(data), "--split", str(split), "--out", str(out), "--checkpoint",
+                       str(checkpoint), "--workers", "0", "--device", "cpu", "--set", "stats.resamples=20",
+                       "--set", "stats.subgroup_resamples=0"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "no space left on device writing" in err, err
+    assert list(out.iterdir()) == [], [p.name for p in out.iterdir()]

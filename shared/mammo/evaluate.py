@@ -48,7 +48,7 @@ from mammo.stats import (
     subgroups,
     with_age_band,
 )
-from mammo.storage.atomic import atomic_path, write_text_atomic
+from mammo.storage.atomic import atomic_path, staged_folder, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -308,13 +308,14 @@ def _run_evaluation(
             production_error=production_error, production_info=context.get("production"),
         )
     metrics = to_jsonable(metrics)
-    if runtime.is_main:
-        write_text_atomic(out / "config.yaml", dump_config(config))
-        _write_csv(out / PREDICTIONS_IMAGE, predictions)
-        _write_csv(out / PREDICTIONS_BREAST, breasts)
-        plots = write_plots(out, best_images, best_breasts, metrics, histories)
-        write_json(out / METRICS_NAME, metrics)
-        write_report(out / REPORT_NAME, metrics, data.summary, plots, context)
+    if runtime.is_main:  # all of it or none of it: the files move into out together
+        with staged_folder(out) as stage:
+            write_text_atomic(stage / "config.yaml", dump_config(config))
+            _write_csv(stage / PREDICTIONS_IMAGE, predictions)
+            _write_csv(stage / PREDICTIONS_BREAST, breasts)
+            plots = write_plots(stage, best_images, best_breasts, metrics, histories)
+            write_json(stage / METRICS_NAME, metrics)
+            write_report(stage / REPORT_NAME, metrics, data.summary, plots, context)
     log.info("best candidate: %s (%s %s)", best["name"], config.rank_metric, format_metric(lookup_metric(best["val"], config.rank_metric)))
     return Evaluation(out=out, metrics=metrics, predictions=predictions, breasts=breasts)
 

@@ -144,8 +144,25 @@ def disk_full(exc: BaseException, target: Path) -> DiskFullError:
     quota = " (quota exceeded)" if isinstance(exc, OSError) and exc.errno == errno.EDQUOT else ""
     return DiskFullError(
         f"no space left on device{quota} writing {target} ({space}); free some space or write "
-        "elsewhere, then run again (it resumes)"
+        "elsewhere, then run the command again (training goes on from its last checkpoint with --resume)"
     )
+
+
+@contextmanager
+def staged_folder(out: str | Path) -> Iterator[Path]:
+    """A scratch folder inside ``out`` for a command that writes several files there: they
+    move into ``out`` together (renames, no extra space) when the block succeeds; on any error
+    (a full disk halfway) the scratch folder goes and ``out`` keeps what it had - never some
+    of the new files without the others."""
+    target = Path(out)
+    target.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=target))
+    try:
+        yield stage
+        for item in sorted(stage.iterdir()):
+            os.replace(item, target / item.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 @contextmanager
