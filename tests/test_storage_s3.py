@@ -218,6 +218,53 @@ def test_unreachable_endpoint_is_reported_after_retries(
         storage.get_bytes(f"{s3_env.uri}/x")
 
 
+@pytest.mark.timeout(60)  # the budget is 2 s; before, one request alone waited 120 s
+def test_an_endpoint_that_accepts_and_never_answers_fails_within_the_budget(
+    s3_env: S3Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+    import threading
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:  # takes every connection, reads nothing, answers nothing
+        silent.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                accepted.append(silent.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setenv("MINIO_ENDPOINT", f"127.0.0.1:{silent.getsockname()[1]}")
+        monkeypatch.setenv("MAMMO_STORAGE_RETRY_SECONDS", "2")
+        with pytest.raises(StorageError, match=r"^storage endpoint unreachable: 127\.0\.0\.1:\d+ after \d+ attempts"):
+            storage.get_bytes(f"{s3_env.uri}/x")
+        assert accepted  # it did connect: the wait was for an answer
+    finally:
+        stop.set()
+        thread.join()
+        for conn in accepted:
+            conn.close()
+        silent.close()
+
+
+def test_credentials_in_the_endpoint_are_refused_and_never_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
+    for variable, value in (("MINIO_ENDPOINT", "user:hunter2@minio:9000"), ("AWS_ENDPOINT_URL", "https://user:hunter2@minio:9000")):
+        monkeypatch.delenv("MINIO_ENDPOINT", raising=False)
+        monkeypatch.setenv(variable, value)
+        with pytest.raises(ConfigError) as err:
+            storage.get_bytes("s3://bucket/key")
+        assert "holds credentials" in str(err.value) and "hunter2" not in str(err.value)
+        monkeypatch.delenv(variable)
+
+
 def test_s3_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MINIO_ENDPOINT", raising=False)
     with pytest.raises(StorageError, match="^MINIO_ENDPOINT is not set"):

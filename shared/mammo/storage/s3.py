@@ -79,7 +79,7 @@ class S3Store(Store):
         self._retry_seconds = settings.retry_seconds
         http = urllib3.PoolManager(
             timeout=urllib3.Timeout(
-                connect=settings.connect_timeout_seconds, read=settings.read_timeout_seconds
+                connect=settings.connect_timeout_seconds, read=settings.request_read_timeout
             ),
             # Each worker may run a multipart upload with its own 3 part threads.
             maxsize=settings.workers * 4,

@@ -59,6 +59,9 @@ class MinioSettings(BaseSettings):
     @field_validator("endpoint")
     @classmethod
     def _host_port(cls, value: str | None) -> str | None:
+        if value is not None and "@" in value:  # never echoed: the part before @ may be a password
+            raise ValueError("holds credentials (user:password@...); give host:port only, and the keys in "
+                             "MINIO_ACCESS_KEY and MINIO_SECRET_KEY")
         if value is not None and ("://" in value or "/" in value):
             raise ValueError(f"expected host:port without scheme or path, got {value!r}")
         return value or None
@@ -85,8 +88,17 @@ class StorageSettings(BaseSettings):
         64, ge=5, le=5120, description="Multipart part size; files larger than this go in parts."
     )
     workers: int = Field(8, ge=1, le=64, description="Parallel transfers of prefix up/downloads.")
-    connect_timeout_seconds: float = Field(10.0, gt=0)
-    read_timeout_seconds: float = Field(120.0, gt=0)
+    connect_timeout_seconds: float = Field(10.0, gt=0, description="Seconds to wait for a connection to the endpoint.")
+    read_timeout_seconds: float = Field(
+        120.0, gt=0,
+        description="Seconds to wait for the next bytes of an answer; never more than retry_seconds (when that "
+        "is above 0), so one endpoint that accepts and never answers cannot outlast the retry budget.",
+    )
+
+    @property
+    def request_read_timeout(self) -> float:
+        """The read timeout requests use: bounded by the retry budget."""
+        return min(self.read_timeout_seconds, self.retry_seconds) if self.retry_seconds > 0 else self.read_timeout_seconds
 
 
 class LockSettings(BaseSettings):
