@@ -132,3 +132,38 @@ def test_a_resolved_image_path_outside_the_image_directory_is_refused(tiny_datas
     table.loc[0, "image_id"] = "../train"  # bypassing read_table's check
     with pytest.raises(DataError, match=r"row 2: image_id '../train' resolves outside"):
         resolve_image_paths(root, table, images=images)
+
+
+def test_links_inside_the_image_directory_must_stay_inside_it(tiny_dataset: Path, tmp_path: Path) -> None:
+    """A whole image directory linked from elsewhere (data on another disk) and links between
+    its own files are read; a PNG or a patient folder linked to somewhere else is refused,
+    naming the row, the link and its target."""
+    outside = tmp_path / "outside"
+    shutil.copytree(tiny_dataset / "train_images", outside)
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    shutil.copy(tiny_dataset / "train.csv", linked / "train.csv")
+    (linked / "train_images").symlink_to(outside, target_is_directory=True)
+    _, paths = open_dataset(linked)  # the image directory itself is a link: fine
+    assert len(paths) == len(read_table(linked))
+
+    root = tmp_path / "ds"
+    shutil.copytree(tiny_dataset, root)
+    table = read_table(root)
+    patient, image = str(table["patient_id"][0]), str(table["image_id"][0])
+    png = root / "train_images" / patient / f"{image}.png"
+    sibling = next(p for p in png.parent.iterdir() if p != png)
+    png.unlink()
+    png.symlink_to(sibling)  # a link to a file inside: fine
+    assert open_dataset(root)[1][0] == str(png)
+    png.unlink()
+    png.symlink_to(outside / patient / f"{image}.png")
+    with pytest.raises(DataError, match=rf"row 2: image_id {image}: {png} is a link to {outside}/.*, outside the image directory"):
+        open_dataset(root)
+    png.unlink()
+    shutil.copy(sibling, png)
+    folder = root / "train_images" / patient
+    shutil.rmtree(folder)
+    folder.symlink_to(outside / patient, target_is_directory=True)
+    with pytest.raises(DataError, match=r"row 2: .* is a link to .*, outside the image directory"):
+        open_dataset(root)

@@ -133,6 +133,16 @@ def resolve_image_paths(
             f"{source}: row {first + 2}: image_id {ids[first][1]}: image not found at "
             f"{paths[first]} ({len(missing)} of {len(paths)} images missing)"
         )
+    # The image directory may itself be a link (data kept on another disk); inside it, a link
+    # (to a PNG or a patient folder) must stay inside it, so a row cannot read elsewhere.
+    real = os.path.realpath(directory) + os.sep
+    for n, path in enumerate(paths):
+        target = os.path.realpath(path)
+        if not target.startswith(real):
+            raise DataError(
+                f"{source}: row {n + 2}: image_id {ids[n][1]}: {path} is a link to {target}, outside the "
+                f"image directory {directory}; copy the file in, or link the whole image directory"
+            )
     return paths
 
 
