@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mammo.config import PipelineParams, parse_value, split_pair
-from mammo.console import run_guarded, setup_logging
+from mammo.console import parse_command_line, run_guarded, setup_logging
 from mammo.errors import ConfigError
 from mammo_components.spec import command_name, components
 
@@ -81,11 +81,9 @@ def load_params(params_json: str | None, pairs: list[str]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help (0) or a usage error (2), already printed by argparse
-        return int(exc.code or 0)
+    args = parse_command_line(build_parser(), argv)
+    if isinstance(args, int):
+        return args
     component = components()[args.component]
     if component.spec.cli is not None:
         return import_module(component.spec.cli).main(args.rest)

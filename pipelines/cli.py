@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mammo.console import run_guarded
+from mammo.console import parse_command_line, run_guarded
 from mammo.errors import ConfigError
 from mammo_pipelines import remote, scoring
 from mammo_pipelines.parameters import PipelineParameter, check_arguments, describe, parse_param_flags
@@ -380,11 +380,9 @@ def _cmd_unschedule(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help (0) or a usage error (2), already printed by argparse
-        return int(exc.code or 0)
+    args = parse_command_line(build_parser(), argv)
+    if isinstance(args, int):
+        return args
     return run_guarded(lambda: args.handler(args))
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from mammo.console import run_guarded, setup_logging
+from mammo.console import parse_command_line, run_guarded, setup_logging
 from mammo.dicom.options import add_arguments, options_from_args
 from mammo_components.preprocessor.entrypoint import run
 
@@ -33,10 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exc:  # --help (0) or a usage error (2), already printed by argparse
-        return int(exc.code or 0)
+    args = parse_command_line(build_parser(), argv)
+    if isinstance(args, int):
+        return args
     setup_logging()
 
     def call() -> None:

@@ -11,7 +11,7 @@ import argparse
 import json
 
 from mammo.config import DEFAULT_MODEL_NAME, DEFAULT_PROMOTION_MARGIN, DEFAULT_PROMOTION_METRIC
-from mammo.console import run_guarded, setup_logging
+from mammo.console import parse_command_line, run_guarded, setup_logging
 from mammo_components.promoter.entrypoint import run
 from mammo_components.publishing import read_result
 
@@ -36,10 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exc:  # --help (0) or a usage error (2), already printed by argparse
-        return int(exc.code or 0)
+    args = parse_command_line(build_parser(), argv)
+    if isinstance(args, int):
+        return args
     setup_logging()
 
     def call() -> None:

@@ -86,6 +86,15 @@ def run_guarded(call: Callable[[], int | None]) -> int:
         return 143
 
 
+def parse_command_line(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace | int:
+    """The parsed ``argv``, or the exit code after argparse printed ``--help`` (0) or a usage
+    error (2): what every ``main(argv) -> int`` front-end returns then."""
+    try:
+        return parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+
+
 def add_config_args(parser: argparse.ArgumentParser) -> None:
     """``--config FILE`` and repeatable ``--set KEY=VALUE`` (defaults < file < --set)."""
     parser.add_argument("--config", metavar="FILE", help="YAML config file (see README: configuration).")
