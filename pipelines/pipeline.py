@@ -65,7 +65,9 @@ def _runtime(task: PipelineTask, profile: Profile, resources: Resources) -> Pipe
     if profile.image_pull_secrets:
         kubernetes.set_image_pull_secrets(task, list(profile.image_pull_secrets))
     kubernetes.set_timeout(task, profile.step_timeout)
-    # The images' user, stated so that restricted Pod Security admits the step's container.
+    # The images' user, stated so that the step's container refuses to start as root. Restricted
+    # Pod Security also wants allowPrivilegeEscalation: false, all capabilities dropped and seccomp
+    # RuntimeDefault, which kfp-kubernetes cannot set per task (docs/kubernetes.md, Pod security).
     kubernetes.set_security_context(task, run_as_user=IMAGE_UID, run_as_group=IMAGE_UID, run_as_non_root=True)
     task.set_cpu_request(resources.cpu_request).set_cpu_limit(resources.cpu_limit)
     task.set_memory_request(resources.memory_request).set_memory_limit(resources.memory_limit)

