@@ -3,7 +3,7 @@
 seeds, thread counts and PyTorch's CPU instruction sets. Prints one JSON object.
 
 The learning tests (tests/test_engine.py: best validation image AUC > 0.8 and test breast AUC
-> 0.75 after 8 epochs; tests/test_distributed.py: test image AUC > 0.75 after 5 epochs on two
+> 0.75 after 8 epochs; tests/test_distributed.py: test image AUC > 0.75 after 8 epochs on two
 processes) use ``tests/data_support.LEARNABLE``. This script runs the same configurations, built
 by the tests' own helpers, with ``seed`` 0..N-1 and 42 (the tests' own), under ``OMP_NUM_THREADS=1``, ``=2`` and
 ``ATEN_CPU_CAPABILITY=default`` (each setting in a fresh process, as they act at import), and
@@ -54,7 +54,8 @@ def one(seed: int, root: Path) -> dict[str, float]:
 
     engine = evaluate(out / "best_auc.pt", root / "engine-eval")
     ddp = root / "ddp"
-    settings = test_distributed.overrides((data.root, data.split), ddp, size=LEARNABLE["image_size"], epochs=5,
+    settings = test_distributed.overrides((data.root, data.split), ddp, size=LEARNABLE["image_size"],
+                                          epochs=test_distributed.DDP_EPOCHS,
                                           seed=seed, **{"data.batch_size": 32, "optimizer.lr": 0.01})
     test_distributed.probe(2, "baseline", settings, root / "weights", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     return {

@@ -69,6 +69,11 @@ def torchrun(nproc: int, *args: str, env: dict[str, str] | None = None, timeout:
                           env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
 
 
+#: Epochs of the 2-process learning test: with 8 the held-out AUC was at least 0.995 over 18
+#: runs (seeds, thread counts, ATEN_CPU_CAPABILITY=default); with 5 it fell to 0.846.
+DDP_EPOCHS = 8
+
+
 def probe(nproc: int, stage: str, settings: dict[str, object], weights: Path, **env: str) -> None:
     result = torchrun(nproc, str(PROBE), stage, json.dumps(settings), str(weights), env=env)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -79,7 +84,7 @@ def test_two_processes_agree_learn_and_match_a_single_process_evaluation(learnab
     compares the ranks and a single-process evaluation with each other."""
     data = learnable_dataset
     out = tmp_path / "run"
-    settings = overrides(data, out, size=LEARNABLE["image_size"], epochs=5, **{"data.batch_size": 32, "optimizer.lr": 0.01})
+    settings = overrides(data, out, size=LEARNABLE["image_size"], epochs=DDP_EPOCHS, **{"data.batch_size": 32, "optimizer.lr": 0.01})
     probe(2, "baseline", settings, tmp_path / "weights")
     rank0 = torch.load(tmp_path / "weights" / "rank0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "weights" / "rank1.pt", weights_only=True)
@@ -88,7 +93,7 @@ def test_two_processes_agree_learn_and_match_a_single_process_evaluation(learnab
         assert torch.equal(rank0[key], rank1[key]), key
 
     history = json.loads((out / "history.json").read_text())
-    assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5]
+    assert [h["epoch"] for h in history] == list(range(1, DDP_EPOCHS + 1))
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2
     last = load_checkpoint(out / "last.pt")
