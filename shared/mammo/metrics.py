@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+
 from mammo import metric_registry
 from mammo.errors import DataError
 

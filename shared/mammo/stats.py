@@ -34,7 +34,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from mammo import metric_registry
-from mammo.metric_registry import AtThreshold, Curve
+from mammo.metric_registry import AtThreshold, Curve, ratio
 
 NAN = float("nan")
 #: Quantile calibration bins hold at least this many units (fewer bins at small n).
@@ -121,9 +121,6 @@ class Units:
         return np.asarray(codes)[self.order]
 
 
-_div = metric_registry.ratio
-
-
 def weighted_metrics(
     units: Units, weights: np.ndarray, threshold: float | None, which: Iterable[str] | None = None,
     specificities: Sequence[float] = (), sensitivities: Sequence[float] = (),
@@ -164,13 +161,13 @@ def weighted_metrics(
     for s in specificities:  # the highest sensitivity with FP <= (1 - s) * negatives
         allowed = (fp <= (1 - s) * neg[:, None] + 1e-9).sum(axis=1)
         got = np.take_along_axis(tp, np.maximum(allowed - 1, 0)[:, None], axis=1)[:, 0]
-        sens = np.where(allowed > 0, _div(got, pos), 0.0)
+        sens = np.where(allowed > 0, ratio(got, pos), 0.0)
         out[f"sens@spec={s:g}"] = np.where(both, sens, np.nan)
     for s in sensitivities:  # the highest specificity with TP >= s * positives
         reached = (tp >= s * pos[:, None] - 1e-9).sum(axis=1)
         first = np.clip(last + 1 - reached, 0, last)
         got = np.take_along_axis(fp, first[:, None], axis=1)[:, 0]
-        out[f"spec@sens={s:g}"] = np.where(both & (reached > 0), 1 - _div(got, neg), np.nan)
+        out[f"spec@sens={s:g}"] = np.where(both & (reached > 0), 1 - ratio(got, neg), np.nan)
     at_threshold = [metric for metric in chosen if metric.kind == "threshold"]
     if threshold is not None and at_threshold:
         flagged = (units.scores >= threshold).astype(w.dtype)

@@ -38,12 +38,8 @@ class _Damaged(Exception):
     """Internal: what is wrong, without the file name."""
 
 
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-
-def _chunks(data: bytes) -> list[tuple[bytes, bytes]]:
-    """(type, data) of every chunk up to IEND, each CRC checked."""
+def _chunks(data: bytes) -> list[tuple[bytes, bytes, bytes]]:
+    """(type, data, the whole chunk as stored) of every chunk up to IEND, each CRC checked."""
     if data[:8] != SIGNATURE:
         raise _Damaged("not a PNG file (no PNG signature)")
     chunks, at = [], 8
@@ -60,7 +56,7 @@ def _chunks(data: bytes) -> list[tuple[bytes, bytes]]:
         (stored,) = struct.unpack(">I", data[end:end + 4])
         if zlib.crc32(kind + body) & 0xFFFFFFFF != stored:
             raise _Damaged(f"{kind.decode('ascii')} chunk at byte {at} is damaged (CRC mismatch)")
-        chunks.append((kind, body))
+        chunks.append((kind, body, data[at:end + 4]))
         at = end + 4
         if kind == b"IEND":
             return chunks
@@ -89,7 +85,7 @@ def _check(data: bytes) -> bytes:
         raise _Damaged(f"invalid color type {color} with bit depth {depth}")
     if compression != 0 or filtering != 0 or interlace not in (0, 1):
         raise _Damaged("unknown compression, filter or interlace method")
-    kinds = [kind for kind, _ in chunks]
+    kinds = [kind for kind, _, _ in chunks]
     idat = [i for i, kind in enumerate(kinds) if kind == b"IDAT"]
     if not idat:
         raise _Damaged("no image data (IDAT chunk)")
@@ -98,7 +94,7 @@ def _check(data: bytes) -> bytes:
     for kind in kinds:
         if kind[0:1].isupper() and kind not in KEPT:  # a critical chunk this decoder does not know
             raise _Damaged(f"unknown critical chunk {kind.decode('ascii')}")
-    palettes = [body for kind, body in chunks if kind == b"PLTE"]
+    palettes = [body for kind, body, _ in chunks if kind == b"PLTE"]
     if color == 3 and (len(palettes) != 1 or not 0 < len(palettes[0]) <= 768 or len(palettes[0]) % 3):
         raise _Damaged("a palette image without one valid PLTE chunk")
 
@@ -106,7 +102,7 @@ def _check(data: bytes) -> bytes:
     expected = sum(rows * (1 + row_bytes) for rows, row_bytes in passes)
     inflater = zlib.decompressobj()
     try:
-        raw = inflater.decompress(b"".join(body for kind, body in chunks if kind == b"IDAT"), expected + 1)
+        raw = inflater.decompress(b"".join(body for kind, body, _ in chunks if kind == b"IDAT"), expected + 1)
     except zlib.error as exc:
         raise _Damaged(f"its compressed image data is corrupt ({exc})") from None
     if len(raw) != expected or not inflater.eof:
@@ -120,8 +116,8 @@ def _check(data: bytes) -> bytes:
     worst = int(np.concatenate(filters).max())
     if worst > 4:
         raise _Damaged(f"invalid scanline filter type {worst}")
-    kept = [(kind, body) for kind, body in chunks if kind in KEPT and (kind != b"PLTE" or color == 3)]
-    return SIGNATURE + b"".join(_chunk(kind, body) for kind, body in kept)
+    # The checked chunks as stored (their CRCs are right): no copy of them is made again.
+    return SIGNATURE + b"".join(stored for kind, _, stored in chunks if kind in KEPT and (kind != b"PLTE" or color == 3))
 
 
 def checked_png(data: bytes, path: str) -> bytes:

@@ -280,16 +280,17 @@ def _preprocessor_manifest(out_uri: str) -> dict[str, Any] | None:
     return None
 
 
-def claim_output(out_uri: str, source_uri: str) -> None:
+def claim_output(out_uri: str, source_uri: str) -> dict[str, Any] | None:
     """Make sure ``out_uri`` is this command's to write and clean: an earlier output of it (its
-    manifest, or the claim of a run not merged yet), or empty, then claimed. A folder holding
-    anything else - another dataset, the parent of datasets, a bucket - is refused before a
-    single file is written: its files would be replaced or deleted."""
-    if _preprocessor_manifest(out_uri) is not None:
-        return
+    manifest, which is returned, or the claim of a run not merged yet), or empty, then claimed.
+    A folder holding anything else - another dataset, the parent of datasets, a bucket - is
+    refused before a single file is written: its files would be replaced or deleted."""
+    earlier = _preprocessor_manifest(out_uri)
+    if earlier is not None:
+        return earlier
     claim = storage.join(out_uri, STATE_DIR, CLAIM_NAME)
     if storage.exists(claim):
-        return
+        return None
     state = storage.join(out_uri, STATE_DIR) + "/"
     foreign = [uri for uri in storage.list_objects(out_uri) if not uri.startswith(state)]
     if foreign:
@@ -298,6 +299,7 @@ def claim_output(out_uri: str, source_uri: str) -> None:
             f"{len(foreign)} in all); choose an empty folder, or an earlier output of mammo data dicom"
         )
     storage.put_json({"source": source_uri, "claimed": datetime.now(timezone.utc).isoformat(timespec="seconds")}, claim)
+    return None
 
 
 def _state_prefix(out_uri: str, digest: str) -> str:
@@ -646,8 +648,7 @@ def merge(
     conversions; delete the PNGs this command wrote that no row refers to any more (never a
     file it did not write), the journals and the claim."""
     source_uri, out_uri = _normalize(source), _normalize(out)
-    claim_output(out_uri, source_uri)
-    earlier = _preprocessor_manifest(out_uri)
+    earlier = claim_output(out_uri, source_uri)
     csv_uri = _table_uri(source_uri, csv)
     jobs, missing, table = plan_jobs(source_uri, csv_uri)
     digest = options.digest()
