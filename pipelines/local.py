@@ -18,7 +18,7 @@ import re
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -66,7 +66,8 @@ class ProgressFilter(io.TextIOBase):
     ``log`` and shows progress lines on ``screen``, or everything when ``verbose``."""
 
     def __init__(self, log: TextIO, screen: TextIO, verbose: bool) -> None:
-        self.log = log
+        self._file = log
+        self.log: TextIO | None = log
         self.screen = screen
         self.verbose = verbose
         self.state = _State()
@@ -75,8 +76,20 @@ class ProgressFilter(io.TextIOBase):
     def writable(self) -> bool:
         return True
 
+    def _to_log(self, action: Callable[[TextIO], object]) -> None:
+        """Write to the run log while it can be written: a full disk (the very fault a step may
+        be reporting) ends the log with one note on screen, never the run's own error report."""
+        if self.log is None:
+            return
+        try:
+            action(self.log)
+        except OSError as exc:
+            name = getattr(self.log, "name", "the run log")
+            self.log = None
+            self.screen.write(f"note: {name} could not be written further ({exc.strerror or exc}); it is incomplete\n")
+
     def write(self, text: str) -> int:
-        self.log.write(text)
+        self._to_log(lambda log: log.write(text))
         if self.verbose:
             self.screen.write(text)
         lines = (self._partial + text).split("\n")
@@ -86,8 +99,16 @@ class ProgressFilter(io.TextIOBase):
         return len(text)
 
     def flush(self) -> None:
-        self.log.flush()
+        self._to_log(lambda log: log.flush())
         self.screen.flush()
+
+    def close_log(self) -> None:
+        """Close the run log; what a full disk kept from it was said already (``_to_log``)."""
+        self._to_log(lambda log: log.flush())
+        try:
+            self._file.close()
+        except OSError:
+            pass
 
     def _show(self, text: str) -> None:
         if not self.verbose:
@@ -178,12 +199,12 @@ def run_locally(
         "MPLCONFIGDIR": os.environ.get("MPLCONFIGDIR") or str(cache_dir / "matplotlib"),
         "PYTHONUNBUFFERED": "1",
     }
-    with log_file.open("w") as log, _environment(env), warnings.catch_warnings(), _quiet_root(verbose):
+    with _environment(env), warnings.catch_warnings(), _quiet_root(verbose):
         # Expected here: placeholder images without "python" in their names, and cluster
         # settings (resources, labels) that kfp.local ignores.
         warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)
         warnings.filterwarnings("ignore", message=".*no effect in the current local runner.*", category=UserWarning)
-        progress = ProgressFilter(log, sys.stdout, verbose)
+        progress = ProgressFilter(log_file.open("w"), sys.stdout, verbose)
         try:
             with contextlib.redirect_stdout(progress):
                 task = pipeline(**arguments)
@@ -195,6 +216,7 @@ def run_locally(
             ) from None
         finally:
             _drop_handlers_on(progress)
+            progress.close_log()
     return dict(task.outputs["Output"].metadata)
 
 

@@ -86,3 +86,23 @@ def test_a_full_disk_in_a_run_is_said_once_and_not_retried(tiny_dataset: Path, t
     assert err.count("\n") == 1 and "no space left on device writing " in err and "free of 8.0 MiB on" in err, err
     assert err.startswith("mammo: error: baseline trainer failed: DiskFullError: ")
     assert out.count("[2/5] baseline trainer ...") == 1 and out.count("FAILED") == 1, out
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_a_run_log_on_a_full_disk_ends_with_a_note_not_a_traceback(verbose: bool) -> None:
+    """The run log fills up with the disk (the fault a step is reporting at that moment): the
+    progress filter says so once on screen and goes on reading the steps' output, so the step's
+    own one-line error still reaches the user. /dev/full answers every write with ENOSPC."""
+    import io
+
+    from mammo_pipelines.local import ProgressFilter
+
+    screen = io.StringIO()
+    progress = ProgressFilter(open("/dev/full", "w", buffering=1), screen, verbose)
+    progress.write("Executing task 'baseline-trainer'\n")
+    progress.write("  mammo.errors.DiskFullError: no space left on device writing last.pt\n")
+    progress.flush()
+    progress.close_log()
+    assert screen.getvalue().count("could not be written further (No space left on device); it is incomplete") == 1
+    assert progress.state.current == "baseline-trainer"
+    assert progress.state.error == "DiskFullError: no space left on device writing last.pt"
