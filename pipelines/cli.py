@@ -95,7 +95,18 @@ def _add_profile_args(p: argparse.ArgumentParser, *, default: str | None = "gpu"
     group.add_argument("--image-pull-policy", choices=["Always", "IfNotPresent", "Never"])
     group.add_argument("--gpu-type", metavar="RESOURCE", help="GPU resource name (gpu profile; default nvidia.com/gpu).")
     group.add_argument("--evaluator-gpus", type=int, metavar="N",
-                       help="GPUs for the evaluator (gpu profile; default 0 = CPU in the eval image).")
+                       help="GPUs for the evaluator (gpu profile; default 1, in the train image; 0 = CPU in the "
+                       "eval image).")
+    group.add_argument("--queue", metavar="NAME",
+                       help="Kueue LocalQueue of the GPU steps and TrainJobs (label kueue.x-k8s.io/queue-name; "
+                       "gpu profile; default: none).")
+    group.add_argument("--priority-class", metavar="NAME",
+                       help="Kueue WorkloadPriorityClass of the GPU steps and TrainJobs (label "
+                       "kueue.x-k8s.io/priority-class; gpu profile; default: none).")
+    group.add_argument("--pod-label", action="append", metavar="KEY=VALUE",
+                       help="Label of every step's pod and of TrainJobs (repeatable; default: none).")
+    group.add_argument("--pod-annotation", action="append", metavar="KEY=VALUE",
+                       help="Annotation of every step's pod (repeatable; default: none).")
     group.add_argument("--node-selector", action="append", metavar="KEY=VALUE",
                        help="Node label the GPU steps require (repeatable).")
     group.add_argument("--toleration", action="append", metavar="KEY[=VALUE][:EFFECT]",
@@ -133,8 +144,7 @@ def _profile(args: argparse.Namespace) -> Profile:
         image_pull_policy=args.image_pull_policy,
         gpu_type=args.gpu_type,
         evaluator_gpus=args.evaluator_gpus,
-        node_selector=None if args.node_selector is None
-        else dict(_key_value(item, "--node-selector") for item in args.node_selector),
+        node_selector=_key_values(args.node_selector, "--node-selector"),
         tolerations=None if args.toleration is None else [parse_toleration(t) for t in args.toleration],
         secret_name=args.secret,
         config_map_name=args.config_map,
@@ -146,7 +156,15 @@ def _profile(args: argparse.Namespace) -> Profile:
         data_volume_size=args.data_volume_size,
         data_pvc=args.data_pvc,
         data_storage_class=args.data_storage_class,
+        queue=args.queue,
+        priority_class=args.priority_class,
+        pod_labels=_key_values(args.pod_label, "--pod-label"),
+        pod_annotations=_key_values(args.pod_annotation, "--pod-annotation"),
     )
+
+
+def _key_values(items: list[str] | None, flag: str) -> dict[str, str] | None:
+    return None if items is None else dict(_key_value(item, flag) for item in items)
 
 
 def _add_connection_args(p: argparse.ArgumentParser) -> None:

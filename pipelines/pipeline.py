@@ -61,6 +61,10 @@ def _runtime(task: PipelineTask, profile: Profile, resources: Resources) -> Pipe
         config_map_key_to_env={key: key for key in CONFIG_MAP_KEYS},
     )
     kubernetes.add_pod_label(task, *POD_LABEL)
+    for key, value in sorted(profile.pod_labels.items()):
+        kubernetes.add_pod_label(task, key, value)
+    for key, value in sorted(profile.pod_annotations.items()):
+        kubernetes.add_pod_annotation(task, key, value)
     kubernetes.set_image_pull_policy(task, profile.image_pull_policy)
     if profile.image_pull_secrets:
         kubernetes.set_image_pull_secrets(task, list(profile.image_pull_secrets))
@@ -98,8 +102,11 @@ def _data_volume(task: PipelineTask, profile: Profile) -> None:
     task.set_env_variable("MAMMO_CACHE_DIR", mount)
 
 
-def _placement(task: PipelineTask, profile: Profile) -> None:
-    """Node selector and tolerations of GPU steps."""
+def gpu_step(task: PipelineTask, profile: Profile, gpus: Any) -> None:
+    """What a step with GPUs adds: the GPU request, node selector and tolerations, Kueue's
+    queue and priority labels, and a memory-backed /dev/shm for DataLoader workers (Docker's
+    64 MB default is a "Bus error" in the first epoch)."""
+    task.set_accelerator_type(profile.gpu_type).set_accelerator_limit(gpus)
     for key, value in sorted(profile.node_selector.items()):
         kubernetes.add_node_selector(task, key, value)
     for toleration in profile.tolerations:
@@ -107,19 +114,37 @@ def _placement(task: PipelineTask, profile: Profile) -> None:
             task, key=toleration.key, operator=toleration.operator,
             value=toleration.value, effect=toleration.effect,
         )
+    for key, value in sorted(profile.workload_labels.items()):
+        kubernetes.add_pod_label(task, key, value)
+    shared_memory(task, profile)
 
 
-def _trainer(task: PipelineTask, profile: Profile, gpus: Any, name: str) -> PipelineTask:
-    """Training image, GPUs, memory-backed /dev/shm for DataLoader workers, retries."""
-    task.set_display_name(name).set_container_image(profile.train_image)
-    _runtime(task, profile, profile.trainer)
-    _data_volume(task, profile)
+def shared_memory(task: PipelineTask, profile: Profile) -> None:
     kubernetes.empty_dir_mount(
         task, volume_name=SHM_VOLUME, mount_path="/dev/shm", medium="Memory", size_limit=profile.shm_size
     )
+
+
+def retried(task: PipelineTask, profile: Profile) -> PipelineTask:
+    """The profile's retries: a new pod, maybe on another node; the step goes on from what it
+    published (a trainer from its last checkpoint, a preprocessor shard from its journal, the
+    evaluator from its staged folder)."""
+    retry = profile.retry
+    return task.set_retry(
+        num_retries=retry.attempts, backoff_duration=retry.backoff,
+        backoff_factor=retry.factor, backoff_max_duration=retry.max_backoff,
+    )
+
+
+def _trainer(task: PipelineTask, profile: Profile, gpus: Any, name: str) -> PipelineTask:
+    """Training image, GPUs (or, without, a memory-backed /dev/shm all the same), retries."""
+    task.set_display_name(name).set_container_image(profile.train_image)
+    _runtime(task, profile, profile.trainer)
+    _data_volume(task, profile)
     if profile.gpu_type is not None:
-        task.set_accelerator_type(profile.gpu_type).set_accelerator_limit(gpus)
-        _placement(task, profile)
+        gpu_step(task, profile, gpus)
+    else:
+        shared_memory(task, profile)
     _bounded(task, profile)
     return task
 
@@ -128,12 +153,7 @@ def _bounded(task: PipelineTask, profile: Profile) -> None:
     """A trainer's (or launcher's) deadline, retries and caching: each retry is a new pod
     with the same ``trainer_timeout``, so a hung trainer gives its GPUs back."""
     kubernetes.set_timeout(task, profile.trainer_timeout)
-    retry = profile.retry
-    task.set_retry(
-        num_retries=retry.attempts, backoff_duration=retry.backoff,
-        backoff_factor=retry.factor, backoff_max_duration=retry.max_backoff,
-    )
-    task.set_caching_options(True)
+    retried(task, profile).set_caching_options(True)
 
 
 def _pod_trainers(profile: Profile, shared: dict[str, Any], gpus: Any) -> tuple[Any, Any]:
@@ -160,7 +180,10 @@ def _trainers_on_nodes(profile: Profile, shared: dict[str, Any], gpus: Any, node
     """``trainer_nodes`` chooses at run time: more than 1, the trainers run as Kubeflow Trainer
     TrainJobs of that many nodes x ``trainer_gpus`` GPUs, launched by steps that need no GPU;
     otherwise in their own pods. ``dsl.OneOf`` hands the evaluator the branch that ran."""
-    launch = {"nodes": nodes, "gpus_per_node": gpus, "image": profile.train_image}
+    launch = {
+        "nodes": nodes, "gpus_per_node": gpus, "image": profile.train_image,
+        "labels": {**profile.pod_labels, **profile.workload_labels},
+    }
     with dsl.If(nodes > 1, name="several-nodes"):
         baseline_job = _launcher(
             steps.baseline_trainjob(**shared, **launch), profile, "baseline trainer (TrainJob)"
@@ -194,12 +217,7 @@ def _dataset(profile: Profile, args: dict[str, Any]) -> Any:
         with dsl.ParallelFor(plan.output, name="preprocess-shards") as shard:
             part = steps.preprocessor(shard=shard, shards=args["preprocess_shards"], **source)
             part.set_display_name("preprocessor").set_container_image(profile.eval_image)
-            _runtime(part, profile, profile.evaluator).set_caching_options(False)
-            retry = profile.retry  # a retried shard goes on from its journal
-            part.set_retry(
-                num_retries=retry.attempts, backoff_duration=retry.backoff,
-                backoff_factor=retry.factor, backoff_max_duration=retry.max_backoff,
-            )
+            retried(_runtime(part, profile, profile.evaluator), profile).set_caching_options(False)
         merged = steps.preprocess_merge(parts=dsl.Collected(part.output), **source)
         merged.set_display_name("preprocess merge").set_container_image(profile.eval_image)
         _runtime(merged, profile, profile.light).set_caching_options(False)
@@ -258,15 +276,10 @@ def _wire(profile: Profile, args: dict[str, Any]) -> Any:
         **shared,
     )
     evaluation.set_display_name("evaluator").set_container_image(profile.evaluator_image)
-    _runtime(evaluation, profile, profile.evaluator).set_caching_options(False)
+    retried(_runtime(evaluation, profile, profile.evaluator), profile).set_caching_options(False)
     _data_volume(evaluation, profile)
     if profile.evaluator_gpus and profile.gpu_type is not None:
-        evaluation.set_accelerator_type(profile.gpu_type).set_accelerator_limit(profile.evaluator_gpus)
-        _placement(evaluation, profile)
-        kubernetes.empty_dir_mount(
-            evaluation, volume_name=SHM_VOLUME, mount_path="/dev/shm", medium="Memory",
-            size_limit=profile.shm_size,
-        )
+        gpu_step(evaluation, profile, profile.evaluator_gpus)
 
     # No dsl.If: the promoter runs after every evaluation, so that every decision - also "not
     # promoted" - is recorded (models/<name>/promotions/); it takes the evaluator's verdict

@@ -34,6 +34,9 @@ SECRET_KEYS = ("MINIO_ACCESS_KEY", "MINIO_SECRET_KEY")
 CONFIG_MAP_NAME = "mammo-runtime"
 CONFIG_MAP_KEYS = ("MINIO_ENDPOINT", "MINIO_SECURE", "MINIO_REGION", "MAMMO_PUSHGATEWAY_URL")
 POD_LABEL = ("app.kubernetes.io/part-of", "mammo-pipeline")
+#: Kueue's workload labels (docs/kubernetes.md, Queueing).
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
 IMAGES_ENV = "images.env"
 #: images.env keys of the profiles' images, and the keys ``make images-push`` writes their
 #: pushed digests to (empty: not pinned).
@@ -46,6 +49,10 @@ IMAGE_REFERENCE = re.compile(
 DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 #: Kubernetes object names (pull secrets).
 DNS_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+#: A label or annotation key: [DNS-subdomain prefix/]name of at most 63 characters.
+LABEL_KEY = re.compile(r"(?:[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+#: A label value: empty or at most 63 characters of [-A-Za-z0-9_.], alphanumeric at both ends.
+LABEL_VALUE = re.compile(r"(?:[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
 
 
 @dataclass(frozen=True)
@@ -121,10 +128,23 @@ class Profile:
     #: ignores volumes (but would apply the variable) and the steps keep their caches in the
     #: run's own work directory.
     data_mount: str | None = "/var/cache/mammo"
+    #: Kueue LocalQueue of the GPU steps (label ``kueue.x-k8s.io/queue-name``) and their
+    #: WorkloadPriorityClass (``kueue.x-k8s.io/priority-class``); on pods and TrainJobs.
+    queue: str | None = None
+    priority_class: str | None = None
+    #: Extra labels and annotations of every step's pod (and of TrainJobs), e.g. cost centres.
+    pod_labels: dict[str, str] = field(default_factory=dict)
+    pod_annotations: dict[str, str] = field(default_factory=dict)
 
     @property
     def has_gpus(self) -> bool:
         return self.gpu_type is not None
+
+    @property
+    def workload_labels(self) -> dict[str, str]:
+        """Kueue's labels for the GPU steps: queue and priority, as set."""
+        labels = {QUEUE_LABEL: self.queue, PRIORITY_LABEL: self.priority_class}
+        return {key: value for key, value in labels.items() if value}
 
     @property
     def evaluator_image(self) -> str:
@@ -149,6 +169,16 @@ def check_image(image: str, what: str) -> str:
             f"{what} {image!r}: not an image reference; expected NAME[:TAG] or NAME[:TAG]@sha256:<64 hex digits>"
         )
     return image
+
+
+def check_metadata(key: str, value: str, flag: str, *, value_pattern: re.Pattern[str] | None) -> None:
+    """A pod label or annotation as Kubernetes accepts it; the project's own keys are refused."""
+    if LABEL_KEY.fullmatch(key) is None:
+        raise ConfigError(f"{flag} {key}={value}: {key!r} is not a Kubernetes label key ([prefix/]name, name at most 63 characters)")
+    if key in (POD_LABEL[0], QUEUE_LABEL, PRIORITY_LABEL):
+        raise ConfigError(f"{flag} {key}={value}: the pipeline sets {key} itself (--queue/--priority-class for Kueue's)")
+    if value_pattern is not None and value_pattern.fullmatch(value) is None:
+        raise ConfigError(f"{flag} {key}={value}: {value!r} is not a label value (at most 63 of A-Z a-z 0-9 - _ .)")
 
 
 def parse_duration(text: str, what: str) -> int:
@@ -230,7 +260,9 @@ def _base(name: ProfileName, train_image: str, eval_image: str) -> Profile:
             # Tags can be pushed again; pulling every time keeps all steps on the same code.
             image_pull_policy="Always",
             gpu_type="nvidia.com/gpu",
-            evaluator_gpus=0,
+            # An RSNA-size test split is 1-2.5 h of CPU inference (0.7 CPU-s per image) and
+            # minutes on one GPU.
+            evaluator_gpus=1,
             light=Resources("500m", "2", "2Gi", "4Gi"),
             trainer=Resources("8", "16", "32Gi", "64Gi"),
             evaluator=Resources("4", "8", "16Gi", "32Gi"),
@@ -279,6 +311,10 @@ def get_profile(
     data_volume_size: str | None = None,
     data_pvc: str | None = None,
     data_storage_class: str | None = None,
+    queue: str | None = None,
+    priority_class: str | None = None,
+    pod_labels: dict[str, str] | None = None,
+    pod_annotations: dict[str, str] | None = None,
 ) -> Profile:
     """The named profile with the given settings replaced (``None`` keeps the default)."""
     if name not in PROFILES:
@@ -295,15 +331,24 @@ def get_profile(
     for flag, quantity in (("--shm-size", shm_size), ("--data-volume-size", data_volume_size)):
         if quantity is not None and not re.fullmatch(r"[1-9][0-9]*(Mi|Gi|Ti)", quantity):
             raise ConfigError(f"{flag} {quantity!r}: a Kubernetes quantity in Mi, Gi or Ti, e.g. 32Gi")
-    for flag, name in (("--data-pvc", data_pvc), ("--data-storage-class", data_storage_class)):
-        if name is not None and DNS_NAME.fullmatch(name) is None:
-            raise ConfigError(f"{flag} {name!r}: not a Kubernetes object name")
+    for flag, object_name in (("--data-pvc", data_pvc), ("--data-storage-class", data_storage_class)):
+        if object_name is not None and DNS_NAME.fullmatch(object_name) is None:
+            raise ConfigError(f"{flag} {object_name!r}: not a Kubernetes object name")
     for secret in image_pull_secrets or ():
         if DNS_NAME.fullmatch(secret) is None:
             raise ConfigError(f"--image-pull-secret {secret!r}: not a Kubernetes Secret name")
     for flag, value in (("--trainer-timeout", trainer_timeout), ("--step-timeout", step_timeout), ("--ttl", ttl_seconds)):
         if value is not None and value <= 0:
             raise ConfigError(f"{flag} must be above 0 seconds")
+    for flag, kueue_name in (("--queue", queue), ("--priority-class", priority_class)):
+        if kueue_name is not None and (DNS_NAME.fullmatch(kueue_name) is None or len(kueue_name) > 63):
+            raise ConfigError(f"{flag} {kueue_name!r}: not a Kueue object name (lower-case letters, digits, '-', '.'; at most 63)")
+    if (queue or priority_class) and not profile.has_gpus:
+        raise ConfigError(f"profile {profile.name!r} has no GPU steps to queue: --queue and --priority-class need the gpu profile")
+    for key, value in (pod_labels or {}).items():
+        check_metadata(key, value, "--pod-label", value_pattern=LABEL_VALUE)
+    for key, value in (pod_annotations or {}).items():
+        check_metadata(key, value, "--pod-annotation", value_pattern=None)
     if image_pull_policy is None and profile.pinned:
         image_pull_policy = "IfNotPresent"  # a digest names one build: nothing newer to pull
     changes = {
@@ -322,5 +367,9 @@ def get_profile(
         "data_volume_size": data_volume_size,
         "data_pvc": data_pvc,
         "data_storage_class": data_storage_class,
+        "queue": queue,
+        "priority_class": priority_class,
+        "pod_labels": pod_labels,
+        "pod_annotations": pod_annotations,
     }
     return dataclasses.replace(profile, **{k: v for k, v in changes.items() if v is not None})

@@ -13,7 +13,7 @@ import inspect
 from pathlib import Path
 from typing import Any
 
-from kfp import compiler, dsl, kubernetes
+from kfp import compiler, dsl
 from kfp.dsl import Dataset, Output
 from pydantic import ValidationError
 
@@ -81,7 +81,7 @@ def check_arguments(arguments: dict[str, Any], parameters: list[PipelineParamete
 
 
 def _wire(profile: Profile, args: dict[str, Any]) -> Any:
-    from mammo_pipelines.pipeline import SHM_VOLUME, _placement, _runtime
+    from mammo_pipelines.pipeline import _runtime, gpu_step
 
     task = scorer(
         dataset_uri=args["dataset_uri"], store_uri=args["store_uri"], model_name=args["model_name"],
@@ -91,10 +91,7 @@ def _wire(profile: Profile, args: dict[str, Any]) -> Any:
     task.set_display_name("scorer").set_container_image(profile.evaluator_image)
     _runtime(task, profile, profile.evaluator).set_caching_options(False)
     if profile.evaluator_gpus and profile.gpu_type is not None:
-        task.set_accelerator_type(profile.gpu_type).set_accelerator_limit(profile.evaluator_gpus)
-        _placement(task, profile)
-        kubernetes.empty_dir_mount(task, volume_name=SHM_VOLUME, mount_path="/dev/shm", medium="Memory",
-                                   size_limit=profile.shm_size)
+        gpu_step(task, profile, profile.evaluator_gpus)
     return task.outputs["scores"]
 
 

@@ -200,19 +200,21 @@ def baseline_trainjob(
     nodes: int,
     gpus_per_node: int,
     image: str,
+    labels: dict,
     model: Output[Model],
     metrics: Output[Metrics],
 ):
     """The baseline trainer on several nodes (trainer_nodes > 1): launches a Kubeflow Trainer
     TrainJob of `nodes` nodes x `gpus_per_node` GPUs running the trainer under torchrun (this
-    pod needs no GPU), copies node 0's log here, deletes the job, and records the result the
-    job published to <store>/runs/<run_id>/baseline_trainer/."""
+    pod needs no GPU; `labels` go on the TrainJob, e.g. Kueue's queue), copies node 0's log
+    here, deletes the job, and records the result the job published to
+    <store>/runs/<run_id>/baseline_trainer/."""
     from mammo_components.trainjob.step import run_step
 
     run_step(
         component="baseline_trainer", dataset_uri=dataset_uri, split_uri=split_uri, store_uri=store_uri,
-        run_id=run_id, params=params, nodes=nodes, gpus_per_node=gpus_per_node, image=image, model=model,
-        metrics=metrics,
+        run_id=run_id, params=params, nodes=nodes, gpus_per_node=gpus_per_node, image=image, labels=labels,
+        model=model, metrics=metrics,
     )
 
 
@@ -226,6 +228,7 @@ def unfreeze_trainjob(
     nodes: int,
     gpus_per_node: int,
     image: str,
+    labels: dict,
     init: Input[Model],
     model: Output[Model],
     metrics: Output[Metrics],
@@ -235,8 +238,8 @@ def unfreeze_trainjob(
 
     run_step(
         component="unfreeze_trainer", dataset_uri=dataset_uri, split_uri=split_uri, store_uri=store_uri,
-        run_id=run_id, params=params, nodes=nodes, gpus_per_node=gpus_per_node, image=image, init=init,
-        model=model, metrics=metrics,
+        run_id=run_id, params=params, nodes=nodes, gpus_per_node=gpus_per_node, image=image, labels=labels,
+        init=init, model=model, metrics=metrics,
     )
 
 

@@ -142,6 +142,12 @@ def test_dicom_input_runs_the_preprocessor_first_and_hands_its_dataset_on(compil
     assert [p["outputParameterKey"] for p in picked] == ["pipelinechannel--preprocess-merge-Output", "pipelinechannel--png-dataset-Output"]
 
 
+def _in_train_image(profile: str) -> tuple[str, ...]:
+    """The tasks that run the training image: the trainers, and in the gpu profile the
+    evaluator (with its GPU)."""
+    return (*TRAINERS, "evaluator") if profile == "gpu" else TRAINERS
+
+
 def _steps(profile: str) -> tuple[str, ...]:
     """The tasks that run a container in ``profile``."""
     return (*PREPROCESS_STEPS, "split-builder", *TRAINERS, *(LAUNCHERS if profile == "gpu" else ()), "evaluator", "promoter")
@@ -180,6 +186,10 @@ def test_gpu_requests_only_in_the_gpu_profile(compiled) -> None:
             assert executors[f"exec-{task}"]["tolerations"] == [
                 {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
             ]
+        elif profile == "gpu" and task == "evaluator":
+            # One GPU by default: an RSNA-size test split is hours of CPU inference.
+            assert accelerator["resourceType"] == "nvidia.com/gpu" and accelerator["resourceCount"] == "1"
+            assert _executor(spec, task)["image"] == _executor(spec, "baseline-trainer")["image"]
         else:
             assert accelerator is None, task
     params = spec["root"]["inputDefinitions"]["parameters"]
@@ -233,7 +243,7 @@ def test_images_pull_policy_and_resources_follow_the_profile(compiled) -> None:
     train = images["TRAIN_IMAGE" if profile == "gpu" else "TRAIN_IMAGE_CPU"]
     for task in _steps(profile):
         container = _executor(spec, task)
-        assert container["image"] == (train if task in TRAINERS else images["EVAL_IMAGE"])
+        assert container["image"] == (train if task in _in_train_image(profile) else images["EVAL_IMAGE"])
         assert container["resources"]["resourceMemoryLimit"] and container["resources"]["resourceCpuRequest"]
         assert "kfp.dsl.executor_main" in " ".join(container["command"])  # lightweight component
     policy = "Always" if profile == "gpu" else "IfNotPresent"
@@ -257,20 +267,22 @@ def test_credentials_only_by_reference(compiled) -> None:
         assert not any(env["name"].startswith("MINIO_") for env in executor["container"].get("env", []))
 
 
-def test_trainers_retry_and_get_a_memory_backed_shm(compiled) -> None:
+def test_trainers_and_the_evaluator_retry_and_get_a_memory_backed_shm(compiled) -> None:
     profile, spec, executors, _ = compiled
     tasks = _all_tasks(spec)
     launchers = LAUNCHERS if profile == "gpu" else ()
-    for task in (*TRAINERS, *launchers):  # a retried launcher adopts its running TrainJob
+    # A retried launcher adopts its running TrainJob; a retried evaluator starts again from
+    # the published trainer results (it publishes its own folder only when complete).
+    for task in (*TRAINERS, *launchers, "evaluator"):
         retry = tasks[task]["retryPolicy"]
         assert retry["maxRetryCount"] == 3 and retry["backoffDuration"] == "60s" and retry["backoffFactor"] == 2.0
-    for task in TRAINERS:
+    for task in _in_train_image(profile):
         [shm] = [m for m in executors[f"exec-{task}"]["emptyDirMounts"] if m["mountPath"] == "/dev/shm"]
         assert shm["medium"] == "Memory" and shm["sizeLimit"]
     for task in launchers:  # the TrainJob's nodes get /dev/shm from the TrainingRuntime
         assert "emptyDirMounts" not in executors[f"exec-{task}"]
-    for task in ("split-builder", "evaluator"):
-        assert "retryPolicy" not in tasks[task]
+    assert "retryPolicy" not in tasks["split-builder"]
+    for task in {"split-builder", "evaluator"} - set(_in_train_image(profile)):
         assert all(m["mountPath"] != "/dev/shm" for m in executors[f"exec-{task}"].get("emptyDirMounts", []))
 
 
@@ -325,9 +337,45 @@ def test_overrides_reach_the_gpu_steps(tmp_path: Path) -> None:
     assert {e["secretAsEnv"][0]["secretName"] for e in executors.values()} == {"other-keys"}
 
 
+def test_kueue_queue_and_priority_label_the_gpu_steps_and_the_trainjobs(tmp_path: Path) -> None:
+    """--queue/--priority-class become Kueue's labels on every step that requests GPUs and on
+    the TrainJobs the launchers create; --pod-label/--pod-annotation reach every step's pod."""
+    spec, executors, _ = _compile(
+        tmp_path, "gpu", "--queue", "radiology-gpus", "--priority-class", "research-low",
+        "--pod-label", "cost-centre=radiology", "--pod-annotation", "example.org/owner=ml team",
+    )
+    kueue = {"kueue.x-k8s.io/queue-name": "radiology-gpus", "kueue.x-k8s.io/priority-class": "research-low"}
+    for task in _steps("gpu"):
+        metadata = executors[f"exec-{task}"]["podMetadata"]
+        gpus = _executor(spec, task).get("resources", {}).get("accelerator") is not None
+        assert gpus == (task in (*TRAINERS, "evaluator")), task
+        wanted = {"app.kubernetes.io/part-of": "mammo-pipeline", "cost-centre": "radiology", **(kueue if gpus else {})}
+        assert metadata["labels"] == wanted, task
+        assert metadata["annotations"] == {"example.org/owner": "ml team"}, task
+    for task in LAUNCHERS:
+        assert _parameter_source(spec, task, "labels") == ("constant", {"cost-centre": "radiology", **kueue})
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--queue", "Bad_Queue"], "--queue 'Bad_Queue': not a Kueue object name"),
+    (["--pod-label", "cost centre=x"], "is not a Kubernetes label key"),
+    (["--pod-label", "team=ml team"], "is not a label value"),
+    (["--pod-label", "kueue.x-k8s.io/queue-name=q"], "the pipeline sets kueue.x-k8s.io/queue-name itself"),
+    (["--pod-annotation", "novalue"], "expected KEY=VALUE"),
+])
+def test_bad_queue_labels_and_annotations_are_one_line(
+    args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["compile", "--profile", "gpu", "--out", str(tmp_path / "x.yaml"), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "x.yaml").exists()
+
+
 def test_compile_refuses_gpu_settings_in_the_kind_profile(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["compile", "--profile", "kind", "--out", str(tmp_path / "x.yaml"), "--evaluator-gpus", "1"]) == 2
     assert "has no GPUs" in capsys.readouterr().err
+    assert main(["compile", "--profile", "kind", "--out", str(tmp_path / "x.yaml"), "--queue", "q"]) == 2
+    assert "has no GPU steps to queue" in capsys.readouterr().err
     assert not (tmp_path / "x.yaml").exists()
 
 
@@ -471,7 +519,7 @@ def test_images_pinned_by_digest_are_used_as_pinned_and_enter_the_run_id(
     assert "not pinned by digest" not in capsys.readouterr().err
     train, evaluate = f"{images['TRAIN_IMAGE']}@{train_digest}", f"{images['EVAL_IMAGE']}@{eval_digest}"
     for task in _steps("gpu"):
-        assert _executor(spec, task)["image"] == (train if task in TRAINERS else evaluate)
+        assert _executor(spec, task)["image"] == (train if task in _in_train_image("gpu") else evaluate)
     assert {e["imagePullPolicy"] for e in executors.values()} == {"IfNotPresent"}
     code = _parameter_source(spec, "split-builder", "code_version")[1]
     assert train_digest in code and eval_digest in code

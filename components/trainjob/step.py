@@ -72,6 +72,7 @@ def launch(
     gpus_per_node: int,
     image: str,
     init: Any = None,
+    labels: dict[str, str] | None = None,
     namespace: str = "",
     timeout_hours: float = DEFAULT_TIMEOUT_HOURS,
     poll_seconds: float = 15.0,
@@ -102,6 +103,7 @@ def launch(
                 timeout_s=timeout_hours * 3600,
                 env=passthrough_env(PASSTHROUGH_ENV),
                 labels={
+                    **(labels or {}),
                     "app.kubernetes.io/part-of": "mammo-pipeline",
                     "app.kubernetes.io/component": component.replace("_", "-"),
                 },
@@ -138,6 +140,7 @@ def run_step(
     model: Any,
     metrics: Any,
     init: Any = None,
+    labels: dict[str, str] | None = None,
     **options: Any,
 ) -> None:
     """The KFP step (``mammo_pipelines.steps.baseline_trainjob``/``unfreeze_trainjob``):
@@ -149,7 +152,7 @@ def run_step(
         launch(
             component, dataset_uri=dataset_uri, split_uri=split_uri, store_uri=store_uri, run_id=run_id,
             params=params, model=model, metrics=metrics, nodes=nodes, gpus_per_node=gpus_per_node,
-            image=image, init=init, **options,
+            image=image, init=init, labels=labels, **options,
         )
 
     code = run_guarded(call)
