@@ -22,7 +22,7 @@ from mammo.dicom.preprocess import convert_shard, merge, preprocess
 from mammo.dicom.synth import breast_phantom, make_dataset, save, write_synthetic_dicoms
 from mammo.errors import DataError
 
-OPTIONS = PreprocessConfig(image_size="64x48")
+OPTIONS = PreprocessConfig(image_size="64x48", keep_identifiers=True)  # the ids are asserted on
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,7 @@ def test_bad_files_fail_naming_the_file_or_are_skipped_and_listed(rsna: Path, tm
     victim = sorted((src / "train_images").rglob("*.dcm"))[3]
     _break(victim)
     out = tmp_path / "out"
-    code = main(["data", "dicom", "--in", str(src), "--out", str(out), "--image-size", "64x48", "--workers", "0"])
+    code = main(["data", "dicom", "--in", str(src), "--out", str(out), "--image-size", "64x48", "--workers", "0", "--keep-identifiers"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and str(victim) in err[-1] and err[-1].startswith("mammo: error: ")
     assert not (out / "train.csv").exists() and not (out / "manifest.json").exists()  # nothing half-written
@@ -133,7 +133,7 @@ def test_an_output_folder_holding_other_files_is_refused_untouched(
     shutil.copytree(tiny_dataset, datasets / "base")
     out = datasets / "base" if where == "a PNG dataset" else datasets
     before = _snapshot(datasets)
-    assert main(["data", "dicom", "--in", str(rsna), "--out", str(out), "--image-size", "64x48"]) == 2
+    assert main(["data", "dicom", "--in", str(rsna), "--out", str(out), "--image-size", "64x48", "--keep-identifiers"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"--out {out}: already holds files this command did not write" in err
     assert _snapshot(datasets) == before
@@ -189,7 +189,7 @@ def test_reruns_convert_only_new_or_changed_files(rsna: Path, tmp_path: Path) ->
     assert (third["converted"], third["unchanged"], third["removed"], third["rows"]) == (1, 6, 1, 7)
     assert not (out / removed.parent.name / f"{removed.stem}.png").exists()
     # Other pixel settings: everything again.
-    assert preprocess(str(src), str(out), PreprocessConfig(image_size=32))["converted"] == 7
+    assert preprocess(str(src), str(out), PreprocessConfig(image_size=32, keep_identifiers=True))["converted"] == 7
     assert {Image.open(p).size for p in open_dataset(out)[1]} == {(32, 32)}
 
 

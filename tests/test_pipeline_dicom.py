@@ -39,6 +39,8 @@ def dicoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(autouse=True)
 def _local_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MAMMO_CACHE_DIR", str(tmp_path / "cache"))
+    # The preprocessor pseudonymises the ids with the site key (the Secret's value in a cluster).
+    monkeypatch.setenv("MAMMO_PSEUDONYM_KEY", "test-site-key-0123456789abcdef")
     monkeypatch.delenv("MAMMO_STORE_URI", raising=False)
     monkeypatch.delenv("MAMMO_PUSHGATEWAY_URL", raising=False)
 

@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
         result = run(
             dataset_uri=args.dataset, out_uri=args.out, options=options_from_args(args), csv_uri=args.csv,
             shard=args.shard, shards=args.shards, merge_only=args.merge_only, workers=args.workers,
-            workdir=args.workdir, run_id=args.run_id,
+            workdir=args.workdir, run_id=args.run_id, pseudonym_key_file=args.pseudonym_key_file,
+            identifier_map=args.identifier_map,
         )
         print(json.dumps(result, indent=2, default=str))
 

@@ -15,6 +15,7 @@ import os
 from typing import Any
 
 from mammo import storage
+from mammo.dicom.identity import load_key
 from mammo.dicom.options import PreprocessConfig
 from mammo.dicom.preprocess import available_cpus, convert_shard, list_sources, merge, preprocess
 from mammo.errors import ConfigError, DataError
@@ -62,15 +63,24 @@ def run(
     workers: int | None = None,
     workdir: str | None = None,
     run_id: str | None = None,
+    pseudonym_key_file: str | None = None,
+    identifier_map: str | None = None,
 ) -> dict[str, Any]:
-    """Convert (all, or shard ``shard`` of ``shards``) and/or merge; returns the counts."""
+    """Convert (all, or shard ``shard`` of ``shards``) and/or merge; returns the counts. The
+    pseudonyms' key: ``pseudonym_key_file`` (a mounted Secret), else ``$MAMMO_PSEUDONYM_KEY``;
+    refused in one line without one unless ``keep_identifiers`` is set."""
     config = options if isinstance(options, PreprocessConfig) else PreprocessConfig.model_validate(options or {})
     source, out = normalize_uri(dataset_uri), normalize_uri(out_uri)
     count = available_cpus() if workers is None else workers
     scratch = workdir or os.environ.get("MAMMO_CACHE_DIR")
+    key = None if config.keep_identifiers else load_key(pseudonym_key_file or None)
+    if identifier_map and (merge_only or shard is not None):
+        raise ConfigError("--identifier-map: only with a whole run (no --shard, no --merge-only)")
     with telemetry_step(COMPONENT, run_id):
         if merge_only:
-            return merge(source, out, config, csv=csv_uri)
+            return merge(source, out, config, csv=csv_uri, key=key)
         if shard is None:
-            return preprocess(source, out, config, csv=csv_uri, workers=count, workdir=scratch)
-        return convert_shard(source, out, config, csv=csv_uri, workers=count, shard=shard, shards=shards, workdir=scratch)
+            return preprocess(source, out, config, csv=csv_uri, workers=count, workdir=scratch, key=key,
+                              identifier_map=identifier_map or None)
+        return convert_shard(source, out, config, csv=csv_uri, workers=count, shard=shard, shards=shards,
+                             workdir=scratch, key=key)

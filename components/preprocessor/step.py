@@ -6,6 +6,12 @@ the split builder and the trainers read; with ``png``, ``run_png_step`` hands th
 The PNG dataset's URI is a function of the source URI and the pixel settings
 (``entrypoint.output_uri``), so every step computes it alike and a rerun on the same DICOMs
 converts only what changed. None of these steps is cached: the files behind the URI can change.
+
+Identifiers: ``run_step`` and ``run_merge_step`` pseudonymise patient and image ids with the
+site key from the environment variable ``MAMMO_PSEUDONYM_KEY`` or the file named by their
+``pseudonym_key_file`` input (a mounted Kubernetes Secret), and refuse in one line without one
+unless ``preprocess_set`` holds ``keep_identifiers=true`` (input de-identified already, RSNA).
+Both steps of one run must see the same key.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import logging
 from mammo import storage
 from mammo.config import preprocess_config
 from mammo.console import setup_logging
+from mammo.dicom.identity import load_key, pseudonyms_for
 from mammo.dicom.options import PreprocessConfig
 from mammo.errors import ArtifactNotFoundError
 from mammo_components.inputs import normalize_uri, parse_params
@@ -28,32 +35,36 @@ def step_options(image_size: str, preprocess_set: list) -> PreprocessConfig:
     return preprocess_config(parse_params({"image_size": image_size, "preprocess_set": list(preprocess_set)}))
 
 
-def run_plan_step(*, dataset_uri: str, store_uri: str, image_size: str, preprocess_shards: int, preprocess_set: list) -> list:
-    """Check settings and input (a typo fails in seconds, before any shard pod starts); the
-    shard indices for the ParallelFor."""
+def run_plan_step(*, dataset_uri: str, store_uri: str, image_size: str, preprocess_shards: int, preprocess_set: list,
+                  pseudonym_key_file: str = "") -> list:
+    """Check settings, key and input (a typo or a missing key fails in seconds, before any
+    shard pod starts); the shard indices for the ParallelFor."""
     setup_logging()
     options = step_options(image_size, preprocess_set)
+    if not options.keep_identifiers:
+        pseudonyms_for(False, load_key(pseudonym_key_file or None))
     shards = plan(dataset_uri=dataset_uri, shards=preprocess_shards)
     log.info("PNG dataset: %s", output_uri(store_uri, dataset_uri, options))
     return shards
 
 
-def run_step(*, dataset_uri: str, store_uri: str, image_size: str, preprocess_set: list, shard: int, shards: int) -> dict:
+def run_step(*, dataset_uri: str, store_uri: str, image_size: str, preprocess_set: list, shard: int, shards: int, pseudonym_key_file: str = "") -> dict:
     """Convert shard ``shard`` of ``shards`` (what is new or changed); its counts."""
     setup_logging()
     options = step_options(image_size, preprocess_set)
     return run(
         dataset_uri=dataset_uri, out_uri=output_uri(store_uri, dataset_uri, options), options=options,
-        shard=shard, shards=shards,
+        shard=shard, shards=shards, pseudonym_key_file=pseudonym_key_file or None,
     )
 
 
-def run_merge_step(*, dataset_uri: str, store_uri: str, image_size: str, preprocess_set: list, parts: list) -> str:
+def run_merge_step(*, dataset_uri: str, store_uri: str, image_size: str, preprocess_set: list, parts: list, pseudonym_key_file: str = "") -> str:
     """Write the PNG dataset's table, record and manifest; its URI (the split builder's input)."""
     setup_logging()
     options = step_options(image_size, preprocess_set)
     out = output_uri(store_uri, dataset_uri, options)
-    result = run(dataset_uri=dataset_uri, out_uri=out, options=options, merge_only=True)
+    result = run(dataset_uri=dataset_uri, out_uri=out, options=options, merge_only=True,
+                 pseudonym_key_file=pseudonym_key_file or None)
     converted = sum(int(part.get("converted", 0)) for part in parts if isinstance(part, dict))
     log.info(
         "%s: %d rows (%d converted now, %d bad file(s), %d tag mismatch(es))",

@@ -20,7 +20,7 @@ from mammo_components.preprocessor.entrypoint import output_uri, plan, run
 from mammo_components.preprocessor.step import run_merge_step, run_plan_step, run_png_step, run_step
 from servers import S3Env
 
-OPTIONS = PreprocessConfig(image_size="48x32")
+OPTIONS = PreprocessConfig(image_size="48x32", keep_identifiers=True)
 
 
 @pytest.fixture(scope="module")
@@ -64,11 +64,11 @@ def test_shards_in_separate_pods_then_merge_publish_the_png_dataset(source: str,
 def test_pipeline_steps_compute_the_same_dataset(source: str, s3_env: S3Env, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("MAMMO_CACHE_DIR", str(tmp_path / "cache"))
     shards = run_plan_step(dataset_uri=source, store_uri=s3_env.uri, image_size="48x32", preprocess_shards=3,
-                           preprocess_set=["align=left"])
+                           preprocess_set=["align=left", "keep_identifiers=true"])
     assert shards == [0, 1, 2]
-    parts = [run_step(dataset_uri=source, store_uri=s3_env.uri, image_size="48x32", preprocess_set=["align=left"],
+    parts = [run_step(dataset_uri=source, store_uri=s3_env.uri, image_size="48x32", preprocess_set=["align=left", "keep_identifiers=true"],
                       shard=k, shards=3) for k in shards]
-    out = run_merge_step(dataset_uri=source, store_uri=s3_env.uri, image_size="48x32", preprocess_set=["align=left"],
+    out = run_merge_step(dataset_uri=source, store_uri=s3_env.uri, image_size="48x32", preprocess_set=["align=left", "keep_identifiers=true"],
                          parts=parts)
     assert out == output_uri(s3_env.uri, source, PreprocessConfig(image_size="48x32", align="left"))
     record = json.loads(storage.get_bytes(storage.join(out, "preprocess.json")))
@@ -93,13 +93,13 @@ def test_bad_file_in_the_bucket_is_one_line_naming_its_uri(
     uri = f"{s3_env.uri}/datasets/broken"
     storage.upload_dir(broken, uri)
     out = f"{s3_env.uri}/datasets/broken-png"
-    code = main(["preprocessor", "--dataset", uri, "--out", out, "--workers", "0", "--image-size", "48x32"])
+    code = main(["preprocessor", "--dataset", uri, "--out", out, "--workers", "0", "--image-size", "48x32", "--keep-identifiers"])
     err = capsys.readouterr().err.strip().splitlines()[-1]
     key = victim.relative_to(broken).as_posix()
     assert code == 2 and f"{uri}/{key}" in err and "mammo: error:" in err
     assert not storage.exists(storage.join(out, "manifest.json"))
     code = main(["preprocessor", "--dataset", uri, "--out", out, "--workers", "0", "--image-size", "48x32",
-                 "--bad-files", "skip"])
+                 "--bad-files", "skip", "--keep-identifiers"])
     result = json.loads(capsys.readouterr().out)
     assert code == 0 and (result["rows"], result["bad_files"]) == (9, 1)
     with pytest.raises(DataError, match="no DICOM files"):

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from mammo.config import DEFAULT_MAX_PIXELS
 from mammo.imagesize import ImageSize, parse_image_size, size_text
 
 #: Bumped whenever the conversion changes the pixels it writes: every file is converted again.
@@ -39,11 +40,41 @@ class PreprocessConfig(BaseModel):
         "fail", description="An unreadable or unusable DICOM: stop naming it (fail), or skip, count and list it."
     )
     png_compression: int = Field(3, ge=0, le=9, description="zlib level of the PNGs (speed vs size; pixels are the same).")
+    keep_identifiers: bool = Field(
+        False, description="Keep PatientID and image ids as they are: only for input that is de-identified already "
+        "(RSNA). Otherwise they are replaced by keyed pseudonyms (MAMMO_PSEUDONYM_KEY or --pseudonym-key-file).",
+    )
+    max_pixels: int = Field(
+        DEFAULT_MAX_PIXELS, ge=1, le=2**40,
+        description="Largest image (Rows x Columns x frames, from the header, before decompressing), as data.max_pixels.",
+    )
+    views: list[str] = Field(
+        ["CC", "MLO"], description="Views converted (ViewPosition, else the view code); others are skipped and "
+        "counted. A file naming no view is kept.",
+    )
+    view_modifiers: Literal["skip", "keep"] = Field(
+        "skip", description="Spot compression and magnification views (ViewModifierCodeSequence): skip and count, or keep.",
+    )
+    implants: Literal["keep", "skip"] = Field(
+        "keep", description="Images with a breast implant (BreastImplantPresent YES; the implant column): keep, or skip.",
+    )
+    for_processing: Literal["skip", "keep"] = Field(
+        "skip", description="Raw detector images (PresentationIntentType FOR PROCESSING): skip and count, or keep.",
+    )
 
     @field_validator("image_size", mode="before")
     @classmethod
     def _size(cls, value: Any) -> ImageSize:
         return parse_image_size(value)
+
+    @field_validator("views", mode="before")
+    @classmethod
+    def _views(cls, value: Any) -> list[str]:
+        items = value.split(",") if isinstance(value, str) else list(value)
+        views = [str(v).strip().upper() for v in items if str(v).strip()]
+        if not views:
+            raise ValueError("expected at least one view, e.g. CC,MLO")
+        return views
 
     def pixel_settings(self) -> dict[str, Any]:
         """The settings the written pixels depend on (the incremental rerun compares these)."""
@@ -62,6 +93,16 @@ class PreprocessConfig(BaseModel):
         """sha256 of ``pixel_settings``: equal digests, equal pixels for the same input."""
         text = json.dumps(self.pixel_settings(), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
+
+    def policy(self) -> dict[str, Any]:
+        """Which files are converted and which skipped (a skip is remembered under these)."""
+        return {
+            "views": self.views, "view_modifiers": self.view_modifiers, "implants": self.implants,
+            "for_processing": self.for_processing, "max_pixels": self.max_pixels,
+        }
+
+    def policy_digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.policy(), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def add_arguments(parser: Any) -> None:
@@ -85,6 +126,17 @@ def add_arguments(parser: Any) -> None:
     parser.add_argument("--window-index", type=int, metavar="N", help=shown("window_index"))
     parser.add_argument("--bad-files", choices=["fail", "skip"], help=shown("bad_files"))
     parser.add_argument("--png-compression", type=int, metavar="0-9", help=shown("png_compression"))
+    parser.add_argument("--max-pixels", type=int, metavar="N", help=shown("max_pixels"))
+    parser.add_argument("--views", metavar="V,V", help=f"{fields['views'].description} (default: CC,MLO)")
+    parser.add_argument("--view-modifiers", choices=["skip", "keep"], help=shown("view_modifiers"))
+    parser.add_argument("--implants", choices=["keep", "skip"], help=shown("implants"))
+    parser.add_argument("--for-processing", choices=["skip", "keep"], help=shown("for_processing"))
+    parser.add_argument("--keep-identifiers", action="store_true", default=None, help=fields["keep_identifiers"].description)
+    parser.add_argument("--pseudonym-key-file", metavar="FILE",
+                        help="File holding the site key of the pseudonyms (default: $MAMMO_PSEUDONYM_KEY).")
+    parser.add_argument("--identifier-map", metavar="FILE",
+                        help="Write the map from pseudonyms back to the original ids and UIDs here (CSV; never "
+                        "written otherwise, and refused inside --out).")
 
 
 def options_from_args(args: Any) -> PreprocessConfig:
