@@ -273,6 +273,7 @@ def _wire(profile: Profile, args: dict[str, Any]) -> Any:
         promotion_margin=args["promotion_margin"],
         promotion_rule=args["promotion_rule"],
         promotion_min=args["promotion_min"],
+        promotion_min_cancers=args["promotion_min_cancers"],
         **shared,
     )
     evaluation.set_display_name("evaluator").set_container_image(profile.evaluator_image)
@@ -291,6 +292,9 @@ def _wire(profile: Profile, args: dict[str, Any]) -> Any:
         model_name=args["model_name"],
         promotion_metric=args["promotion_metric"],
         promotion_margin=args["promotion_margin"],
+        promotion_rule=args["promotion_rule"],
+        promotion_min=args["promotion_min"],
+        promotion_min_cancers=args["promotion_min_cancers"],
         dataset_fingerprint=split_task.outputs["dataset_fingerprint"],
     )
     promotion.set_display_name("promoter").set_container_image(profile.eval_image)

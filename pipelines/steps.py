@@ -101,6 +101,7 @@ def split_builder(
     promotion_margin: float,
     promotion_rule: str,
     promotion_min: float,
+    promotion_min_cancers: int,
     image_size: str,
     backbone: str,
     weights: str,
@@ -136,7 +137,8 @@ def split_builder(
     return run_step(
         dataset_uri=dataset_uri, store_uri=store_uri, code_version=code_version,
         promotion_metric=promotion_metric, promotion_margin=promotion_margin, promotion_rule=promotion_rule,
-        promotion_min=promotion_min, image_size=image_size, backbone=backbone, weights=weights,
+        promotion_min=promotion_min, promotion_min_cancers=promotion_min_cancers, image_size=image_size,
+        backbone=backbone, weights=weights,
         in_channels=in_channels, batch_size=batch_size, workers=workers, device=device, seed=seed,
         val_frac=val_frac, test_frac=test_frac, warmup_ratio=warmup_ratio, loss=loss, augment=augment,
         baseline_epochs=baseline_epochs, warmup_epochs=warmup_epochs, baseline_lr=baseline_lr,
@@ -255,6 +257,7 @@ def evaluator(
     promotion_margin: float,
     promotion_rule: str,
     promotion_min: float,
+    promotion_min_cancers: int,
     baseline: Input[Model],
     unfreeze: Input[Model],
     best: Output[Model],
@@ -270,7 +273,8 @@ def evaluator(
     return run_step(
         dataset_uri=dataset_uri, split_uri=split_uri, store_uri=store_uri, run_id=run_id, params=params,
         model_name=model_name, promotion_metric=promotion_metric, promotion_margin=promotion_margin,
-        promotion_rule=promotion_rule, promotion_min=promotion_min, baseline=baseline, unfreeze=unfreeze,
+        promotion_rule=promotion_rule, promotion_min=promotion_min, promotion_min_cancers=promotion_min_cancers,
+        baseline=baseline, unfreeze=unfreeze,
         best=best, metrics=metrics, classification=classification, report=report,
     )
 
@@ -281,6 +285,9 @@ def promoter(
     model_name: str,
     promotion_metric: str,
     promotion_margin: float,
+    promotion_rule: str,
+    promotion_min: float,
+    promotion_min_cancers: int,
     dataset_fingerprint: str,
     candidate: Input[Model],
     production: Output[Model],
@@ -293,6 +300,7 @@ def promoter(
 
     run_step(
         store_uri=store_uri, model_name=model_name, promotion_metric=promotion_metric,
-        promotion_margin=promotion_margin, dataset_fingerprint=dataset_fingerprint, candidate=candidate,
+        promotion_margin=promotion_margin, promotion_rule=promotion_rule, promotion_min=promotion_min,
+        promotion_min_cancers=promotion_min_cancers, dataset_fingerprint=dataset_fingerprint, candidate=candidate,
         production=production,
     )

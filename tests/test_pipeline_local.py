@@ -29,7 +29,7 @@ pytestmark = pytest.mark.slow  # real processes and whole runs: `make check` lea
 TINY = {
     "image_size": 32, "backbone": "tinynet", "batch_size": 16, "workers": 0, "device": "cpu",
     "baseline_epochs": 1, "warmup_epochs": 0, "unfreeze_epochs": 1,
-    "unfreeze_set": ["unfreeze.start_epoch=1"], "promotion_min": -1.0,
+    "unfreeze_set": ["unfreeze.start_epoch=1"], "promotion_min": -1.0, "promotion_min_cancers": 0,
     "evaluate_set": ["stats.resamples=200", "stats.subgroup_resamples=100"],
 }
 

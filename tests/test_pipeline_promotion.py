@@ -253,11 +253,12 @@ def test_promoter_command_promotes_an_evaluator_runs_best(tmp_path: Path, capsys
     evaluation = tmp_path / "evaluation"
     evaluation.mkdir()
     (evaluation / "result.json").write_text(
-        json.dumps({"best_uri": best.uri, "best_sha256": best.sha256, "metrics": _metrics(0.7), "report_uri": "r.html"})
+        json.dumps({"best_uri": best.uri, "best_sha256": best.sha256, "metrics": _metrics(0.7), "report_uri": "r.html",
+                    "decision": _first_verdict(0.3)})
     )
     out_uri = storage.join(store, "runs", "r1", "evaluator")
     storage.publish(evaluation, out_uri)
-    args = ["promoter", "--evaluation", out_uri, "--store", store, "--margin", "0.01"]
+    args = ["promoter", "--evaluation", out_uri, "--store", store, "--margin", "0.005"]
     assert main(args) == 0
     assert json.loads(capsys.readouterr().out)["promoted"] is True
     assert _production(store).metadata["evaluation_uri"] == out_uri
@@ -268,6 +269,51 @@ def test_promoter_command_promotes_an_evaluator_runs_best(tmp_path: Path, capsys
     assert main([*args, "--metric", "test.breast.bogus"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "the evaluator reports no such metric" in err
+
+
+def _first_verdict(separation: float) -> dict:
+    """The evaluator's verdict for a first model (``mammo.promotion.decide``) on 100 patients,
+    20 cancer breasts, scores ``separation`` apart."""
+    import numpy as np
+    import pandas as pd
+
+    from mammo.promotion import PromotionRule, decide
+    from mammo.stats import BootstrapSettings
+
+    labels = np.zeros(200, dtype=int)
+    labels[::10] = 1
+    noise = np.random.default_rng(0).normal(size=200)
+    frame = pd.DataFrame({"breast_id": np.arange(200), "patient_id": np.arange(200) // 2, "label": labels,
+                          "prob": 1 / (1 + np.exp(-(separation * 10 * labels + noise)))})
+    return decide(PromotionRule(), frame, 0.5, BootstrapSettings(200, 0))
+
+
+def test_a_hand_run_promoter_follows_the_evaluators_verdict_not_its_own_comparison(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 20: a candidate of test AUC 0.40 that the evaluator refused was promoted by hand."""
+    from mammo_components.cli import main
+
+    store = str(tmp_path / "store")
+    best = _candidate(store, "r1", b"chance model")
+    evaluation = tmp_path / "evaluation"
+    evaluation.mkdir()
+    refused = _first_verdict(-0.02)
+    assert not refused["promote"]
+    (evaluation / "result.json").write_text(json.dumps({"best_uri": best.uri, "best_sha256": best.sha256,
+                                                        "metrics": _metrics(0.4), "decision": refused}))
+    out_uri = storage.join(store, "runs", "r1", "evaluator")
+    storage.publish(evaluation, out_uri)
+    assert main(["promoter", "--evaluation", out_uri, "--store", store]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert not result["promoted"] and "not above the floor" in result["reason"]
+    # The evaluation's "yes" under the default rule is refused by a promoter with another rule.
+    (evaluation / "result.json").write_text(json.dumps({"best_uri": best.uri, "best_sha256": best.sha256,
+                                                        "metrics": _metrics(0.9), "decision": _first_verdict(0.3)}))
+    storage.publish(evaluation, storage.join(store, "runs", "r2", "evaluator"))
+    assert main(["promoter", "--evaluation", storage.join(store, "runs", "r2", "evaluator"), "--store", store,
+                 "--min-cancers", "50"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert not result["promoted"] and "decided under another promotion rule: min_cancers 10" in result["reason"]
+    assert not storage.exists(storage.join(_prefix(store), "manifest.json"))
 
 
 # --- the lock: holders that die, holders elsewhere ---------------------------------------------

@@ -14,7 +14,8 @@ from mammo import storage
 from mammo.errors import ConfigError
 from mammo.export import load_export
 from mammo.predict import resolve_model
-from mammo.promotion import PromotionRule, decide, recheck
+from mammo.coverage import chance_promotion
+from mammo.promotion import PromotionRule, confirm, decide, recheck
 from mammo.stats import BootstrapSettings
 from mammo_components.promoter.entrypoint import run as promote
 from model_support import fake_checkpoint
@@ -42,16 +43,19 @@ def test_rule_checks_its_parameters():
         PromotionRule(metric="test.breast.loss").check()
     with pytest.raises(ConfigError, match="margin"):
         PromotionRule(margin=-0.1).check()
-    PromotionRule(metric="val.image.pr_auc", rule="margin").check()
+    for bad in (-1, 2.5, True, "10"):
+        with pytest.raises(ConfigError, match="^promotion_min_cancers .*: must be a whole number, 0 or more$"):
+            PromotionRule(min_cancers=bad).check()
+    PromotionRule(metric="val.image.pr_auc", rule="margin", min_cancers=0).check()
 
 
 def test_the_first_model_must_clear_the_floor_with_its_interval():
     rng = np.random.default_rng(0)
     chance = breasts(rng, 0.0, n=60, cancers=4)  # a chance-level model on a small split
     strong = breasts(rng, 3.0)
-    verdict = decide(PromotionRule(), chance, 0.5, SETTINGS)
+    verdict = decide(PromotionRule(min_cancers=0), chance, 0.5, SETTINGS)
     assert not verdict["promote"] and "not above the floor" in verdict["reason"]
-    assert verdict["candidate_ci"]["low"] < 0.5
+    assert verdict["candidate_ci"]["low"] < 0.5 and verdict["floor_ci"]["low"] < verdict["candidate_ci"]["low"]
     verdict = decide(PromotionRule(), strong, 0.5, SETTINGS)
     assert verdict["promote"] and verdict["reason"].startswith("no production model yet")
     assert verdict["candidate_ci"]["low"] > 0.5 and verdict["production"] is None
@@ -97,8 +101,8 @@ def test_promoter_follows_the_verdict_and_writes_the_export(tmp_path):
     storage.publish({"best_auc.pt": fake_checkpoint(tmp_path / "c.pt")}, run_uri)
     candidate = storage.join(run_uri, "best_auc.pt")
     sha = storage.read_manifest(run_uri).objects["best_auc.pt"].sha256
-    verdict = {"rule": "paired_bootstrap", "metric": "test.breast.auc", "margin": 0.005, "promote": True,
-               "reason": "no production model yet; ...", "production_sha256": None, "candidate": 0.8, "production": None}
+    verdict = decide(PromotionRule(), breasts(np.random.default_rng(8), 3.0), 0.5, SETTINGS)
+    assert verdict["promote"] and verdict.get("production_sha256") is None
     common = {"candidate_uri": candidate, "candidate_sha256": sha, "store_uri": store, "model_name": "m",
               "metric": "test.breast.auc", "margin": 0.005,
               "candidate_metrics": {"test": {"breast": {"auc": 0.8}}}}
@@ -123,3 +127,38 @@ def test_promoter_follows_the_verdict_and_writes_the_export(tmp_path):
     late = promote(**{**common, "candidate_uri": storage.join(run2, "best_auc.pt"), "candidate_sha256": sha2}, verdict=verdict)
     assert not late["promoted"] and "production changed since the evaluation" in late["reason"]
     assert storage.read_manifest(prefix).metadata["sha256"] == sha
+
+
+def test_too_few_test_cancers_promote_nothing_with_a_one_line_reason():
+    strong = breasts(np.random.default_rng(5), 4.0, n=200, cancers=6)
+    verdict = decide(PromotionRule(min_cancers=10), strong, 0.5, SETTINGS)
+    assert not verdict["promote"] and verdict["cancers"] == 6
+    assert verdict["reason"] == "the test split has 6 cancer breast(s), fewer than promotion_min_cancers=10; not promoted"
+    assert decide(PromotionRule(min_cancers=6), strong, 0.5, SETTINGS)["promote"]
+
+
+def test_a_chance_level_model_is_promoted_at_most_1_percent_of_the_time():
+    """A seeded, fixed set of trials (the bench runs 2,000 per size and rule): a chance-level
+    first model, 20 cancers in 500 patients, under both rules. The floor is one-sided at
+    0.5 %, so about 1 promotion in 200 trials is expected; the 1 % goal allows 2 of 200."""
+    rows = chance_promotion(200, 0, sizes=((20, 500),))
+    for row in rows:
+        assert row["first_model"]["hits"] <= 2, row  # 1 % of 200; seed 0 gives 0 and 1
+    assert {row["rule"] for row in rows} == {"paired_bootstrap", "margin"}
+
+
+def test_the_promoter_decides_again_and_refuses_what_the_rule_does_not_support():
+    rule = PromotionRule()
+    strong = decide(rule, breasts(np.random.default_rng(6), 3.0), 0.5, SETTINGS)
+    assert strong["promote"] and confirm(rule, strong)[0]
+    # Decided under another rule (a hand-run promoter with other settings, or the other way round).
+    other = confirm(PromotionRule(floor=0.7), strong)
+    assert not other[0] and other[1].startswith("the evaluation was decided under another promotion rule: floor 0.5")
+    # A verdict edited to "promote" that its own figures do not support.
+    weak = decide(PromotionRule(min_cancers=0), breasts(np.random.default_rng(7), 0.0, n=60, cancers=4), 0.5, SETTINGS)
+    forged = {**weak, "promote": True, "min_cancers": 10}
+    held, why = confirm(rule, forged)
+    assert not held and "fewer than promotion_min_cancers=10" in why
+    forged = {**weak, "promote": True}
+    held, why = confirm(PromotionRule(min_cancers=0), forged)
+    assert not held and "not above the floor" in why

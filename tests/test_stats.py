@@ -17,6 +17,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
+from mammo.coverage import coverage
 from mammo.metrics import binary_metrics
 from mammo.stats import (
     BootstrapSettings,
@@ -26,6 +27,7 @@ from mammo.stats import (
     describe,
     paired_difference,
     point_metrics,
+    proportion_interval,
     resample_counts,
     small_sample_warnings,
     subgroups,
@@ -34,9 +36,15 @@ from mammo.stats import (
 TRIALS = 200
 
 
+#: The least coverage a 95% interval must reach (issue 20): the reported intervals are tested
+#: against it on seeded, fixed trial sets; ``mammo bench coverage`` measures it with 2,000 trials.
+MIN_COVERAGE = 0.94
+
+
 def within_binomial(hits: int, trials: int, p: float = 0.95, sds: float = 3.0, bias: float = 0.02) -> bool:
     """``hits / trials`` is within ``sds`` binomial standard deviations of ``p``, allowing a
-    small known bias of percentile intervals at these sample sizes (slightly narrow)."""
+    small known bias (slightly narrow): for DeLong's Wald interval, shown beside the reported
+    one, and the paired bootstrap, not for the intervals reported as ``ci``."""
     sd = math.sqrt(p * (1 - p) / trials)
     return p - sds * sd - bias <= hits / trials <= min(1.0, p + sds * sd)
 
@@ -92,7 +100,7 @@ def test_the_95_interval_covers_a_known_auc_about_95_percent_of_the_time():
         boot += ci["low"] <= truth <= ci["high"]
         de = delong(y, s)
         dl += de["low"] <= truth <= de["high"]
-    assert within_binomial(boot, TRIALS), boot / TRIALS
+    assert MIN_COVERAGE <= boot / TRIALS <= 0.995, boot / TRIALS
     assert within_binomial(dl, TRIALS), dl / TRIALS
 
 
@@ -113,7 +121,7 @@ def test_patients_not_images_are_resampled():
         by_image += naive["low"] <= truth <= naive["high"]
         de = delong(y, s, clusters=patients)
         clustered += de["low"] <= truth <= de["high"]
-    assert within_binomial(by_patient, trials), by_patient / trials
+    assert by_patient / trials >= MIN_COVERAGE, by_patient / trials
     assert within_binomial(clustered, trials), clustered / trials
     assert by_image / trials < 0.8  # ~0.6: far too narrow
 
@@ -184,3 +192,39 @@ def test_small_sample_warning():
         "the test split has only 2 cancer breast(s) (fewer than 20): its figures are uncertain; read the "
         "intervals, not the point values"
     ]
+
+
+def test_intervals_hold_with_10_cancers():
+    """Issue 20: 500 patients, 10 cancer breasts, true breast AUC 0.85 - the percentile
+    bootstrap covered the AUC in 87.6% of trials. A seeded, fixed set of 300 trials; the
+    bench (2,000 per size, also 20 and 40 cancers) is in the README."""
+    (row,) = coverage(300, sizes=((10, 500),))
+    for name in ("auc", "sensitivity", "specificity"):
+        assert row[name]["rate"] >= MIN_COVERAGE, (name, row[name])
+
+
+def test_no_interval_of_zero_width_and_none_without_a_reason():
+    # 160 true negatives of 160, 10 flagged breasts all cancers: exact intervals, not [1, 1].
+    labels = [0] * 160 + [1] * 10
+    result = bootstrap(labels, [0.1] * 160 + [0.9] * 10, range(170), 0.5, BootstrapSettings(200, 0))
+    for name in ("specificity", "precision", "sensitivity", "auc"):
+        figure = result[name]
+        assert figure["value"] == 1.0 and figure["high"] == 1.0 and 0.6 < figure["low"] < 1.0, (name, figure)
+    assert result["specificity"]["low"] == pytest.approx(0.025 ** (1 / 160), abs=1e-6)  # Clopper-Pearson
+    # A figure every resample gives the same value: no interval, and why.
+    assert result["f1"]["low"] is None and result["f1"]["reason"].startswith("every resample gives 1.000")
+    # One patient: nothing to estimate an interval from.
+    one = bootstrap([0, 1], [0.2, 0.8], ["p", "p"], 0.5, BootstrapSettings(200, 0))
+    for name in ("auc", "sensitivity", "f1"):
+        assert one[name]["low"] is None and one[name]["reason"] == "fewer than 2 patients", one[name]
+
+
+def test_proportions_of_correlated_units_are_wider():
+    """Four images per patient that agree: the design effect widens the interval."""
+    rng = np.random.default_rng(9)
+    flags = np.repeat(rng.random(50) < 0.3, 4)
+    patients = np.repeat(np.arange(50), 4)
+    clustered = proportion_interval(flags, np.ones(200), patients, 0.95)
+    independent = proportion_interval(flags, np.ones(200), np.arange(200), 0.95)
+    assert clustered["design_effect"] > 3 and independent["design_effect"] < 1.1
+    assert clustered["high"] - clustered["low"] > 1.5 * (independent["high"] - independent["low"])

@@ -125,7 +125,8 @@ def run(
 
     With ``production_uri`` (a production pointer, ``<store>/models/<name>/production``) the
     production model is re-evaluated on the same splits and the promotion rule of ``params``
-    (``promotion_rule``, ``promotion_metric``, ``promotion_margin``, ``promotion_min``; see
+    (``promotion_rule``, ``promotion_metric``, ``promotion_margin``, ``promotion_min``,
+    ``promotion_min_cancers``; see
     ``mammo.promotion``) decides whether the best candidate beats it: ``result["decision"]``."""
     from mammo.evaluate import REPORT_NAME, candidate_names, run_evaluation
     from mammo.promotion import PromotionRule
@@ -142,7 +143,8 @@ def run(
         for uri in uris:
             fetch_history(uri, fetched[uri][0])
         p = inputs.params
-        rule = PromotionRule(metric=p.promotion_metric, rule=p.promotion_rule, margin=p.promotion_margin, floor=p.promotion_min)
+        rule = PromotionRule(metric=p.promotion_metric, rule=p.promotion_rule, margin=p.promotion_margin, floor=p.promotion_min,
+                             min_cancers=p.promotion_min_cancers)
         rule.check()
         production_path, production = (None, {})
         if production_uri:

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from mammo.config import DEFAULT_PROMOTION_MIN_CANCERS
 from mammo.console import setup_logging
 from mammo.storage import get_bytes, production_model_uri, run_uri
 from mammo_components.artifacts import log_numbers, write_artifact_json
@@ -62,6 +63,7 @@ def run_step(
     promotion_rule: str,
     promotion_min: float,
     baseline: Any,
+    promotion_min_cancers: int = DEFAULT_PROMOTION_MIN_CANCERS,
     unfreeze: Any,
     best: Any,
     metrics: Any,
@@ -75,7 +77,8 @@ def run_step(
     report) and ``best``; return whether the best candidate should replace production."""
     setup_logging()
     rule = {"promotion_metric": promotion_metric, "promotion_margin": promotion_margin,
-            "promotion_rule": promotion_rule, "promotion_min": promotion_min}
+            "promotion_rule": promotion_rule, "promotion_min": promotion_min,
+            "promotion_min_cancers": promotion_min_cancers}
     result = run(
         dataset_uri=dataset_uri, split_uri=split_uri, params={**params, **rule},
         checkpoint_uris=[baseline.metadata["uri"], unfreeze.metadata["uri"]],

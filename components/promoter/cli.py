@@ -1,8 +1,11 @@
 """``mammo component promoter``: promote the best candidate of an evaluator run by hand.
 
-Reads the evaluator's published ``result.json`` (best checkpoint URI, its sha256, metrics) from
-``--evaluation`` and applies the same rule as the pipeline's promoter step. The result is
-printed as JSON; ``promoted`` says whether production changed.
+Reads the evaluator's published ``result.json`` (best checkpoint URI, its sha256, metrics and
+its promotion verdict, ``decision``) from ``--evaluation`` and applies the same rule as the
+pipeline's promoter step: the verdict is decided again from its figures under this command's
+rule (which must be the one the evaluation used) and must still hold against production. An
+evaluation without a verdict is refused. The result is printed as JSON; ``promoted`` says
+whether production changed.
 """
 
 from __future__ import annotations
@@ -10,8 +13,17 @@ from __future__ import annotations
 import argparse
 import json
 
-from mammo.config import DEFAULT_MODEL_NAME, DEFAULT_PROMOTION_MARGIN, DEFAULT_PROMOTION_METRIC
+from mammo.config import (
+    DEFAULT_MODEL_NAME,
+    DEFAULT_PROMOTION_MARGIN,
+    DEFAULT_PROMOTION_METRIC,
+    DEFAULT_PROMOTION_MIN,
+    DEFAULT_PROMOTION_MIN_CANCERS,
+    DEFAULT_PROMOTION_RULE,
+)
 from mammo.console import parse_command_line, run_guarded, setup_logging
+from mammo.errors import ConfigError
+from mammo.promotion import RULES
 from mammo_components.promoter.entrypoint import run
 from mammo_components.publishing import read_result
 
@@ -20,8 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mammo component promoter",
         description="Replace <store>/models/<name>/production/ with the best candidate of an "
-        "evaluator run when it beats the production model on --metric by more than --margin "
-        "(or nothing is in production yet).",
+        "evaluator run when the evaluator's promotion verdict, decided again under this rule, "
+        "says so and production is still the model it compared with.",
     )
     p.add_argument("--evaluation", required=True, metavar="URI",
                    help="The evaluator's output folder: <store>/runs/<run-id>/evaluator.")
@@ -32,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="<split>.<level>.<metric> (default: %(default)s).")
     p.add_argument("--margin", type=float, default=DEFAULT_PROMOTION_MARGIN,
                    help="Required improvement (default: %(default)s).")
+    p.add_argument("--rule", default=DEFAULT_PROMOTION_RULE, choices=RULES,
+                   help="promotion_rule (default: %(default)s).")
+    p.add_argument("--promotion-min", type=float, default=DEFAULT_PROMOTION_MIN, metavar="X",
+                   help="The floor promotion_min (default: %(default)s).")
+    p.add_argument("--min-cancers", type=int, default=DEFAULT_PROMOTION_MIN_CANCERS, metavar="N",
+                   help="promotion_min_cancers (default: %(default)s).")
     return p
 
 
@@ -43,10 +61,14 @@ def main(argv: list[str] | None = None) -> int:
 
     def call() -> None:
         evaluation = read_result(args.evaluation)
+        if not isinstance(evaluation.get("decision"), dict):
+            raise ConfigError(f"--evaluation {args.evaluation}: result.json has no promotion verdict (decision); "
+                              "evaluate with the evaluator component first")
         result = run(
             candidate_uri=evaluation["best_uri"], candidate_sha256=evaluation["best_sha256"],
             candidate_metrics=evaluation["metrics"], store_uri=args.store, model_name=args.model_name,
-            metric=args.metric, margin=args.margin,
+            metric=args.metric, margin=args.margin, rule=args.rule, floor=args.promotion_min,
+            min_cancers=args.min_cancers, verdict=evaluation["decision"],
             provenance={"evaluation_uri": args.evaluation, "report_uri": evaluation.get("report_uri")},
         )
         print(json.dumps(result, indent=2))

@@ -19,9 +19,15 @@ import logging
 from datetime import datetime, timezone
 from typing import Any
 
-from mammo.config import lookup_metric, metric_mode
+from mammo.config import (
+    DEFAULT_PROMOTION_MIN,
+    DEFAULT_PROMOTION_MIN_CANCERS,
+    DEFAULT_PROMOTION_RULE,
+    lookup_metric,
+    metric_mode,
+)
 from mammo.errors import ArtifactNotFoundError, MammoError
-from mammo.promotion import PromotionRule, recheck
+from mammo.promotion import PromotionRule, confirm, recheck
 from mammo.storage import Manifest, ManifestEntry, join, production_model_uri, read_manifest
 from mammo.storage.layout import check_name
 from mammo.storage.lock import hold
@@ -40,11 +46,16 @@ from mammo_components.promoter.switch import (
 log = logging.getLogger(__name__)
 
 
-def check_rule(metric: str, margin: float) -> None:
-    """The promoter's part of the promotion rule is usable (``mammo.promotion.PromotionRule.check``:
-    ``metric`` is one the evaluator reports for every candidate, ``margin`` a finite number,
-    not negative); ConfigError otherwise."""
-    PromotionRule(metric=metric, margin=margin).check()
+def check_rule(
+    metric: str, margin: float, rule: str = DEFAULT_PROMOTION_RULE, floor: float = DEFAULT_PROMOTION_MIN,
+    min_cancers: int = DEFAULT_PROMOTION_MIN_CANCERS,
+) -> PromotionRule:
+    """The promoter's promotion rule, checked (``mammo.promotion.PromotionRule.check``: ``metric``
+    is one the evaluator reports for every candidate, ``margin`` a finite number, not negative,
+    ...); ConfigError otherwise."""
+    checked = PromotionRule(metric=metric, rule=rule, margin=margin, floor=floor, min_cancers=min_cancers)
+    checked.check()
+    return checked
 
 
 def production_manifest(store_uri: str, model_name: str) -> Manifest | None:
@@ -115,17 +126,23 @@ def run(
     provenance: dict[str, Any] | None = None,
     verdict: dict[str, Any] | None = None,
     keep: int = KEEP_PROMOTED,
+    rule: str = DEFAULT_PROMOTION_RULE,
+    floor: float = DEFAULT_PROMOTION_MIN,
+    min_cancers: int = DEFAULT_PROMOTION_MIN_CANCERS,
 ) -> dict[str, Any]:
     """Promote ``candidate_uri`` if it (still) beats production; returns the decision, and the
     new production checkpoint when promoted. ``provenance`` (run id, dataset fingerprint,
     report URI, ...) is recorded in the production manifest and the decision record.
 
-    ``verdict``: a decision already made upstream (the evaluator step's, e.g. a statistical
-    test this step cannot repeat). A "no" is recorded as it is; a "yes" still has to hold
-    against production under the lock. Whatever happens, the decision is recorded; a refused
-    promotion (checksum mismatch, lost lock) is recorded, then raised."""
+    ``verdict``: the evaluator's decision (``mammo.promotion.decide``; the pipeline step and
+    ``mammo component promoter`` always pass it). A "no" is recorded as it is; a "yes" is
+    decided again from its recorded figures under this promoter's rule (``metric``, ``margin``,
+    ``rule``, ``floor``, ``min_cancers``: ``mammo.promotion.confirm``) and still has to hold
+    against production under the lock. Without a verdict the headline figures are compared by
+    ``margin`` (``decide``; the switch's own tests). Whatever happens, the decision is
+    recorded; a refused promotion (checksum mismatch, lost lock) is recorded, then raised."""
     check_name("model name", model_name)
-    check_rule(metric, margin)
+    promotion_rule = check_rule(metric, margin, rule, floor, min_cancers)
     prefix = production_model_uri(store_uri, model_name)
     base: dict[str, Any] = {
         "promoted": False, "production_uri": prefix, "candidate_uri": candidate_uri,
@@ -142,9 +159,22 @@ def run(
         record_decision(store_uri, model_name, result)
         log.info("not promoted: %s", result["reason"])
         return result
+    if verdict is not None:
+        holds, why = confirm(promotion_rule, verdict) if verdict.get("rule") else (
+            False, "the evaluator's verdict names no promotion rule; it cannot be checked, not promoted")
+        if not holds:
+            result = {
+                **base, "promote": False, "decided_by": "promoter",
+                "candidate": _value(verdict, "candidate"), "production": _value(verdict, "production"),
+                "reason": why, "verdict": {k: verdict.get(k) for k in ("promote", "reason")},
+                "decided_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            }
+            record_decision(store_uri, model_name, result)
+            log.info("not promoted: %s", why)
+            return result
 
-    floor = fence_of(current_manifest(prefix))
-    with hold(lock_uri(store_uri, model_name), floor=floor, intent={"candidate_uri": candidate_uri}) as lease:
+    fence = fence_of(current_manifest(prefix))
+    with hold(lock_uri(store_uri, model_name), floor=fence, intent={"candidate_uri": candidate_uri}) as lease:
         expected = current_manifest(prefix)
         if verdict is not None and verdict.get("rule"):
             # The evaluator's statistical rule (mammo.promotion) holds only against the

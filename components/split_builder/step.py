@@ -94,7 +94,8 @@ def run_step(*, split: Any, dataset_uri: str, store_uri: str, code_version: str,
     setup_logging()
     started = time.monotonic()
     params = step_params(dataset_uri, values)
-    PromotionRule(params.promotion_metric, params.promotion_rule, params.promotion_margin, params.promotion_min).check()
+    PromotionRule(params.promotion_metric, params.promotion_rule, params.promotion_margin, params.promotion_min,
+                  params.promotion_min_cancers).check()
     training = params.training_values()
     result = run(dataset_uri=dataset_uri, store_uri=store_uri, params=training)
     run_id = derive_run_id(

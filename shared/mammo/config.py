@@ -561,8 +561,12 @@ DEFAULT_PROMOTION_MARGIN = 0.005
 PromotionRule = Literal["paired_bootstrap", "margin"]
 DEFAULT_PROMOTION_RULE = "paired_bootstrap"
 DEFAULT_PROMOTION_MIN = 0.5
+#: Nothing is promoted on a decision split with fewer cancer breasts than this.
+DEFAULT_PROMOTION_MIN_CANCERS = 10
 #: PipelineParams fields that steer promotion, not training: they never change a run's results.
-PROMOTION_FIELDS = ("model_name", "promotion_metric", "promotion_margin", "promotion_rule", "promotion_min")
+PROMOTION_FIELDS = (
+    "model_name", "promotion_metric", "promotion_margin", "promotion_rule", "promotion_min", "promotion_min_cancers",
+)
 #: PipelineParams fields that say how the dataset is made (DICOM preprocessing), not how a model
 #: trains on it: the split builder and the trainers get the preprocessed dataset, and its objects'
 #: ETags are part of the run id.
@@ -665,9 +669,13 @@ class PipelineParams(_Strict):
     )
     promotion_min: float = Field(
         DEFAULT_PROMOTION_MIN,
-        description="Absolute floor: never promote a candidate whose promotion metric is not above this "
-        "(paired_bootstrap: its lower 95% bound; margin: its value), e.g. AUC 0.5 = chance. For a metric "
-        "where lower is better (a loss) it is mirrored: the upper bound must lie below it.",
+        description="Absolute floor: never promote a candidate unless the one-sided 99.5% lower bound of its "
+        "promotion metric is above this (either rule), e.g. AUC 0.5 = chance. For a metric where lower is "
+        "better (a loss) it is mirrored: the upper bound must lie below it.",
+    )
+    promotion_min_cancers: int = Field(
+        DEFAULT_PROMOTION_MIN_CANCERS, ge=0, le=10**9,
+        description="Never promote when the promotion metric's split has fewer cancer breasts than this.",
     )
 
     def training_values(self) -> dict[str, Any]:

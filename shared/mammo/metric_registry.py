@@ -76,7 +76,12 @@ class Metric:
     cards) and a metric the promotion rule can decide on; ``column``: its title in the tables
     commands print (None: not there); ``subgroups``: in the report's subgroup table;
     ``pushed``: the level whose validation value is pushed every epoch as ``mammo_val_<name>``
-    (None: not pushed); ``report``: a column of the report's table of all figures."""
+    (None: not pushed); ``report``: a column of the report's table of all figures.
+
+    ``interval``: how ``mammo.stats`` gives its interval: ``auc`` (the score interval of the
+    Mann-Whitney AUC), ``proportion`` (an exact binomial interval of the share ``share`` gives:
+    from 0/1 ``labels`` and ``flagged``, the units counted and the units they are counted out
+    of) or ``bootstrap`` (percentile interval of patient resamples)."""
 
     name: str
     title: str
@@ -88,6 +93,8 @@ class Metric:
     subgroups: bool = False
     pushed: Level | None = None
     report: bool = True
+    interval: Literal["auc", "proportion", "bootstrap"] = "bootstrap"
+    share: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
 
 
 def _auc(c: Curve) -> np.ndarray:
@@ -113,18 +120,22 @@ def _pf1(c: Curve) -> np.ndarray:
 
 #: The table, in display order.
 REGISTRY: list[Metric] = [
-    Metric("auc", "ROC-AUC", "ranking", _auc, headline=True, column="AUC", subgroups=True, pushed="image"),
+    Metric("auc", "ROC-AUC", "ranking", _auc, headline=True, column="AUC", subgroups=True, pushed="image",
+           interval="auc"),
     Metric("pr_auc", "PR-AUC", "ranking", _pr_auc, headline=True, column="PR-AUC", pushed="image"),
     Metric("pf1", "pF1", "ranking", _pf1, headline=True, column="pF1", pushed="breast"),
     Metric("sensitivity", "Sensitivity", "threshold", lambda t: ratio(t.tp, t.pos),
-           headline=True, column="sens", subgroups=True),
+           headline=True, column="sens", subgroups=True, interval="proportion", share=lambda y, f: (y & f, y)),
     Metric("specificity", "Specificity", "threshold", lambda t: ratio(t.neg - t.fp, t.neg),
-           headline=True, column="spec", subgroups=True),
-    Metric("precision", "PPV", "threshold", lambda t: ratio(t.tp, t.tp + t.fp), headline=True),
+           headline=True, column="spec", subgroups=True, interval="proportion", share=lambda y, f: (~y & ~f, ~y)),
+    Metric("precision", "PPV", "threshold", lambda t: ratio(t.tp, t.tp + t.fp), headline=True,
+           interval="proportion", share=lambda y, f: (y & f, f)),
     # The share flagged at the threshold: screening's recall rate.
-    Metric("recall_rate", "Recall rate", "threshold", lambda t: ratio(t.tp + t.fp, t.pos + t.neg), headline=True),
+    Metric("recall_rate", "Recall rate", "threshold", lambda t: ratio(t.tp + t.fp, t.pos + t.neg), headline=True,
+           interval="proportion", share=lambda y, f: (f, np.ones_like(f))),
     Metric("f1", "F1", "threshold", lambda t: ratio(2 * t.tp, t.tp + t.fp + t.pos)),
-    Metric("accuracy", "Accuracy", "threshold", lambda t: ratio(t.tp + t.neg - t.fp, t.pos + t.neg), report=False),
+    Metric("accuracy", "Accuracy", "threshold", lambda t: ratio(t.tp + t.neg - t.fp, t.pos + t.neg), report=False,
+           interval="proportion", share=lambda y, f: (y == f, np.ones_like(f))),
 ]
 
 

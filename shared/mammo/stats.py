@@ -44,6 +44,14 @@ MIN_CANCERS = 20
 #: Weight matrices are processed in blocks of at most this many cells (memory ~ 8 bytes each,
 #: a few copies).
 BLOCK_CELLS = 2**22
+#: An interval needs at least this many patients (fewer: none, with the reason).
+MIN_PATIENTS = 2
+#: How each kind of interval is made (``metric_registry.Metric.interval``), as recorded.
+METHODS = {
+    "auc": "score interval of the Mann-Whitney AUC (Newcombe 2006), variance x patient design effect",
+    "proportion": "Clopper-Pearson on the effective n (n / patient design effect; Korn-Graubard)",
+    "bootstrap": "percentile, patients resampled",
+}
 
 
 @dataclass(frozen=True)
@@ -56,7 +64,7 @@ class BootstrapSettings:
 
     def record(self) -> dict[str, Any]:
         return {"resamples": self.resamples, "seed": self.seed, "level": self.level,
-                "unit": "patient", "method": "percentile"}
+                "unit": "patient", "method": METHODS}
 
 
 # --- resampling -----------------------------------------------------------------------------
@@ -66,6 +74,17 @@ def patient_codes(patients: Sequence[Any] | np.ndarray) -> tuple[np.ndarray, int
     """Integer code (0..P-1) of each unit's patient, and P."""
     codes, uniques = pd.factorize(pd.Series(np.asarray(patients)).astype(str), sort=True)
     return codes.astype(np.int64), len(uniques)
+
+
+def _groups(patients: Any) -> tuple[np.ndarray, int]:
+    """Integer group of each unit's patient and the number of patients, in any order (for the
+    analytic intervals, where the order does not matter; ``patient_codes`` fixes it for the
+    resampling): integer ids, such as codes already made, are not turned into text again."""
+    values = np.asarray(patients)
+    if values.dtype.kind in "iu":
+        uniques, inverse = np.unique(values, return_inverse=True)
+        return inverse.astype(np.int64).ravel(), int(uniques.size)
+    return patient_codes(values)
 
 
 def resample_counts(n_patients: int, settings: BootstrapSettings) -> np.ndarray:
@@ -187,31 +206,159 @@ def point_metrics(labels: Any, scores: Any, threshold: float | None = None, **kw
 
 
 def _interval(values: np.ndarray, level: float) -> dict[str, Any]:
+    """Percentile interval of bootstrap values; none (with the reason) when most resamples
+    leave the figure undefined or every resample gives the same value (a zero-width
+    "interval" that only says the resampling cannot move it)."""
     finite = values[np.isfinite(values)]
     undefined = int(values.size - finite.size)
     if finite.size < max(10, values.size // 2):  # mostly undefined: no honest interval
-        return {"low": None, "high": None, "undefined": undefined}
+        return _none(f"undefined in {undefined} of {values.size} resamples", undefined)
     alpha = (1 - level) / 2
     low, high = np.quantile(finite, [alpha, 1 - alpha])
-    return {"low": round(float(low), 6), "high": round(float(high), 6), "undefined": undefined}
+    if high - low <= 0:
+        return _none(f"every resample gives {float(low):.3f}: the bootstrap cannot estimate it", undefined)
+    return {**_bounds(low, high), "undefined": undefined}
+
+
+def _none(reason: str, undefined: int = 0) -> dict[str, Any]:
+    return {"low": None, "high": None, "undefined": undefined, "reason": reason}
+
+
+def _bounds(low: float, high: float) -> dict[str, Any]:
+    return {"low": round(float(low), 6), "high": round(float(high), 6), "undefined": 0, "reason": None}
+
+
+def _z(level: float) -> float:
+    return float(sps.norm.ppf(0.5 + level / 2))
+
+
+def _solve(f: Any, a: float, b: float) -> float:
+    """The root of ``f`` between ``a`` (f <= 0) and ``b`` (f >= 0) by bisection: 60 halvings
+    (far below the 6 decimals reported), the same on every machine."""
+    for _ in range(60):
+        mid = 0.5 * (a + b)
+        if f(mid) <= 0:
+            a = mid
+        else:
+            b = mid
+    return 0.5 * (a + b)
+
+
+def auc_variance(theta: float, m: float, n: float) -> float:
+    """Variance of the Mann-Whitney AUC of ``m`` positives and ``n`` negatives at a true AUC
+    ``theta``: Hanley & McNeil's formula with Newcombe's (2006) N* = (m + n) / 2 in place of
+    both sample sizes, which keeps it honest when one class is small."""
+    star = (m + n) / 2 - 1
+    q1 = theta * (1 - theta) ** 2 / (2 - theta)  # Q1 - theta^2
+    q2 = theta * theta * (1 - theta) / (1 + theta)  # Q2 - theta^2
+    return (theta * (1 - theta) + star * (q1 + q2)) / (m * n)
+
+
+def auc_interval(labels: Any, scores: Any, patients: Any, level: float) -> dict[str, Any]:
+    """The AUC's interval: the values theta with (AUC - theta)^2 <= z^2 * deff * V(theta)
+    (``auc_variance``: the variance at theta, not at the estimate, so an AUC that is high by
+    chance does not get a narrow interval; a score interval, Newcombe 2006). ``deff``, the
+    patient design effect, is clustered over unclustered DeLong variance (at least 1): several
+    units of one patient count for less than independent ones. Never of zero width; none with
+    fewer than ``MIN_PATIENTS`` patients or without both classes."""
+    y = np.asarray(labels).astype(np.int64).ravel()
+    m, n = int(y.sum()), int(y.size - y.sum())
+    codes, k = _groups(patients)
+    if m == 0 or n == 0:
+        return _none("needs cancers and non-cancers")
+    if k < MIN_PATIENTS:
+        return _none(f"fewer than {MIN_PATIENTS} patients")
+    plain, clustered = delong(y, scores), delong(y, scores, codes)
+    auc = float(plain["auc"])
+    deff = 1.0
+    if plain["se"] and clustered["se"] and m > 1 and n > 1:
+        deff = max(1.0, (clustered["se"] / plain["se"]) ** 2)
+    q2 = _z(level) ** 2 * deff
+
+    def excess(theta: float) -> float:  # > 0 outside the interval
+        return (auc - theta) ** 2 - q2 * auc_variance(theta, m, n)
+
+    low = 0.0 if auc <= 0 else _solve(lambda t: -excess(t), 0.0, auc)
+    high = 1.0 if auc >= 1 else _solve(excess, auc, 1.0)
+    return {**_bounds(low, high), "design_effect": round(deff, 4)}
+
+
+def proportion_interval(counted: Any, out_of: Any, patients: Any, level: float) -> dict[str, Any]:
+    """Interval of the share of ``out_of`` units that are ``counted`` (0/1 per unit):
+    Clopper-Pearson (exact binomial, never narrower than nominal) on the effective sample
+    size n / deff, where ``deff`` (at least 1) is the patient-clustered over the binomial
+    variance (Korn & Graubard 1998). 160 of 160 gives [0.977, 1], not [1, 1]."""
+    hit = np.asarray(counted, dtype=bool).ravel()
+    den = np.asarray(out_of, dtype=bool).ravel()
+    codes, _ = _groups(patients)
+    n = int(den.sum())
+    if n == 0:
+        return _none("no units to count")
+    k = int((hit & den).sum())
+    ni = np.bincount(codes[den], minlength=codes.max() + 1 if codes.size else 0)
+    ki = np.bincount(codes[hit & den], minlength=ni.size)
+    groups = int((ni > 0).sum())
+    if groups < MIN_PATIENTS:
+        return _none(f"fewer than {MIN_PATIENTS} patients")
+    p = k / n
+    deff = 1.0
+    if 0 < k < n:
+        clustered = groups / (groups - 1) * float(((ki - p * ni) ** 2).sum()) / n**2
+        deff = max(1.0, clustered / (p * (1 - p) / n))
+    n_eff = n / deff
+    k_eff = p * n_eff
+    alpha = 1 - level
+    low = 0.0 if k == 0 else float(sps.beta.ppf(alpha / 2, k_eff, n_eff - k_eff + 1))
+    high = 1.0 if k == n else float(sps.beta.ppf(1 - alpha / 2, k_eff + 1, n_eff - k_eff))
+    return {**_bounds(low, high), "design_effect": round(deff, 4)}
 
 
 def bootstrap(
     labels: Any, scores: Any, patients: Any, threshold: float | None, settings: BootstrapSettings,
     *, which: Iterable[str] | None = None, specificities: Sequence[float] = (), sensitivities: Sequence[float] = (),
 ) -> dict[str, dict[str, Any]]:
-    """Point value and patient-level percentile interval of each metric:
-    ``{name: {"value", "low", "high", "undefined"}}``."""
-    units = Units.of(labels, scores)
+    """Point value and patient-level interval of each metric: ``{name: {"value", "low",
+    "high", "undefined", "reason", "method"}}``. The interval is the one the registry names
+    (``Metric.interval``): the AUC's score interval, an exact binomial interval for a share of
+    units (sensitivity, specificity, PPV, recall rate, accuracy), a percentile bootstrap over
+    patients for the rest and the operating points. ``low``/``high`` None with a ``reason``
+    when no honest interval can be given."""
+    y = np.asarray(labels).astype(np.int64).ravel()
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    units = Units.of(y, s)
     codes, n_patients = patient_codes(patients)
     kwargs = {"which": which, "specificities": specificities, "sensitivities": sensitivities}
     point = weighted_metrics(units, np.ones((1, units.size)), threshold, **kwargs)
-    counts = resample_counts(n_patients, settings)
-    parts = [weighted_metrics(units, block, threshold, **kwargs) for block in _blocks(counts, units.sorted_codes(codes))]
+    registered = {m.name: m for m in metric_registry.metrics()}
+    kind = {name: registered[name].interval if name in registered else "bootstrap" for name in point}
+    resampled = [name for name in point if kind[name] == "bootstrap"]
+    draws: dict[str, np.ndarray] = {}
+    if resampled and n_patients >= MIN_PATIENTS and settings.resamples > 0:
+        counts = resample_counts(n_patients, settings)
+        registry_names = [n for n in resampled if n in registered]
+        rest = {"specificities": specificities, "sensitivities": sensitivities}
+        parts = [weighted_metrics(units, block, threshold, which=registry_names, **rest)
+                 for block in _blocks(counts, units.sorted_codes(codes))]
+        draws = {name: np.concatenate([part[name] for part in parts]) for name in resampled}
+    flagged = s >= threshold if threshold is not None else None
+    positive = y.astype(bool)
     result = {}
     for name, value in point.items():
-        draws = np.concatenate([part[name] for part in parts]) if parts else np.zeros(0)
-        result[name] = {"value": _finite(value[0]), **_interval(draws, settings.level)}
+        figure: dict[str, Any] = {"value": _finite(value[0])}
+        if figure["value"] is None:
+            figure.update(_none("the figure is undefined"))
+        elif kind[name] == "auc":
+            figure.update(auc_interval(y, s, codes, settings.level))
+        elif kind[name] == "proportion" and flagged is not None:
+            counted, out_of = registered[name].share(positive, flagged)
+            figure.update(proportion_interval(counted, out_of, codes, settings.level))
+        elif n_patients < MIN_PATIENTS:
+            figure.update(_none(f"fewer than {MIN_PATIENTS} patients"))
+        elif name in draws:
+            figure.update(_interval(draws[name], settings.level))
+        else:
+            figure.update(_none("no resamples"))
+        result[name] = {**figure, "method": kind[name]}
     return result
 
 
@@ -276,7 +423,7 @@ def delong(labels: Any, scores: Any, clusters: Any = None, level: float = 0.95) 
         var = (v10.var(ddof=1) / m if m > 1 else 0.0) + (v01.var(ddof=1) / n if n > 1 else 0.0)
         method = "delong"
     else:
-        codes, k = patient_codes(clusters)
+        codes, k = _groups(clusters)
         cpos, cneg = codes[y == 1], codes[y == 0]
         s10 = np.bincount(cpos, weights=v10, minlength=k) - np.bincount(cpos, minlength=k) * auc
         s01 = np.bincount(cneg, weights=v01, minlength=k) - np.bincount(cneg, minlength=k) * auc

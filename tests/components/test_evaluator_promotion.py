@@ -16,6 +16,7 @@ from model_support import fake_checkpoint, publish_production
 from step_fakes import FakeArtifact
 
 PARAMS = {"image_size": 32, "batch_size": 64, "workers": 0, "device": "cpu", "val_frac": 0.3, "test_frac": 0.3,
+          "promotion_min_cancers": 0,  # the tiny dataset's test split has 4 cancers
           "evaluate_set": ["stats.resamples=200", "stats.subgroup_resamples=50"]}
 
 
@@ -80,7 +81,7 @@ def test_step_logs_intervals_and_promotion_figures(tiny_dataset: Path, tmp_path:
     promote = run_step(
         dataset_uri=str(tiny_dataset), split_uri=split_uri, store_uri=store, run_id="r1", params=PARAMS,
         model_name="m", promotion_metric="test.breast.auc", promotion_margin=0.005, promotion_rule="paired_bootstrap",
-        promotion_min=-1.0, baseline=FakeArtifact(tmp_path / "b", {"uri": uris[0]}),
+        promotion_min=-1.0, promotion_min_cancers=0, baseline=FakeArtifact(tmp_path / "b", {"uri": uris[0]}),
         unfreeze=FakeArtifact(tmp_path / "u", {"uri": uris[1]}), **arts,
     )
     assert promote is True  # nothing in production, no floor
