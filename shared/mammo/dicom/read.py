@@ -345,7 +345,7 @@ def _check_bits(path: Any, dataset: Any, pixels: np.ndarray) -> None:
     if lo < low or hi > high:
         raise DicomError(
             f"{path}: stored values {lo}..{hi} do not fit BitsStored {bits} ({low}..{high}): "
-            "the header's bit depth is wrong"
+            "the header's bit depth is wrong (or the unused bits carry an overlay)"
         )
 
 
@@ -361,7 +361,11 @@ def _pixels(path: Any, dataset: Any, syntax: str) -> np.ndarray:
     if not decoder.is_available:
         hint = INSTALL_HINT.get(syntax, "a pydicom decoding plugin for it")
         raise DicomError(f"{path}: no decoder for transfer syntax {_syntax_name(syntax)}: install {hint}")
-    options: dict[str, Any] = {}
+    # The stored values as they are (pydicom would mask bits above BitsStored): _check_bits
+    # refuses a file whose values do not fit its declared depth.
+    # Signed values keep pydicom's correction (it is their sign extension).
+    unsigned = int(dataset.get("PixelRepresentation", 0) or 0) == 0
+    options: dict[str, Any] = {"correct_unused_bits": False} if unsigned else {}
     preferred = PREFERRED_PLUGINS.get(syntax)
     if preferred and preferred in decoder.available_plugins:
         options["decoding_plugin"] = preferred
