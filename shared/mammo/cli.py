@@ -216,9 +216,13 @@ def _cmd_data_dicom(args: argparse.Namespace) -> None:
     from mammo.dicom.options import options_from_args
     from mammo.dicom.preprocess import available_cpus, preprocess
 
+    from mammo.dicom.identity import load_key
+
     options = options_from_args(args)
     workers = available_cpus() if args.workers is None else args.workers
-    _print_json(preprocess(args.source, args.out, options, csv=args.csv, workers=workers, workdir=args.workdir))
+    key = None if options.keep_identifiers else load_key(args.pseudonym_key_file)
+    _print_json(preprocess(args.source, args.out, options, csv=args.csv, workers=workers, workdir=args.workdir,
+                           key=key, identifier_map=args.identifier_map))
 
 
 def _cmd_bench_dicom(args: argparse.Namespace) -> None:
