@@ -67,8 +67,9 @@ def run_merge_step(*, dataset_uri: str, store_uri: str, image_size: str, preproc
                  pseudonym_key_file=pseudonym_key_file or None)
     converted = sum(int(part.get("converted", 0)) for part in parts if isinstance(part, dict))
     log.info(
-        "%s: %d rows (%d converted now, %d bad file(s), %d tag mismatch(es))",
-        out, result["rows"], converted, result["bad_files"], result["tag_mismatches"],
+        "%s: %d rows (%d converted now, %d bad file(s), %d skipped by the policy %s, %d tag mismatch(es))",
+        out, result["rows"], converted, result["bad_files"], result["skipped_files"], result["skipped"],
+        result["tag_mismatches"],
     )
     return out
 

@@ -9,7 +9,10 @@
   as one lookup table over the stored values.
 - ``roi``: the breast's box (Otsu threshold, largest connected component, margin; the full
   image when the mask is implausible) and the side of the chest wall.
-- ``convert``: one file to one PNG at ``HxW`` (aspect kept: fit, then pad) and its record.
+- ``convert``: one file to one PNG at ``HxW`` (aspect kept: fit, then pad) and its record; the
+  skip policy (non-image objects, tomosynthesis, FOR PROCESSING, views, spot/magnification,
+  implants) read from the header before decoding.
+- ``identity``: keyed pseudonyms (HMAC-SHA256, site key) for patient ids, image ids and file keys.
 - ``preprocess``: a folder or object-store prefix of DICOMs to a dataset (PNGs, ``train.csv``,
   ``preprocess.json``), incremental, in parallel, optionally one shard of several.
 - ``bench``: files/s of the whole conversion against the raw decode alone.

@@ -12,8 +12,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from mammo.config import DEFAULT_MAX_PIXELS
 from mammo.imagesize import ImageSize, parse_image_size, size_text
 
-#: Bumped whenever the conversion changes the pixels it writes: every file is converted again.
-CONVERTER_VERSION = 1
+#: Bumped whenever the conversion changes the pixels or the record it writes: every file is
+#: converted again. 2: the records' tags gained view_modifier, implant, machine_id and the
+#: header fields the skip policy reads.
+CONVERTER_VERSION = 2
 DEFAULT_IMAGE_SIZE = "1024x512"
 
 
