@@ -369,3 +369,56 @@ def test_key_file_map_and_refusals_are_one_line(tmp_path: Path, capsys: pytest.C
     short.write_text("tiny")
     code, _, err = _run(["--in", str(src), "--out", str(tmp_path / "o3"), "--pseudonym-key-file", str(short)], capsys)
     assert code == 2 and "at least 16" in err
+
+
+def _bucket_bytes(uri: str) -> bytes:
+    from mammo import storage
+
+    return b"\n".join(obj.encode() + b"\n" + storage.get_bytes(obj) for obj in storage.list_objects(uri))
+
+
+def test_no_identifier_reaches_the_bucket_in_shards_journals_or_merge(tmp_path: Path, s3_env) -> None:
+    """On the S3 server, as the pipeline runs it: the DICOMs in the bucket, two shards (their
+    journals read mid-run), the merge; nothing written holds a canary."""
+    from mammo import storage
+    from mammo.dicom.preprocess import convert_shard, merge
+
+    canaries = _canary_export(tmp_path / "export")
+    source, out = f"{s3_env.uri}/archive/export", f"{s3_env.uri}/datasets/export-png"
+    storage.upload_dir(tmp_path / "export", source)
+    options = PreprocessConfig(image_size="48x32", bad_files="skip")
+    parts = [convert_shard(source, out, options, shard=k, shards=2, key=KEY, workdir=tmp_path / f"pod-{k}") for k in range(2)]
+    assert sum(p["converted"] for p in parts) == 2 and sum(p["skipped_files"] for p in parts) == 1
+    mid_run = _bucket_bytes(out)
+    assert b".preprocess/" in mid_run and [c for c in canaries if c.encode() in mid_run] == []
+    result = merge(source, out, options, key=KEY)
+    assert (result["rows"], result["bad_files"], result["skipped"]) == (2, 1, {"for_processing": 1})
+    written = _bucket_bytes(out)
+    assert [c for c in canaries if c.encode() in written] == [] and b"manifest.json" in written
+
+
+def test_pipeline_steps_take_the_key_from_the_environment_or_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mammo_components.preprocessor.step import run_merge_step, run_plan_step, run_step
+
+    src = tmp_path / "in"
+    _image(src / "p1" / "1.dcm", patient_id="p1")
+    _image(src / "p1" / "2.dcm", seed=1, patient_id="p1", laterality="R")
+    monkeypatch.setenv("MAMMO_CACHE_DIR", str(tmp_path / "cache"))
+    step = {"dataset_uri": str(src), "store_uri": str(tmp_path / "store"), "image_size": "48x32", "preprocess_set": []}
+    with pytest.raises(ConfigError, match="no pseudonym key"):  # before any shard starts
+        run_plan_step(**step, preprocess_shards=2)
+    assert not (tmp_path / "store").exists()
+    keyfile = tmp_path / "secret" / "key"
+    keyfile.parent.mkdir()
+    keyfile.write_bytes(KEY)
+    assert run_plan_step(**step, preprocess_shards=2, pseudonym_key_file=str(keyfile)) == [0, 1]
+    monkeypatch.setenv(KEY_ENV, KEY.decode())  # the other way: the Secret as an environment variable
+    parts = [run_step(**step, shard=k, shards=2) for k in range(2)]
+    out = run_merge_step(**step, parts=parts, pseudonym_key_file=str(keyfile))
+    table = pd.read_csv(Path(out) / "train.csv", dtype=str)
+    assert set(table["patient_id"]) == {Pseudonyms(KEY).patient("p1")}
+    # Input that is de-identified already: preprocess_set keeps the ids, no key needed.
+    monkeypatch.delenv(KEY_ENV)
+    keep = {**step, "preprocess_set": ["keep_identifiers=true"], "store_uri": str(tmp_path / "store2")}
+    out = run_merge_step(**keep, parts=[run_step(**keep, shard=0, shards=1)])
+    assert set(pd.read_csv(Path(out) / "train.csv", dtype=str)["patient_id"]) == {"p1"}
