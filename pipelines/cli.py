@@ -20,6 +20,7 @@ the projected token at ``KF_PIPELINES_SA_TOKEN_PATH``), a Dex/OIDC session cooki
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import tempfile
 import time
@@ -31,7 +32,14 @@ from typing import Any
 from mammo.console import parse_command_line, run_guarded
 from mammo.errors import ConfigError
 from mammo_pipelines import remote, scoring
-from mammo_pipelines.parameters import PipelineParameter, check_arguments, describe, parse_param_flags
+from mammo_pipelines.parameters import (
+    PipelineParameter,
+    check_arguments,
+    config_arguments,
+    describe,
+    parse_param_flags,
+    preset_names,
+)
 from mammo_pipelines.pipeline import DESCRIPTION, PIPELINE_NAME, compile_pipeline, parameters_for
 from mammo_pipelines.profiles import PROFILES, Profile, Toleration, get_profile, parse_duration
 
@@ -90,6 +98,9 @@ def _add_profile_args(p: argparse.ArgumentParser, *, default: str | None = "gpu"
     p.add_argument("--profile", choices=PROFILES, default=default,
                    help="gpu: CUDA trainers with GPUs; kind: CPU images for the kind cluster (default: %(default)s).")
     group = p.add_argument_group("profile overrides")
+    group.add_argument("--preset", choices=preset_names(),
+                       help="Parameter defaults of the compiled pipeline (pipelines/presets/): full, the research "
+                       "defaults; kind, sized for the kind profile's pods (default: gpu full, kind kind).")
     group.add_argument("--train-image", metavar="IMAGE", help="Trainers' image (default: images.env).")
     group.add_argument("--eval-image", metavar="IMAGE", help="Split builder/evaluator/promoter image (default: images.env).")
     group.add_argument("--image-pull-policy", choices=["Always", "IfNotPresent", "Never"])
@@ -160,6 +171,7 @@ def _profile(args: argparse.Namespace) -> Profile:
         priority_class=args.priority_class,
         pod_labels=_key_values(args.pod_label, "--pod-label"),
         pod_annotations=_key_values(args.pod_annotation, "--pod-annotation"),
+        preset=args.preset,
     )
 
 
@@ -191,10 +203,17 @@ def _add_upload_args(p: argparse.ArgumentParser) -> None:
                    "pipeline is uploaded once).")
 
 
-def _add_run_args(p: argparse.ArgumentParser) -> None:
+def _add_argument_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE",
+                   help="YAML file of pipeline parameters for the run (as `mammo run --config`; `data` or "
+                   "dataset_uri); below --param, above the preset (default: none).")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="Pipeline parameter (repeatable; lists in YAML: --param 'baseline_set=[a=1]'). "
                    "See `mammo pipeline params`.")
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    _add_argument_args(p)
     p.add_argument("--experiment", default=DEFAULT_EXPERIMENT, metavar="NAME",
                    help="KFP experiment, created if missing (default: %(default)s).")
     p.add_argument("--service-account", default=DEFAULT_SERVICE_ACCOUNT, metavar="NAME",
@@ -216,8 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="FILE", help="Output file (default: <pipeline name>-<profile>.yaml).")
     p.set_defaults(handler=_cmd_compile)
 
-    p = sub.add_parser("params", help="List the pipeline parameters with their types and defaults.")
-    p.add_argument("--profile", choices=PROFILES, default="gpu")
+    p = sub.add_parser("params", help="List the pipeline parameters with their types and defaults (with "
+                       "--preset/--config/--param: the values a run would get).")
+    p.add_argument("--profile", choices=PROFILES, default="gpu", help="Compile profile (default: %(default)s).")
+    p.add_argument("--preset", choices=preset_names(),
+                   help="Parameter defaults (default: the profile's: gpu full, kind kind).")
+    _add_argument_args(p)
     _add_pipeline_arg(p)
     p.set_defaults(handler=_cmd_params)
 
@@ -284,9 +307,18 @@ def _warn_unpinned(profile: Profile) -> None:
 
 
 def _cmd_params(args: argparse.Namespace) -> int:
-    profile = get_profile(args.profile, train_image="-", eval_image="-")
-    print(describe(PIPELINES[args.pipeline].parameters(profile)))
+    profile = get_profile(args.profile, train_image="-", eval_image="-", preset=args.preset)
+    kind = PIPELINES[args.pipeline]
+    parameters = kind.parameters(profile)
+    arguments = _arguments(args, parameters)
+    kind.check(arguments, parameters)
+    print(describe([dataclasses.replace(p, default=arguments.get(p.name, p.default)) for p in parameters]))
     return 0
+
+
+def _arguments(args: argparse.Namespace, parameters: list[PipelineParameter]) -> dict[str, Any]:
+    """The run's arguments: the --config file's, then --param's."""
+    return {**config_arguments(args.config, parameters), **parse_param_flags(args.param, parameters)}
 
 
 def _prepared(args: argparse.Namespace, tmp: str) -> tuple[Profile, Path, dict[str, Any]]:
@@ -295,7 +327,7 @@ def _prepared(args: argparse.Namespace, tmp: str) -> tuple[Profile, Path, dict[s
     profile = _profile(args)
     kind = PIPELINES[args.pipeline]
     parameters = kind.parameters(profile)
-    arguments = parse_param_flags(getattr(args, "param", []), parameters)
+    arguments = _arguments(args, parameters) if hasattr(args, "param") else {}
     kind.check(arguments, parameters)
     package = kind.compile(profile, Path(tmp) / f"{kind.name}.yaml")
     if args.no_cache:

@@ -38,8 +38,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      "s3://mammo when MINIO_ENDPOINT is set).")
     run.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                      help="Show every step's full log (also: mammo -v run).")
-    run.add_argument("--preset", choices=["demo", "full"], default="demo",
-                     help="demo: tiny CPU-friendly settings; full: the research defaults.")
+    from mammo_pipelines.parameters import preset_names
+
+    run.add_argument("--preset", choices=preset_names(), default="demo",
+                     help="demo: small CPU-friendly settings and data; kind: the kind cluster's; full: the "
+                     "research defaults (pipelines/presets/).")
     add_config_args(run)
     run.set_defaults(handler=_cmd_run)
     add_command_family(

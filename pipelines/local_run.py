@@ -21,24 +21,18 @@ import os
 import socket
 import time
 from collections.abc import Iterator
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from mammo.config import PipelineParams, load_config
 from mammo.errors import ConfigError, MammoError
 from mammo.summaries import metric_columns
+from mammo_pipelines.parameters import load_preset
 
 DEFAULT_BUCKET_URI = "s3://mammo"
 #: The work directory's lock (``workdir_lock``).
 LOCK_NAME = ".mammo-run.lock"
-
-
-def load_preset(name: str) -> dict[str, Any]:
-    text = resources.files("mammo_pipelines").joinpath("presets", f"{name}.yaml").read_text()
-    return yaml.safe_load(text) or {}
 
 
 def resolve_params(
@@ -62,7 +56,7 @@ def demo_dataset(workdir: Path, recipe: dict[str, Any]) -> Path:
     name = f"demo-{recipe.get('patients', 200)}p-{recipe.get('image_size', 512)}px-s{recipe.get('seed', 0)}-{digest}"
     target = workdir / "datasets" / name
     if not (target / "train.csv").exists():
-        print(f"mammo run: generating the synthetic demo dataset in {target}", flush=True)
+        print(f"generating the synthetic demo dataset in {target}", flush=True)
         write_synthetic_dataset(target, **recipe)
     return target
 

@@ -9,9 +9,12 @@ signature and parameter descriptions, ``--param`` parsing and the README's refer
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import typing
 from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -20,8 +23,10 @@ from pydantic.fields import FieldInfo
 from mammo.config import (
     PipelineParams,
     format_validation_error,
+    load_yaml,
     parse_value,
     preprocess_config,
+    read_yaml_mapping,
     split_pair,
     stage_configs,
 )
@@ -110,23 +115,80 @@ def parse_param_flags(pairs: list[str], parameters: list[PipelineParameter]) -> 
         key, raw = split_pair(pair, "--param", "dataset_uri=s3://mammo/datasets/rsna")
         if key not in known:
             raise ConfigError(f"--param {key}: unknown parameter (see `mammo pipeline params`)")
-        result[key] = coerce(known[key], raw)
+        value = raw if known[key].type is str else parse_value(raw)
+        result[key] = typed(known[key], value, f"--param {key}={raw}")
     return result
 
 
-def coerce(parameter: PipelineParameter, raw: str) -> Any:
-    """One ``--param`` value as the parameter's type (YAML syntax for bools and lists)."""
-    if parameter.type is str:
-        return raw
-    value = parse_value(raw)
+def typed(parameter: PipelineParameter, value: Any, where: str) -> Any:
+    """``value`` as the parameter's type (an int for a float, list items as strings), or a
+    ``ConfigError`` naming ``where``."""
     kind = parameter.type
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
+    if kind is str and isinstance(value, int | float) and not isinstance(value, bool):
+        value = str(value)  # YAML's 256 for image_size
     if kind is list and isinstance(value, list):
         value = [str(item) for item in value]
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ConfigError(f"--param {parameter.name}={raw}: expected {kind.__name__}")
+        raise ConfigError(f"{where}: expected {kind.__name__}")
     return value
+
+
+def by_name(values: dict[str, Any], parameters: list[PipelineParameter], where: str) -> dict[str, Any]:
+    """A mapping of parameter names (or the ``PipelineParams`` field a parameter sets, so a
+    ``mammo run --config`` file's ``data`` is ``dataset_uri``) -> typed arguments."""
+    known = {p.name: p for p in parameters} | {p.field: p for p in parameters if p.field and p.field != p.name}
+    result: dict[str, Any] = {}
+    for key, value in values.items():
+        parameter = known.get(str(key))
+        if parameter is None:
+            raise ConfigError(f"{where}: {key}: unknown parameter (see `mammo pipeline params`)")
+        if parameter.name in result:
+            raise ConfigError(f"{where}: {key}: sets {parameter.name} a second time")
+        result[parameter.name] = typed(parameter, "" if value is None else value, f"{where}: {key}")
+    return result
+
+
+# --- presets --------------------------------------------------------------------------------
+
+#: Named parameter sets shipped with the package (``presets/<name>.yaml``: ``params``, and for
+#: ``mammo run`` the ``synth`` recipe of its demo dataset).
+PRESET_FOLDER = "presets"
+
+
+def preset_names() -> tuple[str, ...]:
+    folder = resources.files("mammo_pipelines").joinpath(PRESET_FOLDER)
+    return tuple(sorted(Path(entry.name).stem for entry in folder.iterdir() if entry.name.endswith(".yaml")))
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """The preset's mapping (``params``, ``synth``); one line naming the choices if unknown."""
+    if name not in preset_names():
+        raise ConfigError(f"preset {name!r}: choose one of {', '.join(preset_names())}")
+    text = resources.files("mammo_pipelines").joinpath(PRESET_FOLDER, f"{name}.yaml").read_text()
+    return load_yaml(text) or {}
+
+
+def with_defaults(parameters: list[PipelineParameter], values: dict[str, Any], where: str) -> list[PipelineParameter]:
+    """The parameters with ``values`` (names or fields, as ``by_name``) as their defaults."""
+    chosen = by_name(values, parameters, where)
+    return [dataclasses.replace(p, default=chosen[p.name]) if p.name in chosen else p for p in parameters]
+
+
+def preset_parameters(parameters: list[PipelineParameter], preset: str) -> list[PipelineParameter]:
+    """The parameters with the preset's ``params`` as defaults: those of them that exist here
+    (the scoring pipeline has only the inference settings)."""
+    names = {p.name for p in parameters} | {p.field for p in parameters if p.field}
+    values = {key: value for key, value in (load_preset(preset).get("params") or {}).items() if key in names}
+    return with_defaults(parameters, values, f"preset {preset}")
+
+
+def config_arguments(config_file: str | None, parameters: list[PipelineParameter]) -> dict[str, Any]:
+    """A ``--config`` YAML file of parameter values -> typed arguments (``{}`` without one)."""
+    if config_file is None:
+        return {}
+    return by_name(read_yaml_mapping(config_file), parameters, str(config_file))
 
 
 def check_arguments(arguments: dict[str, Any], parameters: list[PipelineParameter]) -> PipelineParams:

@@ -33,7 +33,7 @@ from kfp.dsl import Model, PipelineTask
 import mammo
 from mammo.config import DATASET_FIELDS
 from mammo_pipelines import steps
-from mammo_pipelines.parameters import PipelineParameter, pipeline_parameters
+from mammo_pipelines.parameters import PipelineParameter, pipeline_parameters, preset_parameters
 from mammo_pipelines.profiles import CONFIG_MAP_KEYS, POD_LABEL, SECRET_KEYS, Profile, Resources
 
 PIPELINE_NAME = "mammo-training"
@@ -303,7 +303,9 @@ def _wire(profile: Profile, args: dict[str, Any]) -> Any:
 
 
 def parameters_for(profile: Profile) -> list[PipelineParameter]:
-    return pipeline_parameters(dataset_uri=profile.dataset_uri, with_gpus=profile.has_gpus)
+    """The pipeline's parameters, with the profile's preset as their defaults."""
+    parameters = pipeline_parameters(dataset_uri=profile.dataset_uri, with_gpus=profile.has_gpus)
+    return preset_parameters(parameters, profile.preset)
 
 
 def build_pipeline(profile: Profile):  # -> kfp GraphComponent

@@ -128,6 +128,10 @@ class Profile:
     #: ignores volumes (but would apply the variable) and the steps keep their caches in the
     #: run's own work directory.
     data_mount: str | None = "/var/cache/mammo"
+    #: The preset (``presets/<name>.yaml``) whose ``params`` are the compiled pipeline's
+    #: parameter defaults: ``full``, the research defaults, for GPU clusters; ``kind``, sized
+    #: for the kind profile's pods (docs/kubernetes.md, kind).
+    preset: str = "full"
     #: Kueue LocalQueue of the GPU steps (label ``kueue.x-k8s.io/queue-name``) and their
     #: WorkloadPriorityClass (``kueue.x-k8s.io/priority-class``); on pods and TrainJobs.
     queue: str | None = None
@@ -284,6 +288,7 @@ def _base(name: ProfileName, train_image: str, eval_image: str) -> Profile:
         shm_size="1Gi",
         data_volume_size="5Gi",
         dataset_uri="s3://mammo/datasets/demo",
+        preset="kind",
         # The demo trains in minutes: anything near these bounds is stuck.
         trainer_timeout=4 * 3600,
         step_timeout=3600,
@@ -315,6 +320,7 @@ def get_profile(
     priority_class: str | None = None,
     pod_labels: dict[str, str] | None = None,
     pod_annotations: dict[str, str] | None = None,
+    preset: str | None = None,
 ) -> Profile:
     """The named profile with the given settings replaced (``None`` keeps the default)."""
     if name not in PROFILES:
@@ -371,5 +377,6 @@ def get_profile(
         "priority_class": priority_class,
         "pod_labels": pod_labels,
         "pod_annotations": pod_annotations,
+        "preset": preset,
     }
     return dataclasses.replace(profile, **{k: v for k, v in changes.items() if v is not None})

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from mammo.config import PipelineParams, format_validation_error
 from mammo.errors import ConfigError
-from mammo_pipelines.parameters import DEFAULT_STORE, PipelineParameter
+from mammo_pipelines.parameters import DEFAULT_STORE, PipelineParameter, preset_parameters
 from mammo_pipelines.profiles import Profile
 from mammo_pipelines.steps import EVAL_IMAGE
 
@@ -58,7 +58,7 @@ def parameters_for(profile: Profile) -> list[PipelineParameter]:
         return PipelineParameter(name, kind, fields[name].get_default(call_default_factory=True),
                                  fields[name].description or "", name)
 
-    return [
+    return preset_parameters([
         PipelineParameter("dataset_uri", str, DEFAULT_DATASET,
                           "Studies to score: a folder with test.csv or train.csv (patient_id, image_id, laterality) "
                           "and the PNGs.", "data"),
@@ -68,7 +68,7 @@ def parameters_for(profile: Profile) -> list[PipelineParameter]:
         field("device", str),
         field("batch_size", int),
         field("workers", int),
-    ]
+    ], profile.preset)
 
 
 def check_arguments(arguments: dict[str, Any], parameters: list[PipelineParameter]) -> None:

@@ -4,7 +4,7 @@
 # s3://$MAMMO_BUCKET/$DATASET_PREFIX/ (default s3://mammo/datasets/demo/), through a
 # port-forward, with the pipeline user's keys (so it also proves that user can write).
 # DATA=<dir> uploads that RSNA-layout directory; without it the synthetic demo dataset is
-# generated once (mammo data synth) into .cache/kind-demo-data. Idempotent: objects whose
+# generated once (the kind preset's recipe) under .cache/kind/datasets/. Idempotent: objects whose
 # content is already stored (same MD5/ETag) are skipped. Each object carries its sha256 as
 # object metadata.
 set -euo pipefail
@@ -12,8 +12,6 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 DATASET_PREFIX="${DATASET_PREFIX:-datasets/demo}"
-DEMO_PATIENTS="${DEMO_PATIENTS:-200}"
-DEMO_IMAGE_SIZE="${DEMO_IMAGE_SIZE:-256}"
 MINIO_LOCAL_PORT="${MINIO_LOCAL_PORT:-19000}"
 
 require_venv
@@ -23,14 +21,14 @@ if [[ -n "${DATA:-}" ]]; then
   [[ -f "$DATA/train.csv" ]] || die "DATA=$DATA holds no train.csv: point DATA at an RSNA-layout dataset directory."
   data_dir="$DATA"
 else
-  data_dir="$ROOT/.cache/kind-demo-data"
-  if [[ -f "$data_dir/train.csv" ]]; then
-    log "demo dataset exists: ${data_dir#"$ROOT"/}"
-  else
-    log "generating the demo dataset ($DEMO_PATIENTS patients, ${DEMO_IMAGE_SIZE} px) in ${data_dir#"$ROOT"/}"
-    "$VENV_BIN/mammo" data synth --out "$data_dir" --patients "$DEMO_PATIENTS" \
-      --image-size "$DEMO_IMAGE_SIZE" --seed 0 >/dev/null
-  fi
+  # The kind preset's `synth` recipe (pipelines/presets/kind.yaml), the data its parameters
+  # are sized for; generated once into a folder named after the recipe (as `mammo run` does).
+  data_dir="$("$VENV_BIN/python" -c 'import sys
+from pathlib import Path
+from mammo_pipelines.local_run import demo_dataset
+from mammo_pipelines.parameters import load_preset
+print(demo_dataset(Path(sys.argv[1]), load_preset("kind")["synth"]))' "$ROOT/.cache/kind" | tail -n 1)"
+  log "demo dataset: ${data_dir#"$ROOT"/}"
 fi
 
 access_key="$(secret_value "$KFP_NAMESPACE" mammo-minio MINIO_ACCESS_KEY)"

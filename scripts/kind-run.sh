@@ -2,7 +2,8 @@
 # shellcheck source-path=SCRIPTDIR
 # make kind-run: compiles the pipeline with the `kind` profile (CPU images from images.env),
 # submits it to KFP in the kind cluster through a port-forward, follows it to the end, and
-# prints the evaluator's metrics from MinIO. Each call starts a new run.
+# prints a summary of the evaluator's metrics from MinIO (the table `mammo evaluate` prints).
+# Each call starts a new run.
 # SUBMIT_ARGS replaces the default submit options (profile, experiment, dataset parameter).
 set -euo pipefail
 # shellcheck source=lib.sh
@@ -41,6 +42,9 @@ import sys
 
 from minio import Minio
 
+from mammo.evaluate import summary_of
+from mammo.summaries import evaluation_table
+
 bucket = os.environ["BUCKET"]
 client = Minio(os.environ["ENDPOINT"], access_key=os.environ["ACCESS_KEY"],
                secret_key=os.environ["SECRET_KEY"], secure=False)
@@ -49,6 +53,9 @@ reports = [o for o in client.list_objects(bucket, prefix="runs/", recursive=True
 if not reports:
     sys.exit(f"error: no evaluator metrics.json under s3://{bucket}/runs/: see the run in the KFP UI")
 latest = max(reports, key=lambda o: o.last_modified)
-print(f"metrics of the latest run: s3://{bucket}/{latest.object_name}")
-print(json.dumps(json.loads(client.get_object(bucket, latest.object_name).read()), indent=2))
+folder = f"s3://{bucket}/{latest.object_name.rsplit('/', 1)[0]}"
+metrics = json.loads(client.get_object(bucket, latest.object_name).read())
+# The table `mammo evaluate` prints; every figure with its interval is in metrics.json and the report.
+print(f"the latest run's evaluation ({folder}):")
+print(evaluation_table(summary_of(metrics, folder)))
 PY

@@ -6,6 +6,7 @@ Dex/OIDC session cookies."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -128,6 +129,68 @@ def test_schedule_creates_or_replaces_by_name(kfp_server: FakeKfp, capsys: pytes
     assert kfp_server.state.recurring == {}
     assert main(["unschedule", "--host", kfp_server.url, "--name", "weekly"]) == 2
     assert "no schedule named 'weekly'" in capsys.readouterr().err
+
+
+def test_config_file_and_params_become_the_run_arguments_over_the_presets_defaults(
+    kfp_server: FakeKfp, tmp_path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The kind profile compiles the kind preset's values as the parameter defaults; a
+    --config file (the keys of `mammo run --config`, ``data`` included) and --param (last)
+    are the run's arguments; the same for a schedule."""
+    config = tmp_path / "run.yaml"
+    config.write_text("data: s3://mammo/datasets/other\nbaseline_epochs: 2\nimage_size: 128\n")
+    common = ["--host", kfp_server.url, "--profile", "kind", "--config", str(config), "--param", "baseline_epochs=4"]
+    assert main(["submit", *common]) == 0
+    assert main(["schedule", *common, "--name", "nightly", "--cron", "0 0 2 * * *"]) == 0
+    wanted = {"dataset_uri": "s3://mammo/datasets/other", "baseline_epochs": 4, "image_size": "128"}
+    assert kfp_server.sent("POST", "/runs")[0].body["runtime_config"]["parameters"] == wanted
+    assert kfp_server.sent("POST", "/recurringruns")[0].body["runtime_config"]["parameters"] == wanted
+    [version] = kfp_server.state.versions.values()
+    spec, _ = _package(kfp_server, version["pipeline_version_id"])
+    defaults = {name: p.get("defaultValue") for name, p in spec["root"]["inputDefinitions"]["parameters"].items()}
+    kind = yaml.safe_load((Path(__file__).resolve().parents[1] / "pipelines/presets/kind.yaml").read_text())["params"]
+    assert defaults["backbone"] == kind["backbone"] and defaults["batch_size"] == kind["batch_size"]
+    assert defaults["image_size"] == str(kind["image_size"]) and defaults["unfreeze_set"] == kind["unfreeze_set"]
+
+    # --preset full: the research defaults in the package instead.
+    assert main(["compile", "--profile", "kind", "--preset", "full", "--out", str(tmp_path / "full.yaml")]) == 0
+    full = yaml.safe_load_all((tmp_path / "full.yaml").read_text()).__next__()["root"]["inputDefinitions"]["parameters"]
+    assert full["backbone"]["defaultValue"] == "resnet50" and full["image_size"]["defaultValue"] == "512"
+    capsys.readouterr()
+    # `params` shows the values a run would get.
+    assert main(["params", "--profile", "kind", "--config", str(config)]) == 0
+    table = {line.split()[0]: line.split()[2] for line in capsys.readouterr().out.splitlines()}
+    assert table["baseline_epochs"] == "2" and table["dataset_uri"] == "'s3://mammo/datasets/other'"
+    assert table["backbone"] == f"'{kind['backbone']}'"
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("no_such: 1\n", "no_such: unknown parameter"),
+    ("baseline_epochs: many\n", "baseline_epochs: expected int"),
+    ("data: a\ndataset_uri: b\n", "dataset_uri: sets dataset_uri a second time"),
+    ("- a\n", "expected a mapping at the top level"),
+])
+def test_a_bad_config_file_is_one_line_before_anything_is_sent(
+    kfp_server: FakeKfp, tmp_path, capsys: pytest.CaptureFixture[str], text: str, message: str
+) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text(text)
+    assert main(["submit", "--host", kfp_server.url, "--profile", "kind", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and str(config) in err and len(err.strip().splitlines()) == 1
+    assert kfp_server.requests == []
+
+
+def test_every_preset_is_a_valid_set_of_pipeline_arguments() -> None:
+    from mammo_pipelines.parameters import check_arguments, preset_names
+    from mammo_pipelines.pipeline import parameters_for
+    from mammo_pipelines.profiles import get_profile
+
+    assert {"demo", "full", "kind"} <= set(preset_names())
+    for name in preset_names():
+        for profile in ("gpu", "kind"):
+            parameters = parameters_for(get_profile(profile, train_image="t", eval_image="e", preset=name))
+            check_arguments({}, parameters)
 
 
 def test_schedule_lists_every_page_to_find_duplicates(kfp_server: FakeKfp) -> None:

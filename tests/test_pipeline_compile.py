@@ -299,14 +299,20 @@ def test_only_the_trainers_cache(compiled) -> None:
         assert _parameter_source(spec, task, "run_id") == ("task", "split-builder", "run_id")
 
 
-def test_parameter_defaults_are_the_packages(compiled) -> None:
+def test_parameter_defaults_are_the_packages_under_the_profiles_preset(compiled) -> None:
+    """gpu: PipelineParams' defaults (the research settings, preset full); kind: those with the
+    kind preset's values over them."""
     profile, spec, _, _ = compiled
     params = spec["root"]["inputDefinitions"]["parameters"]
     defaults = {name: p.get("defaultValue") for name, p in params.items()}
+    preset = {} if profile == "gpu" else yaml.safe_load(
+        (Path(__file__).resolve().parents[1] / "pipelines/presets/kind.yaml").read_text())["params"]
+    assert preset or profile == "gpu"
     for name, field in PipelineParams.model_fields.items():
         if name == "data":
             continue
-        expected = field.get_default(call_default_factory=True)
+        expected = preset.get(name, field.get_default(call_default_factory=True))
+        expected = str(expected) if name == "image_size" else expected
         assert defaults[name] == ("" if expected is None else expected), name
     assert params["baseline_epochs"]["parameterType"] == "NUMBER_INTEGER"
     assert params["baseline_lr"]["parameterType"] == "NUMBER_DOUBLE"

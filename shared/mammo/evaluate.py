@@ -89,21 +89,26 @@ class Evaluation:
 
     def summary(self) -> dict[str, Any]:
         """The short form ``mammo evaluate`` prints: best candidate, threshold, headline figures."""
-        m = self.metrics
-        return {
-            "out": str(self.out),
-            "best": m["best"],
-            "threshold": m["threshold"],
-            "val": headline(m["val"]),
-            "test": headline(m["test"]),
-            "bootstrap": m.get("bootstrap"),
-            "warnings": m.get("warnings", []),
-            "promotion": m.get("promotion"),
-            "ranking": [
-                {"name": c["name"], m["rank_metric"]: lookup_metric(c["val"], m["rank_metric"])}
-                for c in m["candidates"]
-            ],
-        }
+        return summary_of(self.metrics, str(self.out))
+
+
+def summary_of(m: dict[str, Any], out: str) -> dict[str, Any]:
+    """The short form of an evaluation's ``metrics.json`` (``m``) written to ``out``, as
+    ``summaries.evaluation_table`` prints it."""
+    return {
+        "out": out,
+        "best": m["best"],
+        "threshold": m["threshold"],
+        "val": headline(m["val"]),
+        "test": headline(m["test"]),
+        "bootstrap": m.get("bootstrap"),
+        "warnings": m.get("warnings", []),
+        "promotion": m.get("promotion"),
+        "ranking": [
+            {"name": c["name"], m["rank_metric"]: lookup_metric(c["val"], m["rank_metric"])}
+            for c in m["candidates"]
+        ],
+    }
 
 
 def candidate_names(paths: list[str]) -> list[str]:
