@@ -209,9 +209,12 @@ def write_plots(
 
 
 def _interval(figure: Any, digits: int = 3) -> str:
-    """``[low, high]`` of an interval dict, or empty text when there is none."""
-    if not isinstance(figure, dict) or figure.get("low") is None or figure.get("high") is None:
+    """``[low, high]`` of an interval dict; "n/a (reason)" when it has none and says why;
+    else empty text."""
+    if not isinstance(figure, dict):
         return ""
+    if figure.get("low") is None or figure.get("high") is None:
+        return f"n/a ({figure['reason']})" if figure.get("reason") and figure.get("value") is not None else ""
     return f"[{format_metric(figure['low'], digits)}, {format_metric(figure['high'], digits)}]"
 
 

@@ -190,6 +190,21 @@ def test_unfreeze_step_refuses_a_replaced_baseline_checkpoint(tmp_path: Path) ->
         verify_init({"uri": uri, "sha256": info.sha256})
 
 
+def _strong_first_verdict() -> dict:
+    """The evaluator's verdict (``mammo.promotion.decide``) for a clearly good first model."""
+    import numpy as np
+    import pandas as pd
+
+    from mammo.promotion import PromotionRule, decide
+    from mammo.stats import BootstrapSettings
+
+    labels = (np.arange(200) % 10 == 0).astype(int)
+    scores = 3 * labels + np.random.default_rng(0).normal(size=200)
+    frame = pd.DataFrame({"breast_id": np.arange(200), "patient_id": np.arange(200) // 2, "label": labels,
+                          "prob": 1 / (1 + np.exp(-scores))})
+    return decide(PromotionRule(), frame, 0.5, BootstrapSettings(200, 0))
+
+
 def test_promoter_step_promotes_and_records_provenance(tmp_path: Path) -> None:
     store = str(tmp_path / "store")
     candidate_uri = storage.join(store, "runs", "r", "unfreeze_trainer", "best_auc.pt")
@@ -197,6 +212,7 @@ def test_promoter_step_promotes_and_records_provenance(tmp_path: Path) -> None:
     candidate = FakeArtifact(tmp_path / "best", {
         "uri": candidate_uri, "sha256": info.sha256, "metrics": EVALUATION["metrics"], "run_id": "r",
         "name": "unfreeze_trainer/best_auc.pt", "threshold": 0.3, "report_uri": EVALUATION["report_uri"],
+        "decision": _strong_first_verdict(),
     })
     production = FakeArtifact(tmp_path / "production")
     result = promoter_step.run_step(
@@ -206,6 +222,13 @@ def test_promoter_step_promotes_and_records_provenance(tmp_path: Path) -> None:
     assert result["promoted"] and production.metadata == result and production.read_json() == result
     manifest = storage.read_manifest(storage.production_model_uri(store, "mammo"))
     assert manifest.metadata["run_id"] == "r" and manifest.metadata["dataset_fingerprint"] == "f" * 16
+    # A candidate without the evaluator's verdict is never promoted by the step.
+    bare = FakeArtifact(tmp_path / "bare", {**candidate.metadata, "decision": None})
+    refused = promoter_step.run_step(
+        store_uri=store, model_name="mammo", promotion_metric="test.breast.auc", promotion_margin=0.005,
+        dataset_fingerprint="f" * 16, candidate=bare, production=FakeArtifact(tmp_path / "production2"),
+    )
+    assert not refused["promoted"] and refused["reason"] == "the evaluator recorded no promotion verdict"
 
 
 def test_write_artifact_json(tmp_path: Path) -> None:
