@@ -705,7 +705,7 @@ def convert_shard(
         shutil.rmtree(scratch, ignore_errors=True)
     seconds = time.monotonic() - started
     counts = skip_counts(journal.skipped.values())
-    if journal.skipped:
+    if journal.skipped and shards > 1:  # one run: the merge says it
         log.info("shard %d/%d: %d file(s) not converted by the policy: %s", shard + 1, shards,
                  len(journal.skipped), ", ".join(f"{n} {c}" for c, n in counts.items()))
     return {
