@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 S3RVER_VERSION := 3.7.1
 S3RVER_STAMP := .cache/s3rver/.installed-$(S3RVER_VERSION)
 
-.PHONY: help venv run check test test-servers bench clean images-smoke images-tools
+.PHONY: help venv run check test test-servers bench clean clean-venv gpu-check images-smoke images-tools
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -84,7 +84,10 @@ bench: $(STAMP) ## Print data-path and training-step throughput figures (JSON)
 	$(MAMMO) data synth --out .cache/bench-train --patients 40 --image-size 64 --seed 1 >/dev/null
 	$(MAMMO) bench train --data .cache/bench-train --nproc 2 --image-size 64 --batch-size 16 --steps 10
 
-clean: ## Remove the virtual environment, caches and local runs
-	rm -rf $(VENV) .cache .mammo .pytest_cache
+clean: ## Remove the local runs, demo data and caches (.mammo, .cache); keeps the virtual environment
+	rm -rf .cache .mammo .pytest_cache
+
+clean-venv: ## Remove the virtual environment too (~6 GB; the next make target installs it again)
+	rm -rf $(VENV)
 
 include k8s/kind.mk

@@ -15,7 +15,9 @@ import io
 import logging
 import os
 import re
+import shutil
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -156,6 +158,15 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def _removed_after(folder: Path) -> Iterator[None]:
+    """``folder`` (made by this run) and what the steps left in it, removed at the end."""
+    try:
+        yield
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
 def _quiet_root(verbose: bool) -> Iterator[None]:
     """kfp.local logs a few lines through the root logger outside its own handlers; keep
     them off the screen unless verbose."""
@@ -193,13 +204,18 @@ def run_locally(
     log_file.parent.mkdir(parents=True, exist_ok=True)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))
     # Caches stay in the run's work directory unless the environment names others; matplotlib's
-    # font cache too (it would go to ~/.cache/matplotlib, which may not be writable).
+    # font cache too (it would go to ~/.cache/matplotlib, which may not be writable). Each step's
+    # scratch files as well: kfp.local's steps write their component code to `mktemp -d`
+    # folders they never remove, so TMPDIR is a folder of this run, removed when it ends.
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="steps-tmp-", dir=cache_dir))
     env = {
         "MAMMO_CACHE_DIR": os.environ.get("MAMMO_CACHE_DIR") or str(cache_dir),
         "MPLCONFIGDIR": os.environ.get("MPLCONFIGDIR") or str(cache_dir / "matplotlib"),
+        "TMPDIR": str(scratch),
         "PYTHONUNBUFFERED": "1",
     }
-    with _environment(env), warnings.catch_warnings(), _quiet_root(verbose):
+    with _environment(env), warnings.catch_warnings(), _quiet_root(verbose), _removed_after(scratch):
         # Expected here: placeholder images without "python" in their names, and cluster
         # settings (resources, labels) that kfp.local ignores.
         warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)
