@@ -93,24 +93,32 @@ def test_a_truncated_file_is_one_line_without_pydicom_s_lines(
     assert "Traceback" not in err and not any("pydicom" in line for line in lines[:-1])
 
 
-def test_a_codestream_of_another_size_or_cut_short_never_reaches_the_decoder(tmp_path: Path) -> None:
+@pytest.mark.parametrize("compression", ["j2k", "jpeg-lossless"])
+def test_a_codestream_of_another_size_or_cut_short_never_reaches_the_decoder(tmp_path: Path, compression: str) -> None:
     from pydicom import dcmread
     from pydicom.encaps import encapsulate, generate_fragments
 
-    path = _image(tmp_path / "j2k.dcm", compression="j2k")
+    path = _image(tmp_path / "source.dcm", compression=compression)
     ds = dcmread(path)
     data = bytes(ds.PixelData)
     stream = b"".join(generate_fragments(data[8 + int.from_bytes(data[4:8], "little"):]))
     huge = bytearray(stream)
-    huge[8:16] = (30000).to_bytes(4, "big") + (30000).to_bytes(4, "big")  # SIZ: Xsiz, Ysiz
+    if compression == "j2k":
+        huge[8:16] = (30000).to_bytes(4, "big") + (30000).to_bytes(4, "big")  # SIZ: Xsiz, Ysiz
+        kind = "JPEG 2000"
+    else:
+        sof = stream.index(b"\xff\xc3")  # SOF3 (lossless): length, precision, height, width
+        huge[sof + 5 : sof + 9] = (30000).to_bytes(2, "big") + (30000).to_bytes(2, "big")
+        kind = "JPEG"
     for name, fragment, message in (
-        ("huge.dcm", bytes(huge), r"JPEG 2000 codestream of 30000x30000 pixels, the header says 60x48"),
-        ("cut.dcm", stream.rstrip(b"\x00")[:-2] + b"\x00\x00", r"truncated JPEG 2000 codestream \(no end-of-image marker\)"),
+        ("huge.dcm", bytes(huge), rf"{kind} codestream of 30000x30000 pixels, the header says 60x48"),
+        ("cut.dcm", stream.rstrip(b"\x00")[:-2] + b"\x00\x00", rf"truncated {kind} codestream \(no end-of-image marker\)"),
     ):
         ds.PixelData = encapsulate([fragment])
         ds.save_as(tmp_path / name, enforce_file_format=True)
         with pytest.raises(DicomError, match=message):
             decode(tmp_path / name)
+    np.testing.assert_array_equal(decode(path).pixels, breast_phantom(60, 48))
 
 
 def test_more_pixels_than_max_pixels_are_refused_before_decompressing(tmp_path: Path) -> None:

@@ -57,6 +57,8 @@ JPEG = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4
 #: A deflated file's header (everything before the pixel data) is read from at most this much
 #: inflated data before its size is checked.
 DEFLATED_HEADER_BYTES = 4 << 20
+#: How much of a fragment's start the codestream check reads (JPEG tables come before its SOF).
+FRAGMENT_HEAD = 64 << 10
 
 
 class DicomError(DataError):
@@ -266,17 +268,26 @@ def decode(path: str | os.PathLike[str], dataset: Any | None = None, max_pixels:
 
 
 def _fragments(dataset: Any) -> list[bytes]:
-    """The encapsulated pixel data's fragments after the Basic Offset Table ([] when damaged)."""
-    from pydicom.encaps import generate_fragments
-
-    data = bytes(dataset.PixelData)
-    if data[:4] != b"\xfe\xff\x00\xe0" or len(data) < 8:
+    """The encapsulated pixel data's fragments after the Basic Offset Table, each cut to its
+    first ``FRAGMENT_HEAD`` and last 64 bytes (the image header and the end marker: all the
+    checks read; nothing is copied whole); [] when damaged."""
+    data = dataset.PixelData
+    item, end = b"\xfe\xff\x00\xe0", b"\xfe\xff\xdd\xe0"
+    if len(data) < 8 or data[:4] != item:
         return []
-    start = 8 + int.from_bytes(data[4:8], "little")
-    try:
-        return list(generate_fragments(data[start:]))
-    except Exception:  # a damaged item structure
-        return []
+    pos = 8 + int.from_bytes(data[4:8], "little")
+    found = []
+    while pos + 8 <= len(data):
+        tag, length = data[pos : pos + 4], int.from_bytes(data[pos + 4 : pos + 8], "little")
+        if tag == end:
+            break
+        if tag != item or pos + 8 + length > len(data):
+            return []
+        start = pos + 8
+        head = min(length, FRAGMENT_HEAD)
+        found.append(data[start : start + head] + data[max(start + head, start + length - 64) : start + length])
+        pos = start + length
+    return found
 
 
 def _check_codestream(path: Any, dataset: Any, syntax: str) -> None:
