@@ -84,6 +84,10 @@ bench: $(STAMP) ## Print data-path and training-step throughput figures (JSON)
 	$(MAMMO) data synth --out .cache/bench-train --patients 40 --image-size 64 --seed 1 >/dev/null
 	$(MAMMO) bench train --data .cache/bench-train --nproc 2 --image-size 64 --batch-size 16 --steps 10
 
+# No $(STAMP) prerequisite: without a GPU the check says so in one line before installing anything.
+gpu-check: ## On a machine with an NVIDIA GPU: the GPU check (CUDA, NCCL, bf16, images/s, GPU DICOM decode) as JSON
+	@scripts/gpu-check.sh
+
 clean: ## Remove the local runs, demo data and caches (.mammo, .cache); keeps the virtual environment
 	rm -rf .cache .mammo .pytest_cache
 

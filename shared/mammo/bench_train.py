@@ -158,6 +158,8 @@ def _worker(options: dict[str, Any], result: Path) -> None:
                 "step_seconds": round(seconds / options["steps"], 4),
                 "device": str(device),
                 "precision": "bf16/fp16 autocast" if runtime.precision.active else "fp32",
+                "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+                if device.type == "cuda" else None,
             }))
 
 

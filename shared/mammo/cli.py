@@ -212,6 +212,12 @@ def _cmd_bench_train(args: argparse.Namespace) -> None:
     print(json.dumps(result, sort_keys=False))
 
 
+def _cmd_bench_gpu(args: argparse.Namespace) -> None:
+    from mammo.gpu_check import check_gpu
+
+    print(json.dumps(check_gpu(device=args.device, scale=args.scale, workdir=args.workdir), sort_keys=False), flush=True)
+
+
 def _cmd_data_dicom(args: argparse.Namespace) -> None:
     from mammo.dicom.options import options_from_args
     from mammo.dicom.preprocess import available_cpus, preprocess
@@ -243,10 +249,6 @@ def _cmd_bench_stats(args: argparse.Namespace) -> None:
     print(json.dumps(bench(images=args.images, patients=args.patients, resamples=args.resamples), sort_keys=False))
 
 
-def _cmd_predict(args: argparse.Namespace) -> None:
-    from mammo.predict import run_predict
-
-    result = run_predict(
 def _cmd_bench_coverage(args: argparse.Namespace) -> None:
     from mammo.coverage import bench_coverage
 
@@ -254,6 +256,10 @@ def _cmd_bench_coverage(args: argparse.Namespace) -> None:
                                     production_trials=args.production_trials, seed=args.seed), sort_keys=False))
 
 
+def _cmd_predict(args: argparse.Namespace) -> None:
+    from mammo.predict import run_predict
+
+    result = run_predict(
         model=args.model, data=args.data, out=args.out, device=args.device, batch_size=args.batch_size,
         workers=args.workers, table=args.table, images=args.images, threshold=args.threshold, workdir=args.workdir,
     )
@@ -480,6 +486,20 @@ def build_parser() -> argparse.ArgumentParser:
     bench_train.add_argument("--threads", type=int, default=1, metavar="N",
                              help="Torch threads per process (default: %(default)s).")
     bench_train.set_defaults(handler=_cmd_bench_train)
+    bench_gpu = bench_sub.add_parser(
+        "gpu",
+        help="The GPU check (make gpu-check): CUDA, NCCL, bf16, training and evaluation images/s, GPU DICOM decode.",
+        description="Every GPU path measured in one run, printed as JSON (mammo.gpu_check); exits 2 in one "
+        "line without a CUDA device.",
+    )
+    bench_gpu.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
+                           help="cpu runs the same code on CPU, for checking the mechanics only (default: %(default)s).")
+    bench_gpu.add_argument("--scale", choices=["full", "tiny"], default="full",
+                           help="full: ResNet-50 at 512 px and ConvNeXt-small at 1024x512 on 1,024 synthetic images; "
+                           "tiny: toy sizes (default: %(default)s).")
+    bench_gpu.add_argument("--workdir", metavar="DIR",
+                           help="Parent of the run's scratch folder, removed at the end (default: the system's temp).")
+    bench_gpu.set_defaults(handler=_cmd_bench_gpu)
     bench_dicom = bench_sub.add_parser(
         "dicom",
         help="Files/s per core of DICOM preprocessing vs. the raw decode alone (JSON).",
@@ -509,10 +529,6 @@ def build_parser() -> argparse.ArgumentParser:
     bench_stats.add_argument("--patients", type=int, default=1800, metavar="N", help="Patients (default: %(default)s).")
     bench_stats.add_argument("--resamples", type=int, default=2000, metavar="N", help="Bootstrap resamples (default: %(default)s).")
     bench_stats.set_defaults(handler=_cmd_bench_stats)
-
-    predict = sub.add_parser(
-        "predict",
-        help="Score studies without labels with a model (production pointer, checkpoint or export).",
     bench_coverage = bench_sub.add_parser(
         "coverage", help="Coverage of the 95%% intervals and chance-level promotion rate, simulated (JSON).",
         description="Simulated test splits (500 patients, 10/20/40 cancer breasts, true breast AUC 0.85): the share "
@@ -526,6 +542,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 help="Chance-level trials against production per size and rule (default: %(default)s).")
     bench_coverage.add_argument("--seed", type=int, default=0, metavar="N", help="Seed (default: %(default)s).")
     bench_coverage.set_defaults(handler=_cmd_bench_coverage)
+
+    predict = sub.add_parser(
+        "predict",
+        help="Score studies without labels with a model (production pointer, checkpoint or export).",
         description="Writes one CSV per breast (probability, flag at the model's threshold) to --out and one "
         "per image beside it (<stem>_images.csv). --model, --data and --out take local paths or s3:// URIs; "
         "the model is verified by sha256 before it is loaded.",
