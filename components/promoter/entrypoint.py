@@ -10,7 +10,9 @@ order, production ends with the best of them.
 
 Every call of ``run`` records its decision - promoted, not promoted, or refused - in
 ``models/<name>/promotions/`` (``records``), the audit trail of what was promoted when, from
-which run, and why.
+which run, and why. While the model is frozen (``mammo models freeze``, read under the lock)
+every decision is "not promoted: frozen (reason)". The result names the production version
+after the step and the one before it (``version``, ``previous_version``: ``mammo models list``).
 """
 
 from __future__ import annotations
@@ -26,22 +28,30 @@ from mammo.config import (
     lookup_metric,
     metric_mode,
 )
-from mammo.errors import ArtifactNotFoundError, MammoError
-from mammo.promotion import PromotionRule, confirm, recheck
-from mammo.storage import Manifest, ManifestEntry, join, production_model_uri, read_manifest
-from mammo.storage.layout import check_name
-from mammo.storage.lock import hold
-from mammo_components.promoter.records import record_decision
-from mammo_components.promoter.switch import (
-    KEEP_PROMOTED,
+from mammo.errors import MammoError
+from mammo.model_versions import version_label
+from mammo.production import (
     collect_garbage,
     current_manifest,
     expected_sha256,
+    export_beside,
     fence_of,
+    frozen_reason,
+    lock_uri,
     model_key,
+    previous_summary,
+    production_manifest,
+    read_freeze,
+    read_records,
+    read_retention,
     stage,
     swap,
 )
+from mammo.production import record_decision as _record_decision
+from mammo.promotion import PromotionRule, confirm, recheck
+from mammo.storage import join, production_model_uri
+from mammo.storage.layout import check_name
+from mammo.storage.lock import hold
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +66,6 @@ def check_rule(
     checked = PromotionRule(metric=metric, rule=rule, margin=margin, floor=floor, min_cancers=min_cancers)
     checked.check()
     return checked
-
-
-def production_manifest(store_uri: str, model_name: str) -> Manifest | None:
-    """The current production manifest, or None when nothing was ever promoted."""
-    try:
-        return read_manifest(production_model_uri(store_uri, model_name))
-    except ArtifactNotFoundError:
-        return None
 
 
 def _fmt(value: float | None) -> str:
@@ -104,11 +106,6 @@ def decide(
     return {**decision, "promote": gain > margin, "reason": reason}
 
 
-def lock_uri(store_uri: str, model_name: str) -> str:
-    """The promotion lock of one model name (``mammo.storage.lock``)."""
-    return join(store_uri, "models", check_name("model name", model_name), "lock")
-
-
 def _value(verdict: dict[str, Any], key: str) -> Any:
     value = verdict.get(key)
     return value if isinstance(value, (int, float)) or value is None else None
@@ -125,7 +122,7 @@ def run(
     candidate_sha256: str | None = None,
     provenance: dict[str, Any] | None = None,
     verdict: dict[str, Any] | None = None,
-    keep: int = KEEP_PROMOTED,
+    keep: int | None = None,
     rule: str = DEFAULT_PROMOTION_RULE,
     floor: float = DEFAULT_PROMOTION_MIN,
     min_cancers: int = DEFAULT_PROMOTION_MIN_CANCERS,
@@ -140,20 +137,37 @@ def run(
     ``rule``, ``floor``, ``min_cancers``: ``mammo.promotion.confirm``) and still has to hold
     against production under the lock. Without a verdict the headline figures are compared by
     ``margin`` (``decide``; the switch's own tests). Whatever happens, the decision is
-    recorded; a refused promotion (checksum mismatch, lost lock) is recorded, then raised."""
+    recorded; a refused promotion (checksum mismatch, lost lock) is recorded, then raised.
+
+    ``keep``: how many promoted models stay below production/ (None: the model's retention
+    setting, ``mammo.production.read_retention``, ``KEEP_PROMOTED`` when unset)."""
     check_name("model name", model_name)
     promotion_rule = check_rule(metric, margin, rule, floor, min_cancers)
     prefix = production_model_uri(store_uri, model_name)
     base: dict[str, Any] = {
         "promoted": False, "production_uri": prefix, "candidate_uri": candidate_uri,
         "candidate_sha256": candidate_sha256, "metric": metric, "margin": margin,
-        "provenance": provenance or {},
+        "provenance": provenance or {}, "kind": "promotion", "metrics": candidate_metrics,
     }
+
+    production_now: dict[str, str | None] = {"sha256": _sha(current_manifest(prefix))}
+
+    def record_decision(store: str, name: str, result: dict[str, Any], *, when: datetime | None = None) -> str:
+        """Record ``result`` with the production versions before and after the decision."""
+        _versions(store, name, result, production_now["sha256"])
+        return _record_decision(store, name, result, when=when)
+
+    # Not promoted without the lock: while frozen, the record says so first.
+    freeze = read_freeze(store_uri, model_name)
+
+    def frozen_first(reason: str) -> str:
+        return reason if freeze is None else f"{frozen_reason(freeze)}; besides: {reason}"
+
     if verdict is not None and not verdict.get("promote"):
         result = {
             **base, "promote": False, "decided_by": "evaluator",
             "candidate": _value(verdict, "candidate"), "production": _value(verdict, "production"),
-            "reason": str(verdict.get("reason") or "the evaluator decided against promotion"),
+            "reason": frozen_first(str(verdict.get("reason") or "the evaluator decided against promotion")),
             "decided_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         record_decision(store_uri, model_name, result)
@@ -166,17 +180,23 @@ def run(
             result = {
                 **base, "promote": False, "decided_by": "promoter",
                 "candidate": _value(verdict, "candidate"), "production": _value(verdict, "production"),
-                "reason": why, "verdict": {k: verdict.get(k) for k in ("promote", "reason")},
+                "reason": frozen_first(why), "verdict": {k: verdict.get(k) for k in ("promote", "reason")},
                 "decided_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             }
             record_decision(store_uri, model_name, result)
-            log.info("not promoted: %s", why)
+            log.info("not promoted: %s", result["reason"])
             return result
 
     fence = fence_of(current_manifest(prefix))
     with hold(lock_uri(store_uri, model_name), floor=fence, intent={"candidate_uri": candidate_uri}) as lease:
         expected = current_manifest(prefix)
-        if verdict is not None and verdict.get("rule"):
+        production_now["sha256"] = _sha(expected)
+        freeze = read_freeze(store_uri, model_name)
+        if freeze is not None:
+            decision = {"metric": metric, "margin": margin, "rule": rule, "candidate": _value(verdict or {}, "candidate"),
+                        "production": _value(verdict or {}, "production"), "promote": False,
+                        "reason": frozen_reason(freeze), "frozen": freeze}
+        elif verdict is not None and verdict.get("rule"):
             # The evaluator's statistical rule (mammo.promotion) holds only against the
             # production model it compared with; it cannot be repeated here.
             decision = recheck(verdict, None if expected is None else expected.metadata.get("sha256"), candidate_sha256)
@@ -194,15 +214,17 @@ def run(
                 digest = expected_sha256(candidate_uri, candidate_sha256)
                 lease.set_intent({"candidate_uri": candidate_uri, "staged": model_key(digest)})
                 entry = stage(candidate_uri, digest, prefix)
-                extra = _export(prefix, digest, provenance or {}, result)
+                extra = export_beside(prefix, digest, (provenance or {}).get("threshold"), result)
                 metadata = {
                     "model_name": model_name, "source_uri": candidate_uri, "metric": metric,
                     "value": decision["candidate"], "metrics": candidate_metrics,
                     "promoted_at": result["decided_at"], "reason": decision["reason"],
-                    "previous": _previous(expected), **(provenance or {}),
+                    "previous": previous_summary(expected), **(provenance or {}),
                     **({"export": next(iter(extra))} if extra else {}),
                 }
-                swap(prefix, lease, expected, entry, metadata, keep, extra)
+                metadata["version"] = version_label(read_records(store_uri, model_name), digest)
+                kept = keep if keep is not None else read_retention(store_uri, model_name)
+                swap(prefix, lease, expected, entry, metadata, kept, extra)
                 result.update(promoted=True, model_uri=join(prefix, model_key(digest)), sha256=digest, fence=lease.token)
                 log.info("promoted %s to %s: %s", candidate_uri, result["model_uri"], decision["reason"])
             else:
@@ -216,24 +238,15 @@ def run(
     return result
 
 
-def _export(prefix: str, digest: str, provenance: dict[str, Any], result: dict[str, Any]) -> dict[str, ManifestEntry]:
-    """The weights-only export (``mammo.export``) of the staged checkpoint, written beside it
-    for ``mammo predict`` and the scorer; {} (and ``export_error`` in the result) when it cannot
-    be made: the checkpoint alone is still a complete production model."""
-    from mammo.export import publish_export
-
-    try:
-        key, size, sha256 = publish_export(join(prefix, model_key(digest)), digest, prefix,
-                                           threshold=provenance.get("threshold"))
-    except (MammoError, OSError, RuntimeError) as err:
-        log.warning("no weights-only export: %s", err)
-        result["export_error"] = str(err)
-        return {}
-    result["export_uri"] = join(prefix, key)
-    return {key: ManifestEntry(size=size, sha256=sha256)}
+def _sha(manifest: Any) -> str | None:
+    return None if manifest is None else manifest.metadata.get("sha256")
 
 
-def _previous(manifest: Manifest | None) -> dict[str, Any] | None:
-    if manifest is None:
-        return None
-    return {key: manifest.metadata.get(key) for key in ("sha256", "source_uri", "value", "promoted_at")}
+def _versions(store_uri: str, model_name: str, result: dict[str, Any], before: str | None) -> None:
+    """``version`` / ``previous_version``: production's version (``v<N>``, ``mammo models list``)
+    after and before this decision (``before``: production's sha256 when it was made), with
+    their sha256 - the same two when production did not change."""
+    records = read_records(store_uri, model_name)
+    after = result.get("sha256") if result.get("promoted") else before
+    result.update(version=version_label(records, after), version_sha256=after,
+                  previous_version=version_label(records, before), previous_sha256=before)

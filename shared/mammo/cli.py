@@ -16,7 +16,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from mammo import __version__, defaults
-from mammo.console import add_config_args, run_guarded, setup_logging
+from mammo.console import add_command_family, add_config_args, run_guarded, setup_logging
 from mammo.errors import ConfigError
 from mammo.imagesize import image_size_arg
 from mammo.launch import add_launch_args, launch, wants_launch
@@ -578,6 +578,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--threshold", type=float, metavar="P", help="Threshold to record (default: the model's).")
     export.add_argument("--workdir", metavar="DIR", help="Where a remote model is cached (default: a temporary folder).")
     export.set_defaults(handler=_cmd_export)
+
+    add_command_family(sub, "models", "Production versions: list, show, rollback, freeze, unfreeze, retention.",
+                       "mammo.model_versions")
 
     for plugin in sorted(entry_points(group=COMMAND_GROUP), key=lambda ep: ep.name):
         plugin.load()(sub)
