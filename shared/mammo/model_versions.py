@@ -509,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("list", parents=[common, json_flag], help="Every version ever promoted; * marks the current one.",
                    description="Every version ever in production (v1 = the first promoted): short sha256, when, "
-                   "which run, the rule and its verdict, headline figures with 95%% intervals, and whether a "
+                   "which run, the rule and its verdict, headline figures with 95% intervals, and whether a "
                    "rollback can still restore it.")
     show = sub.add_parser("show", parents=[common, json_flag], help="One version's record and figures.")
     show.add_argument("version", nargs="?", default="current",
