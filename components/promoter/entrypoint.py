@@ -29,6 +29,7 @@ from mammo.config import (
     metric_mode,
 )
 from mammo.errors import MammoError
+from mammo.model_card import card_beside, make_card
 from mammo.model_versions import version_label
 from mammo.production import (
     collect_garbage,
@@ -223,8 +224,13 @@ def run(
                     **({"export": next(iter(extra))} if extra else {}),
                 }
                 metadata["version"] = version_label(read_records(store_uri, model_name), digest)
+                card = make_card(store_uri, model_name=model_name, version=metadata["version"], sha256=digest,
+                                 candidate_uri=candidate_uri, provenance=provenance or {},
+                                 decision={"rule": rule, "floor": floor, "min_cancers": min_cancers, **decision},
+                                 replaced=metadata["previous"])
+                cards = card_beside(prefix, digest, card, result)
                 kept = keep if keep is not None else read_retention(store_uri, model_name)
-                swap(prefix, lease, expected, entry, metadata, kept, extra)
+                swap(prefix, lease, expected, entry, metadata, kept, {**extra, **cards})
                 result.update(promoted=True, model_uri=join(prefix, model_key(digest)), sha256=digest, fence=lease.token)
                 log.info("promoted %s to %s: %s", candidate_uri, result["model_uri"], decision["reason"])
             else:

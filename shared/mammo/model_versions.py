@@ -37,8 +37,11 @@ from typing import Any
 
 from mammo.config import DEFAULT_MODEL_NAME
 from mammo.errors import ArtifactNotFoundError, ConfigError, IntegrityError, MammoError
+from mammo.model_card import card_beside, summary
 from mammo.production import (
     KEEP_PROMOTED,
+    card_data_uri,
+    card_keys,
     collect_garbage,
     current_manifest,
     expected_sha256,
@@ -48,6 +51,7 @@ from mammo.production import (
     lock_uri,
     model_key,
     previous_summary,
+    read_card_data,
     read_freeze,
     read_records,
     read_retention,
@@ -296,9 +300,16 @@ def list_versions(store_uri: str, model_name: str) -> dict[str, Any]:
 
 
 def show_version(store_uri: str, model_name: str, spec: str | None = None) -> dict[str, Any]:
+    """One version: its description, promotion record and model card (summary, where its pages are)."""
     registry = load(store_uri, model_name)
     version = registry.resolve(spec)
-    return {**describe(registry, version), "model_name": model_name, "record": version.record}
+    card = read_card_data(store_uri, model_name, version.sha256)
+    shown: dict[str, Any] = {**describe(registry, version), "model_name": model_name, "record": version.record}
+    if card is not None:
+        md, page = (join(registry.prefix, key) for key in card_keys(version.sha256))
+        shown["card"] = {"markdown_uri": md if exists(md) else None, "html_uri": page if exists(page) else None,
+                         "facts_uri": card_data_uri(store_uri, model_name, version.sha256), "summary": summary(card)}
+    return shown
 
 
 # Rollback, freeze, retention ---------------------------------------------------------------------------
@@ -376,6 +387,7 @@ def rollback(store_uri: str, model_name: str, to: str | None = None, reason: str
             result["restored_from"] = source
             entry = stage(source, target.sha256, prefix)
             extra = export_beside(prefix, target.sha256, provenance.get("threshold"), result)
+            cards = card_beside(prefix, target.sha256, read_card_data(store_uri, model_name, target.sha256), result)
             metadata = {
                 "model_name": model_name, "source_uri": record.get("candidate_uri") or source,
                 "metric": record.get("metric"), "value": record.get("candidate"),
@@ -383,7 +395,7 @@ def rollback(store_uri: str, model_name: str, to: str | None = None, reason: str
                 "previous": previous_summary(expected), **provenance, "kind": "rollback", "version": target.label,
                 **({"export": next(iter(extra))} if extra else {}),
             }
-            swap(prefix, lease, expected, entry, metadata, read_retention(store_uri, model_name), extra)
+            swap(prefix, lease, expected, entry, metadata, read_retention(store_uri, model_name), {**extra, **cards})
             result.update(promoted=True, sha256=target.sha256, model_uri=join(prefix, model_key(target.sha256)),
                           fence=lease.token)
             collect_garbage(prefix, lock_uri(store_uri, model_name))
@@ -488,7 +500,8 @@ def _print_show(shown: dict[str, Any]) -> None:
         print("  figures: none recorded")
     card = shown.get("card")
     if card:
-        print(f"  model card: {card.get('markdown_uri')} (HTML: {card.get('html_uri')})")
+        where = card.get("markdown_uri") or "pages collected with the model (a rollback writes them again)"
+        print(f"  model card: {where}" + (f" (HTML: {card['html_uri']})" if card.get("html_uri") else ""))
         for line in card.get("summary") or []:
             print(f"    {line}")
 

@@ -169,13 +169,21 @@ def swap(
     return manifest
 
 
+def card_keys(sha256: str) -> tuple[str, str]:
+    """The model card's two objects beside ``model-<sha12>.pt`` (``mammo.model_card``)."""
+    return f"model-{sha256[:12]}.card.md", f"model-{sha256[:12]}.card.html"
+
+
 def collect_garbage(prefix: str, lock_uri: str) -> list[str]:
-    """Delete what nothing references below ``prefix``; returns the deleted URIs."""
+    """Delete what nothing references below ``prefix``; returns the deleted URIs. A model kept
+    in the history keeps its model card too."""
     manifest = current_manifest(prefix)
     keep = {MANIFEST_NAME}
     if manifest is not None:
         keep |= set(manifest.objects)
-        keep |= {str(h.get("checkpoint")) for h in manifest.metadata.get("history") or [] if isinstance(h, dict)}
+        history = [h for h in manifest.metadata.get("history") or [] if isinstance(h, dict)]
+        keep |= {str(h.get("checkpoint")) for h in history}
+        keep |= {key for h in history if isinstance(h.get("sha256"), str) for key in card_keys(h["sha256"])}
     keep |= {str(i["staged"]) for i in intents(lock_uri) if i.get("staged")}
     deleted = []
     for uri in list_objects(prefix):
@@ -262,6 +270,8 @@ def previous_summary(manifest: Manifest | None) -> dict[str, Any] | None:
 
 FREEZE = "freeze.json"
 RETENTION = "retention.json"
+#: The facts of every promoted version's model card, kept for good: ``cards/<sha12>.json``.
+CARDS = "cards"
 
 
 def _setting_uri(store_uri: str, model_name: str, name: str) -> str:
@@ -321,3 +331,17 @@ def read_retention(store_uri: str, model_name: str) -> int | None:
 def write_retention(store_uri: str, model_name: str, keep: int | None) -> None:
     """Set the retention (``check_keep``). Call under the lock."""
     put_json({"keep": check_keep(keep)}, _setting_uri(store_uri, model_name, RETENTION))
+
+
+def card_data_uri(store_uri: str, model_name: str, sha256: str) -> str:
+    """Where a version's model card facts are kept (never collected; ``mammo models show`` and
+    a rollback read them)."""
+    return join(store_uri, "models", check_name("model name", model_name), CARDS, f"{sha256[:12]}.json")
+
+
+def read_card_data(store_uri: str, model_name: str, sha256: str) -> dict[str, Any] | None:
+    try:
+        value = get_json(card_data_uri(store_uri, model_name, sha256))
+    except ArtifactNotFoundError:
+        return None
+    return value if isinstance(value, dict) else None
