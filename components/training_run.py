@@ -180,6 +180,7 @@ def trainer_step(entrypoint: Callable[..., dict[str, Any]], component: str, *, s
     else:
         result = entrypoint(run_uri=run_uri, **kwargs)
     record_trainer_artifacts(result, model, metrics)
+    model.metadata.update({"run_id": run_id, "run_uri": run_uri})  # which run made it, and its folder
     return result
 
 

@@ -213,6 +213,7 @@ def summarize(outcome: dict[str, Any], store_uri: str, model_name: str, log_file
         "report_uri": outcome["report_uri"],
         "checkpoints": [join(run_prefix, "baseline_trainer"), join(run_prefix, "unfreeze_trainer")],
         "run_id": outcome["run_id"],
+        "kfp_run_id": outcome.get("kfp_run_id") or None,
         "log": str(log_file),
     }
 

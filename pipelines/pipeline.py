@@ -245,6 +245,9 @@ def _wire(profile: Profile, args: dict[str, Any]) -> Any:
     dataset_uri = _dataset(profile, args)
     split_task = steps.split_builder(
         code_version=code_version(profile),
+        # KFP's id of this run, recorded in the run folder and the evaluation (lineage); it is
+        # kept out of the trainers' inputs, which would otherwise never be served from cache.
+        kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
         dataset_uri=dataset_uri,
         **{name: value for name, value in args.items()
            if name not in ("dataset_uri", "model_name", "trainer_gpus", "trainer_nodes", *DATASET_FIELDS)},
@@ -274,6 +277,7 @@ def _wire(profile: Profile, args: dict[str, Any]) -> Any:
         promotion_rule=args["promotion_rule"],
         promotion_min=args["promotion_min"],
         promotion_min_cancers=args["promotion_min_cancers"],
+        kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
         **shared,
     )
     evaluation.set_display_name("evaluator").set_container_image(profile.evaluator_image)

@@ -97,6 +97,7 @@ def split_builder(
     dataset_uri: str,
     store_uri: str,
     code_version: str,
+    kfp_run_id: str,
     promotion_metric: str,
     promotion_margin: float,
     promotion_rule: str,
@@ -135,7 +136,7 @@ def split_builder(
     from mammo_components.split_builder.step import run_step
 
     return run_step(
-        dataset_uri=dataset_uri, store_uri=store_uri, code_version=code_version,
+        dataset_uri=dataset_uri, store_uri=store_uri, code_version=code_version, kfp_run_id=kfp_run_id,
         promotion_metric=promotion_metric, promotion_margin=promotion_margin, promotion_rule=promotion_rule,
         promotion_min=promotion_min, promotion_min_cancers=promotion_min_cancers, image_size=image_size,
         backbone=backbone, weights=weights,
@@ -258,6 +259,7 @@ def evaluator(
     promotion_rule: str,
     promotion_min: float,
     promotion_min_cancers: int,
+    kfp_run_id: str,
     baseline: Input[Model],
     unfreeze: Input[Model],
     best: Output[Model],
@@ -274,7 +276,7 @@ def evaluator(
         dataset_uri=dataset_uri, split_uri=split_uri, store_uri=store_uri, run_id=run_id, params=params,
         model_name=model_name, promotion_metric=promotion_metric, promotion_margin=promotion_margin,
         promotion_rule=promotion_rule, promotion_min=promotion_min, promotion_min_cancers=promotion_min_cancers,
-        baseline=baseline, unfreeze=unfreeze,
+        kfp_run_id=kfp_run_id, baseline=baseline, unfreeze=unfreeze,
         best=best, metrics=metrics, classification=classification, report=report,
     )
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # shellcheck source-path=SCRIPTDIR
-# Applies the project's stack (an overlay of k8s/: OVERLAY=kind|gpu) and waits until MinIO and
+# Applies the project's stack (an overlay of k8s/: OVERLAY=kind|gpu|gpu-trainer) and waits until MinIO and
 # the Pushgateway are ready and the bucket exists. Idempotent. Needs KFP installed first (its
 # namespace holds the pipeline's Secret, ConfigMap and ServiceAccount). Context: KUBE_CONTEXT,
 # else the current one.

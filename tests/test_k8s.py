@@ -13,6 +13,7 @@ import json
 import re
 import shutil
 import subprocess
+import textwrap
 import sys
 from pathlib import Path
 from typing import Any, Iterator
@@ -25,6 +26,9 @@ from test_containers import read_images_env
 ROOT = Path(__file__).resolve().parents[1]
 K8S_VERSION = "1.32.0"
 OVERLAYS = ["kind", "gpu"]
+#: Overlays shipped beside them for optional components: gpu-trainer is gpu plus
+#: components/kubeflow-trainer (docs/kubernetes.md shows it verbatim).
+SHIPPED_WITH_COMPONENTS = {"gpu-trainer": "kubeflow-trainer"}
 #: The label the pipeline sets on its pods (kfp-kubernetes add_pod_label) to reach MinIO and
 #: the Pushgateway; documented in docs/kubernetes.md.
 PIPELINE_LABEL = ("app.kubernetes.io/part-of", "mammo-pipeline")
@@ -36,7 +40,7 @@ PROFILE_IMAGE_KEYS = {"kind": {"TRAIN_IMAGE_CPU", "EVAL_IMAGE"}, "gpu": {"TRAIN_
 CRD_KINDS = {"ServiceMonitor", "TrainingRuntime", "PrometheusRule"}
 #: Overlays the tests add: the documented way to use each optional component.
 WITH_COMPONENTS = {
-    "gpu-servicemonitor": "servicemonitor", "gpu-kubeflow-trainer": "kubeflow-trainer",
+    "gpu-servicemonitor": "servicemonitor",
     "gpu-prometheusrule": "prometheusrule", "gpu-private-registry": "private-registry",
 }
 CREDENTIAL_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|ACCESS_KEY|ROOT_USER", re.I)
@@ -74,7 +78,7 @@ def _render(k8s_copy: Path, overlay: str) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def rendered(k8s_copy: Path) -> dict[str, list[dict[str, Any]]]:
-    return {overlay: _render(k8s_copy, overlay) for overlay in [*OVERLAYS, *WITH_COMPONENTS]}
+    return {overlay: _render(k8s_copy, overlay) for overlay in [*OVERLAYS, *SHIPPED_WITH_COMPONENTS, *WITH_COMPONENTS]}
 
 
 def _objects(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
@@ -140,7 +144,7 @@ def _container_ports(template: dict[str, Any]) -> dict[Any, int]:
     return ports
 
 
-@pytest.mark.parametrize("overlay", [*OVERLAYS, *WITH_COMPONENTS])
+@pytest.mark.parametrize("overlay", [*OVERLAYS, *SHIPPED_WITH_COMPONENTS, *WITH_COMPONENTS])
 def test_overlay_passes_strict_schema_validation(
     rendered: dict[str, list[dict[str, Any]]], overlay: str, tmp_path: Path
 ) -> None:
@@ -184,7 +188,7 @@ def test_kubeflow_trainer_runtime_matches_its_crd_and_the_launcher(
     from fake_k8s import CRD_DIR, crd_schema, strict, validation_errors
     from mammo_components.trainjob import launcher
 
-    docs = rendered["gpu-kubeflow-trainer"]
+    docs = rendered["gpu-trainer"]
     runtime = _one(docs, "TrainingRuntime", launcher.TRAINING_RUNTIME)
     schema = strict(crd_schema(CRD_DIR / "trainer.kubeflow.org_trainingruntimes.yaml"))
     assert validation_errors(runtime, schema) == []
@@ -229,7 +233,7 @@ def test_kubeflow_trainer_runtime_matches_its_crd_and_the_launcher(
 
 
 def test_kubeflow_trainer_rbac_is_what_the_launcher_uses(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    docs = rendered["gpu-kubeflow-trainer"]
+    docs = rendered["gpu-trainer"]
     binding = _one(docs, "RoleBinding", "mammo-trainjob-launcher", "kubeflow")
     account = _one(docs, "ServiceAccount", "mammo-pipeline", "kubeflow")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": "kubeflow"}]
@@ -285,7 +289,7 @@ def test_kind_is_smaller_than_gpu(rendered: dict[str, list[dict[str, Any]]]) -> 
         memory = minio["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"]
         return pvc["spec"]["resources"]["requests"]["storage"], memory
 
-    assert sizes("kind") == ("5Gi", "1Gi")
+    assert sizes("kind") == ("20Gi", "1Gi")
     assert sizes("gpu") == ("200Gi", "8Gi")
 
 
@@ -542,3 +546,12 @@ def test_private_registry_gives_both_service_accounts_the_pull_secret(
         assert all("imagePullSecrets" not in sa for sa in _objects(rendered[overlay], "ServiceAccount"))
     # No Secret of that name is shipped: the registry credentials never enter git.
     assert not [doc for doc in docs if doc["kind"] == "Secret" and doc["metadata"]["name"] == "mammo-registry"]
+
+
+def test_the_shipped_gpu_trainer_overlay_is_the_one_the_docs_show() -> None:
+    """docs/kubernetes.md quotes k8s/overlays/gpu-trainer/kustomization.yaml: the same YAML."""
+    text = (ROOT / "docs" / "kubernetes.md").read_text()
+    quoted = textwrap.dedent(text.split("# k8s/overlays/gpu-trainer/kustomization.yaml\n", 1)[1].split("```", 1)[0])
+    shipped = yaml.safe_load((ROOT / "k8s" / "overlays" / "gpu-trainer" / "kustomization.yaml").read_text())
+    assert yaml.safe_load(quoted) == shipped
+    assert shipped["components"] == [f"../../components/{SHIPPED_WITH_COMPONENTS['gpu-trainer']}"]

@@ -176,6 +176,16 @@ def test_five_steps_in_order_and_the_promoter_after_every_evaluation(compiled) -
     assert promoter["inputs"]["artifacts"]["candidate"]["taskOutputArtifact"] == {"outputArtifactKey": "best", "producerTask": "evaluator"}
 
 
+def test_the_kfp_run_id_reaches_the_uncached_steps_only(compiled) -> None:
+    """KFP's run id goes to the split builder (recorded in the run folder) and the evaluator
+    (its metadata); the cached trainers never see it, or no rerun would hit their cache."""
+    profile, spec, _, _ = compiled
+    for task in ("split-builder", "evaluator"):
+        assert _parameter_source(spec, task, "kfp_run_id") == ("constant", "{{$.pipeline_job_uuid}}")
+    for task in (*TRAINERS, *(LAUNCHERS if profile == "gpu" else ())):
+        assert "kfp_run_id" not in _all_tasks(spec)[task]["inputs"]["parameters"]
+
+
 def test_gpu_requests_only_in_the_gpu_profile(compiled) -> None:
     profile, spec, executors, _ = compiled
     for task in _steps(profile):

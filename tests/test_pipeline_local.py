@@ -95,6 +95,13 @@ def test_local_run_promotes_the_first_model_and_not_an_equal_one(
     assert artifacts["best"]["metadata"]["sha256"] == production.metadata["sha256"]
     baseline = _kfp_outputs(workdir, "baseline-trainer")["artifacts"]["model"]["artifacts"][0]["metadata"]
     assert set(baseline) >= {"uri", "sha256", "metrics"}
+    # Lineage: the trainers' Models name the run that made them; the KFP run id is in the
+    # evaluation's metadata and in the run folder's list of KFP runs (not in the run id).
+    assert baseline["run_id"] == first["run_id"] and baseline["run_uri"] == str(workdir / "runs" / first["run_id"] / "baseline_trainer")
+    kfp_run = first["kfp_run_id"]
+    assert kfp_run and "{{" not in kfp_run
+    record = storage.get_json(str(workdir / "runs" / first["run_id"] / "kfp-runs" / f"{kfp_run}.json"))
+    assert record["kfp_run_id"] == kfp_run and record["run_id"] == first["run_id"]
 
     # Same data, same settings: the same run id, nothing retrained, and the equal model is not
     # promoted again (the promoter step runs and records that decision).

@@ -15,7 +15,7 @@ from mammo.errors import ConfigError
 from mammo.export import load_export
 from mammo.predict import resolve_model
 from mammo.coverage import chance_promotion
-from mammo.promotion import PromotionRule, confirm, decide, recheck
+from mammo.promotion import PromotionRule, confirm, decide, judge, recheck
 from mammo.stats import BootstrapSettings
 from mammo_components.promoter.entrypoint import run as promote
 from model_support import fake_checkpoint
@@ -135,6 +135,17 @@ def test_too_few_test_cancers_promote_nothing_with_a_one_line_reason():
     assert not verdict["promote"] and verdict["cancers"] == 6
     assert verdict["reason"] == "the test split has 6 cancer breast(s), fewer than promotion_min_cancers=10; not promoted"
     assert decide(PromotionRule(min_cancers=6), strong, 0.5, SETTINGS)["promote"]
+
+
+
+def test_a_verdict_that_travelled_through_kfp_metadata_is_judged_the_same():
+    """KFP's artifact metadata is a protobuf Struct: every number comes back a double, so the
+    promoter step reads ``cancers`` as 6.0. The count is the same count."""
+    rule = PromotionRule(min_cancers=6)
+    verdict = decide(rule, breasts(np.random.default_rng(5), 4.0, n=200, cancers=6), 0.5, SETTINGS)
+    assert judge(rule, verdict)[0]
+    assert judge(rule, {**verdict, "cancers": 6.0}) == judge(rule, verdict)
+    assert not judge(rule, {**verdict, "cancers": 5.5})[0] and not judge(rule, {**verdict, "cancers": True})[0]
 
 
 def test_a_chance_level_model_is_promoted_at_most_1_percent_of_the_time():

@@ -37,14 +37,15 @@ def promotion_numbers(decision: Mapping[str, Any]) -> dict[str, Any]:
     return numbers
 
 
-def record_best(best: Any, result: Mapping[str, Any], decision: Mapping[str, Any], run_id: str) -> None:
+def record_best(best: Any, result: Mapping[str, Any], decision: Mapping[str, Any], run_id: str,
+                kfp_run_id: str = "") -> None:
     """The ``best`` Model artifact (the pipeline's output, the promoter's input): metadata with
-    the best candidate's URI, sha256, name, threshold, metrics, report and the verdict; file: the
-    whole result with the decision."""
+    the best candidate's URI, sha256, name, threshold, metrics, report and the verdict, the run
+    folder's id and the KFP run that evaluated it; file: the whole result with the decision."""
     best.metadata.update({
         "uri": result["best_uri"], "sha256": result["best_sha256"], "name": result["best_name"],
         "threshold": result["threshold"], "metrics": result["metrics"], "report_uri": result["report_uri"],
-        "evaluation_uri": result["out_uri"], "run_id": run_id, "decision": dict(decision),
+        "evaluation_uri": result["out_uri"], "run_id": run_id, "kfp_run_id": kfp_run_id, "decision": dict(decision),
         "warnings": list(result.get("warnings") or []), "bootstrap": result.get("bootstrap"),
     })
     write_artifact_json(best, {**result, "decision": dict(decision)})
@@ -69,6 +70,7 @@ def run_step(
     metrics: Any,
     classification: Any,
     report: Any,
+    kfp_run_id: str = "",
 ) -> bool:
     """Evaluate the ``baseline`` and ``unfreeze`` Models' checkpoints into
     ``<store>/runs/<run_id>/evaluator``, re-evaluate the production model beside them and
@@ -92,5 +94,5 @@ def run_step(
     log_numbers(metrics, promotion_numbers(decision), "promotion.")
     log_classification(classification, result)
     Path(report.path).write_bytes(get_bytes(result["report_uri"]))
-    record_best(best, result, decision, run_id)
+    record_best(best, result, decision, run_id, kfp_run_id)
     return bool(decision["promote"])

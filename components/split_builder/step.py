@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 from mammo.config import PipelineParams
 from mammo.console import setup_logging
 from mammo.promotion import PromotionRule
-from mammo.storage import open_store
+from mammo.storage import join, open_store, put_json, run_uri
 from mammo.telemetry import Telemetry
 from mammo_components.artifacts import write_artifact_json
 from mammo_components.inputs import parse_params
@@ -86,11 +86,28 @@ def step_params(dataset_uri: str, values: dict[str, Any]) -> PipelineParams:
     return parse_params({**cleaned, "data": dataset_uri})
 
 
-def run_step(*, split: Any, dataset_uri: str, store_uri: str, code_version: str, **values: Any) -> SplitOutputs:
+#: Where the run folder lists the KFP runs that used it: ``runs/<run-id>/kfp-runs/<uuid>.json``.
+KFP_RUNS = "kfp-runs"
+
+
+def record_kfp_run(store_uri: str, run_id: str, kfp_run_id: str, split_uri: str) -> str:
+    """Note in the run folder that KFP run ``kfp_run_id`` used it (one small object per KFP run:
+    a cached rerun of the same inputs adds its own); returns the object's URI."""
+    uri = join(run_uri(store_uri, run_id, KFP_RUNS), f"{kfp_run_id}.json")
+    put_json({
+        "kfp_run_id": kfp_run_id, "run_id": run_id, "split_uri": split_uri,
+        "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }, uri)
+    return uri
+
+
+def run_step(*, split: Any, dataset_uri: str, store_uri: str, code_version: str, kfp_run_id: str = "",
+             **values: Any) -> SplitOutputs:
     """The whole step: ``values`` are the step's PipelineParams fields, ``split`` its KFP
-    Dataset output (metadata: split URI, sha256, fingerprint, counts, reused, run id; file: the
-    split's result). Returns the output parameters; ``params`` is what the later steps get
-    (the training values, JSON-ready)."""
+    Dataset output (metadata: split URI, sha256, fingerprint, counts, reused, run id, KFP run
+    id; file: the split's result). ``kfp_run_id`` (KFP's ``pipeline_job_uuid``) is recorded in
+    the run folder, never in the run id: a rerun of the same inputs is the same run. Returns the
+    output parameters; ``params`` is what the later steps get (the training values, JSON-ready)."""
     setup_logging()
     started = time.monotonic()
     params = step_params(dataset_uri, values)
@@ -102,11 +119,13 @@ def run_step(*, split: Any, dataset_uri: str, store_uri: str, code_version: str,
         objects=dataset_objects(dataset_uri), split_sha256=result["split_sha256"],
         params=training, code=[code_version, installed_code()],
     )
+    if kfp_run_id:
+        record_kfp_run(store_uri, run_id, kfp_run_id, result["split_uri"])
     Telemetry(COMPONENT, run_id).finish(True, time.monotonic() - started)
     split.metadata.update({
         "uri": result["split_uri"], "sha256": result["split_sha256"],
         "dataset_fingerprint": result["dataset_fingerprint"], "reused": result["reused"],
-        "counts": result["counts"], "run_id": run_id,
+        "counts": result["counts"], "run_id": run_id, "kfp_run_id": kfp_run_id,
     })
     write_artifact_json(split, result)
     return SplitOutputs(result["split_uri"], result["dataset_fingerprint"], run_id, training)

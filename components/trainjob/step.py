@@ -122,6 +122,7 @@ def launch(
                 "(manifest.json listing result.json): did rank 0 publish?"
             )
     record_trainer_artifacts(result, model, metrics)
+    model.metadata.update({"run_id": run_id, "run_uri": run_uri})  # which run made it, and its folder
     model.metadata["trainjob"] = {"name": name, "nodes": nodes, "gpus_per_node": gpus_per_node}
     return result
 

@@ -205,8 +205,12 @@ def judge(rule: PromotionRule, verdict: dict[str, Any]) -> tuple[bool, str]:
     own = {"value": verdict.get("candidate"), **(verdict.get("candidate_ci") or {})}
     if own["value"] is None:
         return False, f"the candidate's {rule.metric} is undefined"
+    # A count; 2.0 once the verdict has travelled through KFP's artifact metadata (a protobuf
+    # Struct holds every number as a double).
     cancers = verdict.get("cancers")
-    if not isinstance(cancers, int) or cancers < rule.min_cancers:
+    if isinstance(cancers, float) and cancers.is_integer():
+        cancers = int(cancers)
+    if not isinstance(cancers, int) or isinstance(cancers, bool) or cancers < rule.min_cancers:
         return False, (f"the {rule.split} split has {cancers} cancer breast(s), fewer than "
                        f"promotion_min_cancers={rule.min_cancers}; not promoted")
     strict = verdict.get("floor_ci") or {}
