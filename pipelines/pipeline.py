@@ -34,7 +34,7 @@ import mammo
 from mammo.config import DATASET_FIELDS
 from mammo_pipelines import steps
 from mammo_pipelines.parameters import PipelineParameter, pipeline_parameters, preset_parameters
-from mammo_pipelines.profiles import CONFIG_MAP_KEYS, POD_LABEL, SECRET_KEYS, Profile, Resources
+from mammo_pipelines.profiles import CONFIG_MAP_KEYS, POD_LABEL, PSEUDONYM_KEY, SECRET_KEYS, Profile, Resources
 
 PIPELINE_NAME = "mammo-training"
 DESCRIPTION = (
@@ -200,6 +200,16 @@ def _trainers_on_nodes(profile: Profile, shared: dict[str, Any], gpus: Any, node
     )
 
 
+def _pseudonym_key(task: PipelineTask, profile: Profile) -> PipelineTask:
+    """The site's pseudonymisation key as ``MAMMO_PSEUDONYM_KEY``, from the profile's Secret
+    (by reference, never a value in the compiled pipeline). Optional: without the Secret the
+    plan step refuses in one line unless ``preprocess_set`` says ``keep_identifiers=true``
+    (data already de-identified, such as RSNA)."""
+    return kubernetes.use_secret_as_env(
+        task, secret_name=profile.pseudonym_secret, secret_key_to_env={PSEUDONYM_KEY: PSEUDONYM_KEY}, optional=True,
+    )
+
+
 def _dataset(profile: Profile, args: dict[str, Any]) -> Any:
     """``dataset_format`` chooses at run time: ``dicom`` runs the preprocessor (a plan step, one
     pod per shard in a ``dsl.ParallelFor``, a merge step) and hands on the PNG dataset it wrote;
@@ -213,14 +223,14 @@ def _dataset(profile: Profile, args: dict[str, Any]) -> Any:
     with dsl.If(args["dataset_format"] == "dicom", name="dicom-input"):
         plan = steps.preprocess_plan(preprocess_shards=args["preprocess_shards"], **source)
         plan.set_display_name("preprocess plan").set_container_image(profile.eval_image)
-        _runtime(plan, profile, profile.light).set_caching_options(False)
+        _pseudonym_key(_runtime(plan, profile, profile.light), profile).set_caching_options(False)
         with dsl.ParallelFor(plan.output, name="preprocess-shards") as shard:
             part = steps.preprocessor(shard=shard, shards=args["preprocess_shards"], **source)
             part.set_display_name("preprocessor").set_container_image(profile.eval_image)
-            retried(_runtime(part, profile, profile.evaluator), profile).set_caching_options(False)
+            retried(_pseudonym_key(_runtime(part, profile, profile.evaluator), profile), profile).set_caching_options(False)
         merged = steps.preprocess_merge(parts=dsl.Collected(part.output), **source)
         merged.set_display_name("preprocess merge").set_container_image(profile.eval_image)
-        _runtime(merged, profile, profile.light).set_caching_options(False)
+        _pseudonym_key(_runtime(merged, profile, profile.light), profile).set_caching_options(False)
     with dsl.Else(name="png-input"):
         png = steps.png_dataset(dataset_uri=args["dataset_uri"])
         png.set_display_name("PNG dataset").set_container_image(profile.eval_image)

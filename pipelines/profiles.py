@@ -31,6 +31,10 @@ PROFILES: tuple[ProfileName, ...] = ("gpu", "kind")
 #: The names docs/kubernetes.md and k8s/base/kubeflow give the pipeline's runtime objects.
 SECRET_NAME = "mammo-minio"
 SECRET_KEYS = ("MINIO_ACCESS_KEY", "MINIO_SECRET_KEY")
+#: The Secret (key MAMMO_PSEUDONYM_KEY) the DICOM preprocessor's steps read the site's
+#: pseudonymisation key from (docs/kubernetes.md, DICOM identifiers).
+PSEUDONYM_SECRET_NAME = "mammo-pseudonym-key"
+PSEUDONYM_KEY = "MAMMO_PSEUDONYM_KEY"
 CONFIG_MAP_NAME = "mammo-runtime"
 CONFIG_MAP_KEYS = ("MINIO_ENDPOINT", "MINIO_SECURE", "MINIO_REGION", "MAMMO_PUSHGATEWAY_URL")
 POD_LABEL = ("app.kubernetes.io/part-of", "mammo-pipeline")
@@ -102,6 +106,7 @@ class Profile:
     tolerations: tuple[Toleration, ...] = ()
     retry: Retry = Retry()
     secret_name: str = SECRET_NAME
+    pseudonym_secret: str = PSEUDONYM_SECRET_NAME
     config_map_name: str = CONFIG_MAP_NAME
     #: Default of the ``dataset_uri`` pipeline parameter.
     dataset_uri: str = "s3://mammo/datasets/rsna"
@@ -307,6 +312,7 @@ def get_profile(
     node_selector: dict[str, str] | None = None,
     tolerations: list[Toleration] | None = None,
     secret_name: str | None = None,
+    pseudonym_secret: str | None = None,
     config_map_name: str | None = None,
     shm_size: str | None = None,
     image_pull_secrets: list[str] | None = None,
@@ -337,7 +343,8 @@ def get_profile(
     for flag, quantity in (("--shm-size", shm_size), ("--data-volume-size", data_volume_size)):
         if quantity is not None and not re.fullmatch(r"[1-9][0-9]*(Mi|Gi|Ti)", quantity):
             raise ConfigError(f"{flag} {quantity!r}: a Kubernetes quantity in Mi, Gi or Ti, e.g. 32Gi")
-    for flag, object_name in (("--data-pvc", data_pvc), ("--data-storage-class", data_storage_class)):
+    for flag, object_name in (("--data-pvc", data_pvc), ("--data-storage-class", data_storage_class),
+                              ("--pseudonym-secret", pseudonym_secret)):
         if object_name is not None and DNS_NAME.fullmatch(object_name) is None:
             raise ConfigError(f"{flag} {object_name!r}: not a Kubernetes object name")
     for secret in image_pull_secrets or ():
@@ -364,6 +371,7 @@ def get_profile(
         "node_selector": node_selector,
         "tolerations": tuple(tolerations) if tolerations is not None else None,
         "secret_name": secret_name,
+        "pseudonym_secret": pseudonym_secret,
         "config_map_name": config_map_name,
         "shm_size": shm_size,
         "image_pull_secrets": tuple(dict.fromkeys(image_pull_secrets)) if image_pull_secrets is not None else None,

@@ -263,10 +263,18 @@ def test_images_pull_policy_and_resources_follow_the_profile(compiled) -> None:
 def test_credentials_only_by_reference(compiled) -> None:
     profile, spec, executors, text = compiled
     assert len(executors) == len(_steps(profile))
+    dicom_steps = {f"exec-{task}" for task in ("preprocess-plan", "preprocessor", "preprocess-merge")}
     for name, executor in executors.items():
-        [secret] = executor["secretAsEnv"]
+        secret, *others = executor["secretAsEnv"]
         assert secret["secretName"] == "mammo-minio", name
         assert {k["envVar"] for k in secret["keyToEnv"]} == {"MINIO_ACCESS_KEY", "MINIO_SECRET_KEY"}
+        # The DICOM steps read the site's pseudonymisation key from its own (optional) Secret.
+        if name in dicom_steps:
+            [key] = others
+            assert key["secretName"] == "mammo-pseudonym-key" and key.get("optional") is True, name
+            assert [k["envVar"] for k in key["keyToEnv"]] == ["MAMMO_PSEUDONYM_KEY"]
+        else:
+            assert others == [], name
         [config] = executor["configMapAsEnv"]
         assert config["configMapName"] == "mammo-runtime"
         assert {k["envVar"] for k in config["keyToEnv"]} >= {"MINIO_ENDPOINT", "MINIO_SECURE"}
@@ -351,6 +359,8 @@ def test_overrides_reach_the_gpu_steps(tmp_path: Path) -> None:
     for task in LAUNCHERS:
         assert _parameter_source(spec, task, "image") == ("constant", "registry.example/train:1")
     assert {e["secretAsEnv"][0]["secretName"] for e in executors.values()} == {"other-keys"}
+    spec, executors, _ = _compile(tmp_path, "gpu", "--pseudonym-secret", "site-key")
+    assert executors["exec-preprocessor"]["secretAsEnv"][1]["secretName"] == "site-key"
 
 
 def test_kueue_queue_and_priority_label_the_gpu_steps_and_the_trainjobs(tmp_path: Path) -> None:
