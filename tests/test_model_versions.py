@@ -224,3 +224,13 @@ def test_a_damaged_kept_copy_is_restored_from_the_run_checkpoint(tmp_path: Path)
     assert result["restored_from"].endswith("run-a/unfreeze_trainer/best_auc.pt")
     assert _production_bytes(store) == b"A" * 64
     assert show_version(store, "mammo")["version"] == "v1"
+
+
+@pytest.mark.parametrize("command", ["list", "show", "rollback", "freeze", "unfreeze", "retention"])
+def test_every_flag_has_help_with_its_default(command: str, capsys: pytest.CaptureFixture) -> None:
+    code, out, _ = _cli(capsys, command, "--help")
+    assert code == 0
+    entries = [e for e in out.split("options:")[1].split("\n  -")[1:] if not e.startswith("h, --help")]
+    assert entries
+    for entry in entries:
+        assert "default" in " ".join(entry.split()), f"models {command} -{entry.split()[0]}: no default shown"
