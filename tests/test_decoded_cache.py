@@ -53,6 +53,22 @@ def test_a_filled_cache_returns_exactly_the_decoded_pixels(paths: list[str], tmp
         assert b.dtype == torch.uint8 and torch.equal(a, b) and torch.equal(b, read_png(path, SIZE[0]))
 
 
+def test_a_whole_batch_reads_back_the_stored_rows_in_the_order_asked(paths: list[str], tmp_path: Path) -> None:
+    """``read_many``: one copy of the asked rows (any order, repeats too) once all are stored;
+    None while one is missing; rows outside the cache are an IndexError, never clipped."""
+    cache = open_cache(tmp_path, paths, SIZE)
+    assert cache.read_many([0, 1]) is None
+    images = [cache.get(row, lambda p=p: read_png(p, SIZE[0])) for row, p in enumerate(paths)]
+    order = [len(paths) - 1, 0, len(paths) - 1, 1]
+    batch = cache.read_many(order)
+    assert batch.shape == (4, 1, *SIZE) and batch.dtype == torch.uint8
+    for got, row in zip(batch, order):
+        assert torch.equal(got, images[row])
+    for outside in ([len(paths)], [-1], [0, len(paths) + 5]):
+        with pytest.raises(IndexError):
+            cache.read_many(outside)
+
+
 def test_every_part_of_the_key_makes_another_cache(paths: list[str], tmp_path: Path, monkeypatch) -> None:
     base = open_cache(tmp_path, paths, SIZE).info.folder
     assert open_cache(tmp_path, paths, SIZE).info.folder == base

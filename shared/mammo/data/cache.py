@@ -154,10 +154,14 @@ class DecodedCache:
         """uint8 [len(rows), 1, H, W] in one copy when every row is stored; else None."""
         pixels, state, _ = self._open()
         index = np.asarray(rows, dtype=np.int64)
+        if index.size and (index.min() < 0 or index.max() >= len(state)):
+            raise IndexError(f"cache rows outside 0..{len(state) - 1}")
         if not (state[index] == READY).all():
             return None
         out = torch.empty((len(index), 1, self.info.height, self.info.width), dtype=torch.uint8)
-        np.take(pixels, index, axis=0, out=out.numpy()[:, 0])
+        # mode="clip" (the rows are checked above): numpy buffers ``out`` for the default
+        # mode="raise", a second copy of the whole batch that halved the throughput.
+        np.take(pixels, index, axis=0, out=out.numpy()[:, 0], mode="clip")
         return out
 
     def count(self, kind: int = READY) -> int:
