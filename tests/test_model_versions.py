@@ -234,3 +234,22 @@ def test_every_flag_has_help_with_its_default(command: str, capsys: pytest.Captu
     assert entries
     for entry in entries:
         assert "default" in " ".join(entry.split()), f"models {command} -{entry.split()[0]}: no default shown"
+
+
+def test_an_unreachable_server_is_one_line_and_production_is_untouched(
+    s3_env, s3_proxy, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store = s3_env.uri
+    first = _promote(store, "run-a", b"A" * 64, 0.70)
+    second = _promote(store, "run-b", b"B" * 64, 0.80)
+    monkeypatch.setenv("MAMMO_STORAGE_RETRY_SECONDS", "0.3")
+    s3_proxy.down()
+    try:
+        for argv in (["list"], ["rollback"], ["freeze", "--reason", "x"]):
+            code, out, err = _cli(capsys, *argv, "--store", store)
+            assert code != 0 and out == "", argv
+            assert err.count("\n") == 1 and err.startswith("mammo: error: storage endpoint unreachable: "), err
+    finally:
+        s3_proxy.up()
+    assert _production(store).metadata["sha256"] == second["sha256"] != first["sha256"]
+    assert list_versions(store, "mammo")["frozen"] is None
