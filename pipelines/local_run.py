@@ -26,6 +26,7 @@ from typing import Any
 
 
 from mammo.config import PipelineParams, load_config
+from mammo.data.layout import holds_dicoms
 from mammo.errors import ConfigError, MammoError
 from mammo.summaries import metric_columns
 from mammo_pipelines.parameters import load_preset
@@ -59,23 +60,6 @@ def demo_dataset(workdir: Path, recipe: dict[str, Any]) -> Path:
         print(f"generating the synthetic demo dataset in {target}", flush=True)
         write_synthetic_dataset(target, **recipe)
     return target
-
-
-def holds_dicoms(folder: Path, looked_at: int = 2000) -> bool:
-    """Whether a local dataset folder holds DICOM files (``*.dcm``/``*.dicom``) and no PNGs,
-    judged from the first ``looked_at`` files found."""
-    seen = 0
-    dicoms = False
-    for _, _, files in os.walk(folder):
-        for name in files:
-            lower = name.lower()
-            if lower.endswith(".png"):
-                return False
-            dicoms = dicoms or lower.endswith((".dcm", ".dicom"))
-            seen += 1
-            if seen >= looked_at:
-                return dicoms
-    return dicoms
 
 
 def choose_store(workdir: Path, store: str | None) -> tuple[str, str]:

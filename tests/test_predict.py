@@ -257,3 +257,40 @@ def test_an_input_column_predict_writes_is_refused(trained, tmp_path, capsys, co
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"column '{column}' is one predict writes" in err
     assert not (tmp_path / "s.csv").exists()
+
+
+def test_predict_scores_a_dicom_folder_and_gives_the_worklist_its_identifiers(trained, tmp_path):
+    """A hospital export (DICOM files, no table, no PNGs): converted at the model's input size
+    in a scratch folder of the run, scored, and written with the archive's patient and image
+    ids, study and SOP instance UIDs; nothing is left beside the DICOMs or in the work folder."""
+    import pydicom
+
+    from mammo.dicom.synth import write_synthetic_dicoms
+
+    _, _, checkpoint = trained
+    export = tmp_path / "export"
+    files = write_synthetic_dicoms(export, count=6, size=(96, 64), compression="explicit")
+    (export / "train.csv").unlink()  # an archive export has no labels table
+    for number, path in enumerate(files):  # one study per patient, as a screening export has
+        ds = pydicom.dcmread(path)
+        ds.StudyInstanceUID, ds.AccessionNumber = f"1.2.826.0.1.3680043.10.9.{ds.PatientID}", f"ACC{number // 2}"
+        ds.save_as(path)
+    before = sorted(p.relative_to(export) for p in export.rglob("*"))
+    headers = [pydicom.dcmread(f) for f in files]
+    out, work = tmp_path / "scores" / "breasts.csv", tmp_path / "work"
+    summary = run_predict(model=str(checkpoint), data=str(export), out=str(out), device="cpu", workers=0,
+                          workdir=str(work))
+    assert summary["table"] == "DICOM files" and summary["scored_images"] == 6
+    assert summary["dicom"] == {"converted": 6, "skipped": {}, "unreadable": 0}
+    images = pd.read_csv(images_path(str(out)), dtype=str)
+    assert set(images["patient_id"]) == {str(h.PatientID) for h in headers}
+    assert set(images["sop_instance_uid"]) == {str(h.SOPInstanceUID) for h in headers}
+    assert set(images["study_instance_uid"]) == {str(h.StudyInstanceUID) for h in headers}
+    assert set(images["accession_number"]) == {str(h.AccessionNumber) for h in headers}
+    breasts = pd.read_csv(out, dtype=str)
+    assert len(breasts) == summary["breasts"] == len({(str(h.PatientID), str(h.ImageLaterality)) for h in headers})
+    assert set(breasts["patient_id"]) == {str(h.PatientID) for h in headers}
+    studies = {str(h.PatientID): str(h.StudyInstanceUID) for h in headers}
+    assert [studies[p] for p in breasts["patient_id"]] == list(breasts["study_instance_uid"])
+    assert sorted(p.relative_to(export) for p in export.rglob("*")) == before
+    assert list(work.glob("mammo-predict-dicom-*")) == []

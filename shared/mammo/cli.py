@@ -553,7 +553,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--model", required=True, metavar="URI_OR_PATH",
                          help="A production pointer (s3://bucket/models/NAME/production), a checkpoint or a weights export.")
     predict.add_argument("--data", required=True, metavar="DIR_OR_URI",
-                         help="Folder with test.csv or train.csv (patient_id, image_id, laterality[, view]) and the PNGs, or the CSV.")
+                         help="Folder with test.csv or train.csv (patient_id, image_id, laterality[, view]) and the PNGs, "
+                         "the CSV, or a folder of DICOM files (converted at the model's input size for this run; the "
+                         "outputs carry their patient/image ids, study and SOP instance UIDs, accession numbers).")
     predict.add_argument("--out", required=True, metavar="FILE_OR_URI", help="Breast-level CSV; the image-level one goes beside it.")
     predict.add_argument("--table", metavar="NAME", help="The CSV in --data to score (default: the one of test.csv and train.csv there).")
     predict.add_argument("--images", metavar="DIR", help="Image directory (default: detected under --data).")

@@ -12,6 +12,11 @@ RSNA layout (``mammo.data.layout``): a directory holding ``test.csv`` or ``train
 CSV file itself. Images are decoded, resized and normalised exactly as in evaluation and scored
 in batches on the chosen device, with a progress bar.
 
+A folder of DICOM files (a hospital's export, no PNGs) is scored too: the preprocessor
+converts it at the model's input size into a scratch folder of this run (``dicom_studies``),
+and the outputs carry the original patient and image ids with the study and SOP instance UIDs
+and accession numbers a worklist needs. Those identifiers go only into predict's own outputs.
+
 Output: one CSV per breast (probability = mean of its images, or max as the model records,
 ``flag`` = probability >= the model's threshold) at ``out``, and one per image beside it
 (``<stem>_images.csv``), locally or in object storage.
@@ -19,9 +24,13 @@ Output: one CSV per breast (probability = mean of its images, or max as the mode
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import secrets
+import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +40,7 @@ import pandas as pd
 
 from mammo import storage
 from mammo.config import EvalConfig, load_config
-from mammo.data.layout import resolve_image_paths
+from mammo.data.layout import holds_dicoms, resolve_image_paths
 from mammo.data.table import load_csv, validate_table
 from mammo.errors import ConfigError, DataError
 from mammo.imagesize import size_text
@@ -204,6 +213,72 @@ def fetch_dataset(data: str, workdir: Path) -> Path:
     return local
 
 
+#: What the outputs of a DICOM folder carry back, from the identifier map of the conversion.
+WORKLIST_COLUMNS = ("study_instance_uid", "sop_instance_uid", "accession_number", "source")
+
+
+@dataclass(frozen=True)
+class DicomStudies:
+    """A DICOM folder converted for scoring: the table to score and the way back from the
+    conversion's pseudonyms to the archive's identifiers."""
+
+    csv: Path
+    identifiers: pd.DataFrame
+    converted: int
+    skipped: dict[str, int]
+    unreadable: int
+
+
+@contextlib.contextmanager
+def dicom_studies(folder: Path, image_size: Any, work: Path, *, workers: int = 0) -> Iterator[DicomStudies]:
+    """The DICOMs of ``folder`` as a PNG dataset at ``image_size``, converted by the
+    preprocessor with its default settings (unreadable and out-of-policy files skipped and
+    counted) into a scratch folder of this run, removed at the end. The ids are pseudonymised
+    with a key of this run only and mapped back from the run's own identifier map, so no
+    original identifier is written anywhere but predict's outputs."""
+    from mammo.dicom.options import PreprocessConfig
+    from mammo.dicom.preprocess import preprocess
+
+    work.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="mammo-predict-dicom-", dir=work))
+    try:
+        map_file = scratch / "identifiers.csv"
+        result = preprocess(
+            str(folder), str(scratch / "png"), PreprocessConfig(image_size=image_size, bad_files="skip"),
+            workers=workers, workdir=scratch / "tmp", key=secrets.token_bytes(32), identifier_map=str(map_file),
+        )
+        identifiers = pd.read_csv(map_file, dtype=str, keep_default_na=False)
+        skipped = {str(reason): int(n) for reason, n in dict(result.get("skipped") or {}).items()}
+        yield DicomStudies(scratch / "png" / "train.csv", identifiers, len(identifiers), skipped,
+                           int(result.get("bad_files") or 0))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def with_original_ids(images: pd.DataFrame, breasts: pd.DataFrame, identifiers: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The scored rows with the archive's patient and image ids in place of the conversion's
+    pseudonyms, and the worklist columns beside them (a breast: its studies, ``;``-joined)."""
+    ids = identifiers.rename(columns={"patient_id": "_patient", "image_id": "_image"})
+    images = images.merge(
+        ids[["_patient", "_image", "original_patient_id", "original_image_id", *WORKLIST_COLUMNS]],
+        left_on=["patient_id", "image_id"], right_on=["_patient", "_image"], how="left", validate="one_to_one",
+    )
+    patients = dict(zip(ids["_patient"], ids["original_patient_id"], strict=False))
+    studies = (
+        images.groupby(["patient_id", "laterality"])["study_instance_uid"]
+        .agg(lambda uids: ";".join(sorted(set(uids))))
+        .rename("study_instance_uid").reset_index()
+    )
+    breasts = breasts.merge(studies, on=["patient_id", "laterality"], how="left")
+    images = images.drop(columns=["_patient", "_image", "patient_id", "image_id"]).rename(
+        columns={"original_patient_id": "patient_id", "original_image_id": "image_id"})
+    breasts["patient_id"] = breasts["patient_id"].map(patients)
+    if "breast_id" in breasts.columns:
+        breasts["breast_id"] = breasts["patient_id"] + "_" + breasts["laterality"].astype(str)
+    first = [c for c in IMAGE_COLUMNS if c in images.columns]
+    return images[first + [c for c in images.columns if c not in first]], breasts
+
+
 # --- scoring --------------------------------------------------------------------------------
 
 
@@ -307,19 +382,31 @@ def run_predict(
     for location, flag in ((out, "--out"), (images_path(out), "--out (its image-level CSV)")):
         check_output(location, flag=flag, inputs=_inputs(model, data, table), what="scores CSV", ours=_earlier_scores)
     chosen = resolve_model(model, work, threshold)
-    csv = table_file(fetch_dataset(data, work), table)
-    studies = read_studies(csv)
-    studies["path"] = resolve_image_paths(csv, studies, images)
-    probs = score_images(chosen, studies, device=device, batch_size=batch_size, workers=workers)
-    image_rows, breast_rows = score_table(chosen, studies, probs)
+    local = fetch_dataset(data, work)
+    dicom: DicomStudies | None = None
+    with contextlib.ExitStack() as stack:
+        if table is None and local.is_dir() and holds_dicoms(local):
+            dicom = stack.enter_context(dicom_studies(local, chosen.export["image_size"], work, workers=workers))
+            csv = dicom.csv
+        else:
+            csv = table_file(local, table)
+        studies = read_studies(csv)
+        studies["path"] = resolve_image_paths(csv, studies, images)
+        probs = score_images(chosen, studies, device=device, batch_size=batch_size, workers=workers)
+        image_rows, breast_rows = score_table(chosen, studies, probs)
+        if dicom is not None:
+            image_rows, breast_rows = with_original_ids(image_rows, breast_rows, dicom.identifiers)
     _write_csv(breast_rows, out)
     _write_csv(image_rows, images_path(out))
     flagged = None if chosen.threshold is None else int(breast_rows["flag"].sum())
-    return {
+    summary = {
         "model": chosen.describe(),
-        "data": str(data), "table": csv.name,
+        "data": str(data), "table": "DICOM files" if dicom is not None else csv.name,
         "images": int(len(image_rows)), "scored_images": int(np.isfinite(probs).sum()),
         "breasts": int(len(breast_rows)), "patients": int(breast_rows["patient_id"].nunique()),
         "flagged_breasts": flagged,
         "out": out, "images_out": images_path(out),
     }
+    if dicom is not None:
+        summary["dicom"] = {"converted": dicom.converted, "skipped": dicom.skipped, "unreadable": dicom.unreadable}
+    return summary

@@ -150,3 +150,20 @@ def open_dataset(root: str | Path, images: str | Path | None = None) -> tuple[pd
     """Read and validate ``train.csv``, then resolve every row's image path."""
     table = read_table(root)
     return table, resolve_image_paths(root, table, images)
+
+
+def holds_dicoms(folder: Path, looked_at: int = 2000) -> bool:
+    """Whether a local dataset folder holds DICOM files (``*.dcm``/``*.dicom``) and no PNGs,
+    judged from the first ``looked_at`` files found."""
+    seen = 0
+    dicoms = False
+    for _, _, files in os.walk(folder):
+        for name in files:
+            lower = name.lower()
+            if lower.endswith(".png"):
+                return False
+            dicoms = dicoms or lower.endswith((".dcm", ".dicom"))
+            seen += 1
+            if seen >= looked_at:
+                return dicoms
+    return dicoms
