@@ -227,7 +227,7 @@ def run(
                 card = make_card(store_uri, model_name=model_name, version=metadata["version"], sha256=digest,
                                  candidate_uri=candidate_uri, provenance=provenance or {},
                                  decision={"rule": rule, "floor": floor, "min_cancers": min_cancers, **decision},
-                                 replaced=metadata["previous"])
+                                 replaced=metadata["previous"], candidate_metrics=candidate_metrics)
                 cards = card_beside(prefix, digest, card, result)
                 kept = keep if keep is not None else read_retention(store_uri, model_name)
                 swap(prefix, lease, expected, entry, metadata, kept, {**extra, **cards})

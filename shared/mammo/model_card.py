@@ -105,9 +105,11 @@ def _split_counts(counts: dict[str, Any], metrics: dict[str, Any]) -> dict[str, 
 def gather(
     *, model_name: str, version: str | None, sha256: str, store_uri: str, candidate_uri: str,
     provenance: dict[str, Any], decision: dict[str, Any], replaced: dict[str, Any] | None,
+    candidate_metrics: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The card's facts (JSON-able). ``decision``: the promoter's (metric, rule, reason, ...);
-    ``replaced``: what the new manifest records of the model it replaced."""
+    ``replaced``: what the new manifest records of the model it replaced; ``candidate_metrics``:
+    the headline figures the promoter was given, used only when no ``metrics.json`` is found."""
     evaluation = provenance.get("evaluation_uri") or (_parent(provenance["report_uri"]) if provenance.get("report_uri") else None)
     metrics = _optional_json(join(evaluation, "metrics.json") if evaluation else None) or {}
     eval_config = _optional_yaml(join(evaluation, "config.yaml") if evaluation else None) or {}
@@ -147,7 +149,7 @@ def gather(
                                                           "amp_dtype", "seed") if k in train_config},
             "batch_size": data.get("batch_size"), "balanced_sampler": data.get("balanced_sampler"),
         },
-        "performance": performance(metrics),
+        "performance": performance(metrics or candidate_metrics or {}),
         "operating_point": {
             "threshold": metrics.get("threshold"), "chosen_by": metrics.get("threshold_metric"),
             "how": (f"the threshold that maximises {metrics.get('threshold_metric')} on the val split, applied "
@@ -171,7 +173,8 @@ def gather(
             "replaced": replaced,
         },
         "sources": {"metrics_json": join(evaluation, "metrics.json") if evaluation else None,
-                    "metrics_found": bool(metrics)},
+                    "metrics_found": bool(metrics),
+                    "figures_from": "metrics.json" if metrics else "the promoter's candidate metrics (no metrics.json found)"},
     }
 
 
@@ -263,9 +266,15 @@ def _sections(card: dict[str, Any]) -> list[tuple[str, list[str] | list[list[str
     ]
 
 
+def _source_of(card: dict[str, Any]) -> str:
+    sources = card.get("sources") or {}
+    return str(sources.get("figures_from") or "metrics.json") + (
+        f" ({sources['metrics_json']})" if sources.get("metrics_found") and sources.get("metrics_json") else "")
+
+
 def render_markdown(card: dict[str, Any]) -> str:
     out = [f"# Model card: {card['model_name']} {card['version'] or ''} ({card['sha256'][:12]})", "",
-           f"Generated {card['generated_at']} by the promoter.", ""]
+           f"Generated {card['generated_at']} by the promoter; figures from {_source_of(card)}.", ""]
     for title, body, kind in _sections(card):
         out += [f"## {title}", ""]
         if kind == "table":
@@ -292,7 +301,7 @@ def render_html(card: dict[str, Any]) -> str:
            f"<title>Model card: {e(card['model_name'])} {e(str(card['version'] or ''))}</title>",
            f"<style>{_STYLE}</style></head><body>",
            f"<h1>Model card: {e(card['model_name'])} {e(str(card['version'] or ''))} ({e(card['sha256'][:12])})</h1>",
-           f"<p>Generated {e(card['generated_at'])} by the promoter.</p>"]
+           f"<p>Generated {e(card['generated_at'])} by the promoter; figures from {e(_source_of(card))}.</p>"]
     for title, body, kind in _sections(card):
         out.append(f"<h2>{e(title)}</h2>")
         if kind == "table":
