@@ -42,6 +42,32 @@ class MinioSettings(BaseSettings):
 
     @model_validator(mode="before")
     @classmethod
+    def _keys_from_files(cls, data: Any) -> Any:
+        """``MINIO_ACCESS_KEY_FILE`` / ``MINIO_SECRET_KEY_FILE`` / ``MINIO_SESSION_TOKEN_FILE``:
+        the key read from a file (a mounted Secret), so that it need not sit in the environment
+        of every process; trailing whitespace is dropped. A key given directly wins."""
+        if not isinstance(data, dict):
+            return data
+        names = {"access_key": ("MINIO_ACCESS_KEY", "AWS_ACCESS_KEY_ID"),
+                 "secret_key": ("MINIO_SECRET_KEY", "AWS_SECRET_ACCESS_KEY"),
+                 "session_token": ("MINIO_SESSION_TOKEN", "AWS_SESSION_TOKEN")}
+        for field, aliases in names.items():
+            path = os.environ.get(f"{aliases[0]}_FILE")
+            if not path or any(data.get(key) for key in (field, *aliases)):
+                continue
+            try:
+                with open(path, encoding="utf-8") as handle:
+                    value = handle.read().rstrip()
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+                raise ValueError(f"{aliases[0]}_FILE: cannot read {path}: {reason}") from None
+            if not value:
+                raise ValueError(f"{aliases[0]}_FILE: {path} is empty")
+            data = {**data, field: value}
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
     def _endpoint_url(cls, data: Any) -> Any:
         """Without MINIO_ENDPOINT, ``AWS_ENDPOINT_URL`` (https://host:port) gives host:port,
         with TLS as its scheme says (unless MINIO_SECURE is set)."""
@@ -127,5 +153,6 @@ def load_env_settings(model: type[SettingsT]) -> SettingsT:
         for item in err.errors():
             where = "_".join(str(p) for p in item["loc"])
             name = where if where.isupper() else prefix + where.upper()  # an alias is the variable itself
-            parts.append(f"{name}: {item['msg'].removeprefix('Value error, ')}")
+            message = item["msg"].removeprefix("Value error, ")
+            parts.append(f"{name}: {message}" if where else message)  # a model check names its variable
         raise ConfigError("environment: " + "; ".join(parts)) from None
