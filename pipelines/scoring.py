@@ -21,7 +21,7 @@ from mammo.config import PipelineParams, format_validation_error
 from mammo.errors import ConfigError
 from mammo_pipelines.parameters import DEFAULT_STORE, PipelineParameter, preset_parameters
 from mammo_pipelines.profiles import Profile
-from mammo_pipelines.steps import EVAL_IMAGE
+from mammo_pipelines.steps import EVAL_IMAGE, described
 
 PIPELINE_NAME = "mammo-scoring"
 DESCRIPTION = (
@@ -33,6 +33,7 @@ DEFAULT_DATASET = "s3://mammo/datasets/incoming"
 
 
 @dsl.component(base_image=EVAL_IMAGE, install_kfp_package=False)
+@described
 def scorer(
     dataset_uri: str,
     store_uri: str,

@@ -18,17 +18,75 @@ here are placeholders; each compile profile sets the real ones per task
 kfp.local: components/README.md, "How the components run in KFP".
 """
 
-from typing import NamedTuple
+import inspect
+from collections.abc import Callable
+from typing import Any, NamedTuple, TypeVar
 
 from kfp import dsl
 from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
+from kfp.dsl.types.type_annotations import is_artifact_wrapped_in_Output
+
+from mammo_pipelines.parameters import pipeline_parameters
 
 #: Placeholder images, replaced by the compile profile (images.env).
 TRAIN_IMAGE = "mammo-train"
 EVAL_IMAGE = "mammo-eval"
 
+#: What each step input and output is, for the KFP UI: the pipeline parameters' own
+#: descriptions, and the values the steps hand each other.
+STEP_INPUTS = {
+    **{p.name: p.help for p in pipeline_parameters(dataset_uri="", with_gpus=True)},
+    "dataset_uri": "The dataset the step reads: the pipeline's dataset_uri, or for DICOM input the PNG dataset the "
+    "preprocessor wrote.",
+    "split_uri": "The split builder's split folder (split.csv, split.json) in the store.",
+    "run_id": "The run's id (a digest of data, split, parameters and code) and folder runs/<run_id>/.",
+    "params": "The run's training values from the split builder (PipelineParams, JSON).",
+    "processes": "torchrun processes in this pod, one per GPU (1: in the step's own process).",
+    "code_version": "The images and code the run id includes.",
+    "kfp_run_id": "KFP's id of this run, recorded for lineage (never part of the run id).",
+    "nodes": "Nodes of the TrainJob.", "gpus_per_node": "GPUs per node of the TrainJob.",
+    "image": "The training image the TrainJob runs.", "labels": "Labels of the TrainJob (Kueue's queue and priority).",
+    "init": "The baseline's Model: the checkpoint gradual unfreezing starts from (URI and sha256 in its metadata).",
+    "model": "The trainer's best checkpoint (metadata: URI, sha256, val metrics, run id and folder).",
+    "metrics": "The step's figures (KFP Metrics).",
+    "baseline": "The baseline trainer's Model (a candidate).", "unfreeze": "The unfreeze trainer's Model (a candidate).",
+    "best": "The best candidate on val with its test figures, intervals, report and promotion verdict.",
+    "classification": "Test ROC curve and confusion matrix at the val threshold (breast level).",
+    "report": "The self-contained HTML evaluation report.",
+    "candidate": "The evaluator's best Model with its verdict.",
+    "production": "The promotion decision and, when promoted, the production model's version.",
+    "dataset_fingerprint": "Fingerprint of the dataset the split was built from.",
+    "split": "The split (metadata: URI, sha256, fingerprint, counts, run id).",
+    "shard": "This pod's shard of the DICOM files.", "shards": "How many shards the files are divided into.",
+    "parts": "The shards' results, collected.",
+    "table": "The CSV of dataset_uri to score; empty: the one of test.csv and train.csv there.",
+    "scores": "Where the scores are (breasts.csv, images.csv) and their counts.",
+}
+StepFunction = TypeVar("StepFunction", bound=Callable[..., Any])
+
+
+def described(func: StepFunction) -> StepFunction:
+    """Add an ``Args`` section from ``STEP_INPUTS`` to a step function's docstring (KFP puts it
+    in the component's inputs and outputs); an undescribed input fails at import."""
+    signature = inspect.signature(func)
+    inputs = [n for n, p in signature.parameters.items() if not is_artifact_wrapped_in_Output(p.annotation)]
+    outputs = [n for n, p in signature.parameters.items() if is_artifact_wrapped_in_Output(p.annotation)]
+    outputs += list(getattr(signature.return_annotation, "_fields", ()))  # a NamedTuple's output parameters
+    missing = [name for name in inputs + outputs if name not in STEP_INPUTS]
+    if missing:
+        raise TypeError(f"{func.__name__}: no description in STEP_INPUTS for {', '.join(missing)}")
+
+    def section(title: str, names: list[str]) -> str:
+        lines = "".join(f"    {name}: {' '.join(STEP_INPUTS[name].split())}\n" for name in names)
+        return f"\n\n{title}:\n{lines}" if names else ""
+
+    # Inputs under Args, outputs under Returns: where KFP's docstring parser looks for each.
+    func.__doc__ = inspect.cleandoc(func.__doc__ or "") + section("Args", inputs) + section("Returns", outputs)
+    return func
+
 
 @dsl.component(base_image=EVAL_IMAGE, install_kfp_package=False)
+@described
 def preprocess_plan(
     dataset_uri: str,
     store_uri: str,
@@ -47,6 +105,7 @@ def preprocess_plan(
 
 
 @dsl.component(base_image=EVAL_IMAGE, install_kfp_package=False)
+@described
 def preprocessor(
     dataset_uri: str,
     store_uri: str,
@@ -67,6 +126,7 @@ def preprocessor(
 
 
 @dsl.component(base_image=EVAL_IMAGE, install_kfp_package=False)
+@described
 def preprocess_merge(
     dataset_uri: str,
     store_uri: str,
@@ -85,6 +145,7 @@ def preprocess_merge(
 
 
 @dsl.component(base_image=EVAL_IMAGE, install_kfp_package=False)
+@described
 def png_dataset(dataset_uri: str) -> str:
     """dataset_format png: checks that the dataset's train.csv exists and hands the URI on."""
     from mammo_components.preprocessor.step import run_png_step
@@ -93,6 +154,7 @@ def png_dataset(dataset_uri: str) -> str:
 
 
 @dsl.component(base_image=EVAL_IMAGE, install_kfp_package=False)
+@described
 def split_builder(
     dataset_uri: str,
     store_uri: str,
@@ -150,6 +212,7 @@ def split_builder(
 
 
 @dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
+@described
 def baseline_trainer(
     dataset_uri: str,
     split_uri: str,
@@ -172,6 +235,7 @@ def baseline_trainer(
 
 
 @dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
+@described
 def unfreeze_trainer(
     dataset_uri: str,
     split_uri: str,
@@ -194,6 +258,7 @@ def unfreeze_trainer(
 
 
 @dsl.component(base_image=EVAL_IMAGE, install_kfp_package=False)
+@described
 def baseline_trainjob(
     dataset_uri: str,
     split_uri: str,
@@ -222,6 +287,7 @@ def baseline_trainjob(
 
 
 @dsl.component(base_image=EVAL_IMAGE, install_kfp_package=False)
+@described
 def unfreeze_trainjob(
     dataset_uri: str,
     split_uri: str,
@@ -247,6 +313,7 @@ def unfreeze_trainjob(
 
 
 @dsl.component(base_image=EVAL_IMAGE, install_kfp_package=False)
+@described
 def evaluator(
     dataset_uri: str,
     split_uri: str,
@@ -282,6 +349,7 @@ def evaluator(
 
 
 @dsl.component(base_image=EVAL_IMAGE, install_kfp_package=False)
+@described
 def promoter(
     store_uri: str,
     model_name: str,

@@ -186,6 +186,23 @@ def test_the_kfp_run_id_reaches_the_uncached_steps_only(compiled) -> None:
         assert "kfp_run_id" not in _all_tasks(spec)[task]["inputs"]["parameters"]
 
 
+@pytest.mark.parametrize("pipeline", ["training", "scoring"])
+def test_every_step_input_and_output_is_described(pipeline: str, tmp_path: Path) -> None:
+    """The KFP UI shows each component input's and output's description: none is missing."""
+    out = tmp_path / "p.yaml"
+    assert main(["compile", "--profile", "gpu", "--pipeline", pipeline, "--out", str(out)]) == 0
+    spec = next(yaml.safe_load_all(out.read_text()))
+    for name, component in spec["components"].items():
+        if "executorLabel" not in component:
+            continue  # a condition or loop group, not a step
+        for side in ("inputDefinitions", "outputDefinitions"):
+            for kind in ("parameters", "artifacts"):
+                for key, definition in component.get(side, {}).get(kind, {}).items():
+                    if key == "Output":
+                        continue  # a step's return value
+                    assert definition.get("description"), f"{name} {side} {key}"
+
+
 def test_gpu_requests_only_in_the_gpu_profile(compiled) -> None:
     profile, spec, executors, _ = compiled
     for task in _steps(profile):
