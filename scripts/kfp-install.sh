@@ -30,13 +30,29 @@ kc apply -k "$MANIFESTS/cluster-scoped-resources?ref=$KFP_VERSION" \
 kc wait --for condition=established --timeout=120s crd --all >/dev/null \
   || die "KFP's CustomResourceDefinitions did not become established within 120 s."
 
-log "installing KFP $KFP_VERSION: env/platform-agnostic"
-kc apply -k "$MANIFESTS/env/platform-agnostic?ref=$KFP_VERSION" \
+# KFP's manifests plus the project's restricted Pod Security defaults for Argo's containers
+# (k8s/kfp/workflow-controller-defaults: a patch of workflow-controller-configmap), built in one
+# kustomization so that a later install keeps them. KFP_RESTRICTED_DEFAULTS=0: KFP as shipped.
+KFP_RESTRICTED_DEFAULTS="${KFP_RESTRICTED_DEFAULTS:-1}"
+build_dir="$(mktemp -d)"
+trap 'rm -rf "$build_dir"' EXIT
+components=""
+if [[ "$KFP_RESTRICTED_DEFAULTS" != 0 ]]; then
+  # kustomize loads components from below the kustomization only: a copy.
+  cp -R "$ROOT/k8s/kfp/workflow-controller-defaults" "$build_dir/"
+  components="components: [workflow-controller-defaults]"
+fi
+printf '%s\n' "apiVersion: kustomize.config.k8s.io/v1beta1" "kind: Kustomization" \
+  "resources: ['$MANIFESTS/env/platform-agnostic?ref=$KFP_VERSION']" "$components" \
+  >"$build_dir/kustomization.yaml"
+log "installing KFP $KFP_VERSION: env/platform-agnostic$([[ -n "$components" ]] && echo ", with Argo's restricted container defaults")"
+kc apply -k "$build_dir" \
   || die "applying KFP's platform-agnostic manifests failed (see the kubectl error above)."
 
 # Pipeline pods run in this namespace: enforce Pod Security "baseline" (no privileged, host
 # namespaces, hostPath or added capabilities; KFP's own pods and Argo's helper containers meet
-# it) and warn/audit at "restricted", which the mammo steps meet (docs/kubernetes.md, Pod security).
+# it) and warn/audit at "restricted", which the mammo step pods meet with the defaults above
+# (docs/kubernetes.md, Pod security). KFP's own deployments are not all ours to vouch for.
 log "labelling namespace $KFP_NAMESPACE for Pod Security (enforce baseline, warn and audit restricted)"
 kc label --overwrite namespace "$KFP_NAMESPACE" \
   pod-security.kubernetes.io/enforce=baseline pod-security.kubernetes.io/enforce-version=latest \
