@@ -26,6 +26,25 @@ kc -n "$MAMMO_NAMESPACE" delete job minio-setup --ignore-not-found >/dev/null
 log "applying k8s/overlays/$OVERLAY"
 kc apply -k "$overlay_dir" || die "kubectl apply -k k8s/overlays/$OVERLAY failed (see above)."
 
+# The pipeline pods' egress to the Kubernetes API is shipped open to any address on its ports;
+# narrow it to this cluster's API server: the Service's address and its endpoints, each alone.
+api_ips="$(kc -n default get service kubernetes -o 'jsonpath={.spec.clusterIP}') $(kc -n default get endpoints kubernetes -o 'jsonpath={.subsets[*].addresses[*].ip}')" \
+  || die "reading the addresses of the Kubernetes API (service and endpoints 'kubernetes' in namespace default) failed."
+api_ports="$(kc -n default get endpoints kubernetes -o 'jsonpath={.subsets[*].ports[*].port}')"
+peers="" ports='{"protocol": "TCP", "port": 443}'
+for ip in $api_ips; do
+  [[ "$ip" == *:* ]] && cidr="$ip/128" || cidr="$ip/32"
+  peers="${peers:+$peers, }{\"ipBlock\": {\"cidr\": \"$cidr\"}}"
+done
+for port in $api_ports; do
+  [[ "$port" == 443 ]] || ports="$ports, {\"protocol\": \"TCP\", \"port\": $port}"
+done
+[[ -n "$peers" ]] || die "the Kubernetes API has no address in service/endpoints 'kubernetes' (namespace default)."
+kc -n "$KFP_NAMESPACE" patch networkpolicy mammo-pipeline-egress-kube-apiserver --type merge \
+  -p "{\"spec\": {\"egress\": [{\"to\": [$peers], \"ports\": [$ports]}]}}" >/dev/null \
+  || die "narrowing NetworkPolicy mammo-pipeline-egress-kube-apiserver to the API server's addresses failed."
+log "pipeline pods may reach the Kubernetes API at ${api_ips# } only"
+
 log "waiting for MinIO, the Pushgateway and the bucket setup"
 for deployment in minio pushgateway; do
   kc -n "$MAMMO_NAMESPACE" rollout status "deployment/$deployment" --timeout="$WAIT_TIMEOUT" \
