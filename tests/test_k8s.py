@@ -43,6 +43,22 @@ WITH_COMPONENTS = {
     "gpu-servicemonitor": "servicemonitor",
     "gpu-prometheusrule": "prometheusrule", "gpu-private-registry": "private-registry",
 }
+#: The pipeline pods' egress policies in namespace kubeflow (k8s/base/kubeflow/networkpolicies.yaml).
+EGRESS_POLICIES = ("mammo-pipeline-default-deny-egress", "mammo-pipeline-egress", "mammo-pipeline-egress-kube-apiserver")
+#: Where pipeline pods may connect: (namespace, pod labels, protocol, port); the Kubernetes API
+#: is an ipBlock, narrowed by scripts/cluster-apply.sh.
+EGRESS_ALLOWED = {
+    ("kube-system", (("k8s-app", "kube-dns"),), "UDP", 53),
+    ("kube-system", (("k8s-app", "kube-dns"),), "TCP", 53),
+    ("mammo", (("app.kubernetes.io/name", "minio"),), "TCP", 9000),
+    ("mammo", (("app.kubernetes.io/name", "pushgateway"),), "TCP", 9091),
+    ("kubeflow", (("app", "ml-pipeline"),), "TCP", 8887),
+    ("kubeflow", (("component", "metadata-grpc-server"),), "TCP", 8080),
+    ("kubeflow", (("app", "seaweedfs"),), "TCP", 8333),
+    ("kubeflow", (("app", "minio"),), "TCP", 9000),
+    ("0.0.0.0/0", (), "TCP", 443),
+    ("0.0.0.0/0", (), "TCP", 6443),
+}
 CREDENTIAL_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|ACCESS_KEY|ROOT_USER", re.I)
 
 
@@ -242,9 +258,10 @@ def test_kubeflow_trainer_rbac_is_what_the_launcher_uses(rendered: dict[str, lis
         (group, resource, verb)
         for rule in role["rules"] for group in rule["apiGroups"] for resource in rule["resources"] for verb in rule["verbs"]
     }
-    wanted = {("trainer.kubeflow.org", "trainjobs", verb) for verb in ("create", "get", "list", "watch", "delete")}
-    wanted |= {("", resource, verb) for resource in ("pods", "pods/log") for verb in ("get", "list")}
-    assert granted == wanted  # what the issue asks, nothing more (no Secrets, no wildcards)
+    # Exactly the launcher's calls: poll its TrainJob by name, list node pods by label, read a log.
+    wanted = {("trainer.kubeflow.org", "trainjobs", verb) for verb in ("create", "get", "delete")}
+    wanted |= {("", "pods", "list"), ("", "pods/log", "get")}
+    assert granted == wanted  # nothing more (no Secrets, no wildcards, no watch or patch)
     # The launcher's 403 hint names this component.
     from mammo_components.trainjob.launcher import RBAC_HINT
 
@@ -407,9 +424,11 @@ def test_network_policies_admit_only_the_intended_pods(
 ) -> None:
     docs = rendered[overlay]
     templates = list(_pod_templates(docs))
-    policies = {p["metadata"]["name"]: p for p in _objects(docs, "NetworkPolicy")}
+    policies = {p["metadata"]["name"]: p for p in _objects(docs, "NetworkPolicy") if p["metadata"]["namespace"] == "mammo"}
     assert set(policies) == {"default-deny-ingress", "minio-clients", "pushgateway-clients"}
-    assert all(p["metadata"]["namespace"] == "mammo" for p in policies.values())
+    # Elsewhere only the egress policies of the pipeline pods (test_pipeline_pods_egress_...).
+    assert {p["metadata"]["name"] for p in _objects(docs, "NetworkPolicy") if p["metadata"]["namespace"] != "mammo"} \
+        == set(EGRESS_POLICIES)
     assert policies["default-deny-ingress"]["spec"] == {"podSelector": {}, "policyTypes": ["Ingress"]}
 
     def admitted(policy: dict[str, Any]) -> tuple[set[str], bool, set[str], set[int]]:
@@ -480,6 +499,11 @@ def test_pipeline_runtime_config_points_at_the_services(
     assert all(
         rule.get("resourceNames") for rule in role["rules"] if rule["resources"] == ["secrets"]
     )
+    # Pods: the KFP launcher's one get of its own pod; Argo's executor reports through
+    # workflowtaskresults and patches no pod; nobody reads logs.
+    pods = {verb for rule in role["rules"] if "pods" in rule["resources"] for verb in rule["verbs"]}
+    assert pods == {"get"}
+    assert not any("pods/log" in rule["resources"] for rule in role["rules"])
 
 
 def test_pipeline_label_and_names_are_documented() -> None:
@@ -555,3 +579,170 @@ def test_the_shipped_gpu_trainer_overlay_is_the_one_the_docs_show() -> None:
     shipped = yaml.safe_load((ROOT / "k8s" / "overlays" / "gpu-trainer" / "kustomization.yaml").read_text())
     assert yaml.safe_load(quoted) == shipped
     assert shipped["components"] == [f"../../components/{SHIPPED_WITH_COMPONENTS['gpu-trainer']}"]
+
+
+def _egress_destinations(policy: dict[str, Any]) -> set[tuple[str, tuple[tuple[str, str], ...], str, int]]:
+    """(namespace or CIDR, pod labels, protocol, port) of every egress rule's peer and port."""
+    found = set()
+    for rule in policy["spec"].get("egress", []):
+        assert rule.get("to") and rule.get("ports"), f"{policy['metadata']['name']}: a rule without to/ports allows all"
+        for peer in rule["to"]:
+            if "ipBlock" in peer:
+                assert set(peer) == {"ipBlock"} and not peer["ipBlock"].get("except")
+                where, labels = peer["ipBlock"]["cidr"], ()
+            else:
+                assert set(peer) == {"namespaceSelector", "podSelector"}, peer
+                (namespace,) = peer["namespaceSelector"]["matchLabels"].values()
+                assert list(peer["namespaceSelector"]["matchLabels"]) == ["kubernetes.io/metadata.name"]
+                assert set(peer["podSelector"]) == {"matchLabels"} and peer["podSelector"]["matchLabels"]
+                where, labels = namespace, tuple(sorted(peer["podSelector"]["matchLabels"].items()))
+            for port in rule["ports"]:
+                found.add((where, labels, port["protocol"], port["port"]))
+    return found
+
+
+@pytest.mark.parametrize("overlay", [*OVERLAYS, *SHIPPED_WITH_COMPONENTS])
+def test_pipeline_pods_egress_is_default_deny_with_an_allow_list(
+    rendered: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    docs = rendered[overlay]
+    policies = {name: _one(docs, "NetworkPolicy", name, "kubeflow") for name in EGRESS_POLICIES}
+    for policy in policies.values():
+        assert policy["spec"]["podSelector"] == {"matchLabels": dict([PIPELINE_LABEL])}
+        assert policy["spec"]["policyTypes"] == ["Egress"]  # ingress is left as it is
+    assert "egress" not in policies["mammo-pipeline-default-deny-egress"]["spec"]
+    allowed = set().union(*map(_egress_destinations, policies.values()))
+    assert allowed == EGRESS_ALLOWED
+    # The allowed peers are the pods the stack runs, on ports they listen on.
+    templates = {name: t for name, ns, t in _pod_templates(docs) if ns == "mammo"}
+    for target in ("minio", "pushgateway"):
+        [(labels, port)] = [(dict(l), p) for ns, l, _, p in allowed if ns == "mammo" and dict(l).get("app.kubernetes.io/name") == target]
+        assert _selects({"matchLabels": labels}, templates[target]["metadata"]["labels"])
+        assert port in _container_ports(templates[target]).values()
+    config = _one(docs, "ConfigMap", "mammo-runtime", "kubeflow")["data"]
+    assert config["MINIO_ENDPOINT"].endswith(":9000") and config["MAMMO_PUSHGATEWAY_URL"].endswith(":9091")
+    # Only the trainer component adds traffic between pipeline pods (TrainJob nodes).
+    nodes = [p for p in _objects(docs, "NetworkPolicy") if p["metadata"]["name"] == "mammo-trainjob-nodes"]
+    if overlay in SHIPPED_WITH_COMPONENTS:
+        [policy] = nodes
+        assert policy["metadata"]["namespace"] == "kubeflow"
+        assert policy["spec"]["podSelector"] == {"matchLabels": dict([PIPELINE_LABEL])}
+        assert policy["spec"]["egress"] == [{"to": [{"podSelector": {"matchLabels": dict([PIPELINE_LABEL])}}]}]
+    else:
+        assert nodes == []
+
+
+def test_cluster_apply_narrows_the_api_server_egress() -> None:
+    """The API rule ships open (any address, API ports only): cluster-apply.sh replaces its peers
+    by the cluster's API addresses after each apply (needs a cluster; checked on its text)."""
+    text = (ROOT / "scripts/cluster-apply.sh").read_text()
+    assert "patch networkpolicy mammo-pipeline-egress-kube-apiserver --type merge" in text
+    assert "get endpoints kubernetes" in text and "get service kubernetes" in text
+    assert text.index("patch networkpolicy") > text.index('kc apply -k "$overlay_dir"')
+
+
+def _stub_kfp_argo_configmap() -> dict[str, Any]:
+    """KFP 2.17's workflow-controller-configmap (manifests/kustomize/third-party/argo), trimmed."""
+    return {
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "workflow-controller-configmap", "namespace": "kubeflow"},
+        "data": {
+            "artifactRepository": "archiveLogs: true\ns3:\n  endpoint: seaweedfs.kubeflow.svc:9000\n",
+            "executor": "imagePullPolicy: IfNotPresent\n",
+            "workflowDefaults": "spec:\n  ttlStrategy:\n    secondsAfterCompletion: 3600\n",
+        },
+    }
+
+
+def _restricted_violations(security: dict[str, Any]) -> list[str]:
+    """What the restricted Pod Security Standard (latest) refuses in a container's effective
+    security context."""
+    problems = []
+    if security.get("privileged"):
+        problems.append("privileged")
+    if security.get("allowPrivilegeEscalation") is not False:
+        problems.append("allowPrivilegeEscalation must be false")
+    capabilities = security.get("capabilities", {})
+    if "ALL" not in capabilities.get("drop", []):
+        problems.append("capabilities must drop ALL")
+    if set(capabilities.get("add", [])) - {"NET_BIND_SERVICE"}:
+        problems.append("capabilities added")
+    if security.get("runAsNonRoot") is not True:
+        problems.append("runAsNonRoot must be true")
+    if security.get("runAsUser") == 0:
+        problems.append("runAsUser 0")
+    if security.get("seccompProfile", {}).get("type") not in {"RuntimeDefault", "Localhost"}:
+        problems.append("seccompProfile RuntimeDefault or Localhost")
+    return problems
+
+
+def test_argo_defaults_make_every_step_container_restricted(tmp_path: Path) -> None:
+    """k8s/kfp/workflow-controller-defaults on KFP's ConfigMap, rendered as kfp-install.sh
+    renders it (a copy of the component beside KFP's manifests): the other keys stay, and
+    the main, init and wait containers of a step meet the restricted profile."""
+    shutil.copytree(ROOT / "k8s/kfp/workflow-controller-defaults", tmp_path / "workflow-controller-defaults")
+    (tmp_path / "kfp.yaml").write_text(yaml.safe_dump(_stub_kfp_argo_configmap()))
+    (tmp_path / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [kfp.yaml]\n"
+        "components: [workflow-controller-defaults]\n"
+    )
+    result = subprocess.run(["kubectl", "kustomize", str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    [configmap] = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    data = configmap["data"]
+    stub = _stub_kfp_argo_configmap()["data"]
+    assert set(data) == {*stub, "mainContainer"}
+    assert data["artifactRepository"] == stub["artifactRepository"] and data["workflowDefaults"] == stub["workflowDefaults"]
+    main, executor = yaml.safe_load(data["mainContainer"]), yaml.safe_load(data["executor"])
+    assert set(main) == {"securityContext"} and "runAsUser" not in main["securityContext"]
+    assert executor["imagePullPolicy"] == "IfNotPresent"  # KFP's own setting kept
+    assert executor["securityContext"]["runAsUser"] == 65532  # the non-root argoexec image's user
+    assert _restricted_violations(executor["securityContext"]) == []  # Argo's init and wait
+    assert _restricted_violations(main["securityContext"]) == []
+    # A mammo step: Argo merges the defaults under what the step states (kfp-kubernetes
+    # set_security_context: the images' user 10001).
+    step = {"runAsUser": 10001, "runAsGroup": 10001, "runAsNonRoot": True}
+    assert _restricted_violations({**main["securityContext"], **step}) == []
+    # Without the defaults, the step's own fields are not enough.
+    assert _restricted_violations(step)
+
+
+def test_kfp_install_applies_the_argo_defaults() -> None:
+    text = (ROOT / "scripts/kfp-install.sh").read_text()
+    assert 'cp -R "$ROOT/k8s/kfp/workflow-controller-defaults" "$build_dir/"' in text
+    assert '"components: [workflow-controller-defaults]"' in text
+    assert "env/platform-agnostic?ref=$KFP_VERSION" in text and 'kc apply -k "$build_dir"' in text
+
+
+def test_minio_setup_keeps_secrets_off_the_command_line(tmp_path: Path) -> None:
+    """minio-setup.sh against a fake mc that records its arguments and stdin: the root password
+    and the pipeline user's secret key reach mc on stdin, never as arguments (process lists)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "mc.log"
+    fake = bin_dir / "mc"
+    fake.write_text(
+        "#!/bin/sh\n"
+        f'printf "ARGS %s\\n" "$*" >>"{log}"\n'
+        'case "$*" in *"alias set"*|*"user add"*) '
+        f'IFS= read -r line; printf "STDIN %s\\n" "$line" >>"{log}" ;; esac\n'
+        'case "$*" in *"alias set"*) mkdir -p "$2" ;; esac\n'
+        "exit 0\n"
+    )
+    fake.chmod(0o755)
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path), "MC_CONFIG_DIR": str(tmp_path / "mc"),
+        "MINIO_URL": "http://minio:9000", "MAMMO_BUCKET": "mammo",
+        "MINIO_ROOT_USER": "admin-1234", "MINIO_ROOT_PASSWORD": "root-password-0f9e8d",
+        "MINIO_ACCESS_KEY": "mammo-5678", "MINIO_SECRET_KEY": "pipeline-secret-7a6b5c",
+    }
+    result = subprocess.run(["sh", str(ROOT / "k8s/base/mammo/minio-setup.sh")], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    lines = log.read_text().splitlines()
+    args = [line for line in lines if line.startswith("ARGS ")]
+    stdin = [line.removeprefix("STDIN ") for line in lines if line.startswith("STDIN ")]
+    assert stdin == [env["MINIO_ROOT_PASSWORD"], env["MINIO_SECRET_KEY"]]
+    assert not [line for line in args if env["MINIO_ROOT_PASSWORD"] in line or env["MINIO_SECRET_KEY"] in line]
+    assert any("alias set store http://minio:9000 admin-1234" in line for line in args)
+    assert any("admin user add store mammo-5678" in line for line in args)
+    assert any("admin policy attach store mammo-pipeline --user mammo-5678" in line for line in args)
