@@ -16,7 +16,7 @@ from typing import Any
 
 from mammo import storage
 from mammo.config import PipelineParams
-from mammo.split import DIGITS, SPLIT_CSV, SPLIT_JSON, dataset_fingerprint, run_split
+from mammo.split import DIGITS, SPLIT_CSV, SPLIT_JSON, dataset_fingerprint, run_split, split_warnings
 from mammo.storage import MANIFEST_NAME, Manifest
 from mammo.storage.integrity import sha256_file
 from mammo_components.inputs import (
@@ -84,6 +84,8 @@ def _result(split_uri: str, fingerprint: str, split_sha256: str, reused: bool, s
         "reused": reused,
         "counts": summary["splits"],
         "previous": summary.get("previous"),
+        # val or test without cancer (logged by the split when built, here when reused)
+        "warnings": split_warnings(summary["splits"]),
     }
 
 
@@ -118,6 +120,8 @@ def run(
             _warn_if_params_differ(target, summary, config)
             result = _result(target, fingerprint, existing.objects[SPLIT_CSV].sha256, True, summary)
             log.info("dataset %s was split before: reusing %s", fingerprint[:12], target)
+            for warning in result["warnings"]:
+                log.warning("%s", warning)
         else:
             result = _build(dataset_uri, store_uri, data_dir, target, fingerprint, config, work)
         _log_counts(target, result)

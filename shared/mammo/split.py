@@ -213,9 +213,29 @@ def build_split(
             "new_patients": int(len(ids) - kept_count),
             "dropped_patients": int(len(previous_ids) - kept_count),
         }
+    summary["warnings"] = split_warnings(per_split)
     for name in summary["empty_splits"]:
         log.warning("split %s has no patients (table too small for the requested fractions)", name)
+    for warning in summary["warnings"]:
+        log.warning("%s", warning)
     return Split(assignments=rows, summary=summary)
+
+
+#: What a split without cancer cannot give, per split.
+_NO_CANCER = {
+    "val": "no operating threshold can be chosen (evaluation reports thresholded figures as n/a), and validation "
+    "AUC, PR-AUC and pF1 are undefined, so early stopping and the best_auc/best_pf1 checkpoints cannot use them",
+    "test": "test AUC, sensitivity and every figure needing a cancer are undefined, and nothing can be promoted on it",
+}
+
+
+def split_warnings(per_split: dict[str, dict[str, Any]]) -> list[str]:
+    """One line for each of val and test that has patients but no cancer patient."""
+    return [
+        f"split {name} has {per_split[name]['patients']} patients and no cancer: {_NO_CANCER[name]}"
+        for name in ("val", "test")
+        if per_split[name]["patients"] > 0 and per_split[name]["cancer_patients"] == 0
+    ]
 
 
 def write_split(split: Split, out: str | Path) -> None:

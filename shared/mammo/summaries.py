@@ -60,6 +60,8 @@ def split_table(summary: dict[str, Any], out: str) -> str:
         lines.append(f"previous split: {p['kept_patients']} patients kept, {p['new_patients']} new, {p['dropped_patients']} dropped")
     for name in summary.get("empty_splits", []):
         lines.append(f"warning: split {name} is empty")
+    for warning in summary.get("warnings", []):
+        lines.append(f"warning: {warning}")
     lines.append(f"dataset fingerprint {summary['dataset_fingerprint']}")
     lines.append(f"written: {out}/split.csv, {out}/split.json")
     return "\n".join(lines)

@@ -146,6 +146,12 @@ class Trainer(ABC):
         if train_rows.empty or val_rows.empty:
             raise DataError(f"{config.split}: the split needs training and validation images")
         prevalence = float(train_rows["cancer"].mean())
+        if not int(val_rows["cancer"].sum()):
+            log.warning(
+                "%s: the val split has no cancer: validation AUC, PR-AUC and pF1 are undefined, so early stopping "
+                "and the best_* checkpoints on them cannot work (only the loss can) and no operating threshold "
+                "can be chosen; rebuild the split with more patients or a larger val_frac", self.stage,
+            )
         self.loss_fn = build_loss(config.loss, prevalence).to(device)
         log.info(
             "%s on %s%s: %d train / %d val images, training prevalence %.4f",
