@@ -29,6 +29,8 @@ from mammo.engine.checkpoint import CheckpointListener, load_checkpoint, model_f
 from mammo.engine.data import require
 from mammo.engine.runtime import Runtime
 from mammo.engine.trainer import EpochListener, Trainer, plateau_scheduler
+from mammo.errors import ConfigError
+from mammo.imagesize import image_hw, parse_image_size, size_text
 from mammo.models import block_modules, head_parameters
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,7 @@ class UnfreezeTrainer(Trainer):
         init = require(self.config.init, "--init (init)")
         payload = load_checkpoint(init, needs=())  # the weights and their model: the rest is this run's
         model = model_from_checkpoint(payload, source=str(init))
+        self._take_input_size(init, payload)
         if payload["model_config"] != self.config.model.model_dump(mode="json"):
             log.info("unfreeze: using the model of %s (%s)", init, payload["model_config"])
             self.config.use_model(payload["model_config"], source=str(init))
@@ -59,6 +62,24 @@ class UnfreezeTrainer(Trainer):
         self.best_seen: float | None = None
         self.phase = "cosine"
         return model
+
+    def _take_input_size(self, init: str, payload: dict) -> None:
+        """Continue at the input size the init checkpoint was trained at: taken from it when
+        ``data.image_size`` was not given, refused in one line when it was and differs (a 32 px
+        baseline is not silently retrained at 512 px)."""
+        if payload.get("image_size") is None:
+            return
+        trained = parse_image_size(payload["image_size"])
+        data = self.config.data
+        if "image_size" not in data.model_fields_set:
+            if image_hw(trained) != image_hw(data.image_size):
+                log.info("unfreeze: input size %s px, as %s was trained", size_text(trained), init)
+            data.image_size = trained
+        elif image_hw(trained) != image_hw(data.image_size):
+            raise ConfigError(
+                f"{init} was trained at {size_text(trained)} px, not the {size_text(data.image_size)} px asked "
+                "(--image-size / data.image_size): leave it out to continue at the checkpoint's size"
+            )
 
     def build_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
         opt = self.config.optimizer
