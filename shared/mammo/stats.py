@@ -516,13 +516,31 @@ def with_age_band(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.assign(age_band=[age_band(a) for a in frame["age"]])
 
 
+_BAND_NAMES = [name for *_, name in AGE_BANDS]
+
+
+def subgroup_order(column: str, value: str) -> tuple[int, float, str]:
+    """Where a subgroup's ``value`` (as text) sorts in its ``column``: age bands in band order,
+    numbers by value (machine 21 before 197), other text alphabetically after numbers,
+    ``missing`` last."""
+    if value == "missing":
+        return (3, 0.0, value)
+    if column == "age_band" and value in _BAND_NAMES:
+        return (0, float(_BAND_NAMES.index(value)), value)
+    try:
+        number = float(value)
+    except ValueError:
+        return (2, 0.0, value)
+    return (1, number, value) if math.isfinite(number) else (2, 0.0, value)
+
+
 def subgroups(
     frame: pd.DataFrame, threshold: float | None, settings: BootstrapSettings, *, level: str,
     columns: Sequence[str] = SUBGROUP_COLUMNS, which: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Metrics with intervals for every value of every metadata column ``frame`` has (rows are
     units with ``patient_id``, ``label``, ``prob``): n, patients, cancers, and ``which``
-    (default: the registry's subgroup metrics)."""
+    (default: the registry's subgroup metrics). Values in ``subgroup_order``."""
     if which is None:
         which = [m.name for m in metric_registry.metrics() if m.subgroups]
     rows = []
@@ -533,7 +551,9 @@ def subgroups(
         values = frame[column]
         if values.isna().all():
             continue
-        for value, part in frame.groupby(values.astype(str).where(values.notna(), "missing"), sort=True):
+        groups = dict(tuple(frame.groupby(values.astype(str).where(values.notna(), "missing"), sort=False)))
+        for value in sorted(groups, key=lambda key: subgroup_order(column, key)):
+            part = groups[value]
             figures = bootstrap(part["label"], part["prob"], part["patient_id"], threshold, settings, which=which)
             rows.append({
                 "column": column, "value": value, "level": level, "n": int(len(part)),
