@@ -74,7 +74,7 @@ LOG_OVERLAP_SECONDS = 5
 TRANSIENT = {0, 429, 500, 502, 503, 504}
 RBAC_HINT = (
     "the pipeline's ServiceAccount needs the Role of k8s/components/kubeflow-trainer "
-    "(trainjobs create/get/list/watch/delete, pods and pods/log get/list): apply that component "
+    "(trainjobs create/get/delete, pods list, pods/log get): apply that component "
     "and submit the run as ServiceAccount mammo-pipeline"
 )
 
