@@ -211,6 +211,8 @@ def test_schedule_lists_every_page_to_find_duplicates(kfp_server: FakeKfp) -> No
         (["submit", "--param", "promotion_metric=breast.auc"], "promotion_metric: String should match pattern"),
         (["submit", "--param", "promotion_margin=-1"], "promotion_margin: Input should be greater than or equal to 0"),
         (["submit", "--param", "backbone=vgg16"], "backbone"),
+        (["submit", "--param", "threshold_metric=specificity:1.5"], "threshold_metric: 'specificity:1.5' is not a threshold rule"),
+        (["submit", "--param", "threshold_metric=foo"], "threshold_metric: 'foo' is not a threshold rule"),
     ],
 )
 def test_bad_input_fails_before_anything_is_sent(

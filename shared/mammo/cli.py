@@ -36,7 +36,11 @@ def _default(model: type, dotted: str) -> Any:
     return "none" if value is None else value
 
 
-def _add_common_run_args(p: argparse.ArgumentParser, model: type, *, out_help: str, trains: bool) -> None:
+def _add_common_run_args(
+    p: argparse.ArgumentParser, model: type, *, out_help: str, trains: bool, size_default: str | None = None
+) -> None:
+    """The flags every stage has; ``size_default`` says what ``--image-size`` defaults to where it
+    is not the config's default (evaluate: each checkpoint's own; unfreeze: the init's)."""
     from mammo.backbones import BACKBONES
 
     def shown(text: str, key: str) -> str:
@@ -46,7 +50,9 @@ def _add_common_run_args(p: argparse.ArgumentParser, model: type, *, out_help: s
     p.add_argument("--images", metavar="DIR", help="Image directory (default: detected under --data).")
     p.add_argument("--split", metavar="DIR", help="Split directory written by `mammo split`.")
     p.add_argument("--out", metavar="DIR", help=out_help)
-    p.add_argument("--image-size", type=image_size_arg, metavar="S|HxW", help=shown("Input size in pixels, S or HxW", "data.image_size"))
+    size_help = (f"Input size in pixels, S or HxW (default: {size_default})" if size_default
+                 else shown("Input size in pixels, S or HxW", "data.image_size"))
+    p.add_argument("--image-size", type=image_size_arg, metavar="S|HxW", help=size_help)
     if trains:  # evaluation takes the backbone and weights from the checkpoint
         p.add_argument("--backbone", choices=BACKBONES, metavar="NAME",
                        help=shown(f"One of {', '.join(BACKBONES)}", "model.backbone"))
@@ -421,7 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
         "layer2 -> layer1 -> conv1) on validation triggers, each with its own learning rate; "
         "frozen BatchNorm stays frozen.",
     )
-    _add_common_run_args(unfreeze, cfg.UnfreezeConfig, out_help="Run directory for checkpoints, metrics and config.", trains=True)
+    _add_common_run_args(unfreeze, cfg.UnfreezeConfig, out_help="Run directory for checkpoints, metrics and config.", trains=True,
+                         size_default="the size the --init checkpoint was trained at; a different size is refused")
     unfreeze.add_argument("--init", metavar="CKPT", help="Starting checkpoint (e.g. best_auc.pt).")
     unfreeze.add_argument("--epochs", type=int, metavar="N",
                           help=f"Upper bound on epochs (default: {_default(cfg.UnfreezeConfig, 'epochs')}).")
@@ -435,11 +442,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="The operating threshold is chosen on val and applied unchanged to test. "
         "Backbone and weights come from each checkpoint.",
     )
-    _add_common_run_args(evaluate, cfg.EvalConfig, out_help="Output directory for the evaluation report.", trains=False)
+    _add_common_run_args(evaluate, cfg.EvalConfig, out_help="Output directory for the evaluation report.", trains=False,
+                         size_default="each checkpoint's own, the size it was trained at; another is used with a warning")
     evaluate.add_argument("--checkpoint", action="append", metavar="CKPT",
                           help="Checkpoint to evaluate (repeatable; several are ranked).")
-    evaluate.add_argument("--threshold-metric", choices=["pf1", "f1"],
-                          help="Breast-level metric maximised on val (default: pf1).")
+    evaluate.add_argument("--threshold-metric", metavar="RULE",
+                          help=f"{cfg.THRESHOLD_METRIC_HELP} E.g. specificity:0.95 "
+                          f"(default: {_default(cfg.EvalConfig, 'threshold_metric')}).")
     add_launch_args(evaluate)
     evaluate.set_defaults(handler=_cmd_evaluate)
 

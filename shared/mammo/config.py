@@ -50,6 +50,50 @@ LossName = Literal["bce", "bce_pos", "focal", "focal_pos"]
 #: Metric names as ``<level>.<metric>``, e.g. ``image.auc`` or ``breast.pf1``.
 MetricKey = str
 
+#: How the operating threshold is chosen on val (breast level): maximise ``pf1`` or ``f1``, or
+#: reach a target a screening programme sets, ``specificity:S``, ``sensitivity:S`` or
+#: ``recall_rate:R`` with the value strictly between 0 and 1 (``mammo.metrics.target_threshold``).
+THRESHOLD_MAXIMISED = ("pf1", "f1")
+THRESHOLD_TARGETS = ("specificity", "sensitivity", "recall_rate")
+
+
+def parse_threshold_metric(value: Any) -> str:
+    """``value`` as a threshold rule in canonical form (``"specificity:0.950"`` ->
+    ``"specificity:0.95"``); ``ValueError`` naming the accepted forms otherwise."""
+    text = value.strip() if isinstance(value, str) else None
+    if text in THRESHOLD_MAXIMISED:
+        return text
+    kind, sep, raw = (text or "").partition(":")
+    if sep and kind.strip() in THRESHOLD_TARGETS:
+        try:
+            target = float(raw)
+        except ValueError:
+            target = float("nan")
+        if 0 < target < 1:
+            return f"{kind.strip()}:{target!r}"
+    raise ValueError(
+        f"{value!r} is not a threshold rule: pf1, f1, specificity:S, sensitivity:S or recall_rate:R "
+        "with S, R strictly between 0 and 1 (e.g. specificity:0.95)"
+    )
+
+
+def threshold_rule(text: str) -> tuple[str, float | None]:
+    """``(kind, target)`` of a threshold rule: ``("pf1", None)``, ``("specificity", 0.95)``."""
+    rule = parse_threshold_metric(text)
+    kind, _, raw = rule.partition(":")
+    return kind, float(raw) if raw else None
+
+
+#: The one declaration of ``threshold_metric`` (EvalConfig and PipelineParams): text, validated
+#: and normalised by ``parse_threshold_metric``, so a pipeline parameter of type str.
+ThresholdMetric = Annotated[str, BeforeValidator(parse_threshold_metric)]
+THRESHOLD_METRIC_HELP = (
+    "How the operating threshold is chosen on val (breast level), then applied unchanged to test: pf1 or f1 "
+    "(maximised), specificity:S (the lowest threshold with val specificity >= S), sensitivity:S (the highest "
+    "with val sensitivity >= S) or recall_rate:R (the lowest with at most a share R of val breasts flagged); "
+    "S, R strictly between 0 and 1."
+)
+
 
 #: Bounds that keep a typo (``1e20``, an extra digit) from reaching torch as an absurd size:
 #: DataLoader workers per process, epochs, and seeds (NumPy and torch take 32/64-bit seeds).
@@ -337,9 +381,7 @@ class EvalConfig(RunConfig):
     checkpoints: list[str] = Field(default_factory=list)
     #: Each checkpoint decides its own model (backbone, weights, channels): no model settings.
     model: ModelConfig = Field(default_factory=ModelConfig, exclude=True)
-    threshold_metric: Literal["pf1", "f1"] = Field(
-        "pf1", description="Breast-level metric maximised on val to pick the operating threshold."
-    )
+    threshold_metric: ThresholdMetric = Field("pf1", description=THRESHOLD_METRIC_HELP)
     rank_metric: MetricKey = Field("breast.auc", description="Metric on val ranking checkpoints.")
     stats: StatsConfig = Field(default_factory=lambda: StatsConfig())
 
@@ -632,9 +674,7 @@ class PipelineParams(_Strict):
     baseline_lr: float = Field(1e-3, gt=0, description="Adam learning rate of the baseline.")
     unfreeze_epochs: int = Field(100, ge=1, le=MAX_EPOCHS, description="Upper bound on gradual-unfreezing epochs.")
     unfreeze_lr: float = Field(3e-4, gt=0, description="Learning rate of the head while the backbone is frozen.")
-    threshold_metric: Literal["pf1", "f1"] = Field(
-        "pf1", description="Breast-level metric maximised on val to choose the operating threshold (pf1 or f1)."
-    )
+    threshold_metric: ThresholdMetric = Field("pf1", description=THRESHOLD_METRIC_HELP)
     rank_metric: MetricKey = Field(
         "breast.auc", description="Validation metric ranking the candidate checkpoints, e.g. breast.auc."
     )

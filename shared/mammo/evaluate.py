@@ -1,7 +1,12 @@
 """Evaluate one or more checkpoints on the validation and test splits.
 
-The operating threshold is chosen on validation (maximum breast-level pF1 by default, F1 as an
-option) and applied unchanged to test, so the test figures are an honest estimate. With several
+The operating threshold is chosen on validation at breast level (``threshold_metric``: maximum
+pF1 by default or F1, or a target a screening programme sets - ``specificity:S``,
+``sensitivity:S``, ``recall_rate:R``, see ``mammo.metrics.target_threshold``) and applied
+unchanged to test, so the test figures are an honest estimate. When no threshold can be chosen
+(val without cancer, say), every thresholded figure is n/a with the reason, never a figure at a
+default threshold. The operating points of the test split (sensitivity at a specificity, and
+vice versa) likewise use thresholds fixed on val (``fixed_on_val``). With several
 checkpoints, each is scored the same way and ranked by a validation metric; the best one's
 figures head ``metrics.json`` and the report.
 
@@ -20,7 +25,7 @@ from typing import Any
 
 import pandas as pd
 
-from mammo.config import EvalConfig, dump_config, lookup_metric, metric_mode
+from mammo.config import EvalConfig, dump_config, lookup_metric, metric_mode, threshold_rule
 from mammo.data.augment import BatchTransform
 from mammo.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from mammo.engine.data import SplitData, eval_loader, load_split_data, require
@@ -35,6 +40,7 @@ from mammo.metrics import (
     best_f1,
     best_pf1_threshold,
     evaluate_predictions,
+    target_threshold,
     format_metric,
     headline,
 )
@@ -43,6 +49,7 @@ from mammo.report import write_plots, write_report
 from mammo.stats import (
     IMAGE_ONLY_COLUMNS,
     BootstrapSettings,
+    bootstrap,
     describe,
     small_sample_warnings,
     subgroups,
@@ -120,11 +127,31 @@ def candidate_names(paths: list[str]) -> list[str]:
 
 
 def choose_threshold(breasts: pd.DataFrame, metric: str) -> float | None:
-    """The breast-level threshold that maximises ``metric`` (pf1 or f1) on validation."""
+    """The breast-level threshold chosen on validation by ``metric`` (a ``threshold_metric``
+    rule); None when none can be (``threshold_choice`` says why)."""
+    return threshold_choice(breasts, metric)["threshold"]
+
+
+def threshold_choice(breasts: pd.DataFrame, metric: str) -> dict[str, Any]:
+    """How the operating threshold is chosen on the val breasts by ``metric`` (pf1, f1,
+    specificity:S, sensitivity:S, recall_rate:R): ``{"rule", "threshold", "how", "reason"}``,
+    ``threshold`` None with the ``reason`` when no threshold qualifies."""
+    kind, target = threshold_rule(metric)
     labels, probs = breasts["label"].to_numpy(), breasts["prob"].to_numpy()
-    if metric == "pf1":
-        return best_pf1_threshold(labels, probs)
-    return best_f1(labels, probs)[1]
+    reason = None
+    if kind in ("pf1", "f1"):
+        threshold = best_pf1_threshold(labels, probs) if kind == "pf1" else best_f1(labels, probs)[1]
+        how = f"the val breast score that maximises {kind} (breasts with prob >= threshold flagged)"
+        if threshold is None:
+            reason = "val has no cancer breast" if len(labels) and not labels.sum() else "val has no scored breasts"
+    else:
+        threshold, reason = target_threshold(labels, probs, kind, float(target))
+        how = {
+            "specificity": f"the lowest val breast score at which val specificity is >= {target:g}",
+            "sensitivity": f"the highest val breast score at which val sensitivity is >= {target:g}",
+            "recall_rate": f"the lowest val breast score at which at most {target:g} of val breasts are flagged",
+        }[kind] + " (breasts with prob >= threshold flagged)"
+    return {"rule": metric, "threshold": threshold, "how": how + ", applied unchanged to test", "reason": reason}
 
 
 def _predict_split(model, data: SplitData, name: str, config: EvalConfig, image_size: ImageSize, runtime: Runtime, in_channels: int) -> pd.DataFrame:
@@ -156,15 +183,16 @@ def _predict_split(model, data: SplitData, name: str, config: EvalConfig, image_
 
 
 def score_candidate(images: pd.DataFrame, config: EvalConfig) -> dict[str, Any]:
-    """Threshold from val, then image- and breast-level metrics for val and test."""
+    """Threshold from val, then image- and breast-level metrics for val and test. Without a
+    threshold (``threshold_choice``'s reason) the thresholded figures are undefined (None)."""
     how = config.data.breast_aggregation
     val = images[images["split"] == "val"]
-    threshold = choose_threshold(aggregate_breasts(val, how), config.threshold_metric) if len(val) else None
-    applied = 0.5 if threshold is None else threshold
-    result: dict[str, Any] = {"threshold": threshold, "threshold_metric": config.threshold_metric}
+    choice = threshold_choice(aggregate_breasts(val, how), config.threshold_metric)
+    threshold = choice["threshold"]
+    result: dict[str, Any] = {"threshold": threshold, "threshold_metric": config.threshold_metric, "threshold_choice": choice}
     for name in SPLITS:
         part = images[images["split"] == name]
-        result[name] = evaluate_predictions(part, threshold_image=applied, threshold_breast=applied, how=how)
+        result[name] = evaluate_predictions(part, threshold_image=threshold, threshold_breast=threshold, how=how)
     return to_jsonable(result)
 
 
@@ -281,6 +309,7 @@ def _run_evaluation(
         "rank_metric": config.rank_metric,
         "threshold": best["threshold"],
         "threshold_metric": config.threshold_metric,
+        "threshold_choice": best["threshold_choice"],
         "val": best["val"],
         "test": best["test"],
         "candidates": [candidates[i] for i in order],
@@ -333,7 +362,7 @@ def assess(
     level the patient-level intervals, operating points, DeLong and calibration; the subgroup
     table of the test split; the resampling settings; small-sample warnings."""
     stats = config.stats
-    applied = 0.5 if threshold is None else threshold
+    applied = threshold
     for split in SPLITS:
         for level, frame in (("image", images), ("breast", breasts)):
             part = frame[frame["split"] == split]
@@ -341,6 +370,13 @@ def assess(
                 part, applied, settings, specificities=stats.specificities, sensitivities=stats.sensitivities,
                 bins=stats.calibration_bins, strategy=stats.calibration_strategy,
             ))
+            for point in metrics[split][level]["operating_points"]:
+                point["threshold_from"] = f"{split}'s own curve"
+    for level, frame in (("image", images), ("breast", breasts)):
+        metrics["test"][level]["fixed_on_val"] = fixed_on_val(
+            frame[frame["split"] == "val"], frame[frame["split"] == "test"], stats.specificities,
+            stats.sensitivities, settings,
+        )
     if stats.subgroup_resamples > 0:
         sub = BootstrapSettings(resamples=stats.subgroup_resamples, seed=settings.seed, level=settings.level)
         test_images, test_breasts = images[images["split"] == "test"], breasts[breasts["split"] == "test"]
@@ -353,6 +389,40 @@ def assess(
     metrics["warnings"] = small_sample_warnings(
         {split: int(breasts.loc[breasts["split"] == split, "label"].sum()) for split in SPLITS}
     )
+    choice = metrics.get("threshold_choice") or {}
+    if threshold is None:
+        metrics["warnings"].append(
+            f"no operating threshold ({choice.get('rule', config.threshold_metric)}): {choice.get('reason') or 'none could be chosen'}; "
+            "sensitivity, specificity, PPV and the other thresholded figures are n/a"
+        )
+
+
+def fixed_on_val(
+    val: pd.DataFrame, test: pd.DataFrame, specificities: list[float], sensitivities: list[float],
+    settings: BootstrapSettings,
+) -> list[dict[str, Any]]:
+    """Operating points a programme could deploy: for each target (specificity S, sensitivity S)
+    the threshold fixed on ``val`` by ``target_threshold`` and the test sensitivity,
+    specificity and recall rate at it, with their intervals. Unlike the operating points read
+    off the test ROC (an optimistic description of the curve), these are honest estimates.
+    ``threshold`` None (and the figures None) with the ``reason`` when val cannot fix one."""
+    rows = []
+    labels, probs = val["label"].to_numpy(), val["prob"].to_numpy()
+    which = ("sensitivity", "specificity", "recall_rate")
+    for kind, targets in (("specificity", specificities), ("sensitivity", sensitivities)):
+        for target in targets:
+            threshold, reason = target_threshold(labels, probs, kind, float(target))
+            row: dict[str, Any] = {"name": f"{kind}:{target!r}", "fixed": kind, "at": float(target),
+                                   "threshold": threshold, "reason": reason}
+            if threshold is not None and len(test):
+                figures = bootstrap(test["label"].to_numpy(), test["prob"].to_numpy(), test["patient_id"].to_numpy(),
+                                    threshold, settings, which=which)
+                row.update(figures)
+            else:
+                row.update({name: {"value": None, "low": None, "high": None, "reason": reason or "no test units"}
+                            for name in which})
+            rows.append(row)
+    return rows
 
 
 def with_metadata(predictions: pd.DataFrame, config: EvalConfig) -> pd.DataFrame:

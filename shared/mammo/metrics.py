@@ -114,8 +114,62 @@ def best_pf1_threshold(labels: Any, probs: Any) -> float | None:
     return best_f1(labels, probs)[1]
 
 
+#: Targets of ``target_threshold`` compare counts, not ratios, with this slack (19 of 20 is a
+#: specificity of 0.95 whatever the floating-point rounding of 1 - 1/20).
+COUNT_SLACK = 1e-9
+
+
+def target_threshold(labels: Any, probs: Any, kind: str, target: float) -> tuple[float | None, str | None]:
+    """The threshold (a breast is flagged when prob >= threshold) reaching a target on these
+    labels and probabilities (val), and ``None`` with the reason when none does.
+
+    The candidates are the distinct scores, as for ``best_f1``. With P cancers, N non-cancers
+    and n = P + N units, and TP(t), FP(t) the cancers and non-cancers with prob >= t:
+
+    - ``specificity``: the lowest candidate with N - FP(t) >= target * N (the most sensitive
+      threshold whose specificity is at least the target); needs non-cancers;
+    - ``sensitivity``: the highest candidate with TP(t) >= target * P (the most specific
+      threshold whose sensitivity is at least the target); needs cancers;
+    - ``recall_rate``: the lowest candidate with TP(t) + FP(t) <= target * n (as many flagged
+      as the budget allows, never more); needs no cancers.
+
+    None when no candidate qualifies (e.g. specificity 0.95 when the top score is shared by
+    more than 5 % of the non-cancers: only flagging nothing would reach it)."""
+    y, p = _arrays(labels, probs)
+    if y.size == 0:
+        return None, "no units to choose it on"
+    if not np.isfinite(p).all():
+        return None, "non-finite probabilities"
+    n_pos = int(y.sum())
+    n_neg = int(y.size) - n_pos
+    order = np.argsort(-p, kind="stable")
+    scores = p[order]
+    last_of_value = np.r_[np.flatnonzero(np.diff(scores)), scores.size - 1]
+    tp = np.cumsum(y[order])[last_of_value]  # flagging every score >= scores[last_of_value[k]]
+    fp = last_of_value + 1 - tp
+    thresholds = scores[last_of_value]  # descending
+    if kind == "specificity":
+        if n_neg == 0:
+            return None, "no non-cancer breasts to fix a specificity on"
+        ok = np.flatnonzero(n_neg - fp >= target * n_neg - COUNT_SLACK)
+        if ok.size == 0:
+            return None, f"no threshold reaches specificity {target:g} (the top score is a non-cancer's)"
+        return float(thresholds[ok[-1]]), None
+    if kind == "sensitivity":
+        if n_pos == 0:
+            return None, "no cancer breasts to fix a sensitivity on"
+        ok = np.flatnonzero(tp >= target * n_pos - COUNT_SLACK)
+        return float(thresholds[ok[0]]), None
+    if kind == "recall_rate":
+        ok = np.flatnonzero(tp + fp <= target * y.size + COUNT_SLACK)
+        if ok.size == 0:
+            return None, f"no threshold flags at most {target:g} of the breasts (the top score is shared by more)"
+        return float(thresholds[ok[-1]]), None
+    raise ValueError(f"unknown target {kind!r}; one of specificity, sensitivity, recall_rate")
+
+
 def binary_metrics(
-    labels: Any, probs: Any, threshold: float = 0.5, loss: float | None = None
+    labels: Any, probs: Any, threshold: float | None = 0.5, loss: float | None = None
 ) -> dict[str, Any]:
     """Every registered metric (ranking ones, and the others at ``threshold``), the counts, the
     best F1 over all thresholds and the confusion matrix at ``threshold``.
@@ -123,13 +177,24 @@ def binary_metrics(
     Undefined values are NaN (best_threshold: None): AUC needs both classes; PR-AUC, pF1,
     best F1 and recall need positives; specificity needs negatives; precision needs at least
     one predicted positive. Non-finite probabilities (a diverged model) leave the ranking
-    metrics NaN.
+    metrics NaN. ``threshold`` None (none could be chosen): every thresholded figure NaN and
+    the counts None, never a figure at a default threshold.
     """
     from mammo.stats import point_metrics
 
     y, p = _arrays(labels, probs)
     n = int(y.size)
     n_pos = int(y.sum())
+    if threshold is None:  # no operating threshold: the thresholded figures and counts are undefined
+        figures = {name: NAN for name in metric_registry.names()}
+        if bool(np.isfinite(p).all()):
+            figures.update(point_metrics(y, p, None))
+        best, best_threshold = best_f1(y, p)
+        return {
+            "n": n, "n_pos": n_pos, "prevalence": _ratio(n_pos, n), "loss": None if loss is None else float(loss),
+            **figures, "best_f1": best, "best_threshold": best_threshold, "threshold": None,
+            "recall": NAN, "tp": None, "fp": None, "tn": None, "fn": None,
+        }
     flagged = p >= threshold
     tp = int((flagged & (y == 1)).sum())
     fp = int((flagged & (y == 0)).sum())
@@ -159,8 +224,8 @@ def binary_metrics(
 
 def evaluate_predictions(
     frame: pd.DataFrame,
-    threshold_image: float = 0.5,
-    threshold_breast: float = 0.5,
+    threshold_image: float | None = 0.5,
+    threshold_breast: float | None = 0.5,
     how: Aggregation = "mean",
     loss: float | None = None,
 ) -> dict[str, dict[str, Any]]:
