@@ -197,7 +197,7 @@ def run_locally(
     # another node); `mammo run` again resumes where the run stopped.
     profile = dataclasses.replace(
         get_profile("kind", train_image=steps.TRAIN_IMAGE, eval_image=steps.EVAL_IMAGE),
-        retry=Retry(attempts=0), data_mount=None,
+        retry=Retry(attempts=0), data_mount=None, key_files=None,
     )
     pipeline = build_pipeline(profile)
     pipeline_root.mkdir(parents=True, exist_ok=True)

@@ -49,12 +49,18 @@ IMAGE_UID = 10001
 
 
 def _runtime(task: PipelineTask, profile: Profile, resources: Resources) -> PipelineTask:
-    """Settings every step shares: storage credentials by reference, endpoints from the
+    """Settings every step shares: storage credentials by reference (the Secret mounted as
+    files, ``MINIO_*_KEY_FILE`` naming them), endpoints from the
     ConfigMap, the pod label MinIO's NetworkPolicy admits, pull policy and secrets, resources
     and a deadline (``step_timeout``; the trainers' is set again by ``_bounded``)."""
-    kubernetes.use_secret_as_env(
-        task, secret_name=profile.secret_name, secret_key_to_env={key: key for key in SECRET_KEYS}
-    )
+    if profile.key_files:
+        kubernetes.use_secret_as_volume(task, secret_name=profile.secret_name, mount_path=profile.key_files)
+        for key in SECRET_KEYS:
+            task.set_env_variable(f"{key}_FILE", f"{profile.key_files}/{key}")
+    else:
+        kubernetes.use_secret_as_env(
+            task, secret_name=profile.secret_name, secret_key_to_env={key: key for key in SECRET_KEYS}
+        )
     kubernetes.use_config_map_as_env(
         task,
         config_map_name=profile.config_map_name,

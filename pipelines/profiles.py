@@ -106,6 +106,11 @@ class Profile:
     tolerations: tuple[Toleration, ...] = ()
     retry: Retry = Retry()
     secret_name: str = SECRET_NAME
+    #: Where the storage Secret is mounted as files (``MINIO_ACCESS_KEY_FILE`` etc. point
+    #: there), so the keys are in no process's environment. ``None``: as environment variables
+    #: from the Secret instead (``mammo run``: kfp.local applies neither, the keys come from
+    #: the caller's environment).
+    key_files: str | None = "/var/run/secrets/mammo-storage"
     pseudonym_secret: str = PSEUDONYM_SECRET_NAME
     config_map_name: str = CONFIG_MAP_NAME
     #: Default of the ``dataset_uri`` pipeline parameter.

@@ -282,24 +282,32 @@ def test_credentials_only_by_reference(compiled) -> None:
     assert len(executors) == len(_steps(profile))
     dicom_steps = {f"exec-{task}" for task in ("preprocess-plan", "preprocessor", "preprocess-merge")}
     for name, executor in executors.items():
-        secret, *others = executor["secretAsEnv"]
-        assert secret["secretName"] == "mammo-minio", name
-        assert {k["envVar"] for k in secret["keyToEnv"]} == {"MINIO_ACCESS_KEY", "MINIO_SECRET_KEY"}
+        # The storage keys as files of the mounted Secret, named by MINIO_*_KEY_FILE: in no
+        # process's environment.
+        assert executor["secretAsVolume"] == [{
+            "secretName": "mammo-minio", "secretNameParameter": {"runtimeValue": {"constant": "mammo-minio"}},
+            "mountPath": "/var/run/secrets/mammo-storage", "optional": False,
+        }], name
         # The DICOM steps read the site's pseudonymisation key from its own (optional) Secret.
         if name in dicom_steps:
-            [key] = others
+            [key] = executor["secretAsEnv"]
             assert key["secretName"] == "mammo-pseudonym-key" and key.get("optional") is True, name
             assert [k["envVar"] for k in key["keyToEnv"]] == ["MAMMO_PSEUDONYM_KEY"]
         else:
-            assert others == [], name
+            assert "secretAsEnv" not in executor, name
         [config] = executor["configMapAsEnv"]
         assert config["configMapName"] == "mammo-runtime"
         assert {k["envVar"] for k in config["keyToEnv"]} >= {"MINIO_ENDPOINT", "MINIO_SECURE"}
         assert executor["podMetadata"]["labels"] == {"app.kubernetes.io/part-of": "mammo-pipeline"}
+    for task in _steps(profile):
+        env = {e["name"]: e["value"] for e in _executor(spec, task).get("env", [])}
+        assert env["MINIO_ACCESS_KEY_FILE"] == "/var/run/secrets/mammo-storage/MINIO_ACCESS_KEY", task
+        assert env["MINIO_SECRET_KEY_FILE"] == "/var/run/secrets/mammo-storage/MINIO_SECRET_KEY", task
     for value in SENTINELS.values():
         assert value not in text
-    for executor in spec["deploymentSpec"]["executors"].values():
-        assert not any(env["name"].startswith("MINIO_") for env in executor["container"].get("env", []))
+    for executor in spec["deploymentSpec"]["executors"].values():  # only where the keys are, no key itself
+        names = {env["name"] for env in executor["container"].get("env", []) if env["name"].startswith("MINIO_")}
+        assert names == {"MINIO_ACCESS_KEY_FILE", "MINIO_SECRET_KEY_FILE"}
 
 
 def test_trainers_and_the_evaluator_retry_and_get_a_memory_backed_shm(compiled) -> None:
@@ -375,9 +383,9 @@ def test_overrides_reach_the_gpu_steps(tmp_path: Path) -> None:
     # The TrainJobs run the given training image.
     for task in LAUNCHERS:
         assert _parameter_source(spec, task, "image") == ("constant", "registry.example/train:1")
-    assert {e["secretAsEnv"][0]["secretName"] for e in executors.values()} == {"other-keys"}
+    assert {e["secretAsVolume"][0]["secretName"] for e in executors.values()} == {"other-keys"}
     spec, executors, _ = _compile(tmp_path, "gpu", "--pseudonym-secret", "site-key")
-    assert executors["exec-preprocessor"]["secretAsEnv"][1]["secretName"] == "site-key"
+    assert executors["exec-preprocessor"]["secretAsEnv"][0]["secretName"] == "site-key"
 
 
 def test_kueue_queue_and_priority_label_the_gpu_steps_and_the_trainjobs(tmp_path: Path) -> None:

@@ -49,8 +49,19 @@ def test_a_key_in_the_environment_wins_over_its_file(tmp_path: Path, monkeypatch
     assert settings.secret_key is not None and settings.secret_key.get_secret_value() == "aws-direct"
 
 
-@pytest.mark.parametrize(("content", "reason"), [(None, "No such file"), ("\n", "is empty")])
-def test_a_missing_or_empty_key_file_is_one_line(
+def test_an_empty_key_file_is_no_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pipeline mounts the Secret as files; for IRSA its keys are left empty, and the
+    client must then use the web identity, not an empty key."""
+    monkeypatch.delenv("MINIO_ACCESS_KEY", raising=False)
+    monkeypatch.delenv("MINIO_SECRET_KEY", raising=False)
+    monkeypatch.setenv("MINIO_ACCESS_KEY_FILE", _secret(tmp_path, "access", ""))
+    monkeypatch.setenv("MINIO_SECRET_KEY_FILE", _secret(tmp_path, "secret", "\n"))
+    settings = load_env_settings(MinioSettings)
+    assert not settings.access_key and not settings.secret_key
+
+
+@pytest.mark.parametrize(("content", "reason"), [(None, "No such file")])
+def test_a_missing_key_file_is_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content: str | None, reason: str
 ) -> None:
     path = tmp_path / "secret"

@@ -45,7 +45,8 @@ class MinioSettings(BaseSettings):
     def _keys_from_files(cls, data: Any) -> Any:
         """``MINIO_ACCESS_KEY_FILE`` / ``MINIO_SECRET_KEY_FILE`` / ``MINIO_SESSION_TOKEN_FILE``:
         the key read from a file (a mounted Secret), so that it need not sit in the environment
-        of every process; trailing whitespace is dropped. A key given directly wins."""
+        of every process; trailing whitespace is dropped, an empty file is no key. A key given
+        directly wins."""
         if not isinstance(data, dict):
             return data
         names = {"access_key": ("MINIO_ACCESS_KEY", "AWS_ACCESS_KEY_ID"),
@@ -61,9 +62,8 @@ class MinioSettings(BaseSettings):
             except (OSError, UnicodeDecodeError) as exc:
                 reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
                 raise ValueError(f"{aliases[0]}_FILE: cannot read {path}: {reason}") from None
-            if not value:
-                raise ValueError(f"{aliases[0]}_FILE: {path} is empty")
-            data = {**data, field: value}
+            if value:  # an empty file is no key, as an empty variable is (IRSA: the Secret's keys left empty)
+                data = {**data, field: value}
         return data
 
     @model_validator(mode="before")
