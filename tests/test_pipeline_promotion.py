@@ -19,6 +19,7 @@ import pytest
 
 from mammo import storage
 from mammo.errors import ConfigError, IntegrityError, StorageError
+from mammo.production import card_keys
 from mammo.storage.uri import parse_s3
 from mammo_components.promoter.entrypoint import check_rule, decide, lock_uri, run
 from mammo.promotion import promotable_metrics
@@ -84,7 +85,7 @@ def test_first_model_is_promoted_then_only_a_clearly_better_one(store: str, tmp_
     assert result["promoted"] and result["reason"] == "no production model yet"
     manifest = _production(store)
     assert manifest.metadata["sha256"] == first.sha256 and manifest.metadata["run_id"] == "r1"
-    assert list(manifest.objects) == [f"model-{first.sha256[:12]}.pt"]
+    assert list(manifest.objects) == [f"model-{first.sha256[:12]}.pt", *card_keys(first.sha256)]  # and its model card
 
     # Within the margin (and an equal model): production stays.
     close = _candidate(store, "r2", b"model two")
@@ -99,7 +100,7 @@ def test_first_model_is_promoted_then_only_a_clearly_better_one(store: str, tmp_
     assert manifest.metadata["previous"]["sha256"] == first.sha256
     assert manifest.metadata["fence"] > 0
     key = f"model-{better.sha256[:12]}.pt"
-    assert list(manifest.objects) == [key]
+    assert list(manifest.objects) == [key, *card_keys(better.sha256)]
     # The previous model stays (history: the last promotions) but is no longer listed.
     assert [h["sha256"] for h in manifest.metadata["history"]] == [first.sha256]
     fetched = storage.fetch_from_manifest(_prefix(store), tmp_path / "fetched")
@@ -117,7 +118,7 @@ def test_only_the_last_promoted_models_are_kept_and_litter_is_collected(store: s
     for i, info in enumerate(infos):
         assert _promote(store, info, 0.5 + i / 10)["promoted"]
     manifest = _production(store)
-    kept = {storage.join(_prefix(store), f"model-{i.sha256[:12]}.pt") for i in infos[-3:]}
+    kept = {storage.join(_prefix(store), name) for i in infos[-3:] for name in (f"model-{i.sha256[:12]}.pt", *card_keys(i.sha256))}
     assert set(storage.list_objects(_prefix(store))) == kept | {storage.join(_prefix(store), "manifest.json")}
     assert [h["sha256"] for h in manifest.metadata["history"]] == [infos[3].sha256, infos[2].sha256]
     # The lock left nothing behind.
