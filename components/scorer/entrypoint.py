@@ -5,10 +5,15 @@ The dataset is fetched table first, then the PNG of every row (verified against 
 or the sha256 recorded at upload); the model through ``mammo.predict.resolve_model`` (verified
 against the production manifest). Outputs: ``breasts.csv`` (probability and flag per breast),
 ``images.csv`` (per image), ``result.json`` and the manifest, written last.
+
+A dataset of DICOM files (no table; an archive's export) is fetched whole and converted for
+this run as ``mammo predict`` converts one (``mammo.predict.dicom_studies``): the outputs then
+carry the archive's patient and image ids and study/SOP instance UIDs, and nothing else does.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 from pathlib import Path
@@ -37,6 +42,31 @@ def _objects(dataset_uri: str) -> dict[str, Wanted]:
     store = storage.open_store(dataset_uri)
     listed = ((relative_key(dataset_uri, info.uri), info) for info in store.list_info(dataset_uri))
     return {key: Wanted(info.uri, key, etag=info.etag, sha256=info.sha256) for key, info in listed}
+
+
+DICOM_SUFFIXES = (".dcm", ".dicom")
+
+
+def fetch_dicoms(dataset_uri: str, work: Path) -> Path | None:
+    """A dataset of DICOM files without a table, as a local folder (fetched and verified; a
+    local dataset in place); None for any other dataset."""
+    from mammo.data.layout import holds_dicoms
+    from mammo.predict import TABLES
+
+    if not storage.is_remote(dataset_uri):
+        local = Path(storage.local_path(dataset_uri))
+        tables = any((local / name).is_file() for name in TABLES)
+        return local if local.is_dir() and not tables and holds_dicoms(local) else None
+    objects = _objects(dataset_uri)
+    keys = list(objects)
+    if any(key in TABLES for key in keys) or any(key.lower().endswith(".png") for key in keys):
+        return None
+    dicoms = [key for key in keys if key.lower().endswith(DICOM_SUFFIXES)]
+    if not dicoms:
+        return None
+    local = cache_dir(work, "datasets", dataset_uri)
+    fetch_all(storage.open_store(dataset_uri), [objects[key] for key in dicoms], local)
+    return local
 
 
 def fetch_studies(dataset_uri: str, work: Path, table: str | None) -> Path:
@@ -80,18 +110,25 @@ def run(
     """Score ``dataset_uri`` with ``model_uri``; publish the CSVs at ``out_uri``; return the result.
     ``params``: PipelineParams (``device``, ``batch_size``, ``workers`` are used)."""
     from mammo.data.layout import resolve_image_paths
-    from mammo.predict import read_studies, resolve_model, score_images, score_table
+    from mammo.predict import dicom_studies, read_studies, resolve_model, score_images, score_table, with_original_ids
 
     with telemetry_step(COMPONENT, run_id or out_uri.rstrip("/").rsplit("/", 1)[-1]):
         parsed = parse_params(params)
         work = resolve_workdir(workdir)
         out_uri = normalize_uri(out_uri)
         model = resolve_model(normalize_uri(model_uri), work)
-        csv = fetch_studies(normalize_uri(dataset_uri), work, table)
-        studies = read_studies(csv)
-        studies["path"] = resolve_image_paths(csv, studies)
-        probs = score_images(model, studies, device=parsed.device, batch_size=parsed.batch_size, workers=parsed.workers)
-        images, breasts = score_table(model, studies, probs)
+        dicom_folder = None if table else fetch_dicoms(normalize_uri(dataset_uri), work)
+        with contextlib.ExitStack() as stack:
+            dicom = None if dicom_folder is None else stack.enter_context(
+                dicom_studies(dicom_folder, model.export["image_size"], work, workers=parsed.workers))
+            csv = dicom.csv if dicom is not None else fetch_studies(normalize_uri(dataset_uri), work, table)
+            studies = read_studies(csv)
+            studies["path"] = resolve_image_paths(csv, studies)
+            probs = score_images(model, studies, device=parsed.device, batch_size=parsed.batch_size,
+                                 workers=parsed.workers)
+            images, breasts = score_table(model, studies, probs)
+            if dicom is not None:
+                images, breasts = with_original_ids(images, breasts, dicom.identifiers)
         out_dir = cache_dir(work, "runs", out_uri)
         shutil.rmtree(out_dir, ignore_errors=True)
         out_dir.mkdir(parents=True)
@@ -99,12 +136,15 @@ def run(
         images.to_csv(out_dir / IMAGES_NAME, index=False, float_format="%.6f")
         flagged = None if model.threshold is None else int(breasts["flag"].sum())
         result = {
-            "out_uri": out_uri, "dataset_uri": dataset_uri, "table": csv.name, "model": model.describe(),
+            "out_uri": out_uri, "dataset_uri": dataset_uri, "model": model.describe(),
+            "table": "DICOM files" if dicom is not None else csv.name,
             "images": int(len(images)), "scored_images": int(images["prob"].notna().sum()),
             "breasts": int(len(breasts)), "patients": int(breasts["patient_id"].nunique()),
             "flagged_breasts": flagged,
             "breasts_uri": storage.join(out_uri, BREASTS_NAME), "images_uri": storage.join(out_uri, IMAGES_NAME),
         }
+        if dicom is not None:
+            result["dicom"] = {"converted": dicom.converted, "skipped": dicom.skipped, "unreadable": dicom.unreadable}
         publish_outputs(out_dir, out_uri, result, {"component": COMPONENT, "model": result["model"]})
         log.info("scored %d breasts of %d patients with %s: %s flagged", result["breasts"], result["patients"],
                  model.uri, "n/a" if flagged is None else flagged)

@@ -95,3 +95,29 @@ def test_scoring_pipeline_runs_through_kfp_local(tiny_dataset: Path, tmp_path: P
     metadata = task.outputs["Output"].metadata
     assert metadata["out_uri"].startswith(f"{store}/scores/mammo/")
     check_scores(storage.get_json(storage.join(metadata["out_uri"], "result.json")), 0.4, studies)
+
+
+def test_scorer_scores_an_archive_export_of_dicoms_from_s3(s3_env: S3Env, tmp_path: Path) -> None:
+    """A DICOM export in the bucket (no table): fetched, converted for the run, scored; the
+    scores carry the archive's ids and UIDs, and the pod's scratch conversion is gone."""
+    import pydicom
+
+    from mammo.dicom.synth import write_synthetic_dicoms
+
+    export = tmp_path / "export"
+    files = write_synthetic_dicoms(export, count=4, size=(96, 64), compression="explicit")
+    (export / "train.csv").unlink()
+    dataset_uri = f"{s3_env.uri}/datasets/export"
+    storage.upload_dir(export, dataset_uri)
+    production = storage.production_model_uri(s3_env.uri, "m")
+    publish_production(production, fake_checkpoint(tmp_path / "c.pt"), threshold=0.45, work=tmp_path)
+    out = scores_uri(s3_env.uri, "m", dataset_uri, now=0)
+    result = scorer.run(dataset_uri=dataset_uri, model_uri=production, out_uri=out, params=PARAMS,
+                        workdir=str(tmp_path / "pod"))
+    assert result["table"] == "DICOM files" and result["scored_images"] == 4
+    assert result["dicom"] == {"converted": 4, "skipped": {}, "unreadable": 0}
+    images = pd.read_csv(io.BytesIO(storage.get_bytes(result["images_uri"])), dtype=str)
+    headers = [pydicom.dcmread(f) for f in files]
+    assert set(images["patient_id"]) == {str(h.PatientID) for h in headers}
+    assert set(images["sop_instance_uid"]) == {str(h.SOPInstanceUID) for h in headers}
+    assert not list((tmp_path / "pod").rglob("mammo-predict-dicom-*"))
