@@ -229,6 +229,10 @@ def test_promoter_step_promotes_and_records_provenance(tmp_path: Path) -> None:
         dataset_fingerprint="f" * 16, candidate=bare, production=FakeArtifact(tmp_path / "production2"),
     )
     assert not refused["promoted"] and refused["reason"] == "the evaluator recorded no promotion verdict"
+    # The step's output names production's version after the step and the one before it.
+    assert (production.metadata["version"], production.metadata["previous_version"]) == ("v1", None)
+    assert production.metadata["version_sha256"] == info.sha256
+    assert (refused["version"], refused["previous_version"]) == ("v1", "v1")
 
 
 def test_write_artifact_json(tmp_path: Path) -> None:
