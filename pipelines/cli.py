@@ -123,6 +123,9 @@ def _add_profile_args(p: argparse.ArgumentParser, *, default: str | None = "gpu"
     group.add_argument("--toleration", action="append", metavar="KEY[=VALUE][:EFFECT]",
                        help="Toleration of the GPU steps (repeatable; replaces the profile's).")
     group.add_argument("--secret", metavar="NAME", help="Secret with MINIO_ACCESS_KEY/MINIO_SECRET_KEY (default mammo-minio).")
+    group.add_argument("--promoter-secret", metavar="NAME",
+                       help="Secret with the promoter's MINIO_ACCESS_KEY/MINIO_SECRET_KEY, the only keys that may write "
+                       "models/ (default mammo-minio-promoter).")
     group.add_argument("--pseudonym-secret", metavar="NAME",
                        help="Secret with MAMMO_PSEUDONYM_KEY, the site key the DICOM preprocessor pseudonymises "
                        "patient and image ids with (default mammo-pseudonym-key; optional Secret).")
@@ -161,6 +164,7 @@ def _profile(args: argparse.Namespace) -> Profile:
         node_selector=_key_values(args.node_selector, "--node-selector"),
         tolerations=None if args.toleration is None else [parse_toleration(t) for t in args.toleration],
         secret_name=args.secret,
+        promoter_secret=args.promoter_secret,
         pseudonym_secret=args.pseudonym_secret,
         config_map_name=args.config_map,
         shm_size=args.shm_size,

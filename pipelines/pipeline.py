@@ -48,19 +48,18 @@ DATA_VOLUME = "mammo-data"
 IMAGE_UID = 10001
 
 
-def _runtime(task: PipelineTask, profile: Profile, resources: Resources) -> PipelineTask:
+def _runtime(task: PipelineTask, profile: Profile, resources: Resources, secret: str | None = None) -> PipelineTask:
     """Settings every step shares: storage credentials by reference (the Secret mounted as
     files, ``MINIO_*_KEY_FILE`` naming them), endpoints from the
     ConfigMap, the pod label MinIO's NetworkPolicy admits, pull policy and secrets, resources
     and a deadline (``step_timeout``; the trainers' is set again by ``_bounded``)."""
+    secret = secret or profile.secret_name
     if profile.key_files:
-        kubernetes.use_secret_as_volume(task, secret_name=profile.secret_name, mount_path=profile.key_files)
+        kubernetes.use_secret_as_volume(task, secret_name=secret, mount_path=profile.key_files)
         for key in SECRET_KEYS:
             task.set_env_variable(f"{key}_FILE", f"{profile.key_files}/{key}")
     else:
-        kubernetes.use_secret_as_env(
-            task, secret_name=profile.secret_name, secret_key_to_env={key: key for key in SECRET_KEYS}
-        )
+        kubernetes.use_secret_as_env(task, secret_name=secret, secret_key_to_env={key: key for key in SECRET_KEYS})
     kubernetes.use_config_map_as_env(
         task,
         config_map_name=profile.config_map_name,
@@ -318,7 +317,8 @@ def _wire(profile: Profile, args: dict[str, Any]) -> Any:
         dataset_fingerprint=split_task.outputs["dataset_fingerprint"],
     )
     promotion.set_display_name("promoter").set_container_image(profile.eval_image)
-    _runtime(promotion, profile, profile.light).set_caching_options(False)
+    # The promoter's own keys: no other step may write models/ (k8s/base/mammo/minio-setup.sh).
+    _runtime(promotion, profile, profile.light, secret=profile.promoter_secret).set_caching_options(False)
     return evaluation.outputs["best"]
 
 

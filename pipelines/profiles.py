@@ -30,6 +30,8 @@ PROFILES: tuple[ProfileName, ...] = ("gpu", "kind")
 
 #: The names docs/kubernetes.md and k8s/base/kubeflow give the pipeline's runtime objects.
 SECRET_NAME = "mammo-minio"
+#: The promoter's storage keys: the only ones that may write under models/ (minio-setup.sh).
+PROMOTER_SECRET_NAME = "mammo-minio-promoter"
 SECRET_KEYS = ("MINIO_ACCESS_KEY", "MINIO_SECRET_KEY")
 #: The Secret (key MAMMO_PSEUDONYM_KEY) the DICOM preprocessor's steps read the site's
 #: pseudonymisation key from (docs/kubernetes.md, DICOM identifiers).
@@ -111,6 +113,8 @@ class Profile:
     #: from the Secret instead (``mammo run``: kfp.local applies neither, the keys come from
     #: the caller's environment).
     key_files: str | None = "/var/run/secrets/mammo-storage"
+    #: The Secret the promoter step takes its keys from instead of ``secret_name``.
+    promoter_secret: str = PROMOTER_SECRET_NAME
     pseudonym_secret: str = PSEUDONYM_SECRET_NAME
     config_map_name: str = CONFIG_MAP_NAME
     #: Default of the ``dataset_uri`` pipeline parameter.
@@ -317,6 +321,7 @@ def get_profile(
     node_selector: dict[str, str] | None = None,
     tolerations: list[Toleration] | None = None,
     secret_name: str | None = None,
+    promoter_secret: str | None = None,
     pseudonym_secret: str | None = None,
     config_map_name: str | None = None,
     shm_size: str | None = None,
@@ -349,7 +354,7 @@ def get_profile(
         if quantity is not None and not re.fullmatch(r"[1-9][0-9]*(Mi|Gi|Ti)", quantity):
             raise ConfigError(f"{flag} {quantity!r}: a Kubernetes quantity in Mi, Gi or Ti, e.g. 32Gi")
     for flag, object_name in (("--data-pvc", data_pvc), ("--data-storage-class", data_storage_class),
-                              ("--pseudonym-secret", pseudonym_secret)):
+                              ("--pseudonym-secret", pseudonym_secret), ("--promoter-secret", promoter_secret)):
         if object_name is not None and DNS_NAME.fullmatch(object_name) is None:
             raise ConfigError(f"{flag} {object_name!r}: not a Kubernetes object name")
     for secret in image_pull_secrets or ():
@@ -376,6 +381,7 @@ def get_profile(
         "node_selector": node_selector,
         "tolerations": tuple(tolerations) if tolerations is not None else None,
         "secret_name": secret_name,
+        "promoter_secret": promoter_secret,
         "pseudonym_secret": pseudonym_secret,
         "config_map_name": config_map_name,
         "shm_size": shm_size,

@@ -13,7 +13,7 @@ WAIT_TIMEOUT="${WAIT_TIMEOUT:-300s}"
 overlay_dir="$ROOT/k8s/overlays/$OVERLAY"
 
 [[ -d "$overlay_dir" ]] || die "no overlay '$OVERLAY' in k8s/overlays (have: $(ls "$ROOT/k8s/overlays"))."
-for env_file in "$ROOT/k8s/base/mammo/minio.env" "$ROOT/k8s/base/kubeflow/minio.env"; do
+for env_file in "$ROOT"/k8s/base/{mammo,kubeflow}/{minio,minio-promoter}.env; do
   [[ -f "$env_file" ]] || die "${env_file#"$ROOT"/} is missing: run 'make cluster-secrets' (or copy its .example and fill it in)."
 done
 use_cluster_context

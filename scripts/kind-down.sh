@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # shellcheck source-path=SCRIPTDIR
 # make kind-down: deletes the kind cluster with everything in it (KFP, MinIO and its data).
-# The local credential files (k8s/base/*/minio.env) and the built images stay.
+# The local credential files (k8s/base/*/minio.env, minio-promoter.env) and the built images stay.
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"

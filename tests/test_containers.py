@@ -267,7 +267,7 @@ def test_images_script_rejects_an_unknown_mode() -> None:
 def test_cluster_secrets_written_once_then_checked(tmp_path: Path) -> None:
     # A copy of the tree, so the script writes next to copies of the examples, not into k8s/.
     shutil.copytree(ROOT / "scripts", tmp_path / "scripts")
-    shutil.copytree(ROOT / "k8s", tmp_path / "k8s", ignore=shutil.ignore_patterns("minio.env"))
+    shutil.copytree(ROOT / "k8s", tmp_path / "k8s", ignore=shutil.ignore_patterns("minio.env", "minio-promoter.env"))
     script = tmp_path / "scripts/cluster-secrets.sh"
     stack_env = tmp_path / "k8s/base/mammo/minio.env"
     pipeline_env = tmp_path / "k8s/base/kubeflow/minio.env"
@@ -292,9 +292,23 @@ def test_cluster_secrets_written_once_then_checked(tmp_path: Path) -> None:
     assert stack["MINIO_SECRET_KEY"] not in render.stdout  # base64-encoded, as Secret data is
     assert base64.b64encode(stack["MINIO_SECRET_KEY"].encode()).decode() in render.stdout
 
+    # The promoter's user: its own pair, in its own files, under the names every step reads.
+    stack_promoter = dict(line.split("=", 1) for line in (tmp_path / "k8s/base/mammo/minio-promoter.env").read_text().splitlines() if "=" in line)
+    promoter = dict(line.split("=", 1) for line in (tmp_path / "k8s/base/kubeflow/minio-promoter.env").read_text().splitlines() if "=" in line)
+    assert promoter == {"MINIO_ACCESS_KEY": stack_promoter["MINIO_PROMOTER_ACCESS_KEY"],
+                        "MINIO_SECRET_KEY": stack_promoter["MINIO_PROMOTER_SECRET_KEY"]}
+    assert promoter["MINIO_ACCESS_KEY"] != stack["MINIO_ACCESS_KEY"] and len(promoter["MINIO_SECRET_KEY"]) >= 32
+    assert base64.b64encode(promoter["MINIO_SECRET_KEY"].encode()).decode() in render.stdout
+
     before = stack_env.read_text()
     second = subprocess.run([str(script)], capture_output=True, text=True, check=True)
     assert "nothing to do" in second.stderr and stack_env.read_text() == before
+
+    # A checkout from before the promoter's user: its pair is added, nothing else changes.
+    for name in ("mammo", "kubeflow"):
+        (tmp_path / f"k8s/base/{name}/minio-promoter.env").unlink()
+    upgraded = subprocess.run([str(script)], capture_output=True, text=True, check=True)
+    assert "wrote random promoter credentials" in upgraded.stderr and stack_env.read_text() == before
 
     pipeline_env.write_text("MINIO_ACCESS_KEY=someone-else\nMINIO_SECRET_KEY=x\n")
     third = subprocess.run([str(script)], capture_output=True, text=True)

@@ -69,8 +69,8 @@ def k8s_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if kubectl is None:
         pytest.fail("kubectl is not on PATH (it renders the overlays offline)")
     copy = tmp_path_factory.mktemp("k8s") / "k8s"
-    shutil.copytree(ROOT / "k8s", copy, ignore=shutil.ignore_patterns("minio.env"))
-    for example in copy.rglob("minio.env.example"):
+    shutil.copytree(ROOT / "k8s", copy, ignore=shutil.ignore_patterns("minio.env", "minio-promoter.env"))
+    for example in copy.rglob("*.env.example"):
         shutil.copy(example, example.with_suffix(""))
     # The documented way to add an optional component: an overlay on gpu that names it.
     for overlay, component in WITH_COMPONENTS.items():
@@ -355,10 +355,13 @@ def test_credentials_only_by_reference(
     }
     assert secrets == {
         ("mammo", "mammo-minio"): {
-            "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD", "MINIO_ACCESS_KEY", "MINIO_SECRET_KEY"
+            "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD", "MINIO_ACCESS_KEY", "MINIO_SECRET_KEY",
+            "MINIO_PROMOTER_ACCESS_KEY", "MINIO_PROMOTER_SECRET_KEY",
         },
-        # Pipeline pods get the bucket user's keys, never MinIO's root credentials.
+        # Pipeline pods get the bucket users' keys, never MinIO's root credentials: the
+        # pipeline user's, and the promoter's (the only one that may write models/).
         ("kubeflow", "mammo-minio"): {"MINIO_ACCESS_KEY", "MINIO_SECRET_KEY"},
+        ("kubeflow", "mammo-minio-promoter"): {"MINIO_ACCESS_KEY", "MINIO_SECRET_KEY"},
     }
     for name, namespace, template in _pod_templates(docs):
         for container in _containers(template):
@@ -377,7 +380,8 @@ def test_no_plaintext_credentials_in_k8s_files() -> None:
         cwd=ROOT, capture_output=True, text=True, check=True,
     ).stdout.split()
     assert "k8s/base/mammo/minio.env.example" in files
-    assert not [f for f in files if f.endswith("minio.env")], "real credential files are ignored"
+    assert "k8s/base/mammo/minio-promoter.env.example" in files
+    assert not [f for f in files if f.endswith(("minio.env", "minio-promoter.env"))], "real credential files are ignored"
     for real in ["k8s/base/mammo/minio.env", "k8s/base/kubeflow/minio.env"]:
         ignored = subprocess.run(["git", "check-ignore", "-q", real], cwd=ROOT)
         assert ignored.returncode == 0, f"{real} must be git-ignored"
@@ -735,14 +739,53 @@ def test_minio_setup_keeps_secrets_off_the_command_line(tmp_path: Path) -> None:
         "MINIO_URL": "http://minio:9000", "MAMMO_BUCKET": "mammo",
         "MINIO_ROOT_USER": "admin-1234", "MINIO_ROOT_PASSWORD": "root-password-0f9e8d",
         "MINIO_ACCESS_KEY": "mammo-5678", "MINIO_SECRET_KEY": "pipeline-secret-7a6b5c",
+        "MINIO_PROMOTER_ACCESS_KEY": "promoter-9abc", "MINIO_PROMOTER_SECRET_KEY": "promoter-secret-3d2e1f",
     }
     result = subprocess.run(["sh", str(ROOT / "k8s/base/mammo/minio-setup.sh")], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     lines = log.read_text().splitlines()
     args = [line for line in lines if line.startswith("ARGS ")]
     stdin = [line.removeprefix("STDIN ") for line in lines if line.startswith("STDIN ")]
-    assert stdin == [env["MINIO_ROOT_PASSWORD"], env["MINIO_SECRET_KEY"]]
-    assert not [line for line in args if env["MINIO_ROOT_PASSWORD"] in line or env["MINIO_SECRET_KEY"] in line]
+    secrets = [env[k] for k in ("MINIO_ROOT_PASSWORD", "MINIO_SECRET_KEY", "MINIO_PROMOTER_SECRET_KEY")]
+    assert stdin == secrets
+    assert not [line for line in args if any(secret in line for secret in secrets)]
     assert any("alias set store http://minio:9000 admin-1234" in line for line in args)
     assert any("admin user add store mammo-5678" in line for line in args)
     assert any("admin policy attach store mammo-pipeline --user mammo-5678" in line for line in args)
+    assert any("admin user add store promoter-9abc" in line for line in args)
+    assert any("admin policy attach store mammo-promoter --user promoter-9abc" in line for line in args)
+
+
+def _writes(policy: dict[str, Any]) -> dict[str, set[str]]:
+    """Effect -> the resources a policy's statements allow or deny PutObject on."""
+    found: dict[str, set[str]] = {}
+    for statement in policy["Statement"]:
+        if "s3:PutObject" in statement["Action"]:
+            found.setdefault(statement["Effect"], set()).update(statement["Resource"])
+    return found
+
+
+def test_only_the_promoter_user_may_write_under_models(tmp_path: Path) -> None:
+    """The two policies minio-setup.sh creates (valid JSON, as mc would read them): the pipeline
+    user writes the bucket but is denied models/; the promoter user writes models/ only; both
+    read and list the bucket and nothing else."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "mc").write_text('#!/bin/sh\ncase "$*" in *"alias set"*|*"user add"*) IFS= read -r line ;; esac\nexit 0\n')
+    (bin_dir / "mc").chmod(0o755)
+    config = tmp_path / "mc"
+    config.mkdir()
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path), "MC_CONFIG_DIR": str(config),
+        "MINIO_URL": "http://minio:9000", "MAMMO_BUCKET": "mammo", "MINIO_ROOT_USER": "a", "MINIO_ROOT_PASSWORD": "b",
+        "MINIO_ACCESS_KEY": "c", "MINIO_SECRET_KEY": "d", "MINIO_PROMOTER_ACCESS_KEY": "e", "MINIO_PROMOTER_SECRET_KEY": "f",
+    }
+    result = subprocess.run(["sh", str(ROOT / "k8s/base/mammo/minio-setup.sh")], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    pipeline = json.loads((config / "mammo-pipeline-policy.json").read_text())
+    promoter = json.loads((config / "mammo-promoter-policy.json").read_text())
+    assert _writes(pipeline) == {"Allow": {"arn:aws:s3:::mammo/*"}, "Deny": {"arn:aws:s3:::mammo/models/*"}}
+    assert _writes(promoter) == {"Allow": {"arn:aws:s3:::mammo/models/*"}}
+    for policy in (pipeline, promoter):
+        resources = {r for statement in policy["Statement"] for r in statement["Resource"]}
+        assert resources <= {"arn:aws:s3:::mammo", "arn:aws:s3:::mammo/*", "arn:aws:s3:::mammo/models/*"}

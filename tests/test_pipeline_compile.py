@@ -284,8 +284,10 @@ def test_credentials_only_by_reference(compiled) -> None:
     for name, executor in executors.items():
         # The storage keys as files of the mounted Secret, named by MINIO_*_KEY_FILE: in no
         # process's environment.
+        # The promoter alone gets the keys that may write models/ (the production model).
+        secret = "mammo-minio-promoter" if name == "exec-promoter" else "mammo-minio"
         assert executor["secretAsVolume"] == [{
-            "secretName": "mammo-minio", "secretNameParameter": {"runtimeValue": {"constant": "mammo-minio"}},
+            "secretName": secret, "secretNameParameter": {"runtimeValue": {"constant": secret}},
             "mountPath": "/var/run/secrets/mammo-storage", "optional": False,
         }], name
         # The DICOM steps read the site's pseudonymisation key from its own (optional) Secret.
@@ -383,7 +385,8 @@ def test_overrides_reach_the_gpu_steps(tmp_path: Path) -> None:
     # The TrainJobs run the given training image.
     for task in LAUNCHERS:
         assert _parameter_source(spec, task, "image") == ("constant", "registry.example/train:1")
-    assert {e["secretAsVolume"][0]["secretName"] for e in executors.values()} == {"other-keys"}
+    assert {e["secretAsVolume"][0]["secretName"] for n, e in executors.items() if n != "exec-promoter"} == {"other-keys"}
+    assert executors["exec-promoter"]["secretAsVolume"][0]["secretName"] == "mammo-minio-promoter"
     spec, executors, _ = _compile(tmp_path, "gpu", "--pseudonym-secret", "site-key")
     assert executors["exec-preprocessor"]["secretAsEnv"][0]["secretName"] == "site-key"
 
