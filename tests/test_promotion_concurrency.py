@@ -2,11 +2,13 @@
 mammo_components.promoter``), on the local store and on the S3 server.
 
 The issue's trial: two promoters at once left a manifest naming a checkpoint the other had
-deleted (4 of 8 trials) or the worse model in production (2 of 8). Here eight start together in
-shuffled order while a reader keeps fetching the production model: every read verifies, the
-best candidate wins, every decision is on record, and the lock leaves nothing behind. Then some
-promoters are killed (SIGKILL) at random moments: production still verifies and the next
-promotion is not blocked.
+deleted (4 of 8 trials) or the worse model in production (2 of 8). Here eight evaluations, each
+with its verdict "promote" decided against no production model (``mammo.promotion.decide``),
+go to eight promoters started together while a reader keeps fetching the production model:
+every read verifies, exactly one promotes (the others' verdicts were decided against a
+production that has changed since, and each says so on record), and the lock leaves nothing
+behind. Then some promoters are killed (SIGKILL) at random moments: production still verifies
+and the next promotion, decided against the production model then in place, is not blocked.
 """
 
 from __future__ import annotations
@@ -21,12 +23,15 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mammo import storage
 from mammo.errors import ArtifactNotFoundError, StorageError
+from mammo.promotion import PromotionRule, decide
 from mammo_components.promoter.entrypoint import lock_uri
 from mammo_components.promoter.records import read_records
+from test_promotion_rule import SETTINGS, breasts
 
 pytestmark = pytest.mark.slow  # real processes and whole runs: `make check` leaves them out
 
@@ -41,14 +46,26 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return request.getfixturevalue("s3_env").uri
 
 
-def _evaluation(store: str, tmp_path: Path, run_id: str, auc: float) -> str:
-    """A published evaluator result whose best candidate has test.breast.auc ``auc``."""
+#: The promoters' rule: the defaults but the margin (the command line below says the same).
+RULE = PromotionRule(margin=0.0)
+
+
+def _evaluation(store: str, tmp_path: Path, run_id: str, seed: int, production_sha256: str | None = None) -> str:
+    """A published evaluator result: its best candidate (bytes of its own) and the verdict
+    ``decide`` gives a strong model (test breast AUC well above the floor) against no
+    production model, or - with ``production_sha256`` - against a weak production model."""
     info = storage.put_bytes(f"weights of {run_id}".encode() * 1000, storage.join(store, "runs", run_id, "unfreeze_trainer", "best_auc.pt"))
+    candidate = breasts(np.random.default_rng(seed), 3.0)
+    production = None if production_sha256 is None else candidate.assign(prob=np.random.default_rng(seed + 1).random(len(candidate)))
+    verdict = decide(RULE, candidate, 0.5, SETTINGS, production=production, production_threshold=0.5,
+                     production_info=None if production_sha256 is None else {"sha256": production_sha256})
+    assert verdict["promote"], verdict["reason"]
     folder = tmp_path / "evaluations" / run_id
     folder.mkdir(parents=True)
-    metrics = {split: {level: {"auc": auc} for level in ("image", "breast")} for split in ("val", "test")}
+    metrics = {split: {level: {"auc": verdict["candidate"]} for level in ("image", "breast")} for split in ("val", "test")}
     (folder / "result.json").write_text(json.dumps({
         "best_uri": info.uri, "best_sha256": info.sha256, "metrics": metrics, "report_uri": "report.html",
+        "decision": verdict,
     }))
     out_uri = storage.join(store, "runs", run_id, "evaluator")
     storage.publish(folder, out_uri)
@@ -117,10 +134,9 @@ class Reader(threading.Thread):
                     self.errors.append(f"{key}: {exc}")
 
 
-def test_many_promoters_at_once_leave_the_best_model_verified(store: str, tmp_path: Path) -> None:
-    values = [round(0.60 + 0.03 * i, 2) for i in range(PROMOTERS)]
-    random.Random(11).shuffle(values)
-    evaluations = {_evaluation(store, tmp_path, f"run{i}", auc): auc for i, auc in enumerate(values)}
+def test_many_promoters_at_once_leave_one_verified_model(store: str, tmp_path: Path) -> None:
+    evaluations = [_evaluation(store, tmp_path, f"run{i}", seed=i) for i in range(PROMOTERS)]
+    random.Random(11).shuffle(evaluations)
     reader = Reader(store, tmp_path / "reader")
     reader.start()
     started = time.monotonic()
@@ -132,32 +148,32 @@ def test_many_promoters_at_once_leave_the_best_model_verified(store: str, tmp_pa
 
     assert [p.returncode for p in procs] == [0] * PROMOTERS, [err for _, err in outs if err.strip()][:2]
     results = [json.loads(out) for out, _ in outs]
-    best = max(values)
     prefix = storage.production_model_uri(store, MODEL)
     manifest = storage.read_manifest(prefix)
-    assert manifest.metadata["value"] == best
     fetched = storage.fetch_from_manifest(prefix, tmp_path / "final")  # verified against the manifest
-    assert list(fetched) == [manifest.metadata["checkpoint"]]
-    # Promotions happened one at a time (in fencing-token order), each beating the one before.
-    promoted = sorted((r for r in results if r["promoted"]), key=lambda r: r["fence"])
-    assert promoted and promoted[-1]["candidate"] == best and promoted[-1]["fence"] == manifest.metadata["fence"]
-    assert [r["candidate"] for r in promoted] == sorted(r["candidate"] for r in promoted)
+    assert manifest.metadata["checkpoint"] in fetched and set(fetched) == set(manifest.objects)
+    # One promotion: the first to hold the lock; every other verdict was decided against "no
+    # production model", which is no longer so, and the record says why it did not promote.
+    [promoted] = [r for r in results if r["promoted"]]
+    assert manifest.metadata["sha256"] == promoted["candidate_sha256"]
+    for result in results:
+        if not result["promoted"]:
+            assert result["reason"].startswith("production changed since the evaluation"), result["reason"]
     records = read_records(store, MODEL)
-    assert len(records) == PROMOTERS and sum(r["promoted"] for r in records) == len(promoted)
+    assert len(records) == PROMOTERS and sum(r["promoted"] for r in records) == 1
     # Nothing unreferenced below production/, the lock empty, the reader never broken.
     keep = {"manifest.json", manifest.metadata["checkpoint"], *(h["checkpoint"] for h in manifest.metadata["history"])}
-    assert {u.rsplit("/", 1)[-1] for u in storage.list_objects(prefix)} == keep
+    assert {u.rsplit("/", 1)[-1] for u in storage.list_objects(prefix)} <= keep | set(manifest.objects)
+    assert set(manifest.objects) <= {u.rsplit("/", 1)[-1] for u in storage.list_objects(prefix)}
     assert storage.list_objects(storage.join(lock_uri(store, MODEL), "tickets")) == []
     assert reader.errors == [] and reader.reads > 0
     assert reader.torn == 0 or store.startswith("s3://"), "the local store served a torn manifest"
-    print(f"{PROMOTERS} promoters in {elapsed:.1f} s; {len(promoted)} promotions; {reader.reads} verified reads;"
+    print(f"{PROMOTERS} promoters in {elapsed:.1f} s; {reader.reads} verified reads;"
           f" {reader.torn} torn manifest reads retried")
 
 
 def test_promoters_killed_at_random_moments_leave_production_sound(store: str, tmp_path: Path) -> None:
-    values = [round(0.60 + 0.03 * i, 2) for i in range(8)]
-    random.Random(5).shuffle(values)
-    evaluations = [_evaluation(store, tmp_path, f"run{i}", auc) for i, auc in enumerate(values)]
+    evaluations = [_evaluation(store, tmp_path, f"run{i}", seed=i) for i in range(8)]
     procs = [_start(store, uri) for uri in evaluations]
     rng = random.Random(3)
     victims = rng.sample(range(len(procs)), 3)
@@ -166,17 +182,24 @@ def test_promoters_killed_at_random_moments_leave_production_sound(store: str, t
         procs[i].send_signal(signal.SIGKILL)
     for p in procs:
         p.communicate(timeout=300)
-    survivors = [values[i] for i in range(len(procs)) if i not in victims]
     assert all(procs[i].returncode == 0 for i in range(len(procs)) if i not in victims)
 
     prefix = storage.production_model_uri(store, MODEL)
-    manifest = storage.read_manifest(prefix)
-    storage.fetch_from_manifest(prefix, tmp_path / "final")  # verifies
-    assert manifest.metadata["value"] >= max(survivors)
-    # Nobody is left holding the lock: one more (better) promotion goes through at once.
+    try:
+        current = storage.read_manifest(prefix)
+    except ArtifactNotFoundError:
+        current = None  # every promoter that got the lock first was killed before the switch
+    if current is not None:
+        storage.fetch_from_manifest(prefix, tmp_path / "final")  # verifies
+    # Nobody is left holding the lock: one more promotion, decided against the production model
+    # now in place, goes through at once.
     started = time.monotonic()
-    final = _start(store, _evaluation(store, tmp_path, "after", 0.99))
+    after = _evaluation(store, tmp_path, "after", seed=99,
+                        production_sha256=None if current is None else current.metadata["sha256"])
+    final = _start(store, after)
     out, err = final.communicate(timeout=120)
     assert final.returncode == 0, err
-    assert json.loads(out)["promoted"] and time.monotonic() - started < 30
-    assert storage.read_manifest(prefix).metadata["value"] == 0.99
+    assert json.loads(out)["promoted"], out
+    assert time.monotonic() - started < 30
+    assert storage.read_manifest(prefix).metadata["sha256"] == json.loads(out)["candidate_sha256"]
+    storage.fetch_from_manifest(prefix, tmp_path / "after")  # verifies
