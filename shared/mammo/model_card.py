@@ -152,8 +152,10 @@ def gather(
         "performance": performance(metrics or candidate_metrics or {}),
         "operating_point": {
             "threshold": metrics.get("threshold"), "chosen_by": metrics.get("threshold_metric"),
-            "how": (f"the threshold that maximises {metrics.get('threshold_metric')} on the val split, applied "
-                    "unchanged to test" if metrics.get("threshold_metric") else None),
+            # The evaluation's own account (rules such as specificity:0.95 set a target, not a maximum).
+            "how": (metrics.get("threshold_choice") or {}).get("how") or (
+                f"chosen on the val split by {metrics.get('threshold_metric')}, applied unchanged to test"
+                if metrics.get("threshold_metric") else None),
             "test_operating_points": test_breast.get("operating_points") or [],
         },
         "calibration": {f"{s}.breast": {k: ((metrics.get(s) or {}).get("breast", {}).get("calibration") or {}).get(k)
