@@ -69,7 +69,7 @@ def test_submit_sends_the_compiled_pipeline_with_typed_parameters(
     assert spec["pipelineInfo"]["name"] == "mammo-training"
     assert set(spec["root"]["dag"]["tasks"]) >= {"split-builder", "evaluator"}
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    assert all(e["secretAsEnv"][0]["secretName"] == "mammo-minio" for e in executors.values())
+    assert all(e["secretAsVolume"][0]["secretName"] in ("mammo-minio", "mammo-minio-promoter") for e in executors.values())
     assert run["runtime_config"]["parameters"] == {
         "dataset_uri": "s3://mammo/datasets/demo",
         "baseline_epochs": 3,
