@@ -56,6 +56,10 @@ PARAMS: dict[str, Any] = {
     "warmup_epochs": 0,
     "unfreeze_epochs": 1,
     "baseline_set": ["checkpoint.top_k=1", "checkpoint.primary=image.loss"],
+    # The chain's mechanics, not the model: a one-epoch model on 10 test patients promotes
+    # without the floor and the minimum of test cancers (the promoter below gets the same rule).
+    "promotion_min": -1.0,
+    "promotion_min_cancers": 0,
 }
 #: Where uid 10001 may write in an image: its home (and the cache below it) and /tmp.
 WRITABLE = ("/home/mammo", "/tmp")
@@ -289,7 +293,8 @@ def test_component_chain_in_the_images_with_a_read_only_root(
     evaluation = component("eval", "evaluator", f"--dataset={dataset_uri}", f"--split={split['split_uri']}",
                            f"--checkpoint={baseline['best_uri']}", f"--checkpoint={unfreeze['best_uri']}",
                            f"--out={run}/evaluator", *_params())
-    promotion = component("eval", "promoter", "--evaluation", f"{run}/evaluator", "--store", s3_env.uri)
+    promotion = component("eval", "promoter", "--evaluation", f"{run}/evaluator", "--store", s3_env.uri,
+                          "--promotion-min", "-1", "--min-cancers", "0")
 
     # Every step published a complete folder (its manifest lists what is there).
     for prefix, expected in (
