@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from mammo.console import environment
 from mammo.errors import MammoError
 from mammo_pipelines import steps
 from mammo_pipelines.pipeline import build_pipeline
@@ -143,21 +144,6 @@ class ProgressFilter(io.TextIOBase):
 
 
 @contextlib.contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
-    """Environment for the step subprocesses (they inherit this process's), restored after."""
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-@contextlib.contextmanager
 def _removed_after(folder: Path) -> Iterator[None]:
     """``folder`` (made by this run) and what the steps left in it, removed at the end."""
     try:
@@ -215,7 +201,7 @@ def run_locally(
         "TMPDIR": str(scratch),
         "PYTHONUNBUFFERED": "1",
     }
-    with _environment(env), warnings.catch_warnings(), _quiet_root(verbose), _removed_after(scratch):
+    with environment(env), warnings.catch_warnings(), _quiet_root(verbose), _removed_after(scratch):
         # Expected here: placeholder images without "python" in their names, and cluster
         # settings (resources, labels) that kfp.local ignores.
         warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)

@@ -120,3 +120,18 @@ def add_command_family(subparsers: argparse._SubParsersAction, name: str, text: 
             raise SystemExit(code)
 
     family.set_defaults(handler=handler)
+
+
+@contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """``os.environ`` with ``values`` set (child processes inherit them), restored after."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

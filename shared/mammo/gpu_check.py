@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
+from mammo.console import environment
 from mammo.errors import MammoError
 
 Scale = Literal["full", "tiny"]
@@ -66,7 +67,7 @@ def check_gpu(device: str = "cuda", scale: Scale = "full", workdir: str | None =
         )
     sizes = SCALES[scale]
     started = time.perf_counter()
-    with _scratch(workdir) as root, _environment(MAMMO_CACHE_DIR=str(root / "cache")):
+    with _scratch(workdir) as root, environment({"MAMMO_CACHE_DIR": str(root / "cache")}):
         result: dict[str, Any] = {"benchmark": "gpu_check", "device": device, "scale": scale}
         result["cuda"] = _cuda_facts(device)
         result["nccl"] = _process_group(device)
@@ -85,20 +86,6 @@ def check_gpu(device: str = "cuda", scale: Scale = "full", workdir: str | None =
 def _scratch(workdir: str | None) -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="mammo-gpu-check-", dir=workdir) as tmp:
         yield Path(tmp)
-
-
-@contextlib.contextmanager
-def _environment(**values: str) -> Iterator[None]:
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def _cuda_facts(device: str) -> dict[str, Any]:
