@@ -31,6 +31,7 @@ from pydantic.functional_serializers import PlainSerializer
 from mammo import defaults
 from mammo.backbones import BACKBONES, DEFAULT_BACKBONE, default_schedule, family_of
 from mammo.errors import ConfigError
+from mammo.folds import MAX_FOLDS
 from mammo.imagesize import ImageSize, parse_image_size, size_text
 
 log = logging.getLogger(__name__)
@@ -666,6 +667,12 @@ class PipelineParams(_Strict):
         "bce_pos", description="bce, bce_pos (pos_weight from the training prevalence), focal or focal_pos."
     )
     augment: bool = Field(True, description="Batch-level augmentation of training images.")
+    folds: int = Field(
+        1, ge=1, le=MAX_FOLDS,
+        description="1: one baseline and one unfreeze model on the whole training split. k > 1: also k fold "
+        "models, each trained without one of k patient-level folds of the training patients (val and test "
+        "untouched), and their ensemble (mean image probability), all evaluated beside the full-data models.",
+    )
     baseline_epochs: int = Field(
         50, ge=1, le=MAX_EPOCHS,
         description="Upper bound on baseline epochs, warm-up included (early stopping may end sooner).",
