@@ -265,7 +265,7 @@ def _wire(profile: Profile, args: dict[str, Any]) -> Any:
         kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
         dataset_uri=dataset_uri,
         **{name: value for name, value in args.items()
-           if name not in ("dataset_uri", "model_name", "trainer_gpus", "trainer_nodes", *DATASET_FIELDS)},
+           if name not in ("dataset_uri", "trainer_gpus", "trainer_nodes", *DATASET_FIELDS)},
     )
     split_task.set_display_name("split builder").set_container_image(profile.eval_image)
     _runtime(split_task, profile, profile.light).set_caching_options(False)

@@ -160,6 +160,8 @@ def split_builder(
     store_uri: str,
     code_version: str,
     kfp_run_id: str,
+    model_name: str,
+    accept_fresh_split: bool,
     promotion_metric: str,
     promotion_margin: float,
     promotion_rule: str,
@@ -200,7 +202,7 @@ def split_builder(
 
     return run_step(
         dataset_uri=dataset_uri, store_uri=store_uri, code_version=code_version, kfp_run_id=kfp_run_id,
-        promotion_metric=promotion_metric, promotion_margin=promotion_margin, promotion_rule=promotion_rule,
+        model_name=model_name, accept_fresh_split=accept_fresh_split, promotion_metric=promotion_metric, promotion_margin=promotion_margin, promotion_rule=promotion_rule,
         promotion_min=promotion_min, promotion_min_cancers=promotion_min_cancers, image_size=image_size,
         backbone=backbone, weights=weights,
         in_channels=in_channels, batch_size=batch_size, workers=workers, device=device, seed=seed,

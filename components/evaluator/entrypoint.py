@@ -25,6 +25,7 @@ from mammo import storage
 from mammo.config import lookup_metric
 from mammo.errors import ConfigError, MammoError
 from mammo.metrics import headline
+from mammo.split_ledger import trained_patients
 from mammo.storage.parallel import run_parallel
 from mammo_components.inputs import fetch_checkpoint, fetch_stage_inputs, normalize_uri, optional_manifest
 from mammo_components.publishing import publish_outputs
@@ -110,6 +111,13 @@ def fetch_production(production_uri: str, work: Path) -> tuple[Path | None, dict
     return path, {"uri": uri, "sha256": sha256, **record}
 
 
+def _store_splits(split_uri: str) -> Any:
+    """``mammo.split_ledger.trained_patients`` of the store holding ``split_uri``
+    (``<store>/splits/<fingerprint>``); None for a split outside a store's layout."""
+    store, found, _ = normalize_uri(split_uri).rpartition("/splits/")
+    return trained_patients(store) if found and store else None
+
+
 def run(
     *,
     dataset_uri: str,
@@ -158,9 +166,12 @@ def run(
             "candidate_uris": dict(zip(candidate_names([str(p) for p in paths]), uris, strict=True)),
             "params": p.model_dump(mode="json", exclude_none=True), "production": production,
         }
+        # No model is scored on test patients it trained on: each checkpoint's split (its
+        # split_fingerprint) is looked up among the store's splits, beside this one.
         evaluation = run_evaluation(
             config, reference=production_path, rule=rule, context=context,
             reference_error=production.get("error"),
+            trained_patients=_store_splits(split_uri),
         )
 
         metrics = evaluation.metrics

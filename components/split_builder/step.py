@@ -114,7 +114,9 @@ def run_step(*, split: Any, dataset_uri: str, store_uri: str, code_version: str,
     PromotionRule(params.promotion_metric, params.promotion_rule, params.promotion_margin, params.promotion_min,
                   params.promotion_min_cancers).check()
     training = params.training_values()
-    result = run(dataset_uri=dataset_uri, store_uri=store_uri, params=training)
+    # The split ledger is the model name's (mammo.split_ledger): neither is a training value.
+    ledger = {"model_name": params.model_name, "accept_fresh_split": params.accept_fresh_split}
+    result = run(dataset_uri=dataset_uri, store_uri=store_uri, params={**training, **ledger})
     run_id = derive_run_id(
         objects=dataset_objects(dataset_uri), split_sha256=result["split_sha256"],
         params=training, code=[code_version, installed_code()],

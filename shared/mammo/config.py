@@ -614,6 +614,9 @@ PROMOTION_FIELDS = (
 #: trains on it: the split builder and the trainers get the preprocessed dataset, and its objects'
 #: ETags are part of the run id.
 DATASET_FIELDS = ("dataset_format", "preprocess_shards", "preprocess_set")
+#: PipelineParams fields that steer the split builder's ledger (``mammo.split_ledger``): the split
+#: they lead to is part of the run id, they are not.
+LEDGER_FIELDS = ("accept_fresh_split",)
 
 
 class PipelineParams(_Strict):
@@ -658,6 +661,12 @@ class PipelineParams(_Strict):
     test_frac: float = Field(
         defaults.TEST_FRAC, ge=0, lt=1,
         description="Fraction of patients in the test split (new patients only; old ones keep theirs).",
+    )
+    accept_fresh_split: bool = Field(
+        False,
+        description="Split a table whose patient ids mostly changed from the model name's split ledger afresh "
+        "(refused otherwise: a fresh split puts patients the models trained on into test). Ignored when the ids "
+        "did not mostly change.",
     )
     warmup_ratio: int = Field(
         defaults.WARMUP_RATIO, ge=0, le=1000,
@@ -728,7 +737,7 @@ class PipelineParams(_Strict):
     def training_values(self) -> dict[str, Any]:
         """The values a run's results depend on (promotion settings left out), JSON-ready; KFP
         struct parameters cannot hold null, so unset values are omitted."""
-        return self.model_dump(mode="json", exclude_none=True, exclude=set(PROMOTION_FIELDS) | set(DATASET_FIELDS))
+        return self.model_dump(mode="json", exclude_none=True, exclude=set(PROMOTION_FIELDS) | set(DATASET_FIELDS) | set(LEDGER_FIELDS))
 
 
 #: The stages of a run, in order, each with its config model.

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from mammo.engine.data import SplitData, eval_loader, load_split_data, require
 from mammo.engine.loop import gather_predictions, predict
 from mammo.engine.runtime import Runtime, runtime_for, seed_everything
 from mammo.data.table import read_table
-from mammo.errors import MammoError
+from mammo.errors import DataError, MammoError
 from mammo.imagesize import ImageSize, image_hw, parse_image_size, size_text
 from mammo.jsonio import to_jsonable, write_json
 from mammo.metrics import (
@@ -210,6 +211,7 @@ def run_evaluation(
     rule: PromotionRule | None = None,
     context: dict[str, Any] | None = None,
     reference_error: str | None = None,
+    trained_patients: Callable[[str], set[str] | None] | None = None,
 ) -> Evaluation:
     """Evaluate every checkpoint of ``config``; write metrics, predictions, plots and report
     to ``config.out`` and return them. Several processes share the predicting; the main one
@@ -220,19 +222,45 @@ def run_evaluation(
     the same patients; with a ``rule`` and no ``reference`` the candidate faces the floor alone,
     unless ``reference_error`` says production exists but could not be had (never promoted then).
     ``context`` (run id, dataset URI, parameters, production URI and sha256, ...) heads the
-    report."""
+    report. ``trained_patients`` maps a checkpoint's split fingerprint to the train and val
+    patients of that split (None: unknown), so that no model is scored on test patients it
+    trained on (``check_trained_on``)."""
     with runtime_for(config, runtime) as made:
         return _run_evaluation(
-            config, made, reference=reference, rule=rule, context=dict(context or {}), reference_error=reference_error
+            config, made, reference=reference, rule=rule, context=dict(context or {}), reference_error=reference_error,
+            trained_patients=trained_patients,
+        )
+
+
+def check_trained_on(name: str, fingerprint: str, data: SplitData,
+                     trained_patients: Callable[[str], set[str] | None] | None) -> None:
+    """A model trained on another split than ``data``'s may have trained on its test patients:
+    a ``DataError`` when ``trained_patients`` shows it did (its test figures would be inflated),
+    a warning when that split is unknown."""
+    if fingerprint == data.fingerprint:
+        return
+    seen = trained_patients(fingerprint) if trained_patients is not None else None
+    if seen is None:
+        log.warning("%s was trained on another split (split.csv sha256 %s, this one %s), which cannot be checked: "
+                    "its test figures may include patients it trained on", name, fingerprint[:12], data.fingerprint[:12])
+        return
+    test = set(data.rows("test")["patient_id"].astype(str))
+    overlap = test & seen
+    if overlap:
+        raise DataError(
+            f"{name} was trained on split {fingerprint[:12]}, which has {len(overlap)} of this split's {len(test)} "
+            "test patients in train or val: its test figures would be inflated, so it is not scored on them"
         )
 
 
 def _evaluate_checkpoint(
-    path: str | Path, name: str, data: SplitData, config: EvalConfig, runtime: Runtime, size_given: bool
+    path: str | Path, name: str, data: SplitData, config: EvalConfig, runtime: Runtime, size_given: bool,
+    trained_patients: Callable[[str], set[str] | None] | None = None,
 ) -> tuple[dict[str, Any], pd.DataFrame, list[dict[str, Any]]]:
     """One checkpoint on val and test: its record (threshold from val, figures), its image
     predictions and its training history (for the report's curves)."""
     payload = load_checkpoint(path)
+    check_trained_on(name, payload["split_fingerprint"], data, trained_patients)
     model = model_from_checkpoint(payload, source=str(path)).to(runtime.device)
     trained_size = parse_image_size(payload["image_size"])  # recorded by the trainer: S or (H, W)
     image_size = config.data.image_size if size_given else trained_size
@@ -277,6 +305,7 @@ def read_history(path: str | Path, payload: dict[str, Any]) -> list[dict[str, An
 def _run_evaluation(
     config: EvalConfig, runtime: Runtime, *, reference: str | Path | None, rule: PromotionRule | None,
     context: dict[str, Any], reference_error: str | None = None,
+    trained_patients: Callable[[str], set[str] | None] | None = None,
 ) -> Evaluation:
     checkpoints = require(config.checkpoints, "--checkpoint")
     out = Path(require(config.out, "--out (out)"))
@@ -286,7 +315,7 @@ def _run_evaluation(
 
     candidates, image_frames, histories = [], [], {}
     for path, name in zip(checkpoints, candidate_names(checkpoints)):
-        record, images, history = _evaluate_checkpoint(path, name, data, config, runtime, size_given)
+        record, images, history = _evaluate_checkpoint(path, name, data, config, runtime, size_given, trained_patients)
         candidates.append(record)
         image_frames.append(images)
         histories[name] = history
@@ -294,7 +323,8 @@ def _run_evaluation(
     production, production_error = None, reference_error
     if reference is not None:
         try:
-            production, images, _ = _evaluate_checkpoint(reference, PRODUCTION, data, config, runtime, size_given)
+            production, images, _ = _evaluate_checkpoint(reference, PRODUCTION, data, config, runtime, size_given,
+                                                         trained_patients)
             image_frames.append(images)
         except MammoError as err:  # e.g. a production model of an incompatible format
             production_error = str(err)

@@ -302,13 +302,18 @@ def run_split(
     test_frac: float = defaults.TEST_FRAC,
     seed: int = defaults.SEED,
     warmup_ratio: int = defaults.WARMUP_RATIO,
-    previous: str | None = None,
+    previous: str | pd.DataFrame | None = None,
 ) -> dict[str, Any]:
-    """``mammo split``: read the table (and an earlier split), build, write, return the summary."""
+    """``mammo split``: read the table (and an earlier split), build, write, return the summary.
+    ``previous``: an earlier split's folder, or assignments (patient_id, split) such as a split
+    ledger's (``mammo.split_ledger``)."""
     _check_fractions(val_frac, test_frac, warmup_ratio)
     table = read_table(data)
     earlier = None
-    if previous is not None:
+    earlier_summary: dict[str, Any] = {}
+    if isinstance(previous, pd.DataFrame):
+        earlier = previous
+    elif previous is not None:
         earlier, earlier_summary = read_split(previous)
     split = build_split(
         table,
@@ -318,7 +323,7 @@ def run_split(
         warmup_ratio=warmup_ratio,
         previous=earlier,
     )
-    if previous is not None:
+    if earlier is not None:
         split.summary["previous"]["dataset_fingerprint"] = earlier_summary.get(
             "dataset_fingerprint"
         )
