@@ -169,12 +169,14 @@ def record_trainer_artifacts(result: Mapping[str, Any], model: Any, metrics: Any
 
 
 def trainer_step(entrypoint: Callable[..., dict[str, Any]], component: str, *, store_uri: str, run_id: str,
-                 model: Any, metrics: Any, processes: int = 1, **kwargs: Any) -> dict[str, Any]:
-    """A trainer's KFP step: log to stderr, train into ``<store>/runs/<run_id>/<component>``
+                 model: Any, metrics: Any, processes: int = 1, run_uri: str | None = None,
+                 **kwargs: Any) -> dict[str, Any]:
+    """A trainer's KFP step: log to stderr, train into ``run_uri`` (default
+    ``<store>/runs/<run_id>/<component>``; a fold model has its own, ``mammo_components.folds``)
     (as ``processes`` torchrun processes, one per GPU, when more than one), record the
     artifacts; returns the result."""
     setup_logging()
-    run_uri = storage.run_uri(store_uri, run_id, component)
+    run_uri = run_uri or storage.run_uri(store_uri, run_id, component)
     if processes > 1:
         result = run_on_local_gpus(component, processes, run_uri=run_uri, run_id=run_id, **kwargs)
     else:

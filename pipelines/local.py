@@ -29,7 +29,7 @@ from mammo.console import environment
 from mammo.errors import MammoError
 from mammo_pipelines import steps
 from mammo_pipelines.pipeline import build_pipeline
-from mammo_pipelines.profiles import Retry, get_profile
+from mammo_pipelines.profiles import Profile, Retry, get_profile
 
 #: Task names (as kfp.local prints them) -> what the progress line calls them, in order.
 STEPS = {
@@ -45,6 +45,15 @@ PREPROCESS_STEPS = {
     "preprocessor": "preprocessor shard",
     "preprocess-merge": "preprocess merge",
 }
+#: The k-fold tasks (folds > 1), shown unnumbered between the trainers and the evaluator.
+FOLD_STEPS = {
+    "fold-plan": "fold plan",
+    "fold-baseline-trainer": "fold baseline trainer",
+    "fold-unfreeze-trainer": "fold unfreeze trainer",
+    "fold-models": "fold models",
+}
+#: Unnumbered tasks and the tag their progress lines carry.
+UNNUMBERED = {**{t: ("dicom", n) for t, n in PREPROCESS_STEPS.items()}, **{t: ("folds", n) for t, n in FOLD_STEPS.items()}}
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _START = re.compile(r"Executing task '([\w-]+)'")
 _END = re.compile(r"Task '([\w-]+)' finished with status (\w+)")
@@ -124,12 +133,13 @@ class ProgressFilter(io.TextIOBase):
             state.current, state.started, state.error = match.group(1), time.monotonic(), None
             number = list(STEPS).index(state.current) + 1
             self._show(f"[{number}/{len(STEPS)}] {STEPS[state.current]} ...")
-        elif (match := _START.search(line)) and match.group(1) in PREPROCESS_STEPS:
+        elif (match := _START.search(line)) and match.group(1) in UNNUMBERED:
             state.current, state.started, state.error = match.group(1), time.monotonic(), None
-            self._show(f"[dicom] {PREPROCESS_STEPS[state.current]} ...")
-        elif (match := _END.search(line)) and match.group(1) in PREPROCESS_STEPS:
+            tag, name = UNNUMBERED[state.current]
+            self._show(f"[{tag}] {name} ...")
+        elif (match := _END.search(line)) and match.group(1) in UNNUMBERED:
             verdict = "done" if match.group(2) == "SUCCESS" else "FAILED"
-            self._show(f"      {PREPROCESS_STEPS[match.group(1)]} {verdict} in {time.monotonic() - state.started:.0f} s")
+            self._show(f"      {UNNUMBERED[match.group(1)][1]} {verdict} in {time.monotonic() - state.started:.0f} s")
         elif match := _EPOCH.search(line):
             stage, epoch, total, auc = match.groups()
             self._show(f"      {stage} epoch {epoch}/{total}: val AUC {auc}")
@@ -166,6 +176,18 @@ def _quiet_root(verbose: bool) -> Iterator[None]:
         root.setLevel(level)
 
 
+def local_profile() -> Profile:
+    """The kind profile as ``mammo run`` compiles it. One machine: a step that failed fails the
+    same way again (a full disk, a diverged loss, bad data), so nothing is retried here (the
+    cluster's retries start a fresh pod, maybe on another node; ``mammo run`` again resumes
+    where the run stopped); no volumes or key files (kfp.local applies neither); and the folds
+    (``folds`` > 1) train one after another, not all at once."""
+    return dataclasses.replace(
+        get_profile("kind", train_image=steps.TRAIN_IMAGE, eval_image=steps.EVAL_IMAGE),
+        retry=Retry(attempts=0), data_mount=None, key_files=None, fold_parallelism=1,
+    )
+
+
 def run_locally(
     arguments: dict[str, Any],
     *,
@@ -178,14 +200,7 @@ def run_locally(
     (metrics, report URI, promotion verdict, run id). A failed step raises ``StepFailed``."""
     from kfp import local
 
-    # One machine: a step that failed fails the same way again (a full disk, a diverged loss,
-    # bad data), so nothing is retried here (the cluster's retries start a fresh pod, maybe on
-    # another node); `mammo run` again resumes where the run stopped.
-    profile = dataclasses.replace(
-        get_profile("kind", train_image=steps.TRAIN_IMAGE, eval_image=steps.EVAL_IMAGE),
-        retry=Retry(attempts=0), data_mount=None, key_files=None,
-    )
-    pipeline = build_pipeline(profile)
+    pipeline = build_pipeline(local_profile())
     pipeline_root.mkdir(parents=True, exist_ok=True)
     log_file.parent.mkdir(parents=True, exist_ok=True)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))
@@ -214,7 +229,7 @@ def run_locally(
             failed = progress.state.current or "pipeline"
             detail = progress.state.error or str(err).splitlines()[0]
             raise StepFailed(
-                f"{STEPS.get(failed, PREPROCESS_STEPS.get(failed, failed))} failed: {detail} (full log: {log_file})"
+                f"{STEPS.get(failed, UNNUMBERED.get(failed, (None, failed))[1])} failed: {detail} (full log: {log_file})"
             ) from None
         finally:
             _drop_handlers_on(progress)

@@ -198,6 +198,7 @@ def summarize(outcome: dict[str, Any], store_uri: str, model_name: str, log_file
         "checkpoints": [join(run_prefix, "baseline_trainer"), join(run_prefix, "unfreeze_trainer")],
         "run_id": outcome["run_id"],
         "kfp_run_id": outcome.get("kfp_run_id") or None,
+        "ensemble": outcome.get("ensemble"),
         "log": str(log_file),
     }
 
@@ -211,6 +212,25 @@ def _interval(figure: Any) -> str:
     if not isinstance(figure, dict) or figure.get("low") is None or figure.get("high") is None:
         return ""
     return f"[{figure['low']:.3f}, {figure['high']:.3f}]"
+
+
+def print_ensemble(ensemble: dict[str, Any]) -> None:
+    """folds > 1: each fold model's and the ensemble's figures with intervals (each at its own
+    val threshold), and the paired comparison of the ensemble with the best single fold model."""
+    names = [*ensemble["members"], "ensemble"]
+    width = max(len(name) for name in names) + 2
+    print(f"\nk-fold, {ensemble['split']} {ensemble['level']} level (each model at its own val threshold):")
+    print(f"{'model':<{width}}{'AUC':>7} {'95% interval':<16}{'sens':>7}{'spec':>7}")
+    for name in names:
+        figures = ensemble["figures"][name]
+        print(f"{name:<{width}}{_cell(figures['auc']['value']):>7} {_interval(figures['auc']):<16}"
+              f"{_cell(figures['sensitivity']['value']):>7}{_cell(figures['specificity']['value']):>7}")
+    paired = ensemble["ensemble_vs_best_single"]
+    difference = paired["difference"]
+    print(f"ensemble - best single fold ({ensemble['best_single']}): {paired['metric'].upper()} "
+          f"{_cell(difference['value']).strip()} {_interval(difference)} (paired bootstrap over "
+          f"{int(paired['n_patients'])} patients; share of resamples where the ensemble is not better: "
+          f"{_cell(paired['p_not_better']).strip()})")
 
 
 def print_summary(summary: dict[str, Any], seconds: float) -> None:
@@ -230,6 +250,8 @@ def print_summary(summary: dict[str, Any], seconds: float) -> None:
               "every figure's interval is in the report")
     for warning in summary.get("warnings") or []:
         print(f"warning: {warning}")
+    if summary.get("ensemble"):
+        print_ensemble(summary["ensemble"])
     decision = summary.get("decision") or {}
     if decision.get("rule"):
         print(f"\npromotion rule: {decision['rule']} on {decision.get('metric')}, margin {decision.get('margin')}, "

@@ -205,6 +205,40 @@ def _trainers_on_nodes(profile: Profile, shared: dict[str, Any], gpus: Any, node
     )
 
 
+def _folds(profile: Profile, shared: dict[str, Any], gpus: Any, folds: Any) -> Any:
+    """``folds`` chooses at run time: more than 1, the fold plan publishes each fold's split and
+    a ``dsl.ParallelFor`` runs a baseline and an unfreeze trainer per fold, each in its own pods
+    (``profile.fold_parallelism`` at once; 0: all), and their Models are collected for the
+    evaluator; 1, no fold models. ``dsl.OneOf`` hands the evaluator either (a fan-in from inside
+    a ``dsl.If`` can only leave it through a step inside it)."""
+    with dsl.If(folds > 1, name="k-fold"):
+        plan = steps.fold_plan(
+            split_uri=shared["split_uri"], store_uri=shared["store_uri"], run_id=shared["run_id"], params=shared["params"],
+        )
+        plan.set_display_name("fold plan").set_container_image(profile.eval_image)
+        _runtime(plan, profile, profile.light).set_caching_options(False)
+        trained = {name: shared[name] for name in ("dataset_uri", "store_uri", "run_id", "params")}
+        processes = gpus or 1
+        with dsl.ParallelFor(plan.output, parallelism=profile.fold_parallelism or None, name="fold-training") as fold:
+            baseline = _trainer(
+                steps.fold_baseline_trainer(fold=fold, processes=processes, **trained), profile, gpus, "fold baseline trainer",
+            )
+            unfreeze = _trainer(
+                steps.fold_unfreeze_trainer(init=baseline.outputs["model"], fold=fold, processes=processes, **trained),
+                profile, gpus, "fold unfreeze trainer",
+            )
+        members = steps.fold_models(
+            fold_baselines=dsl.Collected(baseline.outputs["model"]), fold_unfreezes=dsl.Collected(unfreeze.outputs["model"]),
+        )
+        members.set_display_name("fold models").set_container_image(profile.eval_image)
+        _runtime(members, profile, profile.light).set_caching_options(False)
+    with dsl.Else(name="one-split"):
+        none = steps.no_fold_models()
+        none.set_display_name("no fold models").set_container_image(profile.eval_image)
+        _runtime(none, profile, profile.light).set_caching_options(False)
+    return dsl.OneOf(members.output, none.output)
+
+
 def _pseudonym_key(task: PipelineTask, profile: Profile) -> PipelineTask:
     """The site's pseudonymisation key as ``MAMMO_PSEUDONYM_KEY``, from the profile's Secret
     (by reference, never a value in the compiled pipeline). Optional: without the Secret the
@@ -282,10 +316,12 @@ def _wire(profile: Profile, args: dict[str, Any]) -> Any:
         baseline_model, unfreeze_model = _trainers_on_nodes(profile, shared, gpus, args["trainer_nodes"])
     else:
         baseline_model, unfreeze_model = _pod_trainers(profile, shared, gpus)
+    fold_models = _folds(profile, shared, gpus, args["folds"])
 
     evaluation = steps.evaluator(
         baseline=baseline_model,
         unfreeze=unfreeze_model,
+        fold_models=fold_models,
         model_name=args["model_name"],
         promotion_metric=args["promotion_metric"],
         promotion_margin=args["promotion_margin"],

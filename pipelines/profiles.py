@@ -142,6 +142,9 @@ class Profile:
     #: ignores volumes (but would apply the variable) and the steps keep their caches in the
     #: run's own work directory.
     data_mount: str | None = "/var/cache/mammo"
+    #: How many folds train at once (``folds`` > 1, the fold ParallelFor's parallelism); 0: all
+    #: of them, each in its own pods. ``mammo run`` trains them one after another (1).
+    fold_parallelism: int = 0
     #: The preset (``presets/<name>.yaml``) whose ``params`` are the compiled pipeline's
     #: parameter defaults: ``full``, the research defaults, for GPU clusters; ``kind``, sized
     #: for the kind profile's pods (docs/kubernetes.md, kind).

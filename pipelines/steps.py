@@ -20,7 +20,7 @@ kfp.local: components/README.md, "How the components run in KFP".
 
 import inspect
 from collections.abc import Callable
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, List, NamedTuple, TypeVar
 
 from kfp import dsl
 from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
@@ -59,6 +59,11 @@ STEP_INPUTS = {
     "split": "The split (metadata: URI, sha256, fingerprint, counts, run id).",
     "shard": "This pod's shard of the DICOM files.", "shards": "How many shards the files are divided into.",
     "parts": "The shards' results, collected.",
+    "fold": "This fold's index (0 to folds - 1): the fold of training patients it holds out.",
+    "fold_models": "folds > 1: each fold's baseline and unfreeze best checkpoints (URI, sha256), in fold order; "
+    "empty with folds 1.",
+    "fold_baselines": "The fold baseline trainers' Models, collected from the ParallelFor.",
+    "fold_unfreezes": "The fold unfreeze trainers' Models, collected from the ParallelFor.",
     "table": "The CSV of dataset_uri to score; empty: the one of test.csv and train.csv there.",
     "scores": "Where the scores are (breasts.csv, images.csv) and their counts.",
 }
@@ -330,6 +335,7 @@ def evaluator(
     promotion_min: float,
     promotion_min_cancers: int,
     kfp_run_id: str,
+    fold_models: list,
     baseline: Input[Model],
     unfreeze: Input[Model],
     best: Output[Model],
@@ -337,7 +343,8 @@ def evaluator(
     classification: Output[ClassificationMetrics],
     report: Output[HTML],
 ) -> bool:
-    """Evaluates both trainers' best checkpoints on val and test, publishes the report, and
+    """Evaluates both trainers' best checkpoints (and with folds > 1 the fold models and their
+    ensemble) on val and test, publishes the report, and
     returns whether the best candidate should replace the production model (its verdict, also
     in the ``best`` Model's metadata, which the promoter step acts on). Never cached: the answer depends on the current production model."""
     from mammo_components.evaluator.step import run_step
@@ -346,7 +353,7 @@ def evaluator(
         dataset_uri=dataset_uri, split_uri=split_uri, store_uri=store_uri, run_id=run_id, params=params,
         model_name=model_name, promotion_metric=promotion_metric, promotion_margin=promotion_margin,
         promotion_rule=promotion_rule, promotion_min=promotion_min, promotion_min_cancers=promotion_min_cancers,
-        kfp_run_id=kfp_run_id, baseline=baseline, unfreeze=unfreeze,
+        kfp_run_id=kfp_run_id, fold_models=fold_models, baseline=baseline, unfreeze=unfreeze,
         best=best, metrics=metrics, classification=classification, report=report,
     )
 
@@ -377,3 +384,77 @@ def promoter(
         promotion_min_cancers=promotion_min_cancers, dataset_fingerprint=dataset_fingerprint, candidate=candidate,
         production=production,
     )
+
+
+@dsl.component(base_image=EVAL_IMAGE, install_kfp_package=False)
+@described
+def fold_plan(split_uri: str, store_uri: str, run_id: str, params: dict) -> list:
+    """folds > 1: publishes each fold's split (the split without that fold's training patients)
+    under <store>/runs/<run_id>/folds-<k>/; returns the fold indices for the ParallelFor."""
+    from mammo_components.folds.step import run_plan_step
+
+    return run_plan_step(split_uri=split_uri, store_uri=store_uri, run_id=run_id, params=params)
+
+
+@dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
+@described
+def fold_baseline_trainer(
+    dataset_uri: str,
+    store_uri: str,
+    run_id: str,
+    params: dict,
+    fold: int,
+    processes: int,
+    model: Output[Model],
+    metrics: Output[Metrics],
+):
+    """The baseline trainer on one fold's split, into <store>/runs/<run_id>/folds-<k>/fold-<i>-baseline_trainer/
+    (resumes like the baseline trainer)."""
+    from mammo_components.folds.step import run_baseline_step
+
+    run_baseline_step(
+        fold=fold, dataset_uri=dataset_uri, store_uri=store_uri, run_id=run_id, params=params,
+        processes=processes, model=model, metrics=metrics,
+    )
+
+
+@dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
+@described
+def fold_unfreeze_trainer(
+    dataset_uri: str,
+    store_uri: str,
+    run_id: str,
+    params: dict,
+    fold: int,
+    init: Input[Model],
+    processes: int,
+    model: Output[Model],
+    metrics: Output[Metrics],
+):
+    """Gradual unfreezing on one fold's split from that fold's baseline, into
+    <store>/runs/<run_id>/folds-<k>/fold-<i>-unfreeze_trainer/."""
+    from mammo_components.folds.step import run_unfreeze_step
+
+    run_unfreeze_step(
+        fold=fold, dataset_uri=dataset_uri, store_uri=store_uri, run_id=run_id, params=params,
+        init=init, processes=processes, model=model, metrics=metrics,
+    )
+
+
+@dsl.component(base_image=EVAL_IMAGE, install_kfp_package=False)
+@described
+def fold_models(fold_baselines: Input[List[Model]], fold_unfreezes: Input[List[Model]]) -> list:
+    """Collects the fold trainers' Models into the evaluator's fold_models (one entry per fold)."""
+    from mammo_components.folds.step import run_members_step
+
+    return run_members_step(fold_baselines=fold_baselines, fold_unfreezes=fold_unfreezes)
+
+
+@dsl.component(base_image=EVAL_IMAGE, install_kfp_package=False)
+@described
+def no_fold_models() -> list:
+    """folds 1: no fold models (the other branch of the folds choice, so the evaluator always
+    gets its fold_models)."""
+    from mammo_components.folds.step import run_no_folds_step
+
+    return run_no_folds_step()

@@ -3,6 +3,8 @@ the pipeline's fan-out over them, and the evaluation of the fold models and thei
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -87,3 +89,174 @@ def test_a_fold_without_cancer_is_warned_about() -> None:
     table.loc[table["patient_id"] == "p0000", "cancer"] = 1
     summary = fold_summary(_split(table), folds=3, seed=7)
     assert len(summary["warnings"]) >= 2 and "no cancer patient" in summary["warnings"][0]
+
+
+# --- the compiled pipeline -----------------------------------------------------------------
+
+
+def _compiled(tmp_path, profile: str) -> dict:
+    import yaml
+
+    from mammo_pipelines.cli import main
+
+    out = tmp_path / f"{profile}.yaml"
+    assert main(["compile", "--profile", profile, "--out", str(out)]) == 0
+    return next(yaml.safe_load_all(out.read_text()))
+
+
+def _dag_holding(spec: dict, task: str) -> tuple[str, dict]:
+    dags = {"root": spec["root"]["dag"], **{n: c["dag"] for n, c in spec["components"].items() if "dag" in c}}
+    [(name, dag)] = [(n, d) for n, d in dags.items() if task in d["tasks"]]
+    return name, dag
+
+
+def _task_running(spec: dict, component: str) -> dict:
+    dags = [spec["root"]["dag"], *(c["dag"] for c in spec["components"].values() if "dag" in c)]
+    [task] = [t for d in dags for t in d["tasks"].values() if t["componentRef"]["name"] == component]
+    return task
+
+
+@pytest.mark.parametrize("profile", ["gpu", "kind"])
+def test_the_fold_trainers_fan_out_in_a_parallel_for_inside_the_folds_choice(profile: str, tmp_path) -> None:
+    spec = _compiled(tmp_path, profile)
+    loop_name, loop = _dag_holding(spec, "fold-baseline-trainer")
+    assert set(loop["tasks"]) == {"fold-baseline-trainer", "fold-unfreeze-trainer"}
+    loop_task = _task_running(spec, loop_name)
+    assert loop_task["taskInfo"]["name"] == "fold-training"
+    # Over the fold plan's list of fold indices, every fold at once on the cluster.
+    assert loop_task["parameterIterator"]["items"]["inputParameter"].endswith("fold-plan-Output")
+    assert "iteratorPolicy" not in loop_task
+    trainer = loop["tasks"]["fold-baseline-trainer"]
+    assert "loop-item" in str(trainer["inputs"]["parameters"]["fold"])
+    assert loop["tasks"]["fold-unfreeze-trainer"]["inputs"]["artifacts"]["init"]["taskOutputArtifact"] == {
+        "outputArtifactKey": "model", "producerTask": "fold-baseline-trainer"}
+    assert trainer["cachingOptions"]["enableCache"] and trainer["retryPolicy"]["maxRetryCount"] == 3
+    # The fold plan, the loop and the collecting step sit in the branch taken when folds > 1.
+    branch_name, branch = _dag_holding(spec, "fold-plan")
+    assert set(branch["tasks"]) == {"fold-plan", _dag_key(branch, loop_name), "fold-models"}
+    condition = _task_running(spec, branch_name)["triggerPolicy"]["condition"]
+    assert "pipelinechannel--folds" in condition and "> 1" in condition
+    collected = branch["tasks"]["fold-models"]["inputs"]["artifacts"]["fold_baselines"]
+    assert "fold-baseline-trainer" in str(collected)
+    # The evaluator gets the fold models from either branch (dsl.OneOf).
+    evaluator = spec["root"]["dag"]["tasks"]["evaluator"]["inputs"]["parameters"]["fold_models"]
+    choice = evaluator["taskOutputParameter"]["producerTask"]
+    selectors = spec["components"][spec["root"]["dag"]["tasks"][choice]["componentRef"]["name"]]["dag"]["outputs"]
+    [(key, output)] = selectors["parameters"].items()
+    branches = [s["producerSubtask"] for s in output["valueFromOneof"]["parameterSelectors"]]
+    chosen = branches and [set(spec["components"][_task_running_named(spec, b)]["dag"]["tasks"]) for b in branches]
+    assert chosen == [{"fold-plan", _dag_key(branch, loop_name), "fold-models"}, {"no-fold-models"}]
+    executor = spec["deploymentSpec"]["executors"]["exec-fold-baseline-trainer"]["container"]
+    assert ("accelerator" in executor.get("resources", {})) == (profile == "gpu")
+
+
+def _task_running_named(spec: dict, task: str) -> str:
+    """The component a task of that name runs (task names are unique in a pipeline)."""
+    dags = [spec["root"]["dag"], *(c["dag"] for c in spec["components"].values() if "dag" in c)]
+    [component] = [d["tasks"][task]["componentRef"]["name"] for d in dags if task in d["tasks"]]
+    return component
+
+
+def _dag_key(dag: dict, component: str) -> str:
+    [name] = [n for n, t in dag["tasks"].items() if t["componentRef"]["name"] == component]
+    return name
+
+
+def test_mammo_run_trains_the_folds_one_after_another(tmp_path) -> None:
+    """kfp.local runs the same pipeline; ``mammo run``'s profile runs one fold at a time."""
+    import yaml
+    from kfp import compiler
+
+    from mammo_pipelines.local import local_profile
+    from mammo_pipelines.pipeline import build_pipeline
+
+    out = tmp_path / "local.yaml"
+    compiler.Compiler().compile(build_pipeline(local_profile()), package_path=str(out))
+    spec = next(yaml.safe_load_all(out.read_text()))
+    loop = _task_running(spec, _dag_holding(spec, "fold-baseline-trainer")[0])
+    assert loop["iteratorPolicy"] == {"parallelismLimit": 1}
+
+
+# --- one tiny k-fold run through kfp.local (mammo run), shared by the assertions below -------
+
+#: As the pipeline tests' TINY: one epoch per trainer at 32 px, few resamples; two folds.
+TINY_FOLDS = {
+    "image_size": 32, "backbone": "tinynet", "batch_size": 16, "workers": 0, "device": "cpu",
+    "baseline_epochs": 1, "warmup_epochs": 0, "unfreeze_epochs": 1, "unfreeze_set": ["unfreeze.start_epoch=1"],
+    "promotion_min": -1.0, "promotion_min_cancers": 0,
+    "evaluate_set": ["stats.resamples=100", "stats.subgroup_resamples=0"], "folds": 2,
+}
+
+
+@pytest.fixture(scope="module")
+def fold_run(tiny_dataset, tmp_path_factory):
+    """``mammo run --set folds=2`` on the tiny data: its summary, printed output and store."""
+    import contextlib
+    import io
+
+    import yaml
+
+    from mammo_pipelines.local_run import run_local
+
+    root = tmp_path_factory.mktemp("folds")
+    config = root / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY_FOLDS))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MAMMO_CACHE_DIR", str(root / "cache"))
+        for name in ("MAMMO_STORE_URI", "MAMMO_PUSHGATEWAY_URL", "MINIO_ENDPOINT"):
+            mp.delenv(name, raising=False)
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            summary = run_local(str(root / "work"), str(tiny_dataset), "demo", str(config), [])
+    return summary, printed.getvalue(), root / "work"
+
+
+@pytest.mark.slow
+def test_mammo_run_trains_each_fold_without_its_patients_and_evaluates_the_ensemble(fold_run) -> None:
+    import hashlib
+    import json
+
+    from mammo.engine.checkpoint import load_checkpoint
+    from mammo.split import read_split
+
+    summary, printed, work = fold_run
+    run = work / "runs" / summary["run_id"]
+    main_split, _ = read_split(next((work / "splits").iterdir()))
+    assert printed.count("[folds] fold baseline trainer ...") == 2 and printed.count("[folds] fold unfreeze trainer ...") == 2
+    for fold in range(2):
+        rows, record = read_split(run / "folds-2" / f"fold-{fold}-split")
+        held = set(held_out_patients(main_split, fold=fold, folds=2, seed=42))
+        assert held and not held & set(rows["patient_id"]) and record["fold"]["fold"] == fold
+        for name in ("val", "test"):
+            assert set(rows.loc[rows["split"] == name, "image_id"]) == set(main_split.loc[main_split["split"] == name, "image_id"])
+        fingerprint = hashlib.sha256((run / "folds-2" / f"fold-{fold}-split" / "split.csv").read_bytes()).hexdigest()
+        for stage in ("baseline_trainer", "unfreeze_trainer"):
+            checkpoint = next((run / "folds-2" / f"fold-{fold}-{stage}").glob("*.pt"))
+            assert load_checkpoint(checkpoint)["split_fingerprint"] == fingerprint
+
+    metrics = json.loads((run / "evaluator" / "metrics.json").read_text())
+    names = {c["name"] for c in metrics["candidates"]}
+    assert "ensemble" in names and len(names) == 2 + 2 * 2 + 1
+    ensemble_file = json.loads((run / "evaluator" / "ensemble.json").read_text())
+    members = ensemble_file["members"]
+    assert [m["name"] for m in members] == metrics["ensemble"]["members"] and len(members) == 2
+    for fold, member in enumerate(members):
+        assert member["name"].startswith(f"fold-{fold}-") and member["checkpoint"].startswith(str(run / "folds-2"))
+        assert member["sha256"] == hashlib.sha256(Path(member["checkpoint"]).read_bytes()).hexdigest()
+    # The ensemble's image probability is its members' mean, the breast rule then the evaluation's own.
+    images = pd.read_csv(run / "evaluator" / "predictions_image.csv")
+    test = images[images["split"] == "test"].pivot_table(index="image_id", columns="checkpoint", values="prob")
+    assert np.allclose(test["ensemble"], test[[m["name"] for m in members]].mean(axis=1), atol=2e-6)
+    # Figures with intervals for each fold model and the ensemble, and the paired comparison.
+    ensemble = summary["ensemble"]
+    assert set(ensemble["figures"]) == {*ensemble["members"], "ensemble"}
+    for figures in ensemble["figures"].values():
+        assert {"value", "low", "high"} <= set(figures["auc"])
+    paired = ensemble["ensemble_vs_best_single"]
+    assert ensemble["best_single"] in ensemble["members"] and paired["metric"] == "auc"
+    assert {"value", "low", "high"} <= set(paired["difference"]) and paired["resamples"] == 100
+    assert "ensemble - best single fold (" in printed and "k-fold, test breast level" in printed
+    # Each fold model was checked against the test patients through its own fold split.
+    assert "trained on another split" not in Path(summary["log"]).read_text()
+    for name in ensemble["members"]:
+        assert name in printed

@@ -20,6 +20,11 @@ from mammo_pipelines.cli import main
 from test_containers import read_images_env
 
 TRAINERS = ("baseline-trainer", "unfreeze-trainer")
+#: The k-fold trainers (folds > 1, in a ParallelFor; tests/test_folds.py), trained like the trainers.
+FOLD_TRAINERS = ("fold-baseline-trainer", "fold-unfreeze-trainer")
+GPU_TRAINERS = (*TRAINERS, *FOLD_TRAINERS)
+#: The folds choice's other steps (eval image, light).
+FOLD_STEPS = ("fold-plan", "fold-models", "no-fold-models")
 #: The gpu profile's TrainJob launchers (trainer_nodes > 1), in a dsl.If beside the trainers.
 LAUNCHERS = ("baseline-trainjob", "unfreeze-trainjob")
 #: Values that must never appear in a compiled pipeline, set in the environment while compiling.
@@ -61,6 +66,14 @@ def _all_tasks(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def _group_task(spec: dict[str, Any], dag: str) -> str:
     """The task that runs the group component ``dag``."""
     [task] = [name for name, t in _all_tasks(spec).items() if t["componentRef"]["name"] == dag]
+    return task
+
+
+def _root_task(spec: dict[str, Any], task: str) -> str:
+    """The root DAG's task that holds ``task``, through nested groups (dsl.If, ParallelFor)."""
+    owners = _owners(spec)
+    while owners[task] != "root":
+        task = _group_task(spec, owners[task])
     return task
 
 
@@ -145,12 +158,12 @@ def test_dicom_input_runs_the_preprocessor_first_and_hands_its_dataset_on(compil
 def _in_train_image(profile: str) -> tuple[str, ...]:
     """The tasks that run the training image: the trainers, and in the gpu profile the
     evaluator (with its GPU)."""
-    return (*TRAINERS, "evaluator") if profile == "gpu" else TRAINERS
+    return (*GPU_TRAINERS, "evaluator") if profile == "gpu" else GPU_TRAINERS
 
 
 def _steps(profile: str) -> tuple[str, ...]:
     """The tasks that run a container in ``profile``."""
-    return (*PREPROCESS_STEPS, "split-builder", *TRAINERS, *(LAUNCHERS if profile == "gpu" else ()), "evaluator", "promoter")
+    return (*PREPROCESS_STEPS, "split-builder", *GPU_TRAINERS, *FOLD_STEPS, *(LAUNCHERS if profile == "gpu" else ()), "evaluator", "promoter")
 
 
 def test_five_steps_in_order_and_the_promoter_after_every_evaluation(compiled) -> None:
@@ -159,7 +172,9 @@ def test_five_steps_in_order_and_the_promoter_after_every_evaluation(compiled) -
     # gpu: the trainers sit in the trainer_nodes choice (test_trainer_nodes_... below); the
     # dataset_format choice (DATASET_CHOICE, test_dicom_input_... below) comes first.
     training = {"condition-branches-5"} if profile == "gpu" else set(TRAINERS)
-    assert set(tasks) == {DATASET_CHOICE, "split-builder", *training, "evaluator", "promoter"}
+    # The folds choice (k-fold training, tests/test_folds.py) comes after the trainers.
+    folds = {_root_task(spec, "fold-plan")}
+    assert set(tasks) == {DATASET_CHOICE, "split-builder", *training, *folds, "evaluator", "promoter"}
     depends = {name: set(task.get("dependentTasks", [])) for name, task in _all_tasks(spec).items()}
     assert depends["split-builder"] == {DATASET_CHOICE}
     assert _parameter_source(spec, "baseline-trainer", "split_uri") == ("task", "split-builder", "split_uri")
@@ -182,7 +197,7 @@ def test_the_kfp_run_id_reaches_the_uncached_steps_only(compiled) -> None:
     profile, spec, _, _ = compiled
     for task in ("split-builder", "evaluator"):
         assert _parameter_source(spec, task, "kfp_run_id") == ("constant", "{{$.pipeline_job_uuid}}")
-    for task in (*TRAINERS, *(LAUNCHERS if profile == "gpu" else ())):
+    for task in (*GPU_TRAINERS, *(LAUNCHERS if profile == "gpu" else ())):
         assert "kfp_run_id" not in _all_tasks(spec)[task]["inputs"]["parameters"]
 
 
@@ -207,7 +222,7 @@ def test_gpu_requests_only_in_the_gpu_profile(compiled) -> None:
     profile, spec, executors, _ = compiled
     for task in _steps(profile):
         accelerator = _executor(spec, task).get("resources", {}).get("accelerator")
-        if profile == "gpu" and task in TRAINERS:
+        if profile == "gpu" and task in GPU_TRAINERS:
             assert accelerator["resourceType"] == "nvidia.com/gpu"
             assert "trainer_gpus" in accelerator["resourceCount"]
             assert executors[f"exec-{task}"]["tolerations"] == [
@@ -318,7 +333,7 @@ def test_trainers_and_the_evaluator_retry_and_get_a_memory_backed_shm(compiled) 
     launchers = LAUNCHERS if profile == "gpu" else ()
     # A retried launcher adopts its running TrainJob; a retried evaluator starts again from
     # the published trainer results (it publishes its own folder only when complete).
-    for task in (*TRAINERS, *launchers, "evaluator"):
+    for task in (*GPU_TRAINERS, *launchers, "evaluator"):
         retry = tasks[task]["retryPolicy"]
         assert retry["maxRetryCount"] == 3 and retry["backoffDuration"] == "60s" and retry["backoffFactor"] == 2.0
     for task in _in_train_image(profile):
@@ -336,7 +351,7 @@ def test_only_the_trainers_cache(compiled) -> None:
     tasks = {name: task for name, task in _all_tasks(spec).items() if name in _steps(profile)}
     cached = {name for name, task in tasks.items() if task.get("cachingOptions", {}).get("enableCache")}
     launchers = set(LAUNCHERS) if profile == "gpu" else set()
-    assert cached == set(TRAINERS) | launchers
+    assert cached == set(GPU_TRAINERS) | launchers
     assert not tasks["promoter"].get("cachingOptions", {}).get("enableCache")
     # The trainers' cache key holds the run id, which the (never cached) split builder derives
     # from the dataset's objects, the split, the parameters and the code.
@@ -374,7 +389,7 @@ def test_overrides_reach_the_gpu_steps(tmp_path: Path) -> None:
         "--toleration", "dedicated=gpu:NoSchedule", "--evaluator-gpus", "1",
         "--train-image", "registry.example/train:1", "--secret", "other-keys",
     )
-    for task in (*TRAINERS, "evaluator"):
+    for task in (*GPU_TRAINERS, "evaluator"):
         executor = executors[f"exec-{task}"]
         assert executor["nodeSelector"]["labels"] == {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
         assert executor["tolerations"] == [{"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}]
@@ -402,7 +417,7 @@ def test_kueue_queue_and_priority_label_the_gpu_steps_and_the_trainjobs(tmp_path
     for task in _steps("gpu"):
         metadata = executors[f"exec-{task}"]["podMetadata"]
         gpus = _executor(spec, task).get("resources", {}).get("accelerator") is not None
-        assert gpus == (task in (*TRAINERS, "evaluator")), task
+        assert gpus == (task in (*GPU_TRAINERS, "evaluator")), task
         wanted = {"app.kubernetes.io/part-of": "mammo-pipeline", "cost-centre": "radiology", **(kueue if gpus else {})}
         assert metadata["labels"] == wanted, task
         assert metadata["annotations"] == {"example.org/owner": "ml team"}, task
@@ -510,7 +525,7 @@ def test_every_step_is_bounded_and_the_run_expires(compiled) -> None:
     long, short, ttl = (48 * 3600, 6 * 3600, 7 * 86400) if profile == "gpu" else (4 * 3600, 3600, 86400)
     launchers = LAUNCHERS if profile == "gpu" else ()
     for task in _steps(profile):
-        expected = long if task in (*TRAINERS, *launchers) else short
+        expected = long if task in (*GPU_TRAINERS, *launchers) else short
         assert int(executors[f"exec-{task}"]["activeDeadlineSeconds"]) == expected, task
         # The images' user, stated: restricted Pod Security admits the containers.
         assert executors[f"exec-{task}"]["securityContext"] == {"runAsUser": "10001", "runAsGroup": "10001", "runAsNonRoot": True}
@@ -526,7 +541,7 @@ def test_pull_secrets_deadlines_and_ttl_follow_the_overrides(tmp_path: Path) -> 
     )
     for name, executor in executors.items():
         assert [s["secretName"] for s in executor["imagePullSecret"]] == ["regcred", "mirror-creds"], name
-        expected = 12 * 3600 if name.removeprefix("exec-") in (*TRAINERS, *LAUNCHERS) else 90 * 60
+        expected = 12 * 3600 if name.removeprefix("exec-") in (*GPU_TRAINERS, *LAUNCHERS) else 90 * 60
         assert int(executor["activeDeadlineSeconds"]) == expected, name
     assert list(yaml.safe_load_all(text))[1]["platforms"]["kubernetes"]["pipelineConfig"] == {"resourceTtlOnCompletion": 2 * 86400}
     for secret in ("regcred",):  # a pull secret is referenced by name, never read

@@ -12,6 +12,7 @@ competition scores).
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -23,11 +24,12 @@ from sklearn.metrics import roc_curve
 
 from mammo import storage
 from mammo.config import lookup_metric
-from mammo.errors import ConfigError, MammoError
+from mammo.ensemble import ENSEMBLE_FILE
+from mammo.errors import ConfigError, IntegrityError, MammoError
 from mammo.metrics import headline
 from mammo.split_ledger import trained_patients
 from mammo.storage.parallel import run_parallel
-from mammo_components.inputs import fetch_checkpoint, fetch_stage_inputs, normalize_uri, optional_manifest
+from mammo_components.inputs import fetch_checkpoint, fetch_split, fetch_stage_inputs, normalize_uri, optional_manifest
 from mammo_components.publishing import publish_outputs
 from mammo_components.telemetry import run_id_from_uri, telemetry_step
 
@@ -118,6 +120,60 @@ def _store_splits(split_uri: str) -> Any:
     return trained_patients(store) if found and store else None
 
 
+#: The stages each fold trains, in the order their checkpoints are evaluated.
+FOLD_STAGES = ("baseline", "unfreeze")
+
+
+def check_fold_checkpoints(folds: list[dict[str, Any]], fetched: dict[str, tuple[Path, str]]) -> None:
+    """Every fold checkpoint is the one its trainer recorded (``IntegrityError`` otherwise)."""
+    for member in folds:
+        for stage in FOLD_STAGES:
+            uri, expected = normalize_uri(member[stage]["uri"]), member[stage]["sha256"]
+            if fetched[uri][1] != expected:
+                raise IntegrityError(f"{uri}: sha256 {fetched[uri][1]} is not fold {member['fold']}'s {expected}")
+
+
+def fold_split_patients(folds: list[dict[str, Any]], work: Path) -> dict[str, set[str]]:
+    """The train and val patients of each fold model's split, by that split.csv's sha256 (its
+    manifest's): the fold splits live in the run folder, not among the store's splits."""
+    from mammo.split import SPLIT_CSV, read_split
+
+    seen = {}
+    for member in folds:
+        uri = normalize_uri(member["split_uri"])
+        rows, _ = read_split(fetch_split(uri, work))
+        seen[storage.read_manifest(uri).objects[SPLIT_CSV].sha256] = set(rows.loc[rows["split"] != "test", "patient_id"].astype(str))
+    return seen
+
+
+def with_fold_splits(store_lookup: Any, folds: dict[str, set[str]]) -> Any:
+    """The store's split lookup (``mammo.split_ledger.trained_patients``) that also knows the
+    fold splits, so a fold model is checked against this split's test patients like any other."""
+    if not folds:
+        return store_lookup
+
+    def lookup(split_sha256: str) -> set[str] | None:
+        if split_sha256 in folds:
+            return folds[split_sha256]
+        return store_lookup(split_sha256) if store_lookup is not None else None
+
+    return lookup
+
+
+def publishable_ensemble(out_dir: Path, out_uri: str, uri_of: dict[str, str]) -> tuple[str, str]:
+    """Point ``ensemble.json``'s members at their URIs in storage (the evaluation wrote local
+    paths) and return its URI and sha256, as it will be published in ``out_uri``."""
+    from mammo.jsonio import write_json
+    from mammo.storage.integrity import sha256_file
+
+    path = out_dir / ENSEMBLE_FILE
+    content = json.loads(path.read_text())
+    for member in content["members"]:
+        member["checkpoint"] = uri_of[member["checkpoint"]]
+    write_json(path, content)
+    return storage.join(out_uri, ENSEMBLE_FILE), sha256_file(path)
+
+
 def run(
     *,
     dataset_uri: str,
@@ -128,6 +184,7 @@ def run(
     production_uri: str | None = None,
     workdir: str | None = None,
     run_id: str | None = None,
+    folds: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``checkpoint_uris`` and publish the evaluation at ``out_uri``; return the result.
 
@@ -135,7 +192,11 @@ def run(
     production model is re-evaluated on the same splits and the promotion rule of ``params``
     (``promotion_rule``, ``promotion_metric``, ``promotion_margin``, ``promotion_min``,
     ``promotion_min_cancers``; see
-    ``mammo.promotion``) decides whether the best candidate beats it: ``result["decision"]``."""
+    ``mammo.promotion``) decides whether the best candidate beats it: ``result["decision"]``.
+
+    ``folds`` (the pipeline's fold models, ``mammo_components.folds``: per fold both stages'
+    checkpoint URI and sha256) adds every fold checkpoint as a candidate and their ensemble
+    (``mammo.ensemble``), whose ``ensemble.json`` is published here and lists its members' URIs."""
     from mammo.evaluate import REPORT_NAME, candidate_names, run_evaluation
     from mammo.promotion import PromotionRule
 
@@ -143,10 +204,12 @@ def run(
         if not checkpoint_uris:
             raise ConfigError("checkpoint_uris: give at least one checkpoint URI to evaluate")
         out_uri = normalize_uri(out_uri)
-        uris = [normalize_uri(uri) for uri in checkpoint_uris]
+        fold_uris = [[normalize_uri(member[stage]["uri"]) for stage in FOLD_STAGES] for member in folds or []]
+        uris = [*(normalize_uri(uri) for uri in checkpoint_uris), *(uri for group in fold_uris for uri in group)]
         inputs = fetch_stage_inputs(params=params, workdir=workdir, dataset_uri=dataset_uri, split_uri=split_uri)
         fetched = dict(run_parallel(lambda uri: fetch_checkpoint(uri, inputs.work), uris, workers=4))
         paths = [fetched[uri][0] for uri in uris]
+        check_fold_checkpoints(folds or [], fetched)
         _check_names(uris, paths)
         for uri in uris:
             fetch_history(uri, fetched[uri][0])
@@ -161,6 +224,7 @@ def run(
         shutil.rmtree(out_dir, ignore_errors=True)
         config = inputs.config("evaluate", out_dir)
         config.checkpoints = [str(p) for p in paths]
+        config.ensemble = [[str(fetched[uri][0]) for uri in group] for group in fold_uris]
         context = {
             "run_id": run_id or run_id_from_uri(out_uri), "dataset_uri": dataset_uri, "split_uri": split_uri,
             "candidate_uris": dict(zip(candidate_names([str(p) for p in paths]), uris, strict=True)),
@@ -171,16 +235,20 @@ def run(
         evaluation = run_evaluation(
             config, reference=production_path, rule=rule, context=context,
             reference_error=production.get("error"),
-            trained_patients=_store_splits(split_uri),
+            trained_patients=with_fold_splits(_store_splits(split_uri), fold_split_patients(folds or [], inputs.work)),
         )
 
         metrics = evaluation.metrics
         uri_of = {str(path): uri for path, uri in zip(paths, uris, strict=True)}
+        sha_of = {uri: sha256 for uri, (_, sha256) in fetched.items()}
+        if "ensemble" in metrics:
+            ensemble_uri, ensemble_sha256 = publishable_ensemble(out_dir, out_uri, uri_of)
+            uri_of[str(out_dir / ENSEMBLE_FILE)], sha_of[ensemble_uri] = ensemble_uri, ensemble_sha256
         best_uri = uri_of[metrics["candidates"][0]["path"]]
         result = {
             "out_uri": out_uri,
             "best_uri": best_uri,
-            "best_sha256": fetched[best_uri][1],
+            "best_sha256": sha_of[best_uri],
             "best_name": metrics["best"],
             "threshold": metrics["threshold"],
             "rank_metric": metrics["rank_metric"],
@@ -192,11 +260,12 @@ def run(
             "report_uri": storage.join(out_uri, REPORT_NAME),
             "roc": roc_points(evaluation.best_breasts("test")),
             "confusion_matrix": confusion(metrics["test"]["breast"]),
+            "ensemble": metrics.get("ensemble"),
             "candidates": [
                 {
                     "name": c["name"],
                     "uri": uri_of[c["path"]],
-                    "sha256": fetched[uri_of[c["path"]]][1],
+                    "sha256": sha_of[uri_of[c["path"]]],
                     "rank": c["rank"],
                     metrics["rank_metric"]: lookup_metric(c["val"], metrics["rank_metric"]),
                 }

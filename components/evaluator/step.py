@@ -5,15 +5,23 @@ artifacts for the KFP UI."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from mammo.config import DEFAULT_PROMOTION_MIN_CANCERS
 from mammo.console import setup_logging
+from mammo.ensemble import ENSEMBLE
 from mammo.storage import get_bytes, production_model_uri, run_uri
 from mammo_components.artifacts import log_numbers, write_artifact_json
 from mammo_components.evaluator.entrypoint import COMPONENT, run
+
+#: Production holds one checkpoint (``mammo.production``); an ensemble is reported and ranked
+#: but not promoted until production, predict and the scorer can hold and verify its members.
+ENSEMBLE_NOT_PROMOTED = (
+    "the best candidate is the fold models' ensemble, which production cannot hold yet (one checkpoint per "
+    "version): not promoted; its figures are in the report"
+)
 
 
 def log_classification(classification: Any, result: Mapping[str, Any]) -> None:
@@ -47,6 +55,7 @@ def record_best(best: Any, result: Mapping[str, Any], decision: Mapping[str, Any
         "threshold": result["threshold"], "metrics": result["metrics"], "report_uri": result["report_uri"],
         "evaluation_uri": result["out_uri"], "run_id": run_id, "kfp_run_id": kfp_run_id, "decision": dict(decision),
         "warnings": list(result.get("warnings") or []), "bootstrap": result.get("bootstrap"),
+        "ensemble": result.get("ensemble"),
     })
     write_artifact_json(best, {**result, "decision": dict(decision)})
 
@@ -71,12 +80,14 @@ def run_step(
     classification: Any,
     report: Any,
     kfp_run_id: str = "",
+    fold_models: Sequence[Mapping[str, Any]] = (),
 ) -> bool:
     """Evaluate the ``baseline`` and ``unfreeze`` Models' checkpoints into
     ``<store>/runs/<run_id>/evaluator``, re-evaluate the production model beside them and
     decide promotion by the promotion rule, fill ``metrics`` (val/test x image/breast with
     their intervals, and the promotion figures), ``classification``, ``report`` (the HTML
-    report) and ``best``; return whether the best candidate should replace production."""
+    report) and ``best``; return whether the best candidate should replace production.
+    ``fold_models`` (``folds`` > 1) adds the fold models and their ensemble as candidates."""
     setup_logging()
     rule = {"promotion_metric": promotion_metric, "promotion_margin": promotion_margin,
             "promotion_rule": promotion_rule, "promotion_min": promotion_min,
@@ -86,10 +97,13 @@ def run_step(
         checkpoint_uris=[baseline.metadata["uri"], unfreeze.metadata["uri"]],
         out_uri=run_uri(store_uri, run_id, COMPONENT),
         production_uri=production_model_uri(store_uri, model_name),
+        folds=[dict(member) for member in fold_models],
     )
     decision = dict(result["decision"])
     if decision.get("production_sha256") == result["best_sha256"]:
         decision.update(promote=False, reason="this model is already in production")
+    if decision.get("promote") and result["best_name"] == ENSEMBLE:
+        decision.update(promote=False, reason=ENSEMBLE_NOT_PROMOTED)
     log_numbers(metrics, result["metrics"])
     log_numbers(metrics, promotion_numbers(decision), "promotion.")
     log_classification(classification, result)

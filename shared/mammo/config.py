@@ -380,6 +380,11 @@ class EvalConfig(RunConfig):
     """`mammo evaluate`: threshold chosen on val, applied unchanged to test."""
 
     checkpoints: list[str] = Field(default_factory=list)
+    ensemble: list[list[str]] = Field(
+        default_factory=list,
+        description="Fold models: one group of checkpoints (of ``checkpoints``) per fold; each fold's best on val "
+        "by rank_metric joins an ensemble (mean image probability), evaluated as one more candidate.",
+    )
     #: Each checkpoint decides its own model (backbone, weights, channels): no model settings.
     model: ModelConfig = Field(default_factory=ModelConfig, exclude=True)
     threshold_metric: ThresholdMetric = Field("pf1", description=THRESHOLD_METRIC_HELP)

@@ -33,6 +33,7 @@ from mammo.engine.data import SplitData, eval_loader, load_split_data, require
 from mammo.engine.loop import gather_predictions, predict
 from mammo.engine.runtime import Runtime, runtime_for, seed_everything
 from mammo.data.table import read_table
+from mammo.ensemble import ENSEMBLE, ENSEMBLE_FILE, compare, ensemble_file, mean_probabilities
 from mammo.errors import DataError, MammoError
 from mammo.imagesize import ImageSize, image_hw, parse_image_size, size_text
 from mammo.jsonio import to_jsonable, write_json
@@ -319,6 +320,10 @@ def _run_evaluation(
         candidates.append(record)
         image_frames.append(images)
         histories[name] = history
+    ensemble = _ensemble_candidate(config, candidates, image_frames, data) if config.ensemble else None
+    if ensemble is not None:
+        candidates.append(ensemble[0])
+        image_frames.append(ensemble[1])
 
     production, production_error = None, reference_error
     if reference is not None:
@@ -357,6 +362,8 @@ def _run_evaluation(
     best_breasts = breasts[breasts["checkpoint"] == best["name"]]
     settings = BootstrapSettings(resamples=config.stats.resamples, seed=config.seed, level=config.stats.level)
     assess(metrics, best_images, best_breasts, best["threshold"], config, settings)
+    if ensemble is not None:
+        metrics["ensemble"] = compare(breasts, metrics["candidates"], ensemble[0]["members"], settings, metric=COMPARED_METRIC)
     if production is not None:
         metrics["production"] = {key: production[key] for key in ("name", "path", "stage", "epoch", "backbone", "threshold", "val", "test")}
     if rule is not None:
@@ -379,6 +386,8 @@ def _run_evaluation(
             _write_csv(stage / PREDICTIONS_BREAST, breasts)
             plots = write_plots(stage, best_images, best_breasts, metrics, histories)
             write_json(stage / METRICS_NAME, metrics)
+            if ensemble is not None:
+                write_json(stage / ENSEMBLE_FILE, ensemble[2])
             write_report(stage / REPORT_NAME, metrics, data.summary, plots, context)
     log.info("best candidate: %s (%s %s)", best["name"], config.rank_metric, format_metric(lookup_metric(best["val"], config.rank_metric)))
     return Evaluation(out=out, metrics=metrics, predictions=predictions, breasts=breasts)
@@ -493,3 +502,42 @@ def rank_candidates(candidates: list[dict[str, Any]], key: str) -> list[int]:
 def _write_csv(path: Path, frame: pd.DataFrame) -> None:
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False, float_format="%.6f")
+
+#: The figure by which the ensemble is compared with the best single fold model (breast level).
+COMPARED_METRIC = "auc"
+
+
+def _ensemble_candidate(
+    config: EvalConfig, candidates: list[dict[str, Any]], image_frames: list[pd.DataFrame], data: SplitData,
+) -> tuple[dict[str, Any], pd.DataFrame, dict[str, Any]]:
+    """The fold models' ensemble (``config.ensemble``: the checkpoints of each fold) as one more
+    candidate: each fold's best checkpoint on val by the rank metric is a member, the image
+    probabilities are the members' mean, and it is scored as every candidate is. Returns its
+    record, its image predictions and the content of its ``ensemble.json``."""
+    from mammo.storage.integrity import sha256_file
+
+    by_path = {c["path"]: c for c in candidates}
+    members = []
+    for group in config.ensemble:
+        unknown = [p for p in group if p not in by_path]
+        if unknown:
+            raise MammoError(f"ensemble: {unknown[0]} is not among the evaluated checkpoints")
+        records = [by_path[p] for p in group]
+        members.append(records[rank_candidates(records, config.rank_metric)[0]])
+    names = [m["name"] for m in members]
+    images = mean_probabilities(pd.concat(image_frames, ignore_index=True), names)
+    scores = score_candidate(images, config)
+    path = Path(require(config.out, "--out (out)")) / ENSEMBLE_FILE
+    backbones = sorted({m["backbone"] for m in members})
+    record = {
+        "name": ENSEMBLE, "path": str(path), "stage": "ensemble", "epoch": f"{len(members)} folds",
+        "backbone": "+".join(backbones), "image_size": members[0]["image_size"],
+        "split_fingerprint": data.fingerprint, "members": names, **scores,
+    }
+    content = ensemble_file(
+        [{"name": m["name"], "checkpoint": m["path"], "sha256": sha256_file(m["path"])} for m in members],
+        aggregation=config.data.breast_aggregation, threshold=scores["threshold"],
+    )
+    log.info("ensemble of %s: val %s %s", ", ".join(names), config.rank_metric,
+             format_metric(lookup_metric(scores["val"], config.rank_metric)))
+    return record, images.assign(checkpoint=ENSEMBLE), content
