@@ -193,6 +193,70 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     _print_result(args, evaluate(config), evaluation_table)
 
 
+def _cmd_stats(args: argparse.Namespace) -> None:
+    from mammo.config import EvalConfig, load_config
+    from mammo.prediction_stats import run_stats, stats_table
+    from mammo.promotion import PromotionRule
+
+    given = {"threshold_metric": args.threshold_metric, "seed": args.seed, "data.breast_aggregation": args.aggregation,
+             "stats.resamples": args.resamples, "stats.subgroup_resamples": args.subgroup_resamples,
+             "stats.level": args.level}
+    config = load_config(EvalConfig, args.config, args.sets, {k: v for k, v in given.items() if v is not None})
+    rule = PromotionRule(metric=args.promotion_metric, rule=args.promotion_rule, margin=args.promotion_margin,
+                         floor=args.promotion_min, min_cancers=args.promotion_min_cancers)
+    _print_result(args, run_stats(args.predictions, config, rule, val=args.val, baseline=args.baseline), stats_table)
+
+
+def _add_stats_parser(sub: argparse._SubParsersAction) -> None:
+    """``mammo stats``: the evaluator's figures for prediction CSVs from anywhere."""
+    from mammo import config as cfg
+    from mammo.promotion import RULES
+
+    def shown(text: str, key: str) -> str:
+        return f"{text} (default: {_default(cfg.EvalConfig, key)})".replace("%", "%%")
+
+    stats = sub.add_parser(
+        "stats",
+        help="Patient-level intervals, operating points, calibration, subgroups and the promotion verdict of prediction CSVs.",
+        description="The evaluator's figures (the same code) for prediction files from anywhere: another model, a "
+        "commercial system, a reader study. A file has patient_id, laterality (L/R), cancer (0/1) and probability "
+        "([0, 1]); image_id (one row per image; without it every row is a unit) and metadata columns (site_id, "
+        "machine_id, view, density, age, implant, manufacturer, ...: the subgroups) are optional. Each file is "
+        "scored as a test split, one result per file.",
+    )
+    stats.add_argument("--predictions", action="append", required=True, metavar="FILE",
+                       help="Prediction CSV to score (repeatable; one result each).")
+    stats.add_argument("--val", metavar="FILE",
+                       help="Val predictions on which the operating threshold is chosen by --threshold-metric "
+                       "(default: none; the threshold is then chosen on each file itself, which is optimistic).")
+    stats.add_argument("--baseline", metavar="FILE",
+                       help="Predictions of the model in use on the same cases: paired comparison and the promotion "
+                       "verdict under the rule below (default: none; the first-model verdict, the floor alone).")
+    stats.add_argument("--threshold-metric", metavar="RULE",
+                       help=shown(f"{cfg.THRESHOLD_METRIC_HELP} E.g. specificity:0.95", "threshold_metric"))
+    stats.add_argument("--aggregation", choices=("mean", "max"),
+                       help=shown("Breast score from its images' scores", "data.breast_aggregation"))
+    stats.add_argument("--resamples", type=int, metavar="N", help=shown("Bootstrap resamples of patients", "stats.resamples"))
+    stats.add_argument("--subgroup-resamples", type=int, metavar="N",
+                       help=shown("Resamples per subgroup interval (0: no subgroup table)", "stats.subgroup_resamples"))
+    stats.add_argument("--level", type=float, metavar="P", help=shown("Confidence level of the intervals", "stats.level"))
+    stats.add_argument("--seed", type=int, help=shown("Seed of the resampling", "seed"))
+    rule_defaults = cfg.PipelineParams.model_fields
+    for flag, field, kind, extra in (
+        ("--promotion-metric", "promotion_metric", str, {"metavar": "KEY"}),
+        ("--promotion-rule", "promotion_rule", str, {"choices": RULES}),
+        ("--promotion-margin", "promotion_margin", float, {"metavar": "X"}),
+        ("--promotion-min", "promotion_min", float, {"metavar": "X"}),
+        ("--promotion-min-cancers", "promotion_min_cancers", int, {"metavar": "N"}),
+    ):
+        info = rule_defaults[field]
+        stats.add_argument(flag, type=kind, default=info.default,
+                           help=f"{info.description} (default: {info.default}, the pipeline's)".replace("%", "%%"), **extra)
+    add_config_args(stats)
+    _add_json_flag(stats)
+    stats.set_defaults(handler=_cmd_stats)
+
+
 def _cmd_bench_data(args: argparse.Namespace) -> None:
     from mammo.bench import bench_data
 
@@ -451,6 +515,8 @@ def build_parser() -> argparse.ArgumentParser:
                           f"(default: {_default(cfg.EvalConfig, 'threshold_metric')}).")
     add_launch_args(evaluate)
     evaluate.set_defaults(handler=_cmd_evaluate)
+
+    _add_stats_parser(sub)
 
     config = sub.add_parser("config", help="Show configuration defaults and resolved configs.")
     config_sub = config.add_subparsers(dest="config_command", metavar="SUBCOMMAND", required=True)

@@ -26,7 +26,7 @@ from typing import Any
 
 import pandas as pd
 
-from mammo.config import EvalConfig, dump_config, lookup_metric, metric_mode, threshold_rule
+from mammo.config import EvalConfig, dump_config, lookup_metric, metric_mode
 from mammo.data.augment import BatchTransform
 from mammo.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from mammo.engine.data import SplitData, eval_loader, load_split_data, require
@@ -37,26 +37,22 @@ from mammo.ensemble import ENSEMBLE, ENSEMBLE_FILE, compare, ensemble_file, mean
 from mammo.errors import DataError, MammoError
 from mammo.imagesize import ImageSize, image_hw, parse_image_size, size_text
 from mammo.jsonio import to_jsonable, write_json
-from mammo.metrics import (
-    aggregate_breasts,
-    best_f1,
-    best_pf1_threshold,
-    evaluate_predictions,
-    target_threshold,
-    format_metric,
-    headline,
+from mammo.metrics import format_metric, headline
+# The figures of a model's predictions live in mammo.prediction_stats (shared with `mammo stats`);
+# the names below stay importable from here.
+from mammo.prediction_stats import (  # noqa: F401
+    METADATA_COLUMNS,
+    assess,
+    breast_frame,
+    choose_threshold,
+    fixed_on_val,
+    model_figures,
+    score_candidate,
+    threshold_choice,
 )
-from mammo.promotion import PromotionRule, decide
+from mammo.promotion import PromotionRule
 from mammo.report import write_plots, write_report
-from mammo.stats import (
-    IMAGE_ONLY_COLUMNS,
-    BootstrapSettings,
-    bootstrap,
-    describe,
-    small_sample_warnings,
-    subgroups,
-    with_age_band,
-)
+from mammo.stats import BootstrapSettings, with_age_band
 from mammo.storage.atomic import atomic_path, staged_folder, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -69,8 +65,6 @@ REPORT_NAME = "report.html"
 HISTORY_NAME = "history.json"
 #: The name of the production model among the predictions (never a candidate's name).
 PRODUCTION = "production"
-#: Table columns kept beside the predictions and reported as subgroups (when present).
-METADATA_COLUMNS = ("site_id", "machine_id", "view", "density", "age", "implant")
 
 
 @dataclass(frozen=True)
@@ -128,34 +122,6 @@ def candidate_names(paths: list[str]) -> list[str]:
     return [f"{Path(p).parent.name}/{Path(p).name}" for p in paths]
 
 
-def choose_threshold(breasts: pd.DataFrame, metric: str) -> float | None:
-    """The breast-level threshold chosen on validation by ``metric`` (a ``threshold_metric``
-    rule); None when none can be (``threshold_choice`` says why)."""
-    return threshold_choice(breasts, metric)["threshold"]
-
-
-def threshold_choice(breasts: pd.DataFrame, metric: str) -> dict[str, Any]:
-    """How the operating threshold is chosen on the val breasts by ``metric`` (pf1, f1,
-    specificity:S, sensitivity:S, recall_rate:R): ``{"rule", "threshold", "how", "reason"}``,
-    ``threshold`` None with the ``reason`` when no threshold qualifies."""
-    kind, target = threshold_rule(metric)
-    labels, probs = breasts["label"].to_numpy(), breasts["prob"].to_numpy()
-    reason = None
-    if kind in ("pf1", "f1"):
-        threshold = best_pf1_threshold(labels, probs) if kind == "pf1" else best_f1(labels, probs)[1]
-        how = f"the val breast score that maximises {kind} (breasts with prob >= threshold flagged)"
-        if threshold is None:
-            reason = "val has no cancer breast" if len(labels) and not labels.sum() else "val has no scored breasts"
-    else:
-        threshold, reason = target_threshold(labels, probs, kind, float(target))
-        how = {
-            "specificity": f"the lowest val breast score at which val specificity is >= {target:g}",
-            "sensitivity": f"the highest val breast score at which val sensitivity is >= {target:g}",
-            "recall_rate": f"the lowest val breast score at which at most {target:g} of val breasts are flagged",
-        }[kind] + " (breasts with prob >= threshold flagged)"
-    return {"rule": metric, "threshold": threshold, "how": how + ", applied unchanged to test", "reason": reason}
-
-
 def _predict_split(model, data: SplitData, name: str, config: EvalConfig, image_size: ImageSize, runtime: Runtime, in_channels: int) -> pd.DataFrame:
     """Image probabilities of one split; in a distributed run each process predicts its shard
     and every process gets all of them."""
@@ -182,20 +148,6 @@ def _predict_split(model, data: SplitData, name: str, config: EvalConfig, image_
             "split": name,
         }
     )
-
-
-def score_candidate(images: pd.DataFrame, config: EvalConfig) -> dict[str, Any]:
-    """Threshold from val, then image- and breast-level metrics for val and test. Without a
-    threshold (``threshold_choice``'s reason) the thresholded figures are undefined (None)."""
-    how = config.data.breast_aggregation
-    val = images[images["split"] == "val"]
-    choice = threshold_choice(aggregate_breasts(val, how), config.threshold_metric)
-    threshold = choice["threshold"]
-    result: dict[str, Any] = {"threshold": threshold, "threshold_metric": config.threshold_metric, "threshold_choice": choice}
-    for name in SPLITS:
-        part = images[images["split"] == name]
-        result[name] = evaluate_predictions(part, threshold_image=threshold, threshold_breast=threshold, how=how)
-    return to_jsonable(result)
 
 
 def evaluate(config: EvalConfig) -> dict[str, Any]:
@@ -361,23 +313,18 @@ def _run_evaluation(
     best_images = predictions[predictions["checkpoint"] == best["name"]]
     best_breasts = breasts[breasts["checkpoint"] == best["name"]]
     settings = BootstrapSettings(resamples=config.stats.resamples, seed=config.seed, level=config.stats.level)
-    assess(metrics, best_images, best_breasts, best["threshold"], config, settings)
+    production_frames = None
+    if production is not None:
+        production_frames = (predictions[predictions["checkpoint"] == PRODUCTION], breasts[breasts["checkpoint"] == PRODUCTION],
+                             production["threshold"])
+    # The figures of the best candidate (``metrics`` holds its scores) and the verdict: the same
+    # function ``mammo stats`` runs on prediction files.
+    model_figures(best_images, best_breasts, config, settings, scores=metrics, rule=rule, production=production_frames,
+                  production_error=production_error, production_info=context.get("production"))
     if ensemble is not None:
         metrics["ensemble"] = compare(breasts, metrics["candidates"], ensemble[0]["members"], settings, metric=COMPARED_METRIC)
     if production is not None:
         metrics["production"] = {key: production[key] for key in ("name", "path", "stage", "epoch", "backbone", "threshold", "val", "test")}
-    if rule is not None:
-        decision_split = rule.split
-        frame = best_breasts if rule.level == "breast" else best_images
-        reference_frame = None
-        if production is not None:
-            chosen = breasts if rule.level == "breast" else predictions
-            reference_frame = chosen[(chosen["checkpoint"] == PRODUCTION) & (chosen["split"] == decision_split)]
-        metrics["promotion"] = decide(
-            rule, frame[frame["split"] == decision_split], best["threshold"], settings,
-            production=reference_frame, production_threshold=None if production is None else production["threshold"],
-            production_error=production_error, production_info=context.get("production"),
-        )
     metrics = to_jsonable(metrics)
     if runtime.is_main:  # all of it or none of it: the files move into out together
         with staged_folder(out) as stage:
@@ -393,77 +340,6 @@ def _run_evaluation(
     return Evaluation(out=out, metrics=metrics, predictions=predictions, breasts=breasts)
 
 
-def assess(
-    metrics: dict[str, Any], images: pd.DataFrame, breasts: pd.DataFrame, threshold: float | None,
-    config: EvalConfig, settings: BootstrapSettings,
-) -> None:
-    """Add to ``metrics`` what makes the best candidate's figures defensible: per split and
-    level the patient-level intervals, operating points, DeLong and calibration; the subgroup
-    table of the test split; the resampling settings; small-sample warnings."""
-    stats = config.stats
-    applied = threshold
-    for split in SPLITS:
-        for level, frame in (("image", images), ("breast", breasts)):
-            part = frame[frame["split"] == split]
-            metrics[split][level].update(describe(
-                part, applied, settings, specificities=stats.specificities, sensitivities=stats.sensitivities,
-                bins=stats.calibration_bins, strategy=stats.calibration_strategy,
-            ))
-            for point in metrics[split][level]["operating_points"]:
-                point["threshold_from"] = f"{split}'s own curve"
-    for level, frame in (("image", images), ("breast", breasts)):
-        metrics["test"][level]["fixed_on_val"] = fixed_on_val(
-            frame[frame["split"] == "val"], frame[frame["split"] == "test"], stats.specificities,
-            stats.sensitivities, settings,
-        )
-    if stats.subgroup_resamples > 0:
-        sub = BootstrapSettings(resamples=stats.subgroup_resamples, seed=settings.seed, level=settings.level)
-        test_images, test_breasts = images[images["split"] == "test"], breasts[breasts["split"] == "test"]
-        # Breast level for what is one value per breast; images only for the view.
-        metrics["test"]["subgroups"] = (
-            subgroups(test_breasts, applied, sub, level="breast")
-            + subgroups(test_images, applied, sub, level="image", columns=IMAGE_ONLY_COLUMNS)
-        )
-    metrics["bootstrap"] = {**settings.record(), "subgroup_resamples": stats.subgroup_resamples}
-    metrics["warnings"] = small_sample_warnings(
-        {split: int(breasts.loc[breasts["split"] == split, "label"].sum()) for split in SPLITS}
-    )
-    choice = metrics.get("threshold_choice") or {}
-    if threshold is None:
-        metrics["warnings"].append(
-            f"no operating threshold ({choice.get('rule', config.threshold_metric)}): {choice.get('reason') or 'none could be chosen'}; "
-            "sensitivity, specificity, PPV and the other thresholded figures are n/a"
-        )
-
-
-def fixed_on_val(
-    val: pd.DataFrame, test: pd.DataFrame, specificities: list[float], sensitivities: list[float],
-    settings: BootstrapSettings,
-) -> list[dict[str, Any]]:
-    """Operating points a programme could deploy: for each target (specificity S, sensitivity S)
-    the threshold fixed on ``val`` by ``target_threshold`` and the test sensitivity,
-    specificity and recall rate at it, with their intervals. Unlike the operating points read
-    off the test ROC (an optimistic description of the curve), these are honest estimates.
-    ``threshold`` None (and the figures None) with the ``reason`` when val cannot fix one."""
-    rows = []
-    labels, probs = val["label"].to_numpy(), val["prob"].to_numpy()
-    which = ("sensitivity", "specificity", "recall_rate")
-    for kind, targets in (("specificity", specificities), ("sensitivity", sensitivities)):
-        for target in targets:
-            threshold, reason = target_threshold(labels, probs, kind, float(target))
-            row: dict[str, Any] = {"name": f"{kind}:{target!r}", "fixed": kind, "at": float(target),
-                                   "threshold": threshold, "reason": reason}
-            if threshold is not None and len(test):
-                figures = bootstrap(test["label"].to_numpy(), test["prob"].to_numpy(), test["patient_id"].to_numpy(),
-                                    threshold, settings, which=which)
-                row.update(figures)
-            else:
-                row.update({name: {"value": None, "low": None, "high": None, "reason": reason or "no test units"}
-                            for name in which})
-            rows.append(row)
-    return rows
-
-
 def with_metadata(predictions: pd.DataFrame, config: EvalConfig) -> pd.DataFrame:
     """Image predictions with the dataset table's metadata columns (site_id, machine_id, view,
     density, age, implant, ... whichever it has), for the subgroup table and the CSV files."""
@@ -474,18 +350,6 @@ def with_metadata(predictions: pd.DataFrame, config: EvalConfig) -> pd.DataFrame
     extra = table[["image_id", *columns]].drop_duplicates("image_id")
     merged = predictions.merge(extra, on="image_id", how="left")
     return with_age_band(merged)
-
-
-def breast_frame(images: pd.DataFrame, how: str) -> pd.DataFrame:
-    """``aggregate_breasts`` keeping the metadata that is one value per breast (all but view)."""
-    breasts = aggregate_breasts(images, how)
-    columns = [c for c in (*METADATA_COLUMNS, "age_band") if c in images.columns and c not in IMAGE_ONLY_COLUMNS]
-    if not columns:
-        return breasts
-    keys = images[["patient_id", "laterality"]].astype(str)
-    meta = images[columns].assign(patient_id=keys["patient_id"], laterality=keys["laterality"])
-    first = meta.groupby(["patient_id", "laterality"], sort=True).first().reset_index()
-    return breasts.merge(first, on=["patient_id", "laterality"], how="left")
 
 
 def rank_candidates(candidates: list[dict[str, Any]], key: str) -> list[int]:
