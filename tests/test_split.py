@@ -308,3 +308,22 @@ def test_cli_split_prints_summary_and_reports_user_errors_in_one_line(
     )
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "--test-frac must be in [0, 1)" in err
+
+
+def test_previous_assignments_without_a_split_folder_keep_their_patients(tmp_path: Path) -> None:
+    """``run_split(previous=<patient_id, split frame>)``: what the split builder's ledger passes
+    (mammo.split_ledger), patients absent from the table included."""
+    table = make_table(80, 10)
+    first = run_split(data=str(write_table(table, tmp_path / "d1")), out=str(tmp_path / "s1"), seed=1)
+    assignments, _ = read_split(tmp_path / "s1")
+    known = assignments.groupby("patient_id", as_index=False)["split"].first()
+    known = pd.concat([known, pd.DataFrame({"patient_id": ["gone-1", "gone-2"], "split": ["test", "train"]})])
+    grown = pd.concat([table, make_table(20, 2, seed=5, first_id=9000)])
+    summary = run_split(data=str(write_table(grown, tmp_path / "d2")), out=str(tmp_path / "s2"), seed=1,
+                        previous=known)
+    after, _ = read_split(tmp_path / "s2")
+    kept = after.merge(assignments, on="image_id", suffixes=("", "_before"))
+    assert len(kept) == len(assignments) and (kept["split"] == kept["split_before"]).all()
+    assert summary["previous"] == {"kept_patients": 80, "new_patients": 20, "dropped_patients": 2,
+                                   "dataset_fingerprint": None}
+    assert first["splits"]["all"]["patients"] == 80

@@ -396,7 +396,7 @@ def stats_table(result: dict[str, Any]) -> str:
         level = int(round(100 * r["bootstrap"]["level"]))
         lines += [f"== {r['file']}",
                   f"threshold {threshold} ({choice['rule']} on {choice['on']}{'; ' + choice['reason'] if choice.get('reason') else ''})",
-                  f"{'split':<6}{'level':<8}{'n':>7}{'cancers':>9}  " + "  ".join(f"{t} ({level}%)" for t in titles)]
+                  f"{'split':<6}{'level':<8}{'n':>7}{'cancers':>9}  " + "".join(f"{f'{t} ({level}%)':<24}" for t in titles).rstrip()]
         for split in ("val", "test"):
             for unit in ("breast", "image"):
                 m = (r.get(split) or {}).get(unit)
@@ -404,10 +404,12 @@ def stats_table(result: dict[str, Any]) -> str:
                     continue
                 ci = m.get("ci") or {}
                 cancers = m.get("n_pos", "")
-                lines.append(f"{split:<6}{unit:<8}{m.get('n', ''):>7}{cancers!s:>9}  " + "  ".join(_fig(ci.get(n)) for n in names))
+                lines.append(f"{split:<6}{unit:<8}{m.get('n', ''):>7}{cancers!s:>9}  "
+                             + "".join(f"{_fig(ci.get(n)):<24}" for n in names).rstrip())
         fixed = r["test"]["breast"].get("fixed_on_val") or []
         if fixed:
-            lines.append("operating points (breast, threshold fixed on val):")
+            source = "val" if "val" in r else "this same file, optimistic"
+            lines.append(f"operating points (breast, threshold fixed on {source}):")
             for p in fixed:
                 at = "n/a" if p["threshold"] is None else f"{p['threshold']:.4f}"
                 lines.append(f"  {p['name']:<18} threshold {at:<8} sensitivity {_fig(p.get('sensitivity'))}  "
