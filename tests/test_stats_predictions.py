@@ -244,3 +244,12 @@ def test_help_shows_every_default() -> None:
                 "promotion_margin": "0.005", "promotion_min": "0.5", "promotion_min_cancers": "10"}
     for dest, default in expected.items():
         assert f"(default: {default}" in helps[dest], dest
+
+
+def test_a_column_of_many_values_is_no_subgroup(tmp_path: Path) -> None:
+    frame = predictions(40, seed=1, separation=0.3)
+    frame["other_score"] = np.random.default_rng(0).random(len(frame))  # one value per row
+    read = read_predictions(write(frame, tmp_path / "a.csv"))
+    from mammo.prediction_stats import subgroup_columns_of
+
+    assert subgroup_columns_of(read) == ["view", "manufacturer"]

@@ -284,11 +284,18 @@ def read_predictions(path: str | Path) -> pd.DataFrame:
     return with_age_band(frame[keep].reset_index(drop=True))
 
 
+#: A column from elsewhere with more values than this is no grouping (a score, a date, an id):
+#: no subgroups of it, rather than thousands of one-patient rows.
+MAX_SUBGROUP_VALUES = 20
+
+
 def subgroup_columns_of(frame: pd.DataFrame) -> list[str]:
     """The subgroup columns of a prediction file: the evaluator's (site_id, machine_id, view,
-    density, age band, implant) first, then any other metadata column (manufacturer, reader, ...)."""
+    density, age band, implant) first, then any other metadata column (manufacturer, reader, ...)
+    with at most ``MAX_SUBGROUP_VALUES`` values."""
     known = [c for c in SUBGROUP_COLUMNS if c in frame.columns or (c == "age_band" and "age" in frame.columns)]
-    extra = [c for c in frame.columns if c not in _NOT_SUBGROUPS and c not in SUBGROUP_COLUMNS]
+    extra = [c for c in frame.columns if c not in _NOT_SUBGROUPS and c not in SUBGROUP_COLUMNS
+             and frame[c].nunique() <= MAX_SUBGROUP_VALUES]
     return [*known, *extra]
 
 
