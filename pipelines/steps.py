@@ -192,6 +192,7 @@ def split_builder(
     unfreeze_epochs: int,
     unfreeze_lr: float,
     threshold_metric: str,
+    threshold_source: str,
     rank_metric: str,
     baseline_set: list,
     unfreeze_set: list,
@@ -214,7 +215,7 @@ def split_builder(
         val_frac=val_frac, test_frac=test_frac, warmup_ratio=warmup_ratio, loss=loss, augment=augment,
         folds=folds, baseline_epochs=baseline_epochs, warmup_epochs=warmup_epochs, baseline_lr=baseline_lr,
         unfreeze_epochs=unfreeze_epochs, unfreeze_lr=unfreeze_lr, threshold_metric=threshold_metric,
-        rank_metric=rank_metric, baseline_set=baseline_set, unfreeze_set=unfreeze_set,
+        threshold_source=threshold_source, rank_metric=rank_metric, baseline_set=baseline_set, unfreeze_set=unfreeze_set,
         evaluate_set=evaluate_set, split=split,
     )
 

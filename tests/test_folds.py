@@ -184,7 +184,7 @@ TINY_FOLDS = {
     "image_size": 32, "backbone": "tinynet", "batch_size": 16, "workers": 0, "device": "cpu",
     "baseline_epochs": 1, "warmup_epochs": 0, "unfreeze_epochs": 1, "unfreeze_set": ["unfreeze.start_epoch=1"],
     "promotion_min": -1.0, "promotion_min_cancers": 0,
-    "evaluate_set": ["stats.resamples=100", "stats.subgroup_resamples=0"], "folds": 2,
+    "evaluate_set": ["stats.resamples=100", "stats.subgroup_resamples=0"], "folds": 2, "threshold_source": "oof",
 }
 
 
@@ -256,6 +256,23 @@ def test_mammo_run_trains_each_fold_without_its_patients_and_evaluates_the_ensem
     assert ensemble["best_single"] in ensemble["members"] and paired["metric"] == "auc"
     assert {"value", "low", "high"} <= set(paired["difference"]) and paired["resamples"] == 100
     assert "ensemble - best single fold (" in printed and "k-fold, test breast level" in printed
+    # Out-of-fold predictions: every training patient once, by the member of the fold holding it out;
+    # the ensemble's threshold is chosen on them (threshold_source: oof), the other candidates' on val.
+    from mammo.evaluate import choose_threshold
+    from mammo.metrics import aggregate_breasts
+
+    oof = pd.read_csv(run / "evaluator" / "predictions_oof.csv", dtype={"patient_id": str})
+    train = main_split[main_split["split"] == "train"]
+    assert sorted(oof["image_id"].astype(str)) == sorted(train["image_id"].astype(str))
+    for fold, member in enumerate(members):
+        part = oof[oof["fold"] == fold]
+        assert set(part["patient_id"]) == set(held_out_patients(main_split, fold=fold, folds=2, seed=42))
+        assert set(part["checkpoint"]) == {member["name"]}
+    [record] = [c for c in metrics["candidates"] if c["name"] == "ensemble"]
+    assert record["threshold_choice"]["source"] == "oof"
+    assert record["threshold"] == pytest.approx(choose_threshold(aggregate_breasts(oof, "mean"), "pf1"), abs=2e-6)
+    assert ensemble_file["threshold"] == record["threshold"]
+    assert all("source" not in c["threshold_choice"] for c in metrics["candidates"] if c["name"] != "ensemble")
     # Each fold model was checked against the test patients through its own fold split.
     assert "trained on another split" not in Path(summary["log"]).read_text()
     for name in ensemble["members"]:

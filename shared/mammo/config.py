@@ -95,6 +95,14 @@ THRESHOLD_METRIC_HELP = (
     "S, R strictly between 0 and 1."
 )
 
+#: The one declaration of ``threshold_source`` (EvalConfig and PipelineParams).
+ThresholdSource = Literal["val", "oof"]
+THRESHOLD_SOURCE_HELP = (
+    "Where the fold models' ensemble (folds > 1) chooses its operating threshold by threshold_metric: val (as "
+    "every candidate), or oof, the out-of-fold predictions on the training patients (each scored by the fold "
+    "model that did not train on it), as the RSNA 2023 winners did. Other candidates always use val."
+)
+
 
 #: Bounds that keep a typo (``1e20``, an extra digit) from reaching torch as an absurd size:
 #: DataLoader workers per process, epochs, and seeds (NumPy and torch take 32/64-bit seeds).
@@ -388,6 +396,7 @@ class EvalConfig(RunConfig):
     #: Each checkpoint decides its own model (backbone, weights, channels): no model settings.
     model: ModelConfig = Field(default_factory=ModelConfig, exclude=True)
     threshold_metric: ThresholdMetric = Field("pf1", description=THRESHOLD_METRIC_HELP)
+    threshold_source: ThresholdSource = Field("val", description=THRESHOLD_SOURCE_HELP)
     rank_metric: MetricKey = Field("breast.auc", description="Metric on val ranking checkpoints.")
     stats: StatsConfig = Field(default_factory=lambda: StatsConfig())
 
@@ -696,6 +705,7 @@ class PipelineParams(_Strict):
     unfreeze_epochs: int = Field(100, ge=1, le=MAX_EPOCHS, description="Upper bound on gradual-unfreezing epochs.")
     unfreeze_lr: float = Field(3e-4, gt=0, description="Learning rate of the head while the backbone is frozen.")
     threshold_metric: ThresholdMetric = Field("pf1", description=THRESHOLD_METRIC_HELP)
+    threshold_source: ThresholdSource = Field("val", description=THRESHOLD_SOURCE_HELP)
     rank_metric: MetricKey = Field(
         "breast.auc", description="Validation metric ranking the candidate checkpoints, e.g. breast.auc."
     )
@@ -777,7 +787,8 @@ def stage_config(params: PipelineParams, stage: str, *, split: str, out: str) ->
         })
     if stage == "evaluate":
         return load_config(EvalConfig, sets=params.evaluate_set, overrides={
-            **common, "threshold_metric": params.threshold_metric, "rank_metric": params.rank_metric,
+            **common, "threshold_metric": params.threshold_metric, "threshold_source": params.threshold_source,
+            "rank_metric": params.rank_metric,
         })
     raise ValueError(f"unknown stage {stage!r}; one of {', '.join(STAGES)}")
 

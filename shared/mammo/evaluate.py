@@ -272,7 +272,7 @@ def _run_evaluation(
         candidates.append(record)
         image_frames.append(images)
         histories[name] = history
-    ensemble = _ensemble_candidate(config, candidates, image_frames, data) if config.ensemble else None
+    ensemble = _ensemble_candidate(config, candidates, image_frames, data, runtime, size_given) if config.ensemble else None
     if ensemble is not None:
         candidates.append(ensemble[0])
         image_frames.append(ensemble[1])
@@ -335,6 +335,7 @@ def _run_evaluation(
             write_json(stage / METRICS_NAME, metrics)
             if ensemble is not None:
                 write_json(stage / ENSEMBLE_FILE, ensemble[2])
+                _write_csv(stage / OOF_PREDICTIONS, ensemble[3])
             write_report(stage / REPORT_NAME, metrics, data.summary, plots, context)
     log.info("best candidate: %s (%s %s)", best["name"], config.rank_metric, format_metric(lookup_metric(best["val"], config.rank_metric)))
     return Evaluation(out=out, metrics=metrics, predictions=predictions, breasts=breasts)
@@ -367,17 +368,66 @@ def _write_csv(path: Path, frame: pd.DataFrame) -> None:
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False, float_format="%.6f")
 
+
 #: The figure by which the ensemble is compared with the best single fold model (breast level).
 COMPARED_METRIC = "auc"
 
 
+#: The out-of-fold image predictions of the training patients (folds > 1), in the evaluation folder.
+OOF_PREDICTIONS = "predictions_oof.csv"
+#: Their ``split`` value: training patients, each scored by the fold model that held it out.
+OOF = "oof"
+
+
+def _oof_predictions(
+    members: list[dict[str, Any]], data: SplitData, config: EvalConfig, runtime: Runtime, size_given: bool,
+) -> pd.DataFrame:
+    """Every training patient's image predictions by the ensemble member of the fold that held
+    it out (member ``i`` is fold ``i``'s; ``mammo.folds`` with the run's seed), split ``oof``."""
+    import dataclasses
+
+    from mammo.folds import held_out_patients
+
+    frames = []
+    for fold, member in enumerate(members):
+        held = set(held_out_patients(data.frame, fold=fold, folds=len(members), seed=config.seed))
+        rows = data.frame[(data.frame["split"] == "train") & data.frame["patient_id"].astype(str).isin(held)]
+        view = dataclasses.replace(data, frame=rows.assign(split=OOF))
+        payload = load_checkpoint(member["path"])
+        model = model_from_checkpoint(payload, source=str(member["path"])).to(runtime.device)
+        size = config.data.image_size if size_given else parse_image_size(payload["image_size"])
+        predicted = _predict_split(model, view, OOF, config, size, runtime, int(payload["model_config"]["in_channels"]))
+        frames.append(predicted.assign(checkpoint=member["name"], fold=fold))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _oof_scores(images: pd.DataFrame, oof: pd.DataFrame, config: EvalConfig) -> dict[str, Any]:
+    """``score_candidate``'s record with the threshold chosen on the out-of-fold breasts of the
+    training patients (``threshold_source: oof``) instead of val, applied unchanged to val and test."""
+    from mammo.metrics import aggregate_breasts, evaluate_predictions
+
+    how = config.data.breast_aggregation
+    choice = threshold_choice(aggregate_breasts(oof, how), config.threshold_metric)
+    choice["how"] = choice["how"].replace("val", "out-of-fold training") + " and val"
+    choice["source"] = OOF
+    threshold = choice["threshold"]
+    result: dict[str, Any] = {"threshold": threshold, "threshold_metric": config.threshold_metric, "threshold_choice": choice}
+    for name in SPLITS:
+        part = images[images["split"] == name]
+        result[name] = evaluate_predictions(part, threshold_image=threshold, threshold_breast=threshold, how=how)
+    return to_jsonable(result)
+
+
 def _ensemble_candidate(
     config: EvalConfig, candidates: list[dict[str, Any]], image_frames: list[pd.DataFrame], data: SplitData,
-) -> tuple[dict[str, Any], pd.DataFrame, dict[str, Any]]:
-    """The fold models' ensemble (``config.ensemble``: the checkpoints of each fold) as one more
-    candidate: each fold's best checkpoint on val by the rank metric is a member, the image
-    probabilities are the members' mean, and it is scored as every candidate is. Returns its
-    record, its image predictions and the content of its ``ensemble.json``."""
+    runtime: Runtime, size_given: bool,
+) -> tuple[dict[str, Any], pd.DataFrame, dict[str, Any], pd.DataFrame]:
+    """The fold models' ensemble (``config.ensemble``: the checkpoints of each fold, in fold
+    order) as one more candidate: each fold's best checkpoint on val by the rank metric is a
+    member, the image probabilities are the members' mean, and it is scored as every candidate
+    is, its threshold chosen on val or (``threshold_source: oof``) on the out-of-fold predictions
+    of the training patients. Returns its record, its image predictions, the content of its
+    ``ensemble.json`` and the out-of-fold predictions."""
     from mammo.storage.integrity import sha256_file
 
     by_path = {c["path"]: c for c in candidates}
@@ -390,7 +440,8 @@ def _ensemble_candidate(
         members.append(records[rank_candidates(records, config.rank_metric)[0]])
     names = [m["name"] for m in members]
     images = mean_probabilities(pd.concat(image_frames, ignore_index=True), names)
-    scores = score_candidate(images, config)
+    oof = _oof_predictions(members, data, config, runtime, size_given)
+    scores = _oof_scores(images, oof, config) if config.threshold_source == OOF else score_candidate(images, config)
     path = Path(require(config.out, "--out (out)")) / ENSEMBLE_FILE
     backbones = sorted({m["backbone"] for m in members})
     record = {
@@ -404,4 +455,4 @@ def _ensemble_candidate(
     )
     log.info("ensemble of %s: val %s %s", ", ".join(names), config.rank_metric,
              format_metric(lookup_metric(scores["val"], config.rank_metric)))
-    return record, images.assign(checkpoint=ENSEMBLE), content
+    return record, images.assign(checkpoint=ENSEMBLE), content, oof
