@@ -277,3 +277,35 @@ def test_mammo_run_trains_each_fold_without_its_patients_and_evaluates_the_ensem
     assert "trained on another split" not in Path(summary["log"]).read_text()
     for name in ensemble["members"]:
         assert name in printed
+
+
+@pytest.mark.slow
+def test_predict_serves_the_ensemble_and_verifies_each_member_first(fold_run, tiny_dataset, tmp_path) -> None:
+    import json
+
+    from mammo.errors import IntegrityError
+    from mammo.predict import images_path, run_predict
+
+    summary, _, work = fold_run
+    ensemble_json = work / "runs" / summary["run_id"] / "evaluator" / "ensemble.json"
+    members = json.loads(ensemble_json.read_text())["members"]
+
+    def image_scores(model: str, name: str) -> pd.Series:
+        out = tmp_path / f"{name}.csv"
+        result = run_predict(model=model, data=str(tiny_dataset), out=str(out), device="cpu", workers=0,
+                             workdir=tmp_path / "predict")
+        frame = pd.read_csv(images_path(str(out)), dtype={"image_id": str})
+        return result, frame.set_index("image_id")["prob"].sort_index()
+
+    result, ensemble = image_scores(str(ensemble_json), "ensemble")
+    assert result["model"]["kind"] == "ensemble"
+    assert result["model"]["threshold"] == pytest.approx(json.loads(ensemble_json.read_text())["threshold"])
+    singles = [image_scores(m["checkpoint"], f"member-{i}")[1] for i, m in enumerate(members)]
+    assert np.allclose(ensemble.to_numpy(), np.mean([s.to_numpy() for s in singles], axis=0), atol=2e-6)
+    # A member whose bytes are not the ones the file lists is refused before it is loaded.
+    tampered = json.loads(ensemble_json.read_text())
+    tampered["members"][1]["sha256"] = "0" * 64
+    (tmp_path / "copy").mkdir()
+    (tmp_path / "copy" / "ensemble.json").write_text(json.dumps(tampered))
+    with pytest.raises(IntegrityError):
+        image_scores(str(tmp_path / "copy" / "ensemble.json"), "tampered")

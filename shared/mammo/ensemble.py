@@ -16,7 +16,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import json
+import re
+from pathlib import Path
+
 import pandas as pd
+
+from mammo.errors import ConfigError
 
 from mammo.stats import BootstrapSettings, bootstrap, paired_difference
 
@@ -73,4 +79,33 @@ def compare(
                                threshold_a=by_name[ENSEMBLE]["threshold"], threshold_b=by_name[best_single]["threshold"])
     return {"members": members, "best_single": best_single, "split": split, "level": "breast",
             "figures": figures, "ensemble_vs_best_single": paired}
+
+
+def read_ensemble_file(path: str | Path, where: str) -> dict[str, Any]:
+    """An ``ensemble.json``'s content, checked: its format, and members each naming a
+    checkpoint and its sha256; a bad file is a one-line ``ConfigError`` naming ``where``."""
+    try:
+        content = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{where}: not a readable ensemble file ({err.__class__.__name__})") from None
+    if not isinstance(content, dict) or content.get("format") != FORMAT:
+        raise ConfigError(f"{where}: not an ensemble file (format {FORMAT!r} expected)")
+    members = content.get("members")
+    if not isinstance(members, list) or not members:
+        raise ConfigError(f"{where}: an ensemble file lists no members")
+    for i, member in enumerate(members):
+        if not isinstance(member, dict) or not isinstance(member.get("checkpoint"), str) or not re.fullmatch(
+            r"[0-9a-f]{64}", str(member.get("sha256", ""))
+        ):
+            raise ConfigError(f"{where}: member {i + 1} needs a checkpoint and its sha256 (64 hex digits)")
+    return content
+
+
+def member_ref(member: dict[str, Any], ensemble_ref: str) -> str:
+    """Where a member's checkpoint is: its URI or absolute path, else a path relative to the
+    ensemble file's folder."""
+    checkpoint = member["checkpoint"]
+    if "://" in checkpoint or Path(checkpoint).is_absolute():
+        return checkpoint
+    return f"{ensemble_ref.rpartition('/')[0]}/{checkpoint}"
 

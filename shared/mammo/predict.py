@@ -42,6 +42,7 @@ from mammo import storage
 from mammo.config import EvalConfig, load_config
 from mammo.data.layout import holds_dicoms, resolve_image_paths
 from mammo.data.table import load_csv, validate_table
+from mammo.ensemble import ENSEMBLE_FILE
 from mammo.errors import ConfigError, DataError
 from mammo.imagesize import size_text
 from mammo.metrics import aggregate_breasts
@@ -74,6 +75,20 @@ class ScoringModel:
             "backbone": self.export["model_config"]["backbone"], "image_size": size_text(self.export["image_size"]),
             "breast_aggregation": self.breast_aggregation,
         }
+
+
+@dataclass(frozen=True)
+class EnsembleModel(ScoringModel):
+    """An ensemble (``mammo.ensemble``, ``ensemble.json``): its members, each a verified model,
+    scored alone and averaged per image; ``export`` is the first member's (its input size and
+    channels describe the ensemble), the breast rule and threshold are the ensemble file's."""
+
+    members: tuple[ScoringModel, ...] = ()
+    aggregation: str = "mean"
+
+    @property
+    def breast_aggregation(self) -> str:
+        return self.aggregation
 
 
 def _cache_path(work: Path, uri: str) -> Path:
@@ -117,6 +132,8 @@ def resolve_model(ref: str, workdir: str | Path | None = None, threshold: float 
 
     work = Path(workdir or Path(tempfile.gettempdir()) / "mammo-predict")
     ref = str(ref).rstrip("/") if storage.is_remote(str(ref)) else str(storage.local_path(str(ref)).resolve())
+    if ref.endswith(f"/{ENSEMBLE_FILE}"):
+        return resolve_ensemble(ref, work, threshold)
     if storage.exists(storage.join(ref, MANIFEST_NAME)):
         manifest = storage.read_manifest(ref)
         meta = manifest.metadata
@@ -146,6 +163,30 @@ def resolve_model(ref: str, workdir: str | Path | None = None, threshold: float 
     if chosen is None:
         log.warning("%s records no operating threshold: flags left empty (give --threshold)", ref)
     return ScoringModel(export, uri, sha, kind, chosen)
+
+
+def resolve_ensemble(ref: str, work: Path, threshold: float | None = None) -> EnsembleModel:
+    """An ``ensemble.json`` (the file checked against its folder's manifest when published):
+    every member's bytes are verified against the sha256 the file lists before it is loaded
+    (``IntegrityError`` naming the member otherwise). ``threshold`` overrides the file's."""
+    from mammo.ensemble import member_ref, read_ensemble_file
+    from mammo.export import load_model_file
+
+    path = _fetch(ref, work, _manifest_sha(ref))
+    content = read_ensemble_file(path, f"--model {ref}")
+    members = []
+    for member in content["members"]:
+        uri = member_ref(member, ref)
+        export, kind = load_model_file(_fetch(uri, work, member["sha256"]))  # verified, then loaded
+        members.append(ScoringModel(export, uri, member["sha256"], kind, None))
+    recorded = content.get("threshold") if threshold is None else threshold
+    chosen = None if recorded is None else _probability(recorded, f"--model {ref}: its threshold")
+    if chosen is None:
+        log.warning("%s records no operating threshold: flags left empty (give --threshold)", ref)
+    from mammo.storage.integrity import sha256_file
+
+    return EnsembleModel(members[0].export, ref, sha256_file(path), "ensemble", chosen, members=tuple(members),
+                         aggregation=str(content.get("breast_aggregation") or "mean"))
 
 
 def _probability(value: Any, what: str) -> float:
@@ -288,6 +329,9 @@ def score_images(
 ) -> np.ndarray:
     """Probabilities of the images of ``table`` (column ``path``), in table order; batched on
     ``device`` with a progress bar, preprocessed exactly as in evaluation."""
+    if isinstance(model, EnsembleModel):  # the members' mean probability per image
+        return np.mean([score_images(member, table, device=device, batch_size=batch_size, workers=workers, seed=seed)
+                        for member in model.members], axis=0)
     from mammo.data.augment import BatchTransform
     from mammo.engine.data import eval_loader
     from mammo.engine.loop import gather_predictions, predict
