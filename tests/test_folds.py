@@ -81,6 +81,13 @@ def test_fold_bounds_are_one_line_errors() -> None:
     assert PipelineParams().folds == 1
     with pytest.raises(ValueError, match="folds"):
         PipelineParams(folds=0)
+    with pytest.raises(ValueError, match="threshold_source: oof needs folds of 2 or more"):
+        PipelineParams(threshold_source="oof")
+    assert PipelineParams(threshold_source="oof", folds=2).threshold_source == "oof"
+    from mammo_components.folds.step import run_plan_step
+
+    with pytest.raises(ConfigError, match="the fold plan runs with folds of 2 or more"):
+        run_plan_step(split_uri="unused", store_uri="unused", run_id="r", params={"folds": 1})
 
 
 def test_a_fold_without_cancer_is_warned_about() -> None:

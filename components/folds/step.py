@@ -19,6 +19,7 @@ from typing import Any
 
 from mammo import storage
 from mammo.console import setup_logging
+from mammo.errors import ConfigError
 from mammo.folds import check_fold, fold_assignments, fold_summary
 from mammo.split import Split, read_split, write_split
 from mammo_components.inputs import cache_dir, fetch_split, normalize_uri, parse_params, resolve_workdir
@@ -49,6 +50,8 @@ def run_plan_step(*, split_uri: str, store_uri: str, run_id: str, params: dict[s
     of the split, ``folds`` and ``seed``, all part of the run id."""
     setup_logging()
     p = parse_params(params)
+    if p.folds < 2:
+        raise ConfigError(f"params: folds is {p.folds}; the fold plan runs with folds of 2 or more")
     work = resolve_workdir(None)
     assignments, summary = read_split(fetch_split(normalize_uri(split_uri), work))
     division = fold_summary(assignments, folds=p.folds, seed=p.seed)

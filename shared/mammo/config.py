@@ -749,6 +749,12 @@ class PipelineParams(_Strict):
         description="Never promote when the promotion metric's split has fewer cancer breasts than this.",
     )
 
+    @model_validator(mode="after")
+    def _oof_needs_folds(self) -> PipelineParams:
+        if self.threshold_source == "oof" and self.folds < 2:
+            raise ValueError("threshold_source: oof needs folds of 2 or more (out-of-fold predictions come from the fold models)")
+        return self
+
     def training_values(self) -> dict[str, Any]:
         """The values a run's results depend on (promotion settings left out), JSON-ready; KFP
         struct parameters cannot hold null, so unset values are omitted."""
