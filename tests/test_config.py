@@ -125,6 +125,15 @@ def test_config_module_does_not_import_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_a_process_that_imports_mammo_freezes_its_heap_at_exit():
+    """The exit handler runs after every handler registered later (those of the commands),
+    and before the interpreter's last collection, which then has nothing to walk."""
+    code = ("import atexit, gc; atexit.register(lambda: print('frozen', gc.get_freeze_count() > 0)); "
+            "import mammo; print('running', gc.get_freeze_count())")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert out.split() == ["running", "0", "frozen", "True"]
+
+
 @pytest.mark.parametrize(("epochs", "warmup", "expected"), [(1, 2, 0), (3, 3, 2), (5, 2, 2)])
 def test_warmup_longer_than_the_run_is_cut_with_one_log_line(epochs, warmup, expected, caplog):
     config = load_config(TrainConfig, sets=[f"epochs={epochs}", f"warmup_epochs={warmup}"])
