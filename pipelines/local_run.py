@@ -215,11 +215,12 @@ def _interval(figure: Any) -> str:
 
 
 def print_ensemble(ensemble: dict[str, Any]) -> None:
-    """folds > 1: each fold model's and the ensemble's figures with intervals (each at its own
-    val threshold), and the paired comparison of the ensemble with the best single fold model."""
-    names = [*ensemble["members"], "ensemble"]
+    """folds > 1: the full-data models', each fold model's and the ensemble's figures with
+    intervals (each at its own threshold), and the paired comparison of the ensemble with the
+    best single fold model."""
+    names = [*ensemble.get("full_data", []), *ensemble["members"], "ensemble"]
     width = max(len(name) for name in names) + 2
-    print(f"\nk-fold, {ensemble['split']} {ensemble['level']} level (each model at its own val threshold):")
+    print(f"\nk-fold, {ensemble['split']} {ensemble['level']} level (each model at its own threshold):")
     print(f"{'model':<{width}}{'AUC':>7} {'95% interval':<16}{'sens':>7}{'spec':>7}")
     for name in names:
         figures = ensemble["figures"][name]

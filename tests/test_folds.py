@@ -256,7 +256,9 @@ def test_mammo_run_trains_each_fold_without_its_patients_and_evaluates_the_ensem
     assert np.allclose(test["ensemble"], test[[m["name"] for m in members]].mean(axis=1), atol=2e-6)
     # Figures with intervals for each fold model and the ensemble, and the paired comparison.
     ensemble = summary["ensemble"]
-    assert set(ensemble["figures"]) == {*ensemble["members"], "ensemble"}
+    assert len(ensemble["full_data"]) == 2 and not set(ensemble["full_data"]) & set(ensemble["members"])
+    assert all(not name.startswith("fold-") for name in ensemble["full_data"])
+    assert set(ensemble["figures"]) == {*ensemble["full_data"], *ensemble["members"], "ensemble"}
     for figures in ensemble["figures"].values():
         assert {"value", "low", "high"} <= set(figures["auc"])
     paired = ensemble["ensemble_vs_best_single"]
@@ -282,7 +284,7 @@ def test_mammo_run_trains_each_fold_without_its_patients_and_evaluates_the_ensem
     assert all("source" not in c["threshold_choice"] for c in metrics["candidates"] if c["name"] != "ensemble")
     # Each fold model was checked against the test patients through its own fold split.
     assert "trained on another split" not in Path(summary["log"]).read_text()
-    for name in ensemble["members"]:
+    for name in [*ensemble["full_data"], *ensemble["members"]]:
         assert name in printed
 
 

@@ -14,11 +14,11 @@ ensemble candidate's path points to.
 
 from __future__ import annotations
 
-from typing import Any
-
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -59,17 +59,18 @@ def ensemble_file(members: list[dict[str, Any]], *, aggregation: str, threshold:
 
 def compare(
     breasts: pd.DataFrame, candidates: list[dict[str, Any]], members: list[str], settings: BootstrapSettings,
-    *, metric: str, split: str = "test",
+    *, metric: str, split: str = "test", others: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """The fold models' and the ensemble's ``split`` breast-level figures with intervals, each at
-    its own val threshold, and the paired bootstrap of ``metric`` (breast level), ensemble minus
-    the best single fold model on val (the first member in candidate rank order)."""
+    """The ``split`` breast-level figures with intervals of the ``others`` (the full-data
+    models), the fold models and the ensemble, each at its own threshold, and the paired
+    bootstrap of ``metric`` (breast level), ensemble minus the best single fold model on val
+    (the first member in candidate rank order)."""
     by_name = {c["name"]: c for c in candidates}
     ranked = [c["name"] for c in candidates if c["name"] in members]
     best_single = ranked[0]
     part = breasts[breasts["split"] == split]
     figures = {}
-    for name in [*members, ENSEMBLE]:
+    for name in [*others, *members, ENSEMBLE]:
         rows = part[part["checkpoint"] == name]
         figures[name] = bootstrap(rows["label"], rows["prob"], rows["patient_id"], by_name[name]["threshold"],
                                   settings, which=FIGURES)
@@ -77,7 +78,7 @@ def compare(
     b = part[part["checkpoint"] == best_single].set_index("breast_id").reindex(a.index)
     paired = paired_difference(a["label"], a["prob"], b["prob"], a["patient_id"], metric, settings,
                                threshold_a=by_name[ENSEMBLE]["threshold"], threshold_b=by_name[best_single]["threshold"])
-    return {"members": members, "best_single": best_single, "split": split, "level": "breast",
+    return {"members": members, "full_data": list(others), "best_single": best_single, "split": split, "level": "breast",
             "figures": figures, "ensemble_vs_best_single": paired}
 
 

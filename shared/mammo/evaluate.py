@@ -322,7 +322,10 @@ def _run_evaluation(
     model_figures(best_images, best_breasts, config, settings, scores=metrics, rule=rule, production=production_frames,
                   production_error=production_error, production_info=context.get("production"))
     if ensemble is not None:
-        metrics["ensemble"] = compare(breasts, metrics["candidates"], ensemble[0]["members"], settings, metric=COMPARED_METRIC)
+        in_folds = {path for group in config.ensemble for path in group}
+        full_data = [c["name"] for c in candidates if c["path"] not in in_folds and c["name"] != ENSEMBLE]
+        metrics["ensemble"] = compare(breasts, metrics["candidates"], ensemble[0]["members"], settings,
+                                      metric=COMPARED_METRIC, others=full_data)
     if production is not None:
         metrics["production"] = {key: production[key] for key in ("name", "path", "stage", "epoch", "backbone", "threshold", "val", "test")}
     metrics = to_jsonable(metrics)
