@@ -4,7 +4,9 @@
 The dataset is fetched table first, then the PNG of every row (verified against its manifest,
 or the sha256 recorded at upload); the model through ``mammo.predict.resolve_model`` (verified
 against the production manifest). Outputs: ``breasts.csv`` (probability and flag per breast),
-``images.csv`` (per image), ``result.json`` and the manifest, written last.
+``images.csv`` (per image), ``result.json`` and the manifest, written last. ``runtime`` runs the
+network as ``mammo predict --runtime`` does (``mammo.runtimes``): eager, or ONNX Runtime on the
+CPU with the ONNX file the production manifest lists, its sha256 checked before it is loaded.
 
 A dataset of DICOM files (no table; an archive's export) is fetched whole and converted for
 this run as ``mammo predict`` converts one (``mammo.predict.dicom_studies``): the outputs then
@@ -106,14 +108,18 @@ def run(
     table: str | None = None,
     workdir: str | None = None,
     run_id: str | None = None,
+    runtime: str = "eager",
 ) -> dict[str, Any]:
-    """Score ``dataset_uri`` with ``model_uri``; publish the CSVs at ``out_uri``; return the result.
-    ``params``: PipelineParams (``device``, ``batch_size``, ``workers`` are used)."""
+    """Score ``dataset_uri`` with ``model_uri`` by ``runtime``; publish the CSVs at ``out_uri``;
+    return the result. ``params``: PipelineParams (``device``, ``batch_size``, ``workers`` are used)."""
+    from mammo.runtimes import check_runtime
+
     from mammo.data.layout import resolve_image_paths
     from mammo.predict import dicom_studies, read_studies, resolve_model, score_images, score_table, with_original_ids
 
     with telemetry_step(COMPONENT, run_id or out_uri.rstrip("/").rsplit("/", 1)[-1]):
         parsed = parse_params(params)
+        check_runtime(runtime, parsed.device)
         work = resolve_workdir(workdir)
         out_uri = normalize_uri(out_uri)
         model = resolve_model(normalize_uri(model_uri), work)
@@ -125,7 +131,7 @@ def run(
             studies = read_studies(csv)
             studies["path"] = resolve_image_paths(csv, studies)
             probs = score_images(model, studies, device=parsed.device, batch_size=parsed.batch_size,
-                                 workers=parsed.workers)
+                                 workers=parsed.workers, runtime=runtime, workdir=work)
             images, breasts = score_table(model, studies, probs)
             if dicom is not None:
                 images, breasts = with_original_ids(images, breasts, dicom.identifiers)
@@ -136,7 +142,7 @@ def run(
         images.to_csv(out_dir / IMAGES_NAME, index=False, float_format="%.6f")
         flagged = None if model.threshold is None else int(breasts["flag"].sum())
         result = {
-            "out_uri": out_uri, "dataset_uri": dataset_uri, "model": model.describe(),
+            "out_uri": out_uri, "dataset_uri": dataset_uri, "model": model.describe(), "runtime": runtime,
             "table": "DICOM files" if dicom is not None else csv.name,
             "images": int(len(images)), "scored_images": int(images["prob"].notna().sum()),
             "breasts": int(len(breasts)), "patients": int(breasts["patient_id"].nunique()),

@@ -22,18 +22,21 @@ def scores_uri(store_uri: str, model_name: str, dataset_uri: str, now: float | N
 
 
 def run_step(
-    *, dataset_uri: str, store_uri: str, model_name: str, table: str, params: dict[str, Any], scores: Any
+    *, dataset_uri: str, store_uri: str, model_name: str, table: str, params: dict[str, Any], scores: Any,
+    runtime: str = "eager",
 ) -> str:
-    """Score ``dataset_uri`` with the production model of ``model_name``; the ``scores``
-    Dataset artifact records where the CSVs are and the counts; returns the output folder."""
+    """Score ``dataset_uri`` with the production model of ``model_name`` by ``runtime``
+    (``mammo.runtimes``); the ``scores`` Dataset artifact records where the CSVs are, the
+    counts and the runtime; returns the output folder."""
     setup_logging()
     out_uri = scores_uri(store_uri, model_name, dataset_uri)
     result = run(
         dataset_uri=dataset_uri, model_uri=production_model_uri(store_uri, model_name), out_uri=out_uri,
-        params=params, table=table or None,
+        params=params, table=table or None, runtime=runtime,
     )
     scores.metadata.update({
-        key: result[key] for key in ("out_uri", "breasts_uri", "images_uri", "breasts", "patients", "flagged_breasts")
+        key: result[key]
+        for key in ("out_uri", "breasts_uri", "images_uri", "breasts", "patients", "flagged_breasts", "runtime")
     })
     scores.metadata["model"] = result["model"]
     write_artifact_json(scores, result)

@@ -8,10 +8,14 @@ Ours is exactly what training runs: ``open_dataset`` -> ``MammoImages`` -> ``mak
 The reference is the research code's per-image PIL path (open, convert to RGB, resize, random
 rotation, to tensor, ImageNet normalisation) in one process. Torch runs on one thread, so with
 ``workers=0`` on the CPU both figures are per core (and measured in process CPU time).
+
+``bench_predict`` (``mammo bench predict``) measures scoring on a CPU node instead: eager fp32
+against each faster path, the evidence for ``mammo predict --runtime`` (``mammo.runtimes``).
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
 import os
 import tempfile
@@ -21,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from PIL import Image
 from torchvision import transforms
@@ -226,4 +231,187 @@ def bench_data(
         "torch_threads": 1,
         "timing": "process_cpu" if per_core else "wall",
         "mean_png_bytes": round(sum(os.path.getsize(p) for p in paths) / len(paths)),
+    }
+
+
+# --- mammo bench predict: scoring on CPU nodes ------------------------------------------------
+
+#: Backbones, input size and labelled demo images of each scale; ``tiny`` checks the mechanics.
+PREDICT_SCALES: dict[str, tuple[tuple[str, ...], int, int]] = {
+    "full": (("resnet50", "efficientnet_b0"), 512, 8),
+    "tiny": (("tinynet",), 32, 8),
+}
+#: Largest change of the demo split's AUC a path may make and still give "equal results".
+AUC_TOLERANCE = 1e-3
+
+
+def native_bf16() -> str | None:
+    """The CPU flag that gives bf16 matrix arithmetic in hardware (AMX or AVX512-BF16), or None:
+    without one PyTorch emulates bf16 and autocast only makes scoring slower."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return None
+    return next((flag for flag in ("amx_bf16", "avx512_bf16") if flag in flags), None)
+
+
+def _demo_split(image_size: int, images: int, seed: int = 0) -> tuple[torch.Tensor, np.ndarray]:
+    """uint8 images [N, 1, S, S] and labels of a small synthetic split (``mammo data synth``'s
+    renderer), half of them cancers: what the AUC of each path is compared on."""
+    from mammo.data.synth import _build_table, _render
+
+    table = _build_table(max(8, images), 0.5, np.random.default_rng(seed))
+    cancers = table[table["cancer"] == 1].head(images // 2)
+    chosen = pd.concat([cancers, table[table["cancer"] == 0].head(images - len(cancers))])
+    pixels = _render(chosen, image_size, torch.Generator().manual_seed(seed))
+    return pixels, chosen["cancer"].to_numpy()
+
+
+class _ChannelsLast(torch.nn.Module):
+    """The scored network (``mammo.export._Scored``) with weights and activations in NHWC."""
+
+    def __init__(self, scored: torch.nn.Module) -> None:
+        super().__init__()
+        self.transform = scored.transform
+        self.model = copy.deepcopy(scored.model).to(memory_format=torch.channels_last)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.transform(images).contiguous(memory_format=torch.channels_last)
+        return torch.sigmoid(self.model(x).squeeze(1).float())
+
+
+def _calibrated(scored: torch.nn.Module, demo: torch.Tensor) -> torch.nn.Module:
+    """``scored`` with its BatchNorm statistics measured on the ``demo`` images and on uniform
+    noise (what ``write_onnx`` probes with), and its head rescaled to logits of mean 0 and std 1
+    there: an untrained network as it comes saturates to probabilities of exactly 0 or 1 (the
+    activations grow through the blocks), which would make every path agree trivially, and
+    inputs outside its calibration reach logits in the hundreds. Speed does not change;
+    agreement is then tested for real."""
+    noise = torch.randint(0, 256, demo.shape, generator=torch.Generator().manual_seed(7), dtype=torch.uint8)
+    images = torch.cat([demo, noise])
+    norms = [m for m in scored.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average over the calibration batches
+    scored.train()
+    with torch.no_grad():
+        for chunk in images.split(4):
+            scored(chunk)
+    scored.eval()
+    head = [m for m in scored.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.inference_mode():
+        logits = torch.logit(scored(images).double().clamp(1e-12, 1 - 1e-12))
+    mean, std = float(logits.mean()), max(float(logits.std()), 1e-6)
+    with torch.no_grad():
+        head.weight /= std
+        head.bias.sub_(mean).div_(std)
+    return scored
+
+
+def _torch_path(module: torch.nn.Module, bf16: bool = False) -> Callable[[torch.Tensor], np.ndarray]:
+    def run(images: torch.Tensor) -> np.ndarray:
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            return module(images).float().numpy()
+
+    return run
+
+
+def _bench_backbone(backbone: str, image_size: int, demo: tuple[torch.Tensor, np.ndarray], threads: list[int],
+                    batch_size: int, batches: int, work: Path) -> dict[str, Any]:
+    """One backbone: every path's agreement with eager on the demo split, then images/s at each
+    thread count, the paths interleaved batch by batch so all see the same load."""
+    from sklearn.metrics import roc_auc_score
+
+    from mammo.config import ModelConfig
+    from mammo.export import ONNX_TOLERANCE, _Scored, write_onnx
+    from mammo.models import build_model
+    from mammo.runtimes import onnx_probabilities, open_session
+
+    torch.manual_seed(0)
+    config = ModelConfig(backbone=backbone, weights=None)
+    images, labels = demo
+    scored = _calibrated(_Scored(build_model(config), config.in_channels), images)
+    network = scored.model
+    export = {"model": network.state_dict(), "model_config": config.model_dump(mode="json"), "image_size": image_size}
+    start = time.perf_counter()
+    onnx = write_onnx(export, work / f"{backbone}.onnx")
+    export_seconds = time.perf_counter() - start
+    bf16 = native_bf16()
+    result: dict[str, Any] = {"onnx_export_seconds": round(export_seconds, 1), "onnx_bytes": onnx["size"],
+                              "agreement": {}, "threads": {}}
+    batch = images[:batch_size] if len(images) >= batch_size else images.repeat(-(-batch_size // len(images)), 1, 1, 1)[:batch_size]
+    for count in threads:
+        torch.set_num_threads(count)
+        session = open_session(onnx["path"], onnx["sha256"], threads=count)
+        paths: dict[str, Callable[[torch.Tensor], np.ndarray]] = {
+            "eager": _torch_path(scored),
+            "channels_last": _torch_path(_ChannelsLast(scored)),
+            "onnx": lambda x, s=session: onnx_probabilities(s, x.numpy()),
+        }
+        if bf16:
+            paths["bf16_autocast"] = _torch_path(scored, bf16=True)
+        if not result["agreement"]:
+            reference = paths["eager"](images)
+            eager_auc = float(roc_auc_score(labels, reference))
+            for name, run in paths.items():
+                if name == "eager":
+                    continue
+                probs = run(images)
+                diff, auc = float(np.abs(probs - reference).max()), float(roc_auc_score(labels, probs))
+                result["agreement"][name] = {
+                    "max_abs_diff": diff, "auc": round(auc, 6), "eager_auc": round(eager_auc, 6),
+                    "equal": bool(diff <= ONNX_TOLERANCE and abs(auc - eager_auc) <= AUC_TOLERANCE),
+                }
+        for run in paths.values():
+            run(batch)  # warm-up: first-call allocations, ORT's arenas
+        seconds = dict.fromkeys(paths, 0.0)
+        for _ in range(batches):
+            for name, run in paths.items():
+                start = time.perf_counter()
+                run(batch)
+                seconds[name] += time.perf_counter() - start
+        rates = {name: batches * batch_size / s for name, s in seconds.items()}
+        result["threads"][str(count)] = {
+            name: {"images_per_second": round(rate, 2), "speedup": round(rate / rates["eager"], 2)}
+            for name, rate in rates.items()
+        }
+    equal = [name for name, a in result["agreement"].items() if a["equal"]]
+    slowest = {name: min(t[name]["speedup"] for t in result["threads"].values()) for name in equal}
+    best = max(slowest, key=slowest.__getitem__, default=None)
+    result["fastest_equal_path"] = best if best is not None and slowest[best] > 1.0 else "eager"
+    return result
+
+
+def bench_predict(scale: str = "full", threads: tuple[int, ...] = (1, 2), batch_size: int = 4, batches: int = 3,
+                  workdir: str | Path | None = None) -> dict[str, Any]:
+    """Images/s of eager fp32 and each faster CPU path (channels_last, ONNX Runtime, bf16 autocast
+    where the CPU has native bf16) side by side, with each path's predictions against eager
+    (largest difference; the demo split's AUC within ``AUC_TOLERANCE``). Untrained weights with
+    calibrated normalisation (``_calibrated``): the speed does not depend on the weights, and
+    every path is compared on the same network."""
+    if scale not in PREDICT_SCALES:
+        raise ConfigError(f"--scale {scale!r}: expected one of {', '.join(PREDICT_SCALES)}")
+    if batch_size < 1 or batches < 1 or not threads or min(threads) < 1:
+        raise ConfigError("bench predict: --batch-size, --batches and every --threads must be >= 1")
+    from mammo.runtimes import import_onnxruntime, require_onnx
+
+    require_onnx(export=True)
+    onnxruntime = import_onnxruntime()
+    backbones, image_size, demo_images = PREDICT_SCALES[scale]
+    demo = _demo_split(image_size, demo_images)
+    before = torch.get_num_threads()
+    bf16 = native_bf16()
+    try:
+        with tempfile.TemporaryDirectory(prefix="mammo-bench-predict-", dir=workdir) as tmp:
+            models = {bb: _bench_backbone(bb, image_size, demo, list(threads), batch_size, batches, Path(tmp))
+                      for bb in backbones}
+    finally:
+        torch.set_num_threads(before)
+    return {
+        "scale": scale, "image_size": image_size, "batch_size": batch_size, "batches": batches,
+        "demo_images": demo_images, "threads": list(threads), "timing": "wall, paths interleaved batch by batch",
+        "cpu": {"isa": torch.backends.cpu.get_cpu_capability(), "cores": os.cpu_count(), "native_bf16": bf16},
+        "skipped": {} if bf16 else {"bf16_autocast": "no native bf16 on this CPU (amx_bf16/avx512_bf16): emulated, slower"},
+        "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
+        "models": models,
     }

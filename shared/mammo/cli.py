@@ -282,6 +282,14 @@ def _cmd_bench_train(args: argparse.Namespace) -> None:
     print(json.dumps(result, sort_keys=False))
 
 
+def _cmd_bench_predict(args: argparse.Namespace) -> None:
+    from mammo.bench import bench_predict
+
+    result = bench_predict(scale=args.scale, threads=tuple(args.threads), batch_size=args.batch_size,
+                           batches=args.batches, workdir=args.workdir)
+    print(json.dumps(result, sort_keys=False), flush=True)
+
+
 def _cmd_bench_gpu(args: argparse.Namespace) -> None:
     from mammo.gpu_check import check_gpu
 
@@ -332,6 +340,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     result = run_predict(
         model=args.model, data=args.data, out=args.out, device=args.device, batch_size=args.batch_size,
         workers=args.workers, table=args.table, images=args.images, threshold=args.threshold, workdir=args.workdir,
+        runtime=args.runtime,
     )
     if args.json:
         _print_json(result)
@@ -341,6 +350,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     flagged = "" if result["flagged_breasts"] is None else f", {result['flagged_breasts']} flagged"
     print(f"model: {m['uri']} ({m['kind']}, {m['backbone']}, {m['image_size']} px, sha256 {str(m['sha256'])[:12]})")
     print(f"threshold: {threshold}")
+    print(f"runtime: {result['runtime']}")
     print(f"scored {result['scored_images']} of {result['images']} images, {result['breasts']} breasts of "
           f"{result['patients']} patients{flagged}")
     print(f"written: {result['out']} (breasts), {result['images_out']} (images)")
@@ -561,6 +571,24 @@ def build_parser() -> argparse.ArgumentParser:
     bench_train.add_argument("--threads", type=int, default=1, metavar="N",
                              help="Torch threads per process (default: %(default)s).")
     bench_train.set_defaults(handler=_cmd_bench_train)
+    bench_predict = bench_sub.add_parser(
+        "predict",
+        help="CPU scoring: eager fp32 against channels_last, ONNX Runtime and bf16 (with native bf16), images/s and agreement.",
+        description="Images/s of each path on the CPU at each thread count, measured side by side in one run, and "
+        "each path's probabilities against eager (largest difference; AUC on a small synthetic demo split), "
+        "printed as JSON. The evidence for mammo predict --runtime.",
+    )
+    bench_predict.add_argument("--scale", choices=["full", "tiny"], default="full",
+                               help="full: ResNet-50 and EfficientNet-B0 at 512 px; tiny: tinynet at 32 px, for "
+                               "checking the mechanics only (default: %(default)s).")
+    bench_predict.add_argument("--threads", type=int, nargs="+", default=[1, 2], metavar="N",
+                               help="Thread counts measured (default: 1 2).")
+    bench_predict.add_argument("--batch-size", type=int, default=4, metavar="N", help="Images per batch (default: %(default)s).")
+    bench_predict.add_argument("--batches", type=int, default=3, metavar="N",
+                               help="Timed batches per path and thread count (default: %(default)s).")
+    bench_predict.add_argument("--workdir", metavar="DIR",
+                               help="Parent of the scratch folder of the ONNX files (default: the system's temp).")
+    bench_predict.set_defaults(handler=_cmd_bench_predict)
     bench_gpu = bench_sub.add_parser(
         "gpu",
         help="The GPU check (make gpu-check): CUDA, NCCL, bf16, training and evaluation images/s, GPU DICOM decode.",
@@ -618,6 +646,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench_coverage.add_argument("--seed", type=int, default=0, metavar="N", help="Seed (default: %(default)s).")
     bench_coverage.set_defaults(handler=_cmd_bench_coverage)
 
+    from mammo.runtimes import DEFAULT_RUNTIME, RUNTIMES
+
     predict = sub.add_parser(
         "predict",
         help="Score studies without labels with a model (production pointer, checkpoint or export).",
@@ -636,6 +666,13 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--images", metavar="DIR", help="Image directory (default: detected under --data).")
     predict.add_argument("--threshold", type=float, metavar="P", help="Flag threshold (default: the one the model records).")
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s).")
+    predict.add_argument(
+        "--runtime", choices=RUNTIMES, default=DEFAULT_RUNTIME,
+        help="How the network runs (default: %(default)s, the computation evaluation chose the threshold on). "
+        "onnx: ONNX Runtime on the CPU, faster on CPU nodes (README: Scoring on CPU nodes); "
+        "probabilities within 1e-4 of eager (checked when the ONNX file is written), not bit for bit, so "
+        "a breast within that of the threshold could flip: hence not the default. Uses the ONNX file the "
+        "production manifest lists (sha256 checked before loading), else exports one for the run.")
     predict.add_argument("--batch-size", type=int, default=32, metavar="N", help="Images per batch (default: %(default)s).")
     predict.add_argument("--workers", type=int, default=2, metavar="N", help="DataLoader workers (default: %(default)s).")
     predict.add_argument("--workdir", metavar="DIR", help="Where remote models and data are cached (default: a temporary folder).")

@@ -17,6 +17,11 @@ converts it at the model's input size into a scratch folder of this run (``dicom
 and the outputs carry the original patient and image ids with the study and SOP instance UIDs
 and accession numbers a worklist needs. Those identifiers go only into predict's own outputs.
 
+``runtime`` chooses how the network runs (``mammo.runtimes``): eager PyTorch (the default, the
+computation evaluation chose the threshold on) or ONNX Runtime on the CPU, with the ONNX file
+the production manifest lists (or one exported for the run), its sha256 checked before it is
+loaded.
+
 Output: one CSV per breast (probability = mean of its images, or max as the model records,
 ``flag`` = probability >= the model's threshold) at ``out``, and one per image beside it
 (``<stem>_images.csv``), locally or in object storage.
@@ -64,6 +69,7 @@ class ScoringModel:
     sha256: str | None
     kind: str  # production, checkpoint or export
     threshold: float | None
+    onnx: tuple[str, str] | None = None  # (uri, sha256) of the ONNX file a production manifest lists
 
     @property
     def breast_aggregation(self) -> str:
@@ -73,7 +79,7 @@ class ScoringModel:
         return {
             "uri": self.uri, "sha256": self.sha256, "kind": self.kind, "threshold": self.threshold,
             "backbone": self.export["model_config"]["backbone"], "image_size": size_text(self.export["image_size"]),
-            "breast_aggregation": self.breast_aggregation,
+            "breast_aggregation": self.breast_aggregation, "onnx": None if self.onnx is None else self.onnx[0],
         }
 
 
@@ -128,7 +134,7 @@ def _manifest_sha(uri: str) -> str | None:
 def resolve_model(ref: str, workdir: str | Path | None = None, threshold: float | None = None) -> ScoringModel:
     """Load the model ``ref`` names (production pointer, checkpoint or export; local or remote),
     verified by sha256. ``threshold`` overrides the recorded one."""
-    from mammo.export import load_model_file
+    from mammo.export import load_model_file, onnx_name
 
     work = Path(workdir or Path(tempfile.gettempdir()) / "mammo-predict")
     ref = str(ref).rstrip("/") if storage.is_remote(str(ref)) else str(storage.local_path(str(ref)).resolve())
@@ -146,12 +152,15 @@ def resolve_model(ref: str, workdir: str | Path | None = None, threshold: float 
         export, _ = load_model_file(path)
         recorded = meta.get("threshold", export.get("threshold"))
         kind = "production"
+        onnx_key = onnx_name(str(meta.get("sha256") or ""))
+        onnx = (storage.join(ref, onnx_key), manifest.objects[onnx_key].sha256) if onnx_key in manifest.objects else None
     else:
         sha = _manifest_sha(ref)
         path = _fetch(ref, work, sha)
         uri = ref
         export, kind = load_model_file(path)
         recorded = export.get("threshold")
+        onnx = None
         if sha is None:
             from mammo.storage.integrity import sha256_file
 
@@ -162,7 +171,7 @@ def resolve_model(ref: str, workdir: str | Path | None = None, threshold: float 
         chosen = None if recorded is None else _probability(recorded, f"{uri}: its recorded threshold")
     if chosen is None:
         log.warning("%s records no operating threshold: flags left empty (give --threshold)", ref)
-    return ScoringModel(export, uri, sha, kind, chosen)
+    return ScoringModel(export, uri, sha, kind, chosen, onnx)
 
 
 def resolve_ensemble(ref: str, work: Path, threshold: float | None = None) -> EnsembleModel:
@@ -323,28 +332,59 @@ def with_original_ids(images: pd.DataFrame, breasts: pd.DataFrame, identifiers: 
 # --- scoring --------------------------------------------------------------------------------
 
 
+def onnx_file(model: ScoringModel, work: Path) -> tuple[Path, str]:
+    """(local path, sha256) of the model's ONNX file: the one its production manifest lists,
+    fetched and verified, else one exported for this run into ``work`` (checked against the
+    eager network by ``mammo.export.write_onnx``)."""
+    import os
+
+    from mammo.export import write_onnx
+
+    if model.onnx is not None:
+        uri, sha = model.onnx
+        return _fetch(uri, work, sha), sha
+    made = write_onnx(model.export, work / "onnx" / f"{os.getpid()}-{(model.sha256 or 'model')[:12]}.onnx")
+    return Path(made["path"]), str(made["sha256"])
+
+
 def score_images(
     model: ScoringModel, table: pd.DataFrame, *, device: str = "auto", batch_size: int = 32, workers: int = 2,
-    seed: int = 0,
+    seed: int = 0, runtime: str = "eager", workdir: str | Path | None = None,
 ) -> np.ndarray:
     """Probabilities of the images of ``table`` (column ``path``), in table order; batched on
-    ``device`` with a progress bar, preprocessed exactly as in evaluation."""
+    ``device`` with a progress bar, preprocessed exactly as in evaluation, by ``runtime``
+    (``mammo.runtimes``; ``onnx`` on the CPU, its file fetched or exported under ``workdir``)."""
     if isinstance(model, EnsembleModel):  # the members' mean probability per image
-        return np.mean([score_images(member, table, device=device, batch_size=batch_size, workers=workers, seed=seed)
+        return np.mean([score_images(member, table, device=device, batch_size=batch_size, workers=workers, seed=seed,
+                                     runtime=runtime, workdir=workdir)
                         for member in model.members], axis=0)
     from mammo.data.augment import BatchTransform
     from mammo.engine.data import eval_loader
     from mammo.engine.loop import gather_predictions, predict
     from mammo.engine.runtime import runtime_for
     from mammo.export import model_from_export
+    from mammo.runtimes import check_runtime, open_session, predict_onnx
 
+    check_runtime(runtime, device)
     config = load_config(EvalConfig, overrides={
         "data.image_size": model.export["image_size"], "data.batch_size": batch_size, "data.workers": workers,
-        "device": device, "seed": seed,
+        "device": "cpu" if runtime == "onnx" else device, "seed": seed,
     })
     rows = table.assign(cancer=table["cancer"] if "cancer" in table.columns else 0)
     probs = np.full(len(rows), np.nan)
     if rows.empty:
+        return probs
+    if runtime == "onnx":
+        work = Path(workdir or Path(tempfile.gettempdir()) / "mammo-predict")
+        path, sha = onnx_file(model, work)
+        try:
+            session = open_session(path, sha)
+            with runtime_for(config) as context:
+                preds = predict_onnx(session, eval_loader(rows, config, context), desc="predict (onnx)")
+        finally:
+            if model.onnx is None:
+                path.unlink(missing_ok=True)  # exported for this run only
+        probs[preds.index] = preds.probs
         return probs
     with runtime_for(config) as runtime:
         net = model_from_export(model.export, source=model.uri).to(runtime.device)
@@ -418,10 +458,14 @@ def _write_csv(frame: pd.DataFrame, out: str) -> None:
 def run_predict(
     *, model: str, data: str, out: str, device: str = "auto", batch_size: int = 32, workers: int = 2,
     table: str | None = None, images: str | None = None, threshold: float | None = None,
-    workdir: str | Path | None = None,
+    workdir: str | Path | None = None, runtime: str = "eager",
 ) -> dict[str, Any]:
-    """Score ``data`` with ``model``; write the breast CSV to ``out`` and the image CSV beside
-    it; return a summary (model, counts, flagged, where the files are)."""
+    """Score ``data`` with ``model`` by ``runtime`` (``mammo.runtimes``); write the breast CSV to
+    ``out`` and the image CSV beside it; return a summary (model, counts, flagged, where the
+    files are)."""
+    from mammo.runtimes import check_runtime
+
+    check_runtime(runtime, device)
     work = Path(workdir or Path(tempfile.gettempdir()) / "mammo-predict")
     for location, flag in ((out, "--out"), (images_path(out), "--out (its image-level CSV)")):
         check_output(location, flag=flag, inputs=_inputs(model, data, table), what="scores CSV", ours=_earlier_scores)
@@ -436,7 +480,8 @@ def run_predict(
             csv = table_file(local, table)
         studies = read_studies(csv)
         studies["path"] = resolve_image_paths(csv, studies, images)
-        probs = score_images(chosen, studies, device=device, batch_size=batch_size, workers=workers)
+        probs = score_images(chosen, studies, device=device, batch_size=batch_size, workers=workers,
+                             runtime=runtime, workdir=work)
         image_rows, breast_rows = score_table(chosen, studies, probs)
         if dicom is not None:
             image_rows, breast_rows = with_original_ids(image_rows, breast_rows, dicom.identifiers)
@@ -444,7 +489,7 @@ def run_predict(
     _write_csv(image_rows, images_path(out))
     flagged = None if chosen.threshold is None else int(breast_rows["flag"].sum())
     summary = {
-        "model": chosen.describe(),
+        "model": chosen.describe(), "runtime": runtime,
         "data": str(data), "table": "DICOM files" if dicom is not None else csv.name,
         "images": int(len(image_rows)), "scored_images": int(np.isfinite(probs).sum()),
         "breasts": int(len(breast_rows)), "patients": int(breast_rows["patient_id"].nunique()),

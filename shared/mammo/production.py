@@ -243,20 +243,27 @@ def production_manifest(store_uri: str, model_name: str) -> Manifest | None:
 
 
 def export_beside(prefix: str, digest: str, threshold: Any, result: dict[str, Any]) -> dict[str, ManifestEntry]:
-    """The weights-only export (``mammo.export``) of the staged checkpoint, written beside it
-    for ``mammo predict`` and the scorer; {} (and ``export_error`` in ``result``) when it cannot
-    be made: the checkpoint alone is still a complete production model."""
+    """The weights-only export (``mammo.export``) of the staged checkpoint and its verified ONNX
+    file (``model-<sha12>.onnx``, for ``--runtime onnx``), written beside it for ``mammo
+    predict`` and the scorer, the weights first; {} (and ``export_error`` in ``result``) when
+    the export cannot be made: the checkpoint alone is still a complete production model.
+    Without an ONNX file ``onnx_error`` says why."""
     from mammo.export import publish_export
 
     try:
-        key, size, sha256 = publish_export(join(prefix, model_key(digest)), digest, prefix,
-                                           threshold=threshold if isinstance(threshold, (int, float)) else None)
+        published, onnx_error = publish_export(
+            join(prefix, model_key(digest)), digest, prefix,
+            threshold=threshold if isinstance(threshold, (int, float)) else None)
     except (MammoError, OSError, RuntimeError) as err:
         log.warning("no weights-only export: %s", err)
         result["export_error"] = str(err)
         return {}
-    result["export_uri"] = join(prefix, key)
-    return {key: ManifestEntry(size=size, sha256=sha256)}
+    result["export_uri"] = join(prefix, published[0][0])
+    if onnx_error is None:
+        result["onnx_uri"] = join(prefix, published[1][0])
+    else:
+        result["onnx_error"] = onnx_error
+    return {key: ManifestEntry(size=size, sha256=sha256) for key, size, sha256 in published}
 
 
 def previous_summary(manifest: Manifest | None) -> dict[str, Any] | None:
