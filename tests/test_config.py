@@ -120,8 +120,12 @@ def test_stage_configs_map_the_flat_pipeline_parameters():
     assert "model" not in evaluation.model_fields_set  # each checkpoint decides its model
 
 
-def test_config_module_does_not_import_torch():
-    code = "import sys, mammo.config, mammo.cli; assert 'torch' not in sys.modules, 'torch imported'"
+def test_config_and_the_command_line_parser_import_no_heavy_library():
+    """`mammo --help` and a config error answer at once: building every subcommand's parser
+    loads neither torch nor scipy, pandas or scikit-learn (each costs seconds of imports)."""
+    code = ("import sys, mammo.config, mammo.cli; mammo.cli.build_parser(); "
+            "heavy = [m for m in ('torch', 'scipy', 'pandas', 'sklearn') if m in sys.modules]; "
+            "assert not heavy, f'imported {heavy}'")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

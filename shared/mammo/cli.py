@@ -210,7 +210,6 @@ def _cmd_stats(args: argparse.Namespace) -> None:
 def _add_stats_parser(sub: argparse._SubParsersAction) -> None:
     """``mammo stats``: the evaluator's figures for prediction CSVs from anywhere."""
     from mammo import config as cfg
-    from mammo.promotion import RULES
 
     def shown(text: str, key: str) -> str:
         return f"{text} (default: {_default(cfg.EvalConfig, key)})".replace("%", "%%")
@@ -244,7 +243,7 @@ def _add_stats_parser(sub: argparse._SubParsersAction) -> None:
     rule_defaults = cfg.PipelineParams.model_fields
     for flag, field, kind, extra in (
         ("--promotion-metric", "promotion_metric", str, {"metavar": "KEY"}),
-        ("--promotion-rule", "promotion_rule", str, {"choices": RULES}),
+        ("--promotion-rule", "promotion_rule", str, {"choices": cfg.PROMOTION_RULES}),
         ("--promotion-margin", "promotion_margin", float, {"metavar": "X"}),
         ("--promotion-min", "promotion_min", float, {"metavar": "X"}),
         ("--promotion-min-cancers", "promotion_min_cancers", int, {"metavar": "N"}),

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import (
@@ -31,7 +31,6 @@ from pydantic.functional_serializers import PlainSerializer
 from mammo import defaults
 from mammo.backbones import BACKBONES, DEFAULT_BACKBONE, default_schedule, family_of
 from mammo.errors import ConfigError
-from mammo.folds import MAX_FOLDS
 from mammo.imagesize import ImageSize, parse_image_size, size_text
 
 log = logging.getLogger(__name__)
@@ -616,6 +615,7 @@ DEFAULT_PROMOTION_METRIC = "test.breast.auc"
 DEFAULT_PROMOTION_MARGIN = 0.005
 #: How the candidate is compared with production (``mammo.promotion``).
 PromotionRule = Literal["paired_bootstrap", "margin"]
+PROMOTION_RULES: tuple[str, ...] = get_args(PromotionRule)
 DEFAULT_PROMOTION_RULE = "paired_bootstrap"
 DEFAULT_PROMOTION_MIN = 0.5
 #: Nothing is promoted on a decision split with fewer cancer breasts than this.
@@ -691,7 +691,7 @@ class PipelineParams(_Strict):
     )
     augment: bool = Field(True, description="Batch-level augmentation of training images.")
     folds: int = Field(
-        1, ge=1, le=MAX_FOLDS,
+        1, ge=1, le=defaults.MAX_FOLDS,
         description="1: one baseline and one unfreeze model on the whole training split. k > 1: also k fold "
         "models, each trained without one of k patient-level folds of the training patients (val and test "
         "untouched), and their ensemble (mean image probability), all evaluated beside the full-data models.",

@@ -9,3 +9,5 @@ TEST_FRAC = 0.15
 SEED = 42
 #: Warm-up subset: every positive training breast plus this many times as many negatives.
 WARMUP_RATIO = 3
+#: Most k-fold training folds (``folds``): k models, each trained without one fold of patients.
+MAX_FOLDS = 10

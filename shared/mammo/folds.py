@@ -22,12 +22,11 @@ from typing import Any
 
 import pandas as pd
 
+from mammo.defaults import MAX_FOLDS
 from mammo.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-#: Bounds of the ``folds`` setting (``mammo.config.PipelineParams.folds`` declares it).
-MAX_FOLDS = 10
 #: sha256 -> integer: the first 8 bytes are plenty for up to MAX_FOLDS buckets.
 _HASH_BYTES = 8
 

@@ -36,13 +36,14 @@ from mammo.config import (
     DEFAULT_PROMOTION_MIN,
     DEFAULT_PROMOTION_MIN_CANCERS,
     DEFAULT_PROMOTION_RULE,
+    PROMOTION_RULES,
     metric_mode,
 )
 from mammo.errors import ConfigError
 from mammo import metric_registry
 from mammo.stats import BootstrapSettings, bootstrap, paired_difference
 
-RULES = ("paired_bootstrap", "margin")
+RULES = PROMOTION_RULES
 #: The splits and levels the evaluator reports every candidate's figures on.
 SPLITS = ("val", "test")
 LEVELS = ("image", "breast")
