@@ -32,7 +32,7 @@ from kfp.dsl import Model, PipelineTask
 
 import mammo
 from mammo.config import DATASET_FIELDS
-from mammo_pipelines import steps
+from mammo_pipelines import kfp_speed, steps  # noqa: F401 (kfp_speed: installed on import)
 from mammo_pipelines.parameters import PipelineParameter, pipeline_parameters, preset_parameters
 from mammo_pipelines.profiles import CONFIG_MAP_KEYS, POD_LABEL, PSEUDONYM_KEY, SECRET_KEYS, Profile, Resources
 

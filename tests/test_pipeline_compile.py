@@ -635,3 +635,26 @@ def test_trainers_and_the_evaluator_keep_their_data_on_a_planned_volume(extra, k
             env = {e["name"]: e["value"] for e in containers[name]["container"].get("env", [])}
             assert env["MAMMO_CACHE_DIR"] == "/var/cache/mammo"
     assert {"exec-baseline-trainer", "exec-unfreeze-trainer", "exec-evaluator"} <= with_volume
+
+
+def test_the_cheap_container_spec_check_is_installed_and_says_what_kfps_says() -> None:
+    """mammo_pipelines.kfp_speed replaces kfp's stack-walking check with the same check."""
+    from types import SimpleNamespace
+
+    from kfp.dsl import PipelineTask
+
+    from mammo_pipelines import kfp_speed
+
+    assert PipelineTask._ensure_container_spec_exists is kfp_speed.ensure_container_spec_exists
+    assert kfp_speed.ORIGINAL is not None and kfp_speed.ORIGINAL is not kfp_speed.ensure_container_spec_exists
+
+    def set_cpu_limit(check, task) -> None:  # the name a kfp setter has
+        check(task)
+
+    said = []
+    for check in (kfp_speed.ensure_container_spec_exists, kfp_speed.ORIGINAL):
+        set_cpu_limit(check, SimpleNamespace(container_spec=object()))  # a single-step task passes
+        with pytest.raises(ValueError) as refused:
+            set_cpu_limit(check, SimpleNamespace(container_spec=None))
+        said.append(str(refused.value))
+    assert said[0] == said[1] and said[0].startswith("set_cpu_limit can only be used on single-step components")
