@@ -1,9 +1,6 @@
-"""`mammo run` under faults, as real processes on tiny data: two runs on one work directory, and
-a work directory on a full disk.
+"""`mammo run` under faults, as real processes on tiny data: a work directory on a full disk.
+(Two runs on one work directory: tests/test_unprivileged_run.py.)
 
-- Two at once used to share a log file (same second) and leave orphaned ``.tmp`` hard links:
-  now the second fails at once with one line naming the holder, before writing anything, and
-  the first finishes with no litter.
 - A full disk used to surface as a torch traceback, retried four times without ever saying "no
   space left on device": now it is said once, with the file and the free space, and the step is
   not retried on this machine.
@@ -14,7 +11,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -27,13 +23,6 @@ pytestmark = pytest.mark.slow  # real processes and whole runs: `make check` lea
 MAMMO = str(Path(sys.executable).with_name("mammo"))
 
 
-@pytest.fixture
-def tiny_config(tmp_path: Path) -> str:
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(TINY))
-    return str(path)
-
-
 def _env(tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MINIO_", "MAMMO_"))}
     return {**env, "OMP_NUM_THREADS": "1"}
@@ -42,38 +31,6 @@ def _env(tmp_path: Path) -> dict[str, str]:
 def _run(workdir: Path, data: Path, config: str, env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen([MAMMO, "run", "--workdir", str(workdir), "--data", str(data), "--config", config],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-
-
-def _litter(root: Path) -> list[Path]:
-    return [p for p in root.rglob("*") if p.name.startswith(".") and p.name.endswith(".tmp")]
-
-
-def test_a_second_run_on_the_same_workdir_is_refused_and_the_first_leaves_no_litter(
-    tiny_dataset: Path, tiny_config: str, tmp_path: Path
-) -> None:
-    workdir = tmp_path / "work"
-    env = _env(tmp_path)
-    first = _run(workdir, tiny_dataset, tiny_config, env)
-    lock = workdir / ".mammo-run.lock"
-    deadline = time.monotonic() + 120
-    while not (lock.exists() and lock.read_text().startswith("pid ")):
-        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
-        time.sleep(0.1)
-    second = _run(workdir, tiny_dataset, tiny_config, env)
-    out2, err2 = second.communicate(timeout=120)
-    assert second.returncode == 2, err2
-    assert err2.count("\n") == 1 and f"another mammo run holds {workdir} (pid {first.pid} on " in err2
-    assert "mammo run: store" not in out2  # refused before anything started
-    out1, err1 = first.communicate(timeout=900)
-    assert first.returncode == 0, err1[-3000:]
-    assert "model: promoted to" in out1
-    assert len(list((workdir / "logs").iterdir())) == 1  # one log, the first run's
-    assert _litter(workdir) == []
-    # The lock went with the run: a third one starts (and finds the finished work).
-    third = _run(workdir, tiny_dataset, tiny_config, env)
-    out3, err3 = third.communicate(timeout=900)
-    assert third.returncode == 0, err3[-3000:]
-    assert _litter(workdir) == [] and len(list((workdir / "logs").iterdir())) == 2
 
 
 def test_a_full_disk_in_a_run_is_said_once_and_not_retried(tiny_dataset: Path, tmp_path: Path, small_disk: Path) -> None:

@@ -1,6 +1,7 @@
 """The whole pipeline through kfp.local with ``dataset_format: dicom`` at a non-square size: on the
 local store (``mammo run --data DICOM_DIR`` detects the format) and on the S3 server (two
-preprocessor shards, the DICOMs in the bucket). The preprocessor's PNG dataset is what the split
+preprocessor shards, the DICOMs in the bucket; every step reports to the Pushgateway under the
+run's id). The preprocessor's PNG dataset is what the split
 builder and the trainers read, and the model trains at HxW."""
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from mammo.dicom.synth import write_synthetic_dicoms
 from mammo.engine.checkpoint import load_checkpoint
 from mammo.imagesize import parse_image_size
 from mammo_pipelines.local_run import run_local
-from servers import S3Env
+from servers import Pushgateway, S3Env
 
 pytestmark = pytest.mark.slow  # real processes and whole runs: `make check` leaves them out
 
@@ -66,7 +67,9 @@ def _check_trained_on(png_uri: str, result: dict, tmp_path: Path) -> None:
     assert Image.open(png).size == (32, 40)  # (width, height)
     prefix, _, name = result["best_uri"].rpartition("/")
     best = storage.fetch_from_manifest(prefix, tmp_path / "best", keys=[name])[name]
-    assert parse_image_size(load_checkpoint(best)["image_size"]) == (40, 32)
+    checkpoint = load_checkpoint(best)
+    assert parse_image_size(checkpoint["image_size"]) == (40, 32)
+    assert checkpoint["model_config"]["backbone"] == "tinynet"  # the config file's backbone reached the trainers
 
 
 def test_mammo_run_on_a_dicom_folder(dicoms: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -83,15 +86,22 @@ def test_mammo_run_on_a_dicom_folder(dicoms: Path, tmp_path: Path, monkeypatch: 
     _check_trained_on(png_uri, result, tmp_path)
 
 
-def test_s3_run_with_two_preprocessor_shards(dicoms: Path, s3_env: S3Env, tmp_path: Path) -> None:
+def test_s3_run_with_two_preprocessor_shards(dicoms: Path, s3_env: S3Env, pushgateway: Pushgateway, tmp_path: Path) -> None:
     source = f"{s3_env.uri}/datasets/rsna-dicom"
     storage.upload_dir(dicoms, source)
     workdir = tmp_path / "work"
-    result = run_local(
-        str(workdir), source, "demo", _config(tmp_path, dataset_format="dicom", preprocess_shards=2), [],
-        store=s3_env.uri,
-    )
+    # No promotion floor: a one-epoch model on 24 patients, promoted to show the S3 store's path.
+    config = _config(tmp_path, dataset_format="dicom", preprocess_shards=2, promotion_min=-1.0, promotion_min_cancers=0)
+    result = run_local(str(workdir), source, "demo", config, [], store=s3_env.uri)
     png_uri = _output(workdir, "preprocess-merge")["parameterValues"]["Output"]
     assert png_uri.startswith(f"{s3_env.uri}/datasets/rsna-dicom-")
     assert not storage.list_objects(storage.join(png_uri, ".preprocess"))  # journals merged away
     _check_trained_on(png_uri, result, tmp_path)
+    assert result["promoted"] and result["production_uri"] == f"{s3_env.uri}/models/mammo/production"
+    assert result["report_uri"].startswith(f"{s3_env.uri}/runs/{result['run_id']}/evaluator/")
+    assert storage.exists(result["best_uri"]) and result["best_uri"].startswith(s3_env.uri)
+    # every step that computes something reported to the Pushgateway under the run's id
+    for component in ("split_builder", "baseline_trainer", "unfreeze_trainer", "evaluator"):
+        pushed = {x.name: x.value for x in pushgateway.samples(component=component, run_id=result["run_id"])}
+        assert pushed.get("mammo_step_success") == 1, (component, pushed)
+        assert pushed["mammo_step_duration_seconds"] > 0
