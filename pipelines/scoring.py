@@ -19,9 +19,10 @@ from pydantic import ValidationError
 
 from mammo.config import PipelineParams, format_validation_error
 from mammo.errors import ConfigError
+from mammo.runtimes import DEFAULT_RUNTIME, RUNTIMES
 from mammo_pipelines.parameters import DEFAULT_STORE, PipelineParameter, preset_parameters
 from mammo_pipelines.profiles import Profile
-from mammo_pipelines.steps import EVAL_IMAGE, described
+from mammo_pipelines.steps import EVAL_IMAGE, STEP_INPUTS, described
 
 PIPELINE_NAME = "mammo-scoring"
 DESCRIPTION = (
@@ -40,6 +41,7 @@ def scorer(
     model_name: str,
     table: str,
     params: dict,
+    runtime: str,
     scores: Output[Dataset],
 ) -> str:
     """Scores the dataset's studies with <store>/models/<model_name>/production and publishes
@@ -47,7 +49,7 @@ def scorer(
     from mammo_components.scorer.step import run_step
 
     return run_step(dataset_uri=dataset_uri, store_uri=store_uri, model_name=model_name, table=table,
-                    params=params, scores=scores)
+                    params=params, runtime=runtime, scores=scores)
 
 
 def parameters_for(profile: Profile) -> list[PipelineParameter]:
@@ -69,12 +71,15 @@ def parameters_for(profile: Profile) -> list[PipelineParameter]:
         field("device", str),
         field("batch_size", int),
         field("workers", int),
+        PipelineParameter("runtime", str, DEFAULT_RUNTIME, STEP_INPUTS["runtime"]),
     ], profile.preset)
 
 
 def check_arguments(arguments: dict[str, Any], parameters: list[PipelineParameter]) -> None:
     """Check the values that are PipelineParams fields (one-line error naming the field)."""
     values = {p.field: arguments.get(p.name, p.default) for p in parameters if p.field and p.field != "data"}
+    if arguments.get("runtime", DEFAULT_RUNTIME) not in RUNTIMES:
+        raise ConfigError(f"pipeline parameter runtime: {arguments['runtime']!r} is not one of {', '.join(RUNTIMES)}")
     try:
         PipelineParams.model_validate(values)
     except ValidationError as err:
@@ -88,6 +93,7 @@ def _wire(profile: Profile, args: dict[str, Any]) -> Any:
         dataset_uri=args["dataset_uri"], store_uri=args["store_uri"], model_name=args["model_name"],
         table=args["table"],
         params={"device": args["device"], "batch_size": args["batch_size"], "workers": args["workers"]},
+        runtime=args["runtime"],
     )
     task.set_display_name("scorer").set_container_image(profile.evaluator_image)
     _runtime(task, profile, profile.evaluator).set_caching_options(False)
