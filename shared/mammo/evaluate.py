@@ -48,6 +48,7 @@ from mammo.prediction_stats import (  # noqa: F401
     fixed_on_val,
     model_figures,
     score_candidate,
+    scores_at,
     threshold_choice,
 )
 from mammo.promotion import PromotionRule
@@ -407,18 +408,12 @@ def _oof_predictions(
 def _oof_scores(images: pd.DataFrame, oof: pd.DataFrame, config: EvalConfig) -> dict[str, Any]:
     """``score_candidate``'s record with the threshold chosen on the out-of-fold breasts of the
     training patients (``threshold_source: oof``) instead of val, applied unchanged to val and test."""
-    from mammo.metrics import aggregate_breasts, evaluate_predictions
+    from mammo.metrics import aggregate_breasts
 
-    how = config.data.breast_aggregation
-    choice = threshold_choice(aggregate_breasts(oof, how), config.threshold_metric)
+    choice = threshold_choice(aggregate_breasts(oof, config.data.breast_aggregation), config.threshold_metric)
     choice["how"] = choice["how"].replace("val", "out-of-fold training") + " and val"
     choice["source"] = OOF
-    threshold = choice["threshold"]
-    result: dict[str, Any] = {"threshold": threshold, "threshold_metric": config.threshold_metric, "threshold_choice": choice}
-    for name in SPLITS:
-        part = images[images["split"] == name]
-        result[name] = evaluate_predictions(part, threshold_image=threshold, threshold_breast=threshold, how=how)
-    return to_jsonable(result)
+    return scores_at(images, choice, config)
 
 
 def _ensemble_candidate(

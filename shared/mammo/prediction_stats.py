@@ -73,9 +73,14 @@ def threshold_choice(breasts: pd.DataFrame, metric: str) -> dict[str, Any]:
 def score_candidate(images: pd.DataFrame, config: EvalConfig) -> dict[str, Any]:
     """Threshold from val, then image- and breast-level metrics for val and test. Without a
     threshold (``threshold_choice``'s reason) the thresholded figures are undefined (None)."""
-    how = config.data.breast_aggregation
     val = images[images["split"] == "val"]
-    choice = threshold_choice(aggregate_breasts(val, how), config.threshold_metric)
+    return scores_at(images, threshold_choice(aggregate_breasts(val, config.data.breast_aggregation), config.threshold_metric), config)
+
+
+def scores_at(images: pd.DataFrame, choice: dict[str, Any], config: EvalConfig) -> dict[str, Any]:
+    """``score_candidate``'s record for a threshold chosen elsewhere (``choice``, as
+    ``threshold_choice`` gives it): image- and breast-level metrics of every split at it."""
+    how = config.data.breast_aggregation
     threshold = choice["threshold"]
     result: dict[str, Any] = {"threshold": threshold, "threshold_metric": config.threshold_metric, "threshold_choice": choice}
     for name in SPLITS:
