@@ -10,6 +10,10 @@ PY := $(VENV)/bin/python
 MAMMO := $(VENV)/bin/mammo
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# Test processes: pytest-xdist, one per core, each test handed to the next free one (the
+# whole-run tests are long); PYTEST_WORKERS=0 runs the suite in this process.
+PYTEST_WORKERS ?= auto
+PYTEST_XDIST = $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist worksteal)
 S3RVER_VERSION := 3.7.1
 S3RVER_STAMP := .cache/s3rver/.installed-$(S3RVER_VERSION)
 
@@ -57,10 +61,10 @@ test-servers: $(S3RVER_STAMP) ## Install the servers the tests start (s3rver, Pu
 IMAGES_SMOKE ?= $(if $(PYTEST_ARGS),0,1)
 
 check: $(STAMP) test-servers test-tools ## The fast tier for the edit loop: pytest without the slow tests
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_XDIST) -m "not slow" $(PYTEST_ARGS)
 
 test: $(STAMP) test-servers test-tools ## Run the whole test suite, then the image smoke test
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_XDIST) $(PYTEST_ARGS)
 	@if [ "$(IMAGES_SMOKE)" = 1 ]; then $(MAKE) --no-print-directory images-smoke; fi
 
 # buildah and mmdebstrap (Debian packages) build the images without Docker; util-linux brings
