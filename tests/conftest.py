@@ -81,6 +81,14 @@ def pytest_configure(config: pytest.Config) -> None:
         config.add_cleanup(lambda: shutil.rmtree(os.environ.pop("MPLCONFIGDIR"), ignore_errors=True))
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests marked ``slow`` (whole runs, real process swarms: up to a minute or more each)
+    first, each file's in their order, then the rest: the test processes of ``make test`` start
+    the long ones at once and fill the end with short ones, instead of one long test finishing
+    alone at the end. Tests do not depend on their order."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _nothing_written_outside() -> Iterator[None]:
     before = dict(_BEFORE)

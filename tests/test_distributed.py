@@ -200,7 +200,11 @@ def test_a_killed_rank_ends_the_whole_job_in_one_line(data, tmp_path: Path) -> N
     assert time.monotonic() - killed_at < 90
     assert job.returncode == 1
     last = err.strip().splitlines()[-1]
-    assert last == "mammo: error: distributed job stopped: rank 1 (killed by SIGKILL) failed; the other processes were ended", err[-2000:]
+    # Rank 0 may see its peer vanish (a gloo read error) and fail on its own before the launcher
+    # ends it; then the line names it too. The killed rank is named either way.
+    assert last.startswith("mammo: error: distributed job stopped: ") and "rank 1 (killed by SIGKILL)" in last, err[-2000:]
+    assert last.endswith(" failed; the other processes were ended") and last.count("rank 0") <= 1, err[-2000:]
+    assert "rank 0" not in last or "rank 0 (exit code 1)" in last, err[-2000:]
     assert "Traceback" not in err
     assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] >= 1  # what was written stays readable
 

@@ -131,6 +131,9 @@ def test_groups_older_than_the_retention_are_deleted_after_a_final_push(
     try:
         monkeypatch.setenv("MAMMO_PUSHGATEWAY_URL", gateway.url)
         monkeypatch.setenv("MAMMO_PUSHGATEWAY_RETENTION_SECONDS", "1")
+        # The sweep gives up quietly after the request timeout (hygiene never fails a run): on a
+        # loaded machine the gateway's answer can take longer than the default 5 s.
+        monkeypatch.setenv("MAMMO_PUSHGATEWAY_TIMEOUT_SECONDS", "60")
         old, new = _run_id(), _run_id()
         Telemetry("baseline", old).finish(True, 1.0)
         foreign = urllib.request.Request(f"{gateway.url}/metrics/job/other/run_id/{old}", data=b"x 1\n", method="PUT")
