@@ -56,7 +56,7 @@ test-servers: $(S3RVER_STAMP) ## Install the servers the tests start (s3rver, Pu
 	  || { apt-get update && apt-get install -y --no-install-recommends prometheus-pushgateway; }; \
 	fi
 
-# The image smoke test follows a full pytest run (about 15 minutes on 2 cores, see README);
+# The image smoke test follows a full pytest run (about 10.5 minutes on 2 cores, see README);
 # IMAGES_SMOKE=0 skips it, and a subset (PYTEST_ARGS set) skips it unless IMAGES_SMOKE=1.
 IMAGES_SMOKE ?= $(if $(PYTEST_ARGS),0,1)
 

@@ -76,17 +76,14 @@ def pytest_configure(config: pytest.Config) -> None:
     """Before collection imports anything: the snapshot, and matplotlib's font cache in a
     temporary folder (it would go to ``$HOME/.cache/matplotlib``)."""
     _BEFORE.update(_snapshot())
+    # Under `make test`'s test processes (pytest-xdist), each gets its share of the cores for
+    # torch's threads (and so every process it starts), instead of every process taking all.
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
     if "MPLCONFIGDIR" not in os.environ:
         os.environ["MPLCONFIGDIR"] = tempfile.mkdtemp(prefix="mammo-tests-matplotlib-")
         config.add_cleanup(lambda: shutil.rmtree(os.environ.pop("MPLCONFIGDIR"), ignore_errors=True))
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The tests marked ``slow`` (whole runs, real process swarms: up to a minute or more each)
-    first, each file's in their order, then the rest: the test processes of ``make test`` start
-    the long ones at once and fill the end with short ones, instead of one long test finishing
-    alone at the end. Tests do not depend on their order."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(scope="session", autouse=True)
