@@ -119,7 +119,7 @@ def test_labels_are_plain_names(component: str, run_id: str) -> None:
 
 @pytest.mark.slow
 def test_groups_older_than_the_retention_are_deleted_after_a_final_push(
-    tmp_path, monkeypatch: pytest.MonkeyPatch
+    tmp_path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Per-run groups expire: a step's final push deletes the ``mammo`` groups last pushed more
     than MAMMO_PUSHGATEWAY_RETENTION_SECONDS ago, never its own nor other jobs' groups. A
@@ -131,9 +131,10 @@ def test_groups_older_than_the_retention_are_deleted_after_a_final_push(
     try:
         monkeypatch.setenv("MAMMO_PUSHGATEWAY_URL", gateway.url)
         monkeypatch.setenv("MAMMO_PUSHGATEWAY_RETENTION_SECONDS", "1")
-        # The sweep gives up quietly after the request timeout (hygiene never fails a run): on a
-        # loaded machine the gateway's answer can take longer than the default 5 s.
-        monkeypatch.setenv("MAMMO_PUSHGATEWAY_TIMEOUT_SECONDS", "60")
+        # urlopen's process-wide opener as another test's torch weight download leaves it: bound
+        # to the dead proxy of that moment. The sweep used it, and failed quietly ever after.
+        dead = urllib.request.build_opener(urllib.request.ProxyHandler({"http": "http://127.0.0.1:9"}))
+        monkeypatch.setattr(urllib.request, "_opener", dead)
         old, new = _run_id(), _run_id()
         Telemetry("baseline", old).finish(True, 1.0)
         foreign = urllib.request.Request(f"{gateway.url}/metrics/job/other/run_id/{old}", data=b"x 1\n", method="PUT")
@@ -145,8 +146,9 @@ def test_groups_older_than_the_retention_are_deleted_after_a_final_push(
         epoch_only = Telemetry("unfreeze", new)
         assert epoch_only.epoch(1, **EPOCH)  # an epoch's push deletes nothing
         assert _values(gateway, old)["mammo_step_success"] == 1
-        assert Telemetry("baseline", new).finish(True, 2.0)
-        assert _values(gateway, old) == {}
+        with caplog.at_level(logging.DEBUG, logger="mammo.telemetry"):
+            assert Telemetry("baseline", new).finish(True, 2.0)
+        assert _values(gateway, old) == {}, caplog.text
         assert {s.labels["component"] for s in gateway.samples(run_id=new) if s.name == "mammo_epoch" or s.name == "mammo_step_success"} == {"baseline", "unfreeze"}
         assert [s.value for s in gateway.samples(job="other") if s.name == "x"] == [1.0]
 

@@ -235,7 +235,10 @@ class Telemetry:
         deleted: list[dict[str, str]] = []
         try:
             request = urllib.request.Request(f"{url}/api/v1/metrics", headers=gateway.headers())
-            with urllib.request.urlopen(request, timeout=self._settings.pushgateway_timeout_seconds) as answer:
+            # An opener of its own, as prometheus_client's pushes build: urlopen's process-wide one
+            # keeps the proxy settings of its first use (torch's weight download, say) for good.
+            opener = urllib.request.build_opener()
+            with opener.open(request, timeout=self._settings.pushgateway_timeout_seconds) as answer:
                 groups = json.load(answer).get("data") or []
             cutoff = time.time() - retention
             for group in groups:
