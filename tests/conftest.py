@@ -127,6 +127,9 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+_S3RVERS: list[S3rver] = []
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Endpoint]:
     external = minio_from_env()
@@ -137,7 +140,9 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Endpoint]:
         server = S3rver(tmp_path_factory.mktemp("s3rver") / "data")
     except RuntimeError as exc:
         pytest.fail(str(exc), pytrace=False)
+    _S3RVERS.append(server)
     yield server.endpoint
+    _S3RVERS.remove(server)
     server.stop()
 
 
@@ -153,6 +158,8 @@ def _point_at(monkeypatch: pytest.MonkeyPatch, server: S3Endpoint, endpoint: str
 @pytest.fixture
 def s3_env(s3_server: S3Endpoint, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Env]:
     """A fresh bucket, and the environment that points ``mammo.storage`` at it."""
+    for server in _S3RVERS:
+        server.ensure_running()
     bucket = f"mammo-test-{uuid.uuid4().hex[:12]}"
     client = s3_server.client()
     client.make_bucket(bucket)

@@ -135,11 +135,21 @@ class S3rver:
             raise RuntimeError(f"s3rver is not installed at {S3RVER_BIN}: run `make test-servers`")
         port = free_port()
         data_dir.mkdir(parents=True, exist_ok=True)
-        args = [str(S3RVER_BIN), "-d", str(data_dir), "-a", HOST, "-p", str(port), "--silent"]
-        self._process = _Process(
-            args, data_dir.parent / "s3rver.log", "s3rver", lambda: _port_open(port)
-        )
+        self._args = [str(S3RVER_BIN), "-d", str(data_dir), "-a", HOST, "-p", str(port), "--silent"]
+        self._log, self._port, self.restarts = data_dir.parent / "s3rver.log", port, 0
+        self._process = _Process(self._args, self._log, "s3rver", lambda: _port_open(port))
         self.endpoint = S3Endpoint(f"{HOST}:{port}", "S3RVER", "S3RVER")
+
+    def ensure_running(self) -> None:
+        """Start it again, on its port and data, if it died. s3rver 3.7.1 crashes on an unhandled
+        ENOENT when a PUT races the removal of the folder that a DELETE just emptied (the lock
+        tests' six processes can do that): the test it happened in fails, the next ones get a
+        server. The crash's log is kept beside the new one."""
+        if self._process.proc.poll() is None:
+            return
+        self.restarts += 1
+        self._log.rename(self._log.with_suffix(f".crashed-{self.restarts}.log"))
+        self._process = _Process(self._args, self._log, "s3rver", lambda: _port_open(self._port))
 
     def stop(self) -> None:
         self._process.stop()
