@@ -10,9 +10,11 @@ PY := $(VENV)/bin/python
 MAMMO := $(VENV)/bin/mammo
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
-# Test processes: pytest-xdist, one per core, each test handed to the next free one (the
-# whole-run tests are long); PYTEST_WORKERS=0 runs the suite in this process.
-PYTEST_WORKERS ?= auto
+# Test processes: PYTEST_WORKERS=auto runs pytest-xdist, one per core, each test handed to the
+# next free one (about 10 minutes instead of 16-19 on 2 cores). Not the default yet: under two
+# workers' load s3rver 3.7.1 crashed in 2 of 6 full runs (an unhandled ENOENT when a PUT races
+# the removal of a folder a DELETE emptied, in the lock's choosing/ objects), failing a test.
+PYTEST_WORKERS ?= 0
 PYTEST_XDIST = $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist worksteal)
 S3RVER_VERSION := 3.7.1
 S3RVER_STAMP := .cache/s3rver/.installed-$(S3RVER_VERSION)
@@ -56,7 +58,7 @@ test-servers: $(S3RVER_STAMP) ## Install the servers the tests start (s3rver, Pu
 	  || { apt-get update && apt-get install -y --no-install-recommends prometheus-pushgateway; }; \
 	fi
 
-# The image smoke test follows a full pytest run (about 10.5 minutes on 2 cores, see README);
+# The image smoke test follows a full pytest run (see README for its time);
 # IMAGES_SMOKE=0 skips it, and a subset (PYTEST_ARGS set) skips it unless IMAGES_SMOKE=1.
 IMAGES_SMOKE ?= $(if $(PYTEST_ARGS),0,1)
 
