@@ -3,7 +3,10 @@ mammo checkpoint in a fraction of a second, and a production pointer holding it.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
+
+import pandas as pd
 
 import torch
 
@@ -41,3 +44,12 @@ def publish_production(prefix: str, checkpoint: Path, *, threshold: float, work:
         metadata={"checkpoint": key, "sha256": digest, "export": export_name(digest), "threshold": threshold},
     )
     return digest
+
+
+def unlabelled(tiny_dataset: Path, target: Path) -> Path:
+    """The tiny dataset as new studies: test.csv without the cancer column."""
+    shutil.copytree(tiny_dataset, target)
+    table = pd.read_csv(target / "train.csv", dtype=str)
+    (target / "train.csv").unlink()
+    table.drop(columns=["cancer"]).to_csv(target / "test.csv", index=False)
+    return target

@@ -31,17 +31,10 @@ from mammo.export import (
 from mammo.runtimes import check_runtime, onnx_probabilities, open_session
 from mammo.storage.integrity import sha256_file
 from mammo_components.scorer import entrypoint as scorer
-from model_support import fake_checkpoint
+from model_support import fake_checkpoint, unlabelled
 
 THRESHOLD = 0.5
 
-
-def _unlabelled(tiny_dataset: Path, target: Path) -> Path:
-    shutil.copytree(tiny_dataset, target)
-    table = pd.read_csv(target / "train.csv", dtype=str)
-    (target / "train.csv").unlink()
-    table.drop(columns=["cancer"]).to_csv(target / "test.csv", index=False)
-    return target
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +54,7 @@ def production(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         metadata={"checkpoint": f"model-{digest[:12]}.pt", "sha256": digest, "export": export_name(digest),
                   "threshold": THRESHOLD},
     )
-    return pointer, checkpoint, digest, _unlabelled(tiny_dataset, root / "incoming")
+    return pointer, checkpoint, digest, unlabelled(tiny_dataset, root / "incoming")
 
 
 def test_the_onnx_file_gives_eager_probabilities_at_any_batch_size(production):

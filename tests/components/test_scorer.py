@@ -5,7 +5,6 @@ output folder per run; the pipeline runs through kfp.local."""
 from __future__ import annotations
 
 import io
-import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -14,19 +13,11 @@ import pytest
 from mammo import storage
 from mammo_components.scorer import entrypoint as scorer
 from mammo_components.scorer.step import scores_uri
-from model_support import fake_checkpoint, publish_production
+from model_support import fake_checkpoint, publish_production, unlabelled
 from servers import S3Env
 
 PARAMS = {"device": "cpu", "workers": 0, "batch_size": 16}
 
-
-def unlabelled(tiny_dataset: Path, target: Path) -> Path:
-    """The tiny dataset as new studies: test.csv without the cancer column."""
-    shutil.copytree(tiny_dataset, target)
-    table = pd.read_csv(target / "train.csv", dtype=str)
-    (target / "train.csv").unlink()
-    table.drop(columns=["cancer"]).to_csv(target / "test.csv", index=False)
-    return target
 
 
 def check_scores(result: dict, threshold: float, studies: Path) -> None:
