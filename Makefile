@@ -18,6 +18,7 @@ PYTEST_WORKERS ?= 0
 PYTEST_XDIST = $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist worksteal)
 S3RVER_VERSION := 3.7.1
 S3RVER_STAMP := .cache/s3rver/.installed-$(S3RVER_VERSION)
+MOTO_STAMP := .cache/moto-server/.installed
 
 .PHONY: help venv run check test test-servers bench clean clean-venv gpu-check images-smoke images-tools
 
@@ -52,7 +53,13 @@ $(S3RVER_STAMP):
 	npm install --prefix .cache/s3rver --no-audit --no-fund --loglevel=error s3rver@$(S3RVER_VERSION)
 	touch $@
 
-test-servers: $(S3RVER_STAMP) ## Install the servers the tests start (s3rver, Pushgateway)
+# moto's server in its own environment: botocore needs python-dateutil<3, the lock has 4.
+$(MOTO_STAMP): requirements/moto-server.txt
+	@$(PYTHON) -m venv .cache/moto-server
+	@$(PIP_QUIET:$(VENV)/bin/pip=.cache/moto-server/bin/pip) install --quiet --no-cache-dir -r requirements/moto-server.txt $(PIP_FILTER)
+	touch $@
+
+test-servers: $(S3RVER_STAMP) $(MOTO_STAMP) ## Install the servers the tests start (s3rver, moto, Pushgateway)
 	@if ! command -v prometheus-pushgateway >/dev/null && [ ! -x /usr/bin/prometheus-pushgateway ]; then \
 	  apt-get install -y --no-install-recommends prometheus-pushgateway \
 	  || { apt-get update && apt-get install -y --no-install-recommends prometheus-pushgateway; }; \

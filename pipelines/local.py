@@ -9,6 +9,7 @@ epochs, and how each step ended.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import dataclasses
 import io
@@ -222,6 +223,7 @@ def run_locally(
         warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)
         warnings.filterwarnings("ignore", message=".*no effect in the current local runner.*", category=UserWarning)
         progress = ProgressFilter(log_file.open("w"), sys.stdout, verbose)
+        original_print = builtins.print  # kfp.local swaps it while a step runs
         try:
             with contextlib.redirect_stdout(progress):
                 task = pipeline(**arguments)
@@ -232,6 +234,7 @@ def run_locally(
                 f"{STEPS.get(failed, UNNUMBERED.get(failed, (None, failed))[1])} failed: {detail} (full log: {log_file})"
             ) from None
         finally:
+            builtins.print = original_print
             _drop_handlers_on(progress)
             progress.close_log()
     return dict(task.outputs["Output"].metadata)

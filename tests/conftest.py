@@ -6,6 +6,8 @@ ports of 127.0.0.1 and stopped at the end.
 - ``s3_env``: a fresh bucket on s3rver (or on a real MinIO given by ``MAMMO_TEST_MINIO_*``), with
   ``MINIO_*`` set so that ``mammo.storage`` reaches it, and a short retry budget.
 - ``s3_proxy``: ``s3_env`` reached through a ``FaultProxy`` (faults on demand, request log).
+- ``moto_env``: a fresh bucket on moto's S3 server, which enforces conditional writes (s3rver
+  ignores them); ``moto_env_listing`` the same with ``MAMMO_STORAGE_CONDITIONAL_WRITES=off``.
 - ``pushgateway``: a Pushgateway with ``MAMMO_PUSHGATEWAY_URL`` pointing at it.
 
 Data: ``tiny_dataset``, a small synthetic dataset written once per session. Every test (and
@@ -15,11 +17,14 @@ folder that is removed at the end (``_session_cache_dir``), never in the home di
 Nothing outside: ``_nothing_written_outside`` fails the session when a file under
 ``/var/cache/mammo``, ``$HOME/.cache`` or the working tree (but its ignored ``.mammo/``,
 ``.cache/``, ``.venv/``, ``.pytest_cache/`` and ``__pycache__/`` folders) appeared, changed or
-went away while the tests ran.
+went away while the tests ran. ``_print_left_as_found``: a test after which ``builtins.print``
+is not the one it started with (kfp.local replaces it while a step runs) fails, naming itself,
+and ``print`` is put back, so that later tests' output is not indented by it.
 """
 
 from __future__ import annotations
 
+import builtins
 import os
 import shutil
 import subprocess
@@ -31,6 +36,7 @@ from pathlib import Path
 import pytest
 
 from servers import (
+    MotoS3,
     FaultProxy,
     Pushgateway,
     S3Endpoint,
@@ -146,6 +152,47 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Endpoint]:
     server.stop()
 
 
+@pytest.fixture(autouse=True)
+def _print_left_as_found() -> Iterator[None]:
+    before = builtins.print
+    yield
+    if builtins.print is not before:
+        leaked, builtins.print = builtins.print, before
+        pytest.fail(f"builtins.print was left replaced by {leaked!r}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Endpoint]:
+    try:
+        server = MotoS3(tmp_path_factory.mktemp("moto") / "moto.log")
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    yield server.endpoint
+    server.stop()
+
+
+@pytest.fixture
+def moto_env(moto_server: S3Endpoint, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Env]:
+    """A fresh bucket on moto's server; the store finds its conditional writes by probing."""
+    yield from _fresh_bucket(moto_server, monkeypatch)
+
+
+@pytest.fixture
+def moto_env_listing(moto_env: S3Env, monkeypatch: pytest.MonkeyPatch) -> S3Env:
+    """``moto_env`` with conditional writes turned off: the listing-based lock on S3."""
+    monkeypatch.setenv("MAMMO_STORAGE_CONDITIONAL_WRITES", "off")
+    return moto_env
+
+
+def _fresh_bucket(server: S3Endpoint, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Env]:
+    bucket = f"mammo-test-{uuid.uuid4().hex[:12]}"
+    client = server.client()
+    client.make_bucket(bucket)
+    _point_at(monkeypatch, server, server.endpoint)
+    yield S3Env(server, bucket)
+    empty_and_remove_bucket(client, bucket)
+
+
 def _point_at(monkeypatch: pytest.MonkeyPatch, server: S3Endpoint, endpoint: str) -> None:
     monkeypatch.setenv("MINIO_ENDPOINT", endpoint)
     monkeypatch.setenv("MINIO_ACCESS_KEY", server.access_key)
@@ -160,12 +207,7 @@ def s3_env(s3_server: S3Endpoint, monkeypatch: pytest.MonkeyPatch) -> Iterator[S
     """A fresh bucket, and the environment that points ``mammo.storage`` at it."""
     for server in _S3RVERS:
         server.ensure_running()
-    bucket = f"mammo-test-{uuid.uuid4().hex[:12]}"
-    client = s3_server.client()
-    client.make_bucket(bucket)
-    _point_at(monkeypatch, s3_server, s3_server.endpoint)
-    yield S3Env(s3_server, bucket)
-    empty_and_remove_bucket(client, bucket)
+    yield from _fresh_bucket(s3_server, monkeypatch)
 
 
 @pytest.fixture

@@ -2,6 +2,8 @@
 
 - ``S3rver``: the npm ``s3rver`` S3 server (installed by ``make test-servers``), or a real MinIO
   when ``MAMMO_TEST_MINIO_ENDPOINT``/``_ACCESS_KEY``/``_SECRET_KEY`` are set (``minio_from_env``).
+- ``MotoS3``: moto's S3 server (its own virtual environment, made by ``make test-servers``):
+  in memory, any credentials, and it enforces conditional writes (``If-None-Match``/``If-Match``).
 - ``Pushgateway``: Debian's ``prometheus-pushgateway`` binary.
 - ``FaultProxy``: a TCP proxy in front of an S3 endpoint that fails the way networks and servers
   do (goes down mid-transfer, answers 503 SlowDown) and logs the HTTP request lines it forwards,
@@ -28,6 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parents[1]
 S3RVER_BIN = REPO / ".cache" / "s3rver" / "node_modules" / ".bin" / "s3rver"
+MOTO_PYTHON = REPO / ".cache" / "moto-server" / "bin" / "python"
 HOST = "127.0.0.1"
 
 #: Talks to the test servers directly: ``urlopen``'s global opener caches whatever proxy
@@ -150,6 +153,21 @@ class S3rver:
         self.restarts += 1
         self._log.rename(self._log.with_suffix(f".crashed-{self.restarts}.log"))
         self._process = _Process(self._args, self._log, "s3rver", lambda: _port_open(self._port))
+
+    def stop(self) -> None:
+        self._process.stop()
+
+
+class MotoS3:
+    """``python -m moto.server -H 127.0.0.1 -p <port>`` from moto's own environment."""
+
+    def __init__(self, log: Path) -> None:
+        if not MOTO_PYTHON.exists():
+            raise RuntimeError(f"moto's server is not installed at {MOTO_PYTHON.parent.parent}: run `make test-servers`")
+        port = free_port()
+        self._process = _Process([str(MOTO_PYTHON), "-m", "moto.server", "-H", HOST, "-p", str(port)], log,
+                                 "moto server", lambda: _port_open(port))
+        self.endpoint = S3Endpoint(f"{HOST}:{port}", "moto-test-key", "moto-test-secret")
 
     def stop(self) -> None:
         self._process.stop()

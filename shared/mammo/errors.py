@@ -32,6 +32,10 @@ class ArtifactNotFoundError(StorageError):
     """The object (or a step's manifest) does not exist; callers may treat this as "not yet"."""
 
 
+class PreconditionFailed(StorageError):
+    """A conditional write found the object changed (or present, or gone) since it was read."""
+
+
 class IntegrityError(StorageError):
     """Stored bytes do not match their recorded sha256: never load them."""
 

@@ -37,7 +37,7 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any
 
-from mammo.errors import ArtifactNotFoundError, ConfigError, IntegrityError, MammoError
+from mammo.errors import ArtifactNotFoundError, ConfigError, IntegrityError, MammoError, PreconditionFailed
 from mammo.storage import (
     MANIFEST_NAME,
     Manifest,
@@ -56,6 +56,7 @@ from mammo.storage import (
     stat,
 )
 from mammo.storage.layout import check_name
+from mammo.storage.manifest import parse_manifest
 from mammo.storage.lock import Lease, LeaseLost, intents
 from mammo.storage.uri import is_remote, local_path, relative_key
 
@@ -74,6 +75,15 @@ def current_manifest(prefix: str) -> Manifest | None:
         return read_manifest(prefix)
     except ArtifactNotFoundError:
         return None
+
+
+def _manifest_and_etag(uri: str) -> tuple[Manifest | None, str | None]:
+    """The manifest at ``uri`` and the ETag of exactly those bytes (None, None: none yet)."""
+    try:
+        data, etag = open_store(uri).get_bytes_and_etag(uri)
+    except ArtifactNotFoundError:
+        return None, None
+    return parse_manifest(uri, data), etag
 
 
 def fence_of(manifest: Manifest | None) -> int:
@@ -147,8 +157,11 @@ def swap(
     extra: dict[str, ManifestEntry] | None = None,
 ) -> Manifest:
     """Replace the manifest if it is still ``expected`` (``LeaseLost`` otherwise). ``extra``:
-    further objects it lists beside the checkpoint (the weights-only export)."""
-    current = current_manifest(prefix)
+    further objects it lists beside the checkpoint (the weights-only export). Where the lease
+    is conditional, the new manifest is written only over the ETag of the one read here, so
+    even a holder frozen past its lease cannot overwrite a newer switch."""
+    uri = join(prefix, MANIFEST_NAME)
+    current, etag = _manifest_and_etag(uri) if lease.conditional else (current_manifest(prefix), None)
     if not _same(current, expected) or fence_of(current) > lease.token:
         raise LeaseLost(
             f"{join(prefix, MANIFEST_NAME)} changed while this promotion held the lock (fence "
@@ -162,7 +175,14 @@ def swap(
                   "history": _history(current, keep)},
     )
     lease.check()
-    put_bytes(manifest.model_dump_json(indent=2).encode(), join(prefix, MANIFEST_NAME))
+    body = manifest.model_dump_json(indent=2).encode()
+    if lease.conditional:
+        try:
+            open_store(uri).put_bytes_if(body, uri, etag)
+        except PreconditionFailed:
+            raise LeaseLost(f"{uri} changed by another writer during this switch; production left as it set it") from None
+    else:
+        put_bytes(body, uri)
     written = current_manifest(prefix)
     if written is None or fence_of(written) != lease.token or written.metadata.get("sha256") != entry.sha256:
         raise LeaseLost(f"{join(prefix, MANIFEST_NAME)} was overwritten by another writer right after this switch")

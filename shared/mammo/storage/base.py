@@ -85,6 +85,23 @@ class Store(ABC):
         whatever was recorded (a server-side copy carries the source's recorded sha256 along,
         even when the source's bytes were damaged)."""
 
+    # --- conditional writes (S3 stores that honour them; see mammo.storage.lock) ----------
+
+    def conditional_writes(self, scratch_uri: str) -> bool:
+        """Whether ``put_bytes_if`` is honoured where ``scratch_uri`` (a prefix this package
+        owns, such as a lock's) lives. The local backend has none: its lock lists files."""
+        return False
+
+    def put_bytes_if(self, data: bytes, uri: str, etag: str | None) -> ObjectInfo:
+        """Store ``data`` only if the object's ETag is still ``etag`` (``None``: only if there
+        is no object yet); ``PreconditionFailed`` otherwise."""
+        raise NotImplementedError(f"{type(self).__name__} has no conditional writes")
+
+    def get_bytes_and_etag(self, uri: str) -> tuple[bytes, str]:
+        """The object's bytes and the ETag of exactly those bytes (one read), for a later
+        ``put_bytes_if``."""
+        raise NotImplementedError(f"{type(self).__name__} has no conditional writes")
+
     # --- built on the primitives --------------------------------------------------------
 
     def exists(self, uri: str) -> bool:

@@ -1,11 +1,20 @@
 """A lock on object storage: one holder at a time, with expiry and fencing tokens.
 
-Why not a conditional write: S3 compare-and-swap (``If-Match``/``If-None-Match`` on PUT) is
-recent (AWS 2024, MinIO 2024) and many S3 services ignore the headers without an error (the
-s3rver test server does: a conditional PUT simply overwrites). A lock built on that would
-silently not lock. This one needs only what every store here guarantees, on S3 and the local
-filesystem alike: an object is visible to every later listing once its PUT returned, and gone
-once its DELETE returned (strong read-after-write consistency: AWS S3, MinIO, a local disk).
+Two ways, chosen per bucket at run time (``Store.conditional_writes``, setting
+``MAMMO_STORAGE_CONDITIONAL_WRITES``):
+
+- **Conditional writes** (``ConditionalLease``), where the store honours ``If-None-Match: *``
+  and ``If-Match: <etag>`` on PUT (MinIO, AWS S3, GCS and R2 do; probed once per bucket): one
+  object, ``<lock>/lease.json``, created only if absent or taken over only over the ETag that
+  was read (free, expired, or its process dead), and renewed only over the holder's own last
+  ETag. The store arbitrates every race; a holder taken over cannot renew or release over its
+  successor. The guarded write itself can be conditional too (``mammo.production.swap``).
+- **Listing-based** (below), for stores without them: the local filesystem, and S3 services
+  that ignore the headers without an error (the s3rver test server does: a conditional PUT
+  simply overwrites, so a lock built on it would silently not lock). It needs only what every
+  store here guarantees: an object is visible to every later listing once its PUT returned, and
+  gone once its DELETE returned (strong read-after-write consistency: AWS S3, MinIO, a local
+  disk). Every process sharing a lock must use the same way; ``auto`` makes them agree.
 
 The algorithm is Lamport's bakery, with the participants found by listing instead of a fixed
 table. Below ``<lock>/``:
@@ -35,8 +44,8 @@ caller's ``floor`` plus one (e.g. the token recorded in the object the lock guar
 records it in ``last.json`` - only the holder writes there, so tokens are unique even when two
 waiters picked the same ticket number. The guarded write records its token; a holder that finds a higher token recorded has
 been superseded and must stop. The remaining window - a holder paused for longer than the ttl
-between its last check and its write - cannot be closed without server-side conditional
-writes; the defaults (ttl 120 s, checks right before the write) make it a matter of a process
+between its last check and its write - is closed by the conditional guarded write where the
+store has conditional writes; elsewhere the defaults (ttl 120 s, checks right before the write) make it a matter of a process
 frozen for minutes at one exact instruction.
 
 Time: every reading of the wall clock, the monotonic clock and every wait goes through a
@@ -60,7 +69,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
-from mammo.errors import ArtifactNotFoundError, DataError, IntegrityError, StorageError
+from mammo.errors import ArtifactNotFoundError, DataError, IntegrityError, PreconditionFailed, StorageError
 from mammo.storage.api import open_store
 from mammo.storage.base import Store
 from mammo.storage.settings import LockSettings, load_env_settings
@@ -72,6 +81,8 @@ CHOOSING = "choosing"
 TICKETS = "tickets"
 #: The token of the latest holder, so that tokens keep growing after every ticket is gone.
 LAST = "last.json"
+#: The one object of the lock on stores with conditional writes (``ConditionalLease``).
+LEASE = "lease.json"
 _POLL_MIN_SECONDS = 0.02
 _POLL_MAX_SECONDS = 0.5
 
@@ -168,6 +179,10 @@ def _parse_number(name: str) -> int | None:
 class Lease:
     """A held lock: ``token`` for fencing, ``check()`` before every guarded write."""
 
+    #: Whether the store honours conditional writes (``ConditionalLease``): the guarded write
+    #: can then be conditional too (``mammo.production.swap``).
+    conditional = False
+
     def __init__(self, store: Store, lock_uri: str, entry: Entry, settings: LockSettings,
                  clock: Clock = SYSTEM_CLOCK) -> None:
         self.store = store
@@ -200,10 +215,19 @@ class Lease:
                 entry.id, entry.number, now + self._settings.ttl_seconds,
                 entry.intent if intent is None else intent, created_at=entry.created_at,
             )
-            self.store.put_bytes(body, entry.uri)
+            self._put(body)
             self._entry = Entry(**{**entry.__dict__, "expires_at": now + self._settings.ttl_seconds,
                                    "intent": json.loads(body)["intent"]})
             self._renewed_at = started
+
+    def _put(self, body: bytes) -> None:
+        self.store.put_bytes(body, self._entry.uri)
+
+    def _ours(self) -> bool:
+        return self.store.exists(self._entry.uri)
+
+    def _remove(self) -> None:
+        self.store.delete(self._entry.uri)
 
     def renew(self) -> None:
         """Put the ticket again with a fresh expiry now (the renewal thread does this every
@@ -242,8 +266,8 @@ class Lease:
                 f"lock {self.lock_uri}: not renewed for {self._clock.monotonic() - self._renewed_at:.0f} s "
                 f"(ttl {self._settings.ttl_seconds:g} s); stopping before changing anything"
             )
-        if not self.store.exists(self._entry.uri):
-            raise LeaseLost(f"lock {self.lock_uri}: our ticket was removed (taken as expired); stopping")
+        if not self._ours():
+            raise LeaseLost(f"lock {self.lock_uri}: our ticket was removed or taken over (taken as expired); stopping")
 
     def release(self) -> None:
         """Stop renewing and remove the ticket (a renewal in flight finishes first, so it
@@ -254,16 +278,110 @@ class Lease:
                 return
             self.released = True
             try:
-                self.store.delete(self._entry.uri)
+                self._remove()
             except StorageError as exc:
                 log.warning("could not remove the lock ticket %s (%s); it expires in %g s",
                             self._entry.uri, exc, self._settings.ttl_seconds)
 
 
-def _entry_body(ident: str, number: int, expires_at: float, intent: dict[str, Any], *, created_at: float) -> bytes:
+class ConditionalLease(Lease):
+    """The lease as one object, ``<lock>/lease.json``, only ever written over the ETag this
+    holder last wrote: a renewal after another process took the lease over as expired is
+    refused by the store instead of overwriting the new holder."""
+
+    conditional = True
+
+    def __init__(self, store: Store, lock_uri: str, entry: Entry, settings: LockSettings, clock: Clock,
+                 *, etag: str, previous_intent: dict[str, Any]) -> None:
+        super().__init__(store, lock_uri, entry, settings, clock)
+        self._etag = etag
+        self._previous_intent = previous_intent
+
+    def _put(self, body: bytes) -> None:
+        held = {**json.loads(body), "held": True, "previous_intent": self._previous_intent}
+        try:
+            info = self.store.put_bytes_if(json.dumps(held, sort_keys=True).encode(), self._entry.uri, self._etag)
+        except PreconditionFailed:
+            raise LeaseLost(f"lock {self.lock_uri}: taken over by another process (ours had expired)") from None
+        self._etag = info.etag
+
+    def _ours(self) -> bool:
+        try:
+            return self.store.stat(self._entry.uri).etag == self._etag
+        except ArtifactNotFoundError:
+            return False
+
+    def _remove(self) -> None:
+        free = {"held": False, "number": self.token}
+        try:
+            self.store.put_bytes_if(json.dumps(free, sort_keys=True).encode(), self._entry.uri, self._etag)
+        except PreconditionFailed:
+            pass  # taken over since: nothing of ours left to release
+
+
+def _read_lease(uri: str, data: bytes | None) -> tuple[Entry | None, int, list[dict[str, Any]]]:
+    """``lease.json`` as (its holder, None when free; its token; the intents it keeps: the
+    holder's and that of the holder it took over from). An unreadable object holds nothing."""
+    try:
+        body = json.loads(data) if data is not None else {}
+        number = int(body.get("number", 0))
+        kept = [dict(body.get("previous_intent") or {})]
+        if not body.get("held"):
+            return None, number, kept
+        entry = Entry(uri=uri, id=str(body["id"]), number=number, host=str(body["host"]), pid=int(body["pid"]),
+                      created_at=float(body["created_at"]), expires_at=float(body["expires_at"]),
+                      intent=dict(body.get("intent") or {}))
+        return entry, number, [entry.intent, *kept]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None, 0, []
+
+
+def _acquire_conditional(store: Store, lock_uri: str, floor: int, intent: dict[str, Any], settings: LockSettings,
+                         clock: Clock) -> Lease:
+    """Create ``lease.json`` (``If-None-Match: *``) or take it over when free or its holder is
+    gone (``If-Match`` its ETag); whoever loses the race looks again."""
+    uri = join(lock_uri, LEASE)
+    ident = uuid.uuid4().hex
+    deadline = clock.monotonic() + settings.wait_seconds
+    attempt = 0
+    while True:
+        try:
+            data, etag = store.get_bytes_and_etag(uri)
+        except ArtifactNotFoundError:
+            data, etag = None, None
+        holder, number, _ = _read_lease(uri, data)
+        now = clock.time()
+        if holder is None or holder.gone(now, settings.clock_skew_seconds):
+            # A holder that died may have staged objects: garbage collection keeps its intent
+            # for one more holding.
+            kept = holder.intent if holder is not None else {}
+            token = max(floor, number, _last_token(store, lock_uri)) + 1
+            body = _entry_body(ident, token, now + settings.ttl_seconds, intent, created_at=now,
+                               held=True, previous_intent=kept)
+            try:
+                info = store.put_bytes_if(body, uri, etag)
+            except PreconditionFailed:
+                pass  # another process was quicker: look again
+            else:
+                entry = Entry(uri, ident, token, _namespace(), os.getpid(), now, now + settings.ttl_seconds, intent)
+                lease = ConditionalLease(store, lock_uri, entry, settings, clock, etag=info.etag, previous_intent=kept)
+                lease.start()
+                log.debug("lock %s acquired with token %d (conditional writes)", lock_uri, token)
+                return lease
+        elif clock.monotonic() > deadline:
+            raise StorageError(
+                f"lock {lock_uri}: held by {holder.describe()}; gave up after {settings.wait_seconds:g} s "
+                "(MAMMO_LOCK_WAIT_SECONDS)"
+            )
+        attempt += 1
+        clock.sleep(_poll_delay(attempt))
+
+
+def _entry_body(ident: str, number: int, expires_at: float, intent: dict[str, Any], *, created_at: float,
+                **extra: Any) -> bytes:
     return json.dumps({
         "id": ident, "number": number, "host": _namespace(), "pid": os.getpid(), "created_at": created_at,
-        "expires_at": expires_at, "intent": intent,
+        "expires_at": expires_at, "intent": intent, **extra,
     }, sort_keys=True).encode()
 
 
@@ -345,8 +463,10 @@ def acquire(lock_uri: str, *, floor: int = 0, intent: dict[str, Any] | None = No
     ``StorageError`` naming the current holder when it does not come free in time."""
     settings = settings or load_env_settings(LockSettings)
     store = open_store(lock_uri)
-    ident = uuid.uuid4().hex
     intent = dict(intent or {})
+    if store.conditional_writes(lock_uri):
+        return _acquire_conditional(store, lock_uri, floor, intent, settings, clock)
+    ident = uuid.uuid4().hex
     choosing_uri = join(lock_uri, CHOOSING, f"{ident}.json")
     started = clock.time()
     store.put_bytes(_entry_body(ident, 0, started + settings.ttl_seconds, {}, created_at=started), choosing_uri)
@@ -426,4 +546,10 @@ def intents(lock_uri: str) -> list[dict[str, Any]]:
     """The intents of every ticket present (live or expired but not yet cleaned up): what
     in-flight or interrupted holders may still point at."""
     store = open_store(lock_uri)
-    return [e.intent for e in read_entries(store, lock_uri, TICKETS) if e.intent]
+    found = [e.intent for e in read_entries(store, lock_uri, TICKETS)]
+    lease_uri = join(lock_uri, LEASE)
+    try:
+        found += _read_lease(lease_uri, store.get_bytes(lease_uri))[2]
+    except ArtifactNotFoundError:
+        pass
+    return [i for i in found if i]

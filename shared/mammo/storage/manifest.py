@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from mammo.errors import ArtifactNotFoundError, StorageError
+from mammo.errors import ArtifactNotFoundError, DataError, StorageError
 from mammo.storage.api import open_store
 from mammo.storage.base import ObjectInfo, local_files
 from mammo.storage.cache import Wanted, fetch_all
@@ -70,13 +70,22 @@ def read_manifest(prefix_uri: str) -> Manifest:
     """The manifest of ``prefix_uri``; ``ArtifactNotFoundError`` when nothing was published."""
     uri = join(prefix_uri, MANIFEST_NAME)
     try:
-        data = open_store(uri).get_json(uri)
+        data = open_store(uri).get_bytes(uri)
     except ArtifactNotFoundError:
         raise ArtifactNotFoundError(
             f"artifact not found: {uri} (no published outputs at {prefix_uri})"
         ) from None
+    return parse_manifest(uri, data)
+
+
+def parse_manifest(uri: str, data: bytes) -> Manifest:
+    """``data`` read from ``uri`` as a manifest; a one-line ``StorageError`` when it is not one."""
     try:
-        return Manifest.model_validate(data)
+        obj = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{uri}: not valid JSON ({exc})") from None
+    try:
+        return Manifest.model_validate(obj)
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"])

@@ -8,8 +8,10 @@ the bounded retry of ``mammo.storage.retry``; permanent S3 errors become one-lin
 from __future__ import annotations
 
 import io
+import logging
 import mimetypes
 import os
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -23,7 +25,7 @@ from minio.error import InvalidResponseError, S3Error, ServerError
 from minio.helpers import check_bucket_name
 from urllib3.response import BaseHTTPResponse
 
-from mammo.errors import ArtifactNotFoundError, StorageError
+from mammo.errors import ArtifactNotFoundError, PreconditionFailed, StorageError
 from mammo.storage.atomic import atomic_file
 from mammo.storage.base import ObjectInfo, Store
 from mammo.storage.integrity import (
@@ -36,11 +38,15 @@ from mammo.storage.integrity import (
 )
 from mammo.storage.retry import call_with_retry, describe, is_tls_error
 from mammo.storage.settings import MinioSettings, StorageSettings
-from mammo.storage.uri import S3Location, parse_s3, s3_uri
+from mammo.storage.uri import S3Location, join, parse_s3, s3_uri
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 MIB = 1024 * 1024
 _META_HEADER = f"x-amz-meta-{SHA256_META}"
+#: What S3 services answer when a conditional write's condition does not hold (409: a
+#: conflicting conditional write in flight, AWS).
+_PRECONDITION_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
 _DENIED_CODES = frozenset(
     {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"}
 )
@@ -77,6 +83,8 @@ class S3Store(Store):
         self.workers = settings.workers
         self._part_size = settings.part_size_mib * MIB
         self._retry_seconds = settings.retry_seconds
+        self._conditional = settings.conditional_writes
+        self._probed: dict[str, bool] = {}
         http = urllib3.PoolManager(
             timeout=urllib3.Timeout(
                 connect=settings.connect_timeout_seconds, read=settings.request_read_timeout
@@ -240,6 +248,63 @@ class S3Store(Store):
             ),
         )
         return ObjectInfo(uri, len(data), str(result.etag), digest)
+
+    # --- conditional writes -------------------------------------------------------------
+
+    def conditional_writes(self, scratch_uri: str) -> bool:
+        """``MAMMO_STORAGE_CONDITIONAL_WRITES``; on ``auto``, probed once per bucket: a second
+        ``If-None-Match: *`` PUT of a fresh object below ``scratch_uri`` must be refused. A
+        server that ignores the header (s3rver, some S3 services) overwrites instead."""
+        if self._conditional != "auto":
+            return self._conditional == "on"
+        bucket = self._location(scratch_uri, object_key=False).bucket
+        if bucket not in self._probed:
+            probe = join(scratch_uri, f"conditional-write-probe-{uuid.uuid4().hex}.json")
+            self.put_bytes_if(b'{"probe": 1}', probe, None)
+            try:  # other bytes: a refused PUT of the same bytes counts as its own retry landing
+                self.put_bytes_if(b'{"probe": 2}', probe, None)
+                self._probed[bucket] = False
+            except PreconditionFailed:
+                self._probed[bucket] = True
+            finally:
+                self.delete(probe)
+            log.info("%s: conditional writes %s", bucket, "honoured" if self._probed[bucket] else "ignored")
+        return self._probed[bucket]
+
+    def put_bytes_if(self, data: bytes, uri: str, etag: str | None) -> ObjectInfo:
+        loc = self._location(uri)
+        digest = sha256_bytes(data)
+        condition = {"If-None-Match": "*"} if etag is None else {"If-Match": f'"{etag}"'}
+        headers = {"Content-Type": _content_type(uri), _META_HEADER: digest, **condition}
+
+        def attempt() -> ObjectInfo:
+            try:
+                # minio's public put_object turns extra headers into x-amz-meta-*; its
+                # single-request PutObject takes them as they are.
+                result = self._client._put_object(loc.bucket, loc.key, data, headers)
+            except S3Error as err:
+                if err.code not in _PRECONDITION_CODES:
+                    raise
+                # A retried PUT whose first try landed finds its own bytes: that is a success.
+                try:
+                    current, current_etag = self.get_bytes_and_etag(uri)
+                except ArtifactNotFoundError:
+                    current, current_etag = None, ""
+                if current != data:
+                    raise PreconditionFailed(f"{uri}: changed by another writer ({err.code})") from None
+                return ObjectInfo(uri, len(data), current_etag, digest)
+            return ObjectInfo(uri, len(data), str(result.etag), digest)
+
+        return self._run(uri, attempt)
+
+    def get_bytes_and_etag(self, uri: str) -> tuple[bytes, str]:
+        def read(response: BaseHTTPResponse) -> tuple[bytes, str]:
+            buffer = io.BytesIO()
+            digest, _ = copy_hashing(response.stream(CHUNK), buffer)
+            verify(uri, digest, None, response.headers.get(_META_HEADER))
+            return buffer.getvalue(), _etag(response)
+
+        return self._get(uri, read)
 
     def copy(self, src_uri: str, dst_uri: str) -> ObjectInfo:
         source = self.stat(src_uri)

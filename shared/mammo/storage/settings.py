@@ -7,7 +7,7 @@ config that gets written next to the outputs, so they are not part of ``mammo.co
 from __future__ import annotations
 
 import os
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -119,6 +119,14 @@ class StorageSettings(BaseSettings):
         120.0, gt=0,
         description="Seconds to wait for the next bytes of an answer; never more than retry_seconds (when that "
         "is above 0), so one endpoint that accepts and never answers cannot outlast the retry budget.",
+    )
+
+    conditional_writes: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="S3 conditional writes (If-Match / If-None-Match on PUT) for the promotion lock and the "
+        "production switch: auto probes the bucket once per process (MinIO, AWS S3, GCS and R2 honour them; "
+        "servers that ignore the headers get the listing-based lock); on trusts the store without the probe; "
+        "off always uses the listing-based lock. Every process sharing a lock must resolve to the same choice.",
     )
 
     @property
