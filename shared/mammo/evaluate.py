@@ -187,34 +187,41 @@ def run_evaluation(
 
 
 def check_trained_on(name: str, fingerprint: str, data: SplitData,
-                     trained_patients: Callable[[str], set[str] | None] | None) -> None:
+                     trained_patients: Callable[[str], set[str] | None] | None) -> str | None:
     """A model trained on another split than ``data``'s may have trained on its test patients:
     a ``DataError`` when ``trained_patients`` shows it did (its test figures would be inflated),
-    a warning when that split is unknown."""
+    else a one-line warning (logged, and returned for metrics.json's ``warnings``); None when
+    it was trained on this very split."""
     if fingerprint == data.fingerprint:
-        return
+        return None
     seen = trained_patients(fingerprint) if trained_patients is not None else None
-    if seen is None:
-        log.warning("%s was trained on another split (split.csv sha256 %s, this one %s), which cannot be checked: "
-                    "its test figures may include patients it trained on", name, fingerprint[:12], data.fingerprint[:12])
-        return
     test = set(data.rows("test")["patient_id"].astype(str))
-    overlap = test & seen
-    if overlap:
-        raise DataError(
-            f"{name} was trained on split {fingerprint[:12]}, which has {len(overlap)} of this split's {len(test)} "
-            "test patients in train or val: its test figures would be inflated, so it is not scored on them"
-        )
+    other = f"{name} was trained on another split (split.csv sha256 {fingerprint[:12]}, this one {data.fingerprint[:12]})"
+    if seen is None:
+        warning = f"{other}, which cannot be checked: its test figures may include patients it trained on"
+    else:
+        overlap = test & seen
+        if overlap:
+            raise DataError(
+                f"{name} was trained on split {fingerprint[:12]}, which has {len(overlap)} of this split's {len(test)} "
+                "test patients in train or val: its test figures would be inflated, so it is not scored on them"
+            )
+        warning = f"{other}; none of this split's {len(test)} test patients was in its train or val"
+    log.warning("%s", warning)
+    return warning
 
 
 def _evaluate_checkpoint(
     path: str | Path, name: str, data: SplitData, config: EvalConfig, runtime: Runtime, size_given: bool,
-    trained_patients: Callable[[str], set[str] | None] | None = None,
+    trained_patients: Callable[[str], set[str] | None] | None = None, warnings: list[str] | None = None,
 ) -> tuple[dict[str, Any], pd.DataFrame, list[dict[str, Any]]]:
     """One checkpoint on val and test: its record (threshold from val, figures), its image
-    predictions and its training history (for the report's curves)."""
+    predictions and its training history (for the report's curves). ``warnings`` gets the
+    line of a checkpoint trained on another split (``check_trained_on``)."""
     payload = load_checkpoint(path)
-    check_trained_on(name, payload["split_fingerprint"], data, trained_patients)
+    split_warning = check_trained_on(name, payload["split_fingerprint"], data, trained_patients)
+    if split_warning is not None and warnings is not None:
+        warnings.append(split_warning)
     model = model_from_checkpoint(payload, source=str(path)).to(runtime.device)
     trained_size = parse_image_size(payload["image_size"])  # recorded by the trainer: S or (H, W)
     image_size = config.data.image_size if size_given else trained_size
@@ -268,8 +275,10 @@ def _run_evaluation(
     size_given = "image_size" in config.data.model_fields_set
 
     candidates, image_frames, histories = [], [], {}
+    split_warnings: list[str] = []  # checkpoints trained on another split (check_trained_on)
     for path, name in zip(checkpoints, candidate_names(checkpoints)):
-        record, images, history = _evaluate_checkpoint(path, name, data, config, runtime, size_given, trained_patients)
+        record, images, history = _evaluate_checkpoint(path, name, data, config, runtime, size_given, trained_patients,
+                                                       split_warnings)
         candidates.append(record)
         image_frames.append(images)
         histories[name] = history
@@ -322,6 +331,7 @@ def _run_evaluation(
     # function ``mammo stats`` runs on prediction files.
     model_figures(best_images, best_breasts, config, settings, scores=metrics, rule=rule, production=production_frames,
                   production_error=production_error, production_info=context.get("production"))
+    metrics["warnings"] = [*metrics.get("warnings", []), *split_warnings]
     if ensemble is not None:
         in_folds = {path for group in config.ensemble for path in group}
         full_data = [c["name"] for c in candidates if c["path"] not in in_folds and c["name"] != ENSEMBLE]
