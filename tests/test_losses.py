@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
 from mammo.config import LossConfig
 from mammo.errors import ConfigError
-from mammo.losses import build_loss, pos_weight_from_prevalence
+from mammo.losses import build_loss, drawn_prevalence, pos_weight_from_prevalence, sampler_warning
 
 LOGITS = [1.5, -0.5, 0.0, -2.0, 3.0]
 TARGETS = [1.0, 1.0, 0.0, 0.0, 0.0]
@@ -89,3 +91,81 @@ def test_focal_alpha_is_refused_where_it_would_be_ignored() -> None:
         ConfigError, match="loss.focal_alpha is used by loss 'focal' only, not 'focal_pos'"
     ):
         build_loss(LossConfig(name="focal_pos", focal_alpha=0.3), 0.1)
+
+
+# --- the weight follows what the loader draws ---------------------------------------------------
+
+
+def test_the_drawn_cancer_share_is_the_rows_own_or_one_half_under_the_balanced_sampler() -> None:
+    assert drawn_prevalence([1, 0, 0, 0], balanced_sampler=False) == 0.25
+    assert drawn_prevalence([1, 0, 0, 0], balanced_sampler=True) == 0.5
+    assert drawn_prevalence([1, 1], balanced_sampler=True) == 1.0  # one class: nothing to balance
+    assert sampler_warning(LossConfig(name="bce_pos"), balanced_sampler=False) is None
+    assert sampler_warning(LossConfig(name="bce"), balanced_sampler=True) is None
+    assert sampler_warning(LossConfig(name="focal"), balanced_sampler=True) is None
+    for name in ("bce_pos", "focal_pos"):
+        line = sampler_warning(LossConfig(name=name), balanced_sampler=True)
+        assert line is not None and "\n" not in line
+        assert line.startswith(f"loss {name} with data.balanced_sampler: the sampler already draws cancers")
+
+
+def _train_capturing_losses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **extra) -> list[tuple[str, object, object]]:
+    """A 3-epoch tinynet baseline (1 warm-up epoch) on a small synthetic split; per epoch: the
+    phase, the cancer labels it trained on and the loss module its training step was given."""
+    from mammo.config import TrainConfig, load_config
+    from mammo.data.synth import write_synthetic_dataset
+    from mammo.engine import trainer
+    from mammo.engine.baseline import BaselineTrainer, train_baseline
+    from mammo.split import run_split
+
+    write_synthetic_dataset(tmp_path / "data", patients=40, image_size=32, prevalence=0.3, seed=3)
+    run_split(data=str(tmp_path / "data"), out=str(tmp_path / "split"), val_frac=0.2, test_frac=0.25, seed=42)
+    epochs: list[tuple[str, object, object]] = []
+    one_epoch, train_rows = trainer.train_one_epoch, BaselineTrainer.train_rows
+
+    def rows_of(self, epoch):
+        phase, frame = train_rows(self, epoch)
+        epochs.append((phase, frame["cancer"].to_numpy(), None))
+        return phase, frame
+
+    def capture(model, loader, transform, loss_fn, *args, **kwargs):
+        phase, labels, _ = epochs[-1]
+        epochs[-1] = (phase, labels, loss_fn)
+        return one_epoch(model, loader, transform, loss_fn, *args, **kwargs)
+
+    monkeypatch.setattr(BaselineTrainer, "train_rows", rows_of)
+    monkeypatch.setattr(trainer, "train_one_epoch", capture)
+    train_baseline(load_config(TrainConfig, overrides={
+        "data.batch_size": 32, "data.workers": 0, "model.backbone": "tinynet", "device": "cpu",
+        "data.image_size": 32, "data.root": str(tmp_path / "data"), "split": str(tmp_path / "split"),
+        "out": str(tmp_path / "out"), "epochs": 3, "warmup_epochs": 1, "augment.enabled": False,
+        "early_stopping.enabled": False, **extra,
+    }))
+    return epochs
+
+
+def _pos_weight(loss_fn) -> float:
+    return float(dict(loss_fn.named_buffers())["pos_weight"])
+
+
+def test_warm_up_is_weighted_by_the_balance_of_the_subset_it_trains_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    epochs = _train_capturing_losses(tmp_path, monkeypatch)
+    assert [phase for phase, _, _ in epochs] == ["warmup", "full", "full"]
+    warmup, full = epochs[0][1], epochs[1][1]
+    assert 0 < warmup.mean() < 1 and warmup.mean() > full.mean()  # the subset holds every cancer, fewer negatives
+    assert _pos_weight(epochs[0][2]) == pytest.approx(pos_weight_from_prevalence(float(warmup.mean())), rel=1e-6)
+    for _, labels, loss_fn in epochs[1:]:
+        assert _pos_weight(loss_fn) == pytest.approx(pos_weight_from_prevalence(float(full.mean())), rel=1e-6)
+
+
+def test_the_balanced_sampler_with_bce_pos_weights_a_balanced_draw_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="mammo.engine.trainer"):
+        epochs = _train_capturing_losses(tmp_path, monkeypatch, **{"data.balanced_sampler": True})
+    assert [phase for phase, _, _ in epochs] == ["warmup", "full", "full"]
+    assert [_pos_weight(loss_fn) for _, _, loss_fn in epochs] == [1.0, 1.0, 1.0]
+    lines = [r.getMessage() for r in caplog.records if "data.balanced_sampler" in r.getMessage()]
+    assert lines == ["baseline: " + sampler_warning(LossConfig(name="bce_pos"), balanced_sampler=True)]

@@ -1,14 +1,19 @@
 """Loss functions for one-logit cancer classification, weighted by the training prevalence.
 
-``prevalence`` must be the cancer prevalence of the TRAINING split (by image): the research code
-computed it over the whole table, validation included, which leaks evaluation data into training.
-Losses are computed in float32 even when the model runs under bf16 autocast.
+``prevalence`` must be the cancer share of the TRAINING images the loss sees (by image): the
+research code computed it over the whole table, validation included, which leaks evaluation data
+into training. What the loss sees is what the loader draws (``drawn_prevalence``): the warm-up
+subset's own share during warm-up, and one half under the class-balanced sampler, so the sampler
+and ``bce_pos``/``focal_pos`` never correct the imbalance twice (pos_weight 1 there; a warning
+says so). Losses are computed in float32 even when the model runs under bf16 autocast.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -26,6 +31,26 @@ def pos_weight_from_prevalence(prevalence: float) -> float:
             "the training split needs both cancer and cancer-free images"
         )
     return math.sqrt((1 - prevalence) / prevalence)
+
+
+def drawn_prevalence(labels: Any, balanced_sampler: bool) -> float:
+    """The cancer share of the images a training loader draws from rows with these 0/1
+    ``labels``: their own share, or 1/2 under the class-balanced sampler (which draws both
+    classes equally often) when both classes are there."""
+    values = np.asarray(labels, dtype=np.float64).ravel()
+    share = float(values.mean()) if values.size else math.nan
+    return 0.5 if balanced_sampler and 0 < share < 1 else share
+
+
+def sampler_warning(config: LossConfig, balanced_sampler: bool) -> str | None:
+    """The line for a loss that weights by the class imbalance under the class-balanced sampler,
+    which has already removed it: the weight becomes that of a balanced draw (pos_weight 1)."""
+    if not balanced_sampler or config.name not in ("bce_pos", "focal_pos"):
+        return None
+    same = "plain bce" if config.name == "bce_pos" else "focal with alpha 0.5"
+    return (f"loss {config.name} with data.balanced_sampler: the sampler already draws cancers and non-cancers equally, "
+            f"so the loss is weighted for a balanced draw (pos_weight 1, the same as {same}), not corrected twice; "
+            "use one of the two")
 
 
 def _prepare(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,7 +97,8 @@ class FocalLoss(nn.Module):
 
 
 def build_loss(config: LossConfig, prevalence: float) -> nn.Module:
-    """The configured loss; ``prevalence`` is the training split's cancer prevalence by image.
+    """The configured loss; ``prevalence`` is the cancer share of the training images it sees
+    (``drawn_prevalence``).
 
     bce: plain; bce_pos: positives weighted by ``pos_weight_from_prevalence``; focal: alpha =
     ``focal_alpha`` or 1 - p; focal_pos: alpha = pw / (1 + pw). Call ``.to(device)`` on the result.

@@ -37,7 +37,7 @@ from mammo.engine.loop import EpochStats, Predictions, gather_predictions, predi
 from mammo.engine.runtime import Runtime, epoch_seed, runtime_for, seed_everything
 from mammo.errors import CheckpointError, DataError, TrainingError
 from mammo.imagesize import image_hw, size_text
-from mammo.losses import build_loss
+from mammo.losses import build_loss, drawn_prevalence, sampler_warning
 from mammo.storage.atomic import remove_leftover_temps, write_text_atomic
 from mammo.jsonio import to_jsonable, write_json
 from mammo.metrics import evaluate_predictions, format_metric, headline
@@ -152,7 +152,11 @@ class Trainer(ABC):
                 "and the best_* checkpoints on them cannot work (only the loss can) and no operating threshold "
                 "can be chosen; rebuild the split with more patients or a larger val_frac", self.stage,
             )
-        self.loss_fn = build_loss(config.loss, prevalence).to(device)
+        # Validation loss: weighted as the full-data phase's training loss, in every epoch.
+        self.loss_fn = self.phase_loss(train_rows, prevalence)
+        warning = sampler_warning(config.loss, config.data.balanced_sampler)
+        if warning is not None:
+            log.warning("%s: %s", self.stage, warning)
         log.info(
             "%s on %s%s: %d train / %d val images, training prevalence %.4f",
             self.stage, device, f" x {runtime.world_size} processes" if runtime.distributed else "",
@@ -200,10 +204,11 @@ class Trainer(ABC):
             phase, rows = self.train_rows(epoch)
             if loader is None or phase != loader_phase:
                 loader_phase, loader = phase, train_loader(rows, config, runtime, seed=seed, cache=cache)
+                train_loss = self.phase_loss(rows, prevalence, phase)
             reseed_loader(loader, seed)
             try:
                 stats = reduce_stats(train_one_epoch(
-                    self.trainable_model(), loader, transform, self.loss_fn, self.optimizer, self.precision,
+                    self.trainable_model(), loader, transform, train_loss, self.optimizer, self.precision,
                     device, desc=f"epoch {epoch} {phase}", after_train_mode=self.after_train_mode,
                     loss_ceiling=config.loss.ceiling,
                 ), runtime)
@@ -239,6 +244,19 @@ class Trainer(ABC):
                 log.info("%s: early stopping at epoch %d (%s did not improve)", self.stage, epoch, es.metric)
                 break
         return self._summary(history, keeper, stopped)
+
+    def phase_loss(self, rows: pd.DataFrame, prevalence: float, phase: str | None = None) -> torch.nn.Module:
+        """The loss for training on ``rows``, weighted by the cancer share of what their loader
+        draws (``losses.drawn_prevalence``: the warm-up subset's own, 1/2 under the balanced
+        sampler); the training split's ``prevalence`` when the rows hold one class only."""
+        drawn = drawn_prevalence(rows["cancer"], self.config.data.balanced_sampler)
+        if not 0 < drawn < 1:
+            drawn = prevalence
+        loss = build_loss(self.config.loss, drawn).to(self.device)
+        if phase is not None:
+            log.info("%s %s: loss %s %s (cancer share drawn %.4f)", self.stage, phase, self.config.loss.name,
+                     loss.extra_repr() or "unweighted", drawn)
+        return loss
 
     def _last_good(self, history: list[dict[str, Any]]) -> str:
         """Where the run stands after a diverged epoch: nothing of it was saved."""
