@@ -44,7 +44,7 @@ class Curve:
     ``tp``/``fp``: cumulative positive/negative weight when flagging every score at or above
     that of run ``k`` (runs: distinct scores); ``gpos``/``gneg``: the weight of each run;
     ``pos``/``neg``: the totals per row; ``wpos``/``wneg``: per-unit weights; ``scores``: the
-    sorted scores."""
+    sorted scores. Weights and sums are float64 (``mammo.stats.weighted_metrics``)."""
 
     tp: np.ndarray
     fp: np.ndarray
@@ -112,7 +112,7 @@ def _pr_auc(c: Curve) -> np.ndarray:
 def _pf1(c: Curve) -> np.ndarray:
     """Probabilistic F1 (RSNA 2023): precision and recall from summed probabilities; 0 when
     no probability mass falls on a cancer, NaN without cancers."""
-    p = np.clip(c.scores, 0.0, 1.0).astype(c.wpos.dtype)
+    p = np.clip(np.asarray(c.scores, dtype=np.float64), 0.0, 1.0)
     ctp, cfp = c.wpos @ p, c.wneg @ p
     precision, recall = ratio(ctp, ctp + cfp), ratio(ctp, c.pos)
     return np.where((ctp == 0) & (c.pos > 0), 0.0, ratio(2 * precision * recall, precision + recall))

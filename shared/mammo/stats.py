@@ -99,12 +99,12 @@ def resample_counts(n_patients: int, settings: BootstrapSettings) -> np.ndarray:
 
 
 def _blocks(counts: np.ndarray, codes: np.ndarray) -> Iterator[np.ndarray]:
-    """Weight matrices (block, units): each unit weighted by its patient's count. float32:
-    sums of counts stay exact far beyond any split's size, and it halves the memory traffic."""
+    """Weight matrices (block, units): each unit weighted by its patient's count, float64 as
+    every sum over them (``weighted_metrics``)."""
     n = max(1, codes.size)
     step = max(1, BLOCK_CELLS // n)
     for start in range(0, counts.shape[0], step):
-        yield counts[start:start + step][:, codes].astype(np.float32)
+        yield counts[start:start + step][:, codes].astype(np.float64)
 
 
 # --- metrics of weighted units --------------------------------------------------------------
@@ -151,11 +151,12 @@ def weighted_metrics(
     all; threshold metrics only when a ``threshold`` is given), ``sens@spec=<s>`` for each of
     ``specificities`` (the highest sensitivity of any threshold whose specificity is at least
     s) and ``spec@sens=<s>``. NaN where a figure is undefined (no positives or negatives in
-    that resample).
+    that resample). Every sum is float64, whatever the weights' dtype: in float32 the AUC's
+    products of counts (up to positives x negatives) lose digits at RSNA's size.
     """
     which = metric_registry.names() if which is None else tuple(which)
     chosen = [metric_registry.get(name) for name in which]
-    w = np.atleast_2d(weights)
+    w = np.atleast_2d(weights).astype(np.float64, copy=False)
     y = units.labels.astype(w.dtype)
     out: dict[str, np.ndarray] = {}
     if units.size == 0:
