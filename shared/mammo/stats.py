@@ -408,35 +408,46 @@ def paired_difference(
 
 def delong(labels: Any, scores: Any, clusters: Any = None, level: float = 0.95) -> dict[str, Any]:
     """AUC with DeLong's variance; with ``clusters`` (patient ids) Obuchowski's clustered form,
-    which accounts for several correlated units per patient. Wald interval clipped to [0, 1]."""
+    which accounts for several correlated units per patient. Wald interval clipped to [0, 1].
+    The variance needs two positives and two negatives (two patients of each with clusters):
+    with fewer, ``se``, ``low`` and ``high`` are None and ``reason`` says why."""
     y = np.asarray(labels).astype(np.int64).ravel()
     s = np.asarray(scores, dtype=np.float64).ravel()
     pos, neg = s[y == 1], s[y == 0]
     m, n = pos.size, neg.size
-    empty = {"auc": None, "se": None, "low": None, "high": None, "method": "delong"}
+    method = "delong" if clusters is None else "delong-clustered"
     if m == 0 or n == 0:
-        return empty
+        return {"auc": None, "se": None, "low": None, "high": None, "reason": "needs cancers and non-cancers",
+                "method": method}
     ranks_all = sps.rankdata(np.r_[pos, neg])
     v10 = (ranks_all[:m] - sps.rankdata(pos)) / n  # per positive: share of negatives below (ties 1/2)
     v01 = 1 - (ranks_all[m:] - sps.rankdata(neg)) / m  # per negative: share of positives above
     auc = float(v10.mean())
     if clusters is None:
-        var = (v10.var(ddof=1) / m if m > 1 else 0.0) + (v01.var(ddof=1) / n if n > 1 else 0.0)
-        method = "delong"
+        k10, k01 = m, n
     else:
         codes, k = _groups(clusters)
         cpos, cneg = codes[y == 1], codes[y == 0]
+        k10, k01 = len(np.unique(cpos)), len(np.unique(cneg))
+    if k10 < 2 or k01 < 2:  # a variance component from one value: not estimable, not 0
+        unit = "cancer" if clusters is None else "patient with a cancer"
+        other = "non-cancer" if clusters is None else "patient with a non-cancer"
+        short = f"one {unit}" if k10 < 2 else f"one {other}"
+        return {"auc": auc, "se": None, "low": None, "high": None,
+                "reason": f"{short}: DeLong's variance needs at least two of each", "method": method}
+    if clusters is None:
+        var = v10.var(ddof=1) / m + v01.var(ddof=1) / n
+    else:
         s10 = np.bincount(cpos, weights=v10, minlength=k) - np.bincount(cpos, minlength=k) * auc
         s01 = np.bincount(cneg, weights=v01, minlength=k) - np.bincount(cneg, minlength=k) * auc
-        k10, k01 = len(np.unique(cpos)), len(np.unique(cneg))
-        var10 = k10 / (k10 - 1) * (s10**2).sum() / m if k10 > 1 else 0.0
-        var01 = k01 / (k01 - 1) * (s01**2).sum() / n if k01 > 1 else 0.0
-        cov = k / (k - 1) * (s10 * s01).sum() if k > 1 else 0.0
+        var10 = k10 / (k10 - 1) * (s10**2).sum() / m
+        var01 = k01 / (k01 - 1) * (s01**2).sum() / n
+        cov = k / (k - 1) * (s10 * s01).sum()
         var = var10 / m + var01 / n + 2 * cov / (m * n)
-        method = "delong-clustered"
     se = math.sqrt(max(var, 0.0))
     z = float(sps.norm.ppf(0.5 + level / 2))
-    return {"auc": auc, "se": se, "low": max(0.0, auc - z * se), "high": min(1.0, auc + z * se), "method": method}
+    return {"auc": auc, "se": se, "low": max(0.0, auc - z * se), "high": min(1.0, auc + z * se), "reason": None,
+            "method": method}
 
 
 # --- calibration ----------------------------------------------------------------------------
