@@ -68,15 +68,27 @@ def test_rescale_comes_before_the_window_and_monochrome1_is_inverted(tmp_path: P
     np.testing.assert_array_equal(_display(m2, bits=16), np.rint(y * 65535).astype(np.uint16))
 
 
-def test_voi_lut_sequence_and_min_max_fallback(tmp_path: Path) -> None:
+@pytest.mark.parametrize("lut_bits", [16, 12])
+def test_voi_lut_sequence_and_min_max_fallback(tmp_path: Path, lut_bits: int) -> None:
+    """A VOI LUT Sequence's entries, as pydicom's apply_voi_lut gives them, over the LUT's
+    nominal range 2**bits - 1 (not stretched by the table's own min and max)."""
+    from pydicom.pixels import apply_voi_lut
+
     pixels = _ramp()
     first = 500
-    table = (np.sqrt(np.arange(2000) / 1999) * 40000 + 1000).astype(np.uint16)
-    lut = _write(tmp_path, pixels, "lut.dcm", voi_lut=(first, table))
+    top = (1 << lut_bits) - 1
+    table = (np.sqrt(np.arange(2000) / 1999) * 0.6 * top + 0.02 * top).astype(np.uint16)  # 2%..62% of the range
+    ds = make_dataset(pixels, voi_lut=(first, table))
+    ds.VOILUTSequence[0].LUTDescriptor = [len(table), first, lut_bits]
+    lut = save(ds, tmp_path / "lut.dcm")
     index = np.clip(pixels.astype(np.int64) - first, 0, len(table) - 1)
-    expected = (table[index] - table.min()) / (table.max() - table.min())
+    expected = table[index] / top
     np.testing.assert_array_equal(_display(lut), _q8(expected))
-    assert choose_voi(read_header(lut)).kind == "lut"
+    np.testing.assert_array_equal(_display(lut, bits=16), np.rint(expected * 65535).astype(np.uint16))
+    decoded = decode(lut)
+    np.testing.assert_array_equal(_display(lut), _q8(apply_voi_lut(decoded.pixels, decoded.dataset) / top))
+    voi = choose_voi(read_header(lut))
+    assert voi.kind == "lut" and voi.describe() == f"VOI LUT (2000 entries from 500, {lut_bits} bits)"
 
     narrow = (pixels // 4 + 300).astype(np.uint16)  # no window tags: min-max over the image
     plain = _write(tmp_path, narrow, "plain.dcm")
@@ -85,6 +97,25 @@ def test_voi_lut_sequence_and_min_max_fallback(tmp_path: Path) -> None:
     # An unusable window (LINEAR with width < 1) is ignored, not divided by.
     broken = _write(tmp_path, narrow, "broken.dcm", window=(500.0, 0.5))
     np.testing.assert_array_equal(_display(broken), _display(plain))
+
+
+def test_presentation_lut_shape_inverse_inverts_once(tmp_path: Path) -> None:
+    """INVERSE inverts a MONOCHROME2 image; with MONOCHROME1 (as MG and DX pair them) it is
+    the same one inversion, not a second; IDENTITY changes nothing."""
+    c, w = 1800.0, 1200.0
+
+    def shaped(name: str, photometric: str, shape: str | None) -> np.ndarray:
+        ds = make_dataset(_ramp(), window=(c, w), photometric=photometric)
+        if shape is not None:
+            ds.PresentationLUTShape = shape
+        return _display(save(ds, tmp_path / name))
+
+    plain = shaped("m2.dcm", "MONOCHROME2", None)
+    assert plain.min() == 0 and plain.max() == 255
+    np.testing.assert_array_equal(shaped("m2-identity.dcm", "MONOCHROME2", "IDENTITY"), plain)
+    np.testing.assert_array_equal(shaped("m2-inverse.dcm", "MONOCHROME2", "INVERSE"), 255 - plain)
+    np.testing.assert_array_equal(shaped("m1.dcm", "MONOCHROME1", None), 255 - plain)
+    np.testing.assert_array_equal(shaped("m1-inverse.dcm", "MONOCHROME1", "INVERSE"), 255 - plain)
 
 
 @pytest.mark.parametrize("compression", ["explicit", "rle", "j2k", "jpeg-lossless"])

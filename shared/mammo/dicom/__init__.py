@@ -5,8 +5,9 @@
   one-line ``DicomError`` naming the file and the reason.
 - ``windowing``: the modality LUT (rescale slope/intercept, or a Modality LUT Sequence), then
   the VOI LUT (WindowCenter/WindowWidth with VOILUTFunction LINEAR, LINEAR_EXACT or SIGMOID, a
-  VOI LUT Sequence, min-max when neither), MONOCHROME1 inverted so tissue is bright; applied
-  as one lookup table over the stored values.
+  VOI LUT Sequence scaled by its nominal range as pydicom's entries, min-max when neither),
+  inverted for MONOCHROME1 or PresentationLUTShape INVERSE so tissue is bright; applied as one
+  lookup table over the stored values.
 - ``roi``: the breast's box (Otsu threshold, largest connected component, margin; the full
   image when the mask is implausible) and the side of the chest wall.
 - ``convert``: one file to one PNG at ``HxW`` (aspect kept: fit, then pad) and its record; the

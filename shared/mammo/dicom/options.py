@@ -14,8 +14,9 @@ from mammo.imagesize import ImageSize, parse_image_size, size_text
 
 #: Bumped whenever the conversion changes the pixels or the record it writes: every file is
 #: converted again. 2: the records' tags gained view_modifier, implant, machine_id and the
-#: header fields the skip policy reads.
-CONVERTER_VERSION = 2
+#: header fields the skip policy reads. 3: a VOI LUT Sequence scaled by its nominal range (not
+#: the table's min and max), PresentationLUTShape INVERSE read.
+CONVERTER_VERSION = 3
 DEFAULT_IMAGE_SIZE = "1024x512"
 
 

@@ -7,9 +7,13 @@ The steps of the DICOM grayscale pipeline (PS3.3 C.11.1 and C.11.2):
 2. VOI LUT, the first that applies:
    - WindowCenter/WindowWidth (the first pair unless another is chosen) with VOILUTFunction
      ``LINEAR`` (default), ``LINEAR_EXACT`` or ``SIGMOID``, by the standard's formulas;
-   - a VOI LUT Sequence (its first LUT); its output range is scaled to [0, 1];
+   - a VOI LUT Sequence (its first LUT), its entries as pydicom's ``apply_voi_lut`` gives them,
+     divided by the LUT's nominal top ``2**bits - 1`` (LUT Descriptor's third value), not
+     stretched by the table's own min and max;
    - otherwise min-max over the image.
-3. MONOCHROME1 inverted (``1 - y``) so that tissue is bright in every output.
+3. Inverted (``1 - y``) when PhotometricInterpretation is MONOCHROME1 or PresentationLUTShape
+   is INVERSE, once (MG and DX pair INVERSE with MONOCHROME1: the same inversion), so that
+   tissue is bright in every output. A Presentation LUT Sequence is not applied.
 
 All three are functions of the stored value alone, so ``to_display`` evaluates them once per
 distinct value in the image's range (at most 65,536 for 16-bit data) and applies the result as
@@ -44,13 +48,14 @@ class Voi:
     window: Window | None = None
     lut_first: int = 0
     lut: np.ndarray | None = None
+    lut_bits: int = 16  # the LUT Descriptor's bits per entry: entries run 0 .. 2**bits - 1
 
     def describe(self) -> str:
         if self.kind == "window" and self.window is not None:
             w = self.window
             return f"{w.function} c={w.center:g} w={w.width:g}"
         if self.kind == "lut" and self.lut is not None:
-            return f"VOI LUT ({len(self.lut)} entries from {self.lut_first})"
+            return f"VOI LUT ({len(self.lut)} entries from {self.lut_first}, {self.lut_bits} bits)"
         return "min-max"
 
 
@@ -90,8 +95,8 @@ def _values(value: Any) -> list[float]:
     return [float(value)]
 
 
-def _lut_array(item: Any, signed: bool) -> tuple[int, np.ndarray]:
-    """(first mapped value, LUT entries) of a Modality or VOI LUT Sequence item."""
+def _lut_array(item: Any, signed: bool) -> tuple[int, np.ndarray, int]:
+    """(first mapped value, LUT entries, bits per entry) of a Modality or VOI LUT Sequence item."""
     entries, first, bits = (int(v) for v in item.LUTDescriptor)
     entries = entries or 65536
     if signed and first > 32767:
@@ -104,7 +109,7 @@ def _lut_array(item: Any, signed: bool) -> tuple[int, np.ndarray]:
         table = np.asarray(_values(data), dtype=np.float64)
     if table.size == 0:
         raise ValueError("empty LUTData")
-    return first, table[:entries]
+    return first, table[:entries], bits
 
 
 def apply_lut(x: np.ndarray, first: int, table: np.ndarray) -> np.ndarray:
@@ -118,7 +123,7 @@ def modality(x: np.ndarray, dataset: Any) -> np.ndarray:
     signed = int(dataset.get("PixelRepresentation", 0) or 0) == 1
     sequence = dataset.get("ModalityLUTSequence")
     if sequence:
-        first, table = _lut_array(sequence[0], signed)
+        first, table, _ = _lut_array(sequence[0], signed)
         return apply_lut(x, first, table)
     slope = float(dataset.get("RescaleSlope", 1) or 1)
     intercept = float(dataset.get("RescaleIntercept", 0) or 0)
@@ -147,10 +152,10 @@ def choose_voi(dataset: Any, mode: Literal["auto", "minmax"] = "auto", index: in
     if sequence:
         signed = int(dataset.get("PixelRepresentation", 0) or 0) == 1
         try:
-            first, table = _lut_array(sequence[0], signed)
+            first, table, bits = _lut_array(sequence[0], signed)
         except (AttributeError, ValueError, TypeError):
             return Voi("minmax")
-        return Voi("lut", lut_first=first, lut=table)
+        return Voi("lut", lut_first=first, lut=table, lut_bits=bits)
     return Voi("minmax")
 
 
@@ -160,20 +165,38 @@ def apply_voi(x: np.ndarray, voi: Voi) -> np.ndarray:
         w = voi.window
         return WINDOW_FUNCTIONS[w.function](x, w.center, w.width)
     if voi.kind == "lut" and voi.lut is not None:
-        y = apply_lut(x, voi.lut_first, voi.lut)
-        lo, hi = float(voi.lut.min()), float(voi.lut.max())
-        return (y - lo) / (hi - lo) if hi > lo else np.zeros_like(y)
+        return np.clip(apply_lut(x, voi.lut_first, voi.lut) / lut_top(voi.lut, voi.lut_bits), 0.0, 1.0)
     lo, hi = float(np.min(x)), float(np.max(x))
     return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x, dtype=np.float64)
+
+
+def lut_top(table: np.ndarray, bits: int) -> float:
+    """The nominal top of a VOI LUT's output, ``2**bits - 1`` (8 or 10-16 bits; other values
+    as 16); when entries exceed it (a descriptor that understates them), the smallest
+    ``2**b - 1`` that holds them."""
+    bits = bits if 8 <= bits <= 16 else 16
+    top = float((1 << bits) - 1)
+    largest = float(table.max()) if table.size else 0.0
+    while largest > top and bits < 32:
+        bits += 1
+        top = float((1 << bits) - 1)
+    return top
 
 
 # --- the whole chain ----------------------------------------------------------------------------
 
 
+def inverted(dataset: Any, photometric: str) -> bool:
+    """Whether the display is inverted: MONOCHROME1, or PresentationLUTShape INVERSE (once,
+    never twice: MG and DX images pair INVERSE with MONOCHROME1)."""
+    shape = str(dataset.get("PresentationLUTShape", "") or "").strip().upper()
+    return photometric == "MONOCHROME1" or shape == "INVERSE"
+
+
 def display_function(x: np.ndarray, dataset: Any, photometric: str, voi: Voi) -> np.ndarray:
-    """Stored values -> display values in [0, 1] (modality, VOI, MONOCHROME1 inversion)."""
+    """Stored values -> display values in [0, 1] (modality, VOI, inversion: ``inverted``)."""
     y = apply_voi(modality(x.astype(np.float64), dataset), voi)
-    if photometric == "MONOCHROME1":
+    if inverted(dataset, photometric):
         y = 1.0 - y
     return y
 
