@@ -318,3 +318,63 @@ def test_predict_serves_the_ensemble_and_verifies_each_member_first(fold_run, ti
     (tmp_path / "copy" / "ensemble.json").write_text(json.dumps(tampered))
     with pytest.raises(IntegrityError):
         image_scores(str(tmp_path / "copy" / "ensemble.json"), "tampered")
+
+
+@pytest.mark.slow
+def test_the_ensemble_is_promoted_as_one_verified_file_served_and_re_evaluated(fold_run, tiny_dataset, tmp_path) -> None:
+    """The ensemble's one file (ensemble.pt: its members' weights) is the candidate the promoter
+    copies to production, verified like a checkpoint; predict serves production as the ensemble;
+    the next evaluation re-evaluates the production ensemble on its splits, members and mean."""
+    import json
+
+    from mammo import storage
+    from mammo.predict import images_path, resolve_model, run_predict
+    from mammo_components.evaluator.entrypoint import run as evaluate
+    from mammo_components.promoter.entrypoint import run as promote
+
+    summary, _, work = fold_run
+    evaluation = work / "runs" / summary["run_id"] / "evaluator"
+    metrics = json.loads((evaluation / "metrics.json").read_text())
+    [record] = [c for c in metrics["candidates"] if c["name"] == "ensemble"]
+    weights = evaluation / "ensemble.pt"
+    assert Path(record["path"]).name == "ensemble.pt"
+    listed = storage.read_manifest(str(evaluation)).objects["ensemble.pt"]
+
+    store = tmp_path / "store"
+    result = promote(candidate_uri=str(weights), candidate_sha256=listed.sha256, candidate_metrics={"test": record["test"]},
+                     store_uri=str(store), model_name="folds", metric="test.breast.auc", margin=0.0,
+                     provenance={"evaluation_uri": str(evaluation), "threshold": record["threshold"]})
+    assert result["promoted"] and result["sha256"] == listed.sha256
+    production = storage.production_model_uri(str(store), "folds")
+    manifest = storage.read_manifest(production)
+    assert set(manifest.objects) >= {f"model-{listed.sha256[:12]}.pt"} and "export" not in manifest.metadata
+    assert (store / "models" / "folds" / "production" / f"model-{listed.sha256[:12]}.pt").read_bytes() == weights.read_bytes()
+
+    model = resolve_model(production, tmp_path / "resolve")
+    assert model.kind == "production" and len(model.members) == 2  # type: ignore[attr-defined]
+    assert model.threshold == pytest.approx(record["threshold"])
+
+    def image_scores(ref: str, name: str) -> pd.Series:
+        out = tmp_path / f"{name}.csv"
+        run_predict(model=ref, data=str(tiny_dataset), out=str(out), device="cpu", workers=0, workdir=tmp_path / "predict")
+        return pd.read_csv(images_path(str(out)), dtype={"image_id": str}).set_index("image_id")["prob"].sort_index()
+
+    served = image_scores(production, "production")
+    assert np.allclose(served.to_numpy(), image_scores(str(evaluation / "ensemble.json"), "json").to_numpy(), atol=1e-6)
+
+    # The next evaluation scores the production ensemble beside a candidate, on the same patients.
+    [split] = [path for path in (work / "splits").iterdir() if (path / "split.csv").is_file()]
+    params = {k: v for k, v in TINY_FOLDS.items() if k not in ("folds", "threshold_source")}
+    candidate = next(c["path"] for c in metrics["candidates"] if c["name"].startswith("unfreeze_trainer/"))
+    again = evaluate(dataset_uri=str(tiny_dataset), split_uri=str(split), checkpoint_uris=[candidate],
+                     out_uri=str(tmp_path / "evaluation"), params=params, production_uri=production,
+                     workdir=str(tmp_path / "work"))
+    assert (again["production"] or {}).get("error") is None
+    rescored = json.loads((tmp_path / "evaluation" / "metrics.json").read_text())["production"]
+    assert rescored["stage"] == "ensemble"
+    assert rescored["test"]["breast"]["auc"] == pytest.approx(record["test"]["breast"]["auc"], abs=1e-6)
+    images = pd.read_csv(tmp_path / "evaluation" / "predictions_image.csv", dtype={"image_id": str})
+    before = pd.read_csv(evaluation / "predictions_image.csv", dtype={"image_id": str})
+    mine = images[images["checkpoint"] == "production"].set_index(["split", "image_id"])["prob"].sort_index()
+    theirs = before[before["checkpoint"] == "ensemble"].set_index(["split", "image_id"])["prob"].sort_index()
+    assert np.allclose(mine.to_numpy(), theirs.reindex(mine.index).to_numpy(), atol=1e-6)

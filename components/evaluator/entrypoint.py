@@ -24,7 +24,7 @@ from sklearn.metrics import roc_curve
 
 from mammo import storage
 from mammo.config import lookup_metric
-from mammo.ensemble import ENSEMBLE_FILE
+from mammo.ensemble import ENSEMBLE_FILE, ENSEMBLE_WEIGHTS
 from mammo.errors import ConfigError, IntegrityError, MammoError
 from mammo.metrics import headline
 from mammo.split_ledger import trained_patients
@@ -162,7 +162,8 @@ def with_fold_splits(store_lookup: Any, folds: dict[str, set[str]]) -> Any:
 
 def publishable_ensemble(out_dir: Path, out_uri: str, uri_of: dict[str, str]) -> tuple[str, str]:
     """Point ``ensemble.json``'s members at their URIs in storage (the evaluation wrote local
-    paths) and return its URI and sha256, as it will be published in ``out_uri``."""
+    paths); return the URI and sha256 of the ensemble's one file (``ensemble.pt``, the
+    candidate the promoter may copy to production) as it will be published in ``out_uri``."""
     from mammo.jsonio import write_json
     from mammo.storage.integrity import sha256_file
 
@@ -171,7 +172,7 @@ def publishable_ensemble(out_dir: Path, out_uri: str, uri_of: dict[str, str]) ->
     for member in content["members"]:
         member["checkpoint"] = uri_of[member["checkpoint"]]
     write_json(path, content)
-    return storage.join(out_uri, ENSEMBLE_FILE), sha256_file(path)
+    return storage.join(out_uri, ENSEMBLE_WEIGHTS), sha256_file(out_dir / ENSEMBLE_WEIGHTS)
 
 
 def run(
@@ -243,7 +244,7 @@ def run(
         sha_of = {uri: sha256 for uri, (_, sha256) in fetched.items()}
         if "ensemble" in metrics:
             ensemble_uri, ensemble_sha256 = publishable_ensemble(out_dir, out_uri, uri_of)
-            uri_of[str(out_dir / ENSEMBLE_FILE)], sha_of[ensemble_uri] = ensemble_uri, ensemble_sha256
+            uri_of[str(out_dir / ENSEMBLE_WEIGHTS)], sha_of[ensemble_uri] = ensemble_uri, ensemble_sha256
         best_uri = uri_of[metrics["candidates"][0]["path"]]
         result = {
             "out_uri": out_uri,

@@ -11,18 +11,9 @@ from typing import Any
 
 from mammo.config import DEFAULT_PROMOTION_MIN_CANCERS
 from mammo.console import setup_logging
-from mammo.ensemble import ENSEMBLE
 from mammo.storage import get_bytes, production_model_uri, run_uri
 from mammo_components.artifacts import log_numbers, write_artifact_json
 from mammo_components.evaluator.entrypoint import COMPONENT, run
-
-#: Production holds one checkpoint (``mammo.production``); an ensemble is reported and ranked
-#: but not promoted until production, predict and the scorer can hold and verify its members.
-ENSEMBLE_NOT_PROMOTED = (
-    "the best candidate is the fold models' ensemble, which production cannot hold yet (one checkpoint per "
-    "version): not promoted; its figures are in the report"
-)
-
 
 def log_classification(classification: Any, result: Mapping[str, Any]) -> None:
     """KFP ClassificationMetrics: the test ROC curve (when test holds both classes) and the
@@ -102,8 +93,6 @@ def run_step(
     decision = dict(result["decision"])
     if decision.get("production_sha256") == result["best_sha256"]:
         decision.update(promote=False, reason="this model is already in production")
-    if decision.get("promote") and result["best_name"] == ENSEMBLE:
-        decision.update(promote=False, reason=ENSEMBLE_NOT_PROMOTED)
     log_numbers(metrics, result["metrics"])
     log_numbers(metrics, promotion_numbers(decision), "promotion.")
     log_classification(classification, result)

@@ -8,8 +8,10 @@ ensemble's test figures with their intervals side by side (``mammo.stats.bootstr
 paired patient-level bootstrap of the ensemble against the best single fold model
 (``mammo.stats.paired_difference``).
 
-``ensemble.json`` (``ENSEMBLE_FILE``) names the members with their sha256; it is what the
-ensemble candidate's path points to.
+``ensemble.json`` (``ENSEMBLE_FILE``) names the members with their sha256 (for readers and
+``mammo predict --model``); ``ensemble.pt`` (``ENSEMBLE_WEIGHTS``, ``mammo.export.write_ensemble``)
+holds the members' weights in one file, and is the ensemble candidate's path: what the promoter
+copies to production, verified by its sha256 like any checkpoint.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from mammo.stats import BootstrapSettings, bootstrap, paired_difference
 #: The ensemble's candidate name (never a checkpoint file's name: those end in .pt).
 ENSEMBLE = "ensemble"
 ENSEMBLE_FILE = "ensemble.json"
+ENSEMBLE_WEIGHTS = "ensemble.pt"
 FORMAT = "mammo-ensemble"
 #: Test figures shown for each fold model and the ensemble.
 FIGURES = ("auc", "pr_auc", "sensitivity", "specificity")

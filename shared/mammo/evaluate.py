@@ -32,8 +32,9 @@ from mammo.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from mammo.engine.data import SplitData, eval_loader, load_split_data, require
 from mammo.engine.loop import gather_predictions, predict
 from mammo.engine.runtime import Runtime, runtime_for, seed_everything
+from mammo.export import is_ensemble_file, load_model_file, write_ensemble
 from mammo.data.table import read_table
-from mammo.ensemble import ENSEMBLE, ENSEMBLE_FILE, compare, ensemble_file, mean_probabilities
+from mammo.ensemble import ENSEMBLE, ENSEMBLE_FILE, ENSEMBLE_WEIGHTS, compare, ensemble_file, mean_probabilities
 from mammo.errors import DataError, MammoError
 from mammo.imagesize import ImageSize, image_hw, parse_image_size, size_text
 from mammo.jsonio import to_jsonable, write_json
@@ -222,19 +223,8 @@ def _evaluate_checkpoint(
     split_warning = check_trained_on(name, payload["split_fingerprint"], data, trained_patients)
     if split_warning is not None and warnings is not None:
         warnings.append(split_warning)
-    model = model_from_checkpoint(payload, source=str(path)).to(runtime.device)
-    trained_size = parse_image_size(payload["image_size"])  # recorded by the trainer: S or (H, W)
-    image_size = config.data.image_size if size_given else trained_size
-    if image_hw(image_size) != image_hw(trained_size):
-        log.warning("%s was trained at %s px; evaluating at %s px as asked (--image-size)",
-                    name, size_text(trained_size), size_text(image_size))
-    in_channels = int(payload["model_config"]["in_channels"])
-    log.info("evaluating %s (%s, epoch %s, %s px)", name, payload["stage"], payload["epoch"], size_text(image_size))
-    frames = [
-        _predict_split(model, data, split, config, image_size, runtime, in_channels)
-        for split in SPLITS
-    ]
-    images = pd.concat([f for f in frames if not f.empty] or frames, ignore_index=True)
+    log.info("evaluating %s (%s, epoch %s)", name, payload["stage"], payload["epoch"])
+    images, image_size = _network_images(payload, str(path), name, data, config, runtime, size_given)
     scores = score_candidate(images, config)
     record = {
         "name": name,
@@ -247,6 +237,51 @@ def _evaluate_checkpoint(
         **scores,
     }
     return record, images.assign(checkpoint=name), read_history(path, payload)
+
+
+def _network_images(
+    payload: dict[str, Any], source: str, name: str, data: SplitData, config: EvalConfig, runtime: Runtime,
+    size_given: bool,
+) -> tuple[pd.DataFrame, ImageSize]:
+    """The image predictions on every split of the network a checkpoint or an export holds, at
+    the size it was trained at (or the one asked for), and that size."""
+    model = model_from_checkpoint(payload, source=source).to(runtime.device)
+    trained_size = parse_image_size(payload["image_size"])  # recorded by the trainer: S or (H, W)
+    image_size = config.data.image_size if size_given else trained_size
+    if image_hw(image_size) != image_hw(trained_size):
+        log.warning("%s was trained at %s px; evaluating at %s px as asked (--image-size)",
+                    name, size_text(trained_size), size_text(image_size))
+    in_channels = int(payload["model_config"]["in_channels"])
+    frames = [_predict_split(model, data, split, config, image_size, runtime, in_channels) for split in SPLITS]
+    return pd.concat([f for f in frames if not f.empty] or frames, ignore_index=True), image_size
+
+
+def _evaluate_ensemble_file(
+    path: str | Path, name: str, data: SplitData, config: EvalConfig, runtime: Runtime, size_given: bool,
+    trained_patients: Callable[[str], set[str] | None] | None = None,
+) -> tuple[dict[str, Any], pd.DataFrame, list[dict[str, Any]]]:
+    """An ensemble's one file (``mammo.export.write_ensemble``; a production ensemble) scored as
+    the evaluation scores its ensemble candidate: each member alone, the mean image
+    probability, then the threshold on val; the record and image predictions, as for a
+    checkpoint (no training history)."""
+    payload, _ = load_model_file(path)
+    members, frames, sizes = payload["members"], [], []
+    for i, member in enumerate(members, start=1):
+        check_trained_on(f"{name} (member {i})", str(member["source"].get("split_fingerprint")), data, trained_patients)
+        images, image_size = _network_images(member, f"{path} (member {i})", f"{name} member {i}", data, config,
+                                             runtime, size_given)
+        frames.append(images.assign(checkpoint=f"member-{i}"))
+        sizes.append(image_size)
+    log.info("evaluated %s: an ensemble of %d members", name, len(members))
+    images = mean_probabilities(pd.concat(frames, ignore_index=True), [f"member-{i}" for i in range(1, len(members) + 1)])
+    scores = score_candidate(images, config)
+    record = {
+        "name": name, "path": str(path), "stage": "ensemble", "epoch": f"{len(members)} folds",
+        "backbone": "+".join(sorted({m["model_config"]["backbone"] for m in members})),
+        "image_size": size_text(sizes[0]), "split_fingerprint": members[0]["source"].get("split_fingerprint"),
+        **scores,
+    }
+    return record, images.assign(checkpoint=name), []
 
 
 def read_history(path: str | Path, payload: dict[str, Any]) -> list[dict[str, Any]]:
@@ -290,8 +325,8 @@ def _run_evaluation(
     production, production_error = None, reference_error
     if reference is not None:
         try:
-            production, images, _ = _evaluate_checkpoint(reference, PRODUCTION, data, config, runtime, size_given,
-                                                         trained_patients)
+            scored = _evaluate_ensemble_file if is_ensemble_file(reference) else _evaluate_checkpoint
+            production, images, _ = scored(reference, PRODUCTION, data, config, runtime, size_given, trained_patients)
             image_frames.append(images)
         except MammoError as err:  # e.g. a production model of an incompatible format
             production_error = str(err)
@@ -349,6 +384,8 @@ def _run_evaluation(
             write_json(stage / METRICS_NAME, metrics)
             if ensemble is not None:
                 write_json(stage / ENSEMBLE_FILE, ensemble[2])
+                write_ensemble([(m["checkpoint"], m["sha256"]) for m in ensemble[2]["members"]], stage / ENSEMBLE_WEIGHTS,
+                               threshold=ensemble[2]["threshold"], breast_aggregation=ensemble[2]["breast_aggregation"])
                 _write_csv(stage / OOF_PREDICTIONS, ensemble[3])
             write_report(stage / REPORT_NAME, metrics, data.summary, plots, context)
     log.info("best candidate: %s (%s %s)", best["name"], config.rank_metric, format_metric(lookup_metric(best["val"], config.rank_metric)))
@@ -434,8 +471,9 @@ def _ensemble_candidate(
     order) as one more candidate: each fold's best checkpoint on val by the rank metric is a
     member, the image probabilities are the members' mean, and it is scored as every candidate
     is, its threshold chosen on val or (``threshold_source: oof``) on the out-of-fold predictions
-    of the training patients. Returns its record, its image predictions, the content of its
-    ``ensemble.json`` and the out-of-fold predictions."""
+    of the training patients. Returns its record (its path: the one file of its weights,
+    ``ensemble.pt``), its image predictions, the content of its ``ensemble.json`` and the
+    out-of-fold predictions."""
     from mammo.storage.integrity import sha256_file
 
     by_path = {c["path"]: c for c in candidates}
@@ -450,7 +488,7 @@ def _ensemble_candidate(
     images = mean_probabilities(pd.concat(image_frames, ignore_index=True), names)
     oof = _oof_predictions(members, data, config, runtime, size_given)
     scores = _oof_scores(images, oof, config) if config.threshold_source == OOF else score_candidate(images, config)
-    path = Path(require(config.out, "--out (out)")) / ENSEMBLE_FILE
+    path = Path(require(config.out, "--out (out)")) / ENSEMBLE_WEIGHTS
     backbones = sorted({m["backbone"] for m in members})
     record = {
         "name": ENSEMBLE, "path": str(path), "stage": "ensemble", "epoch": f"{len(members)} folds",

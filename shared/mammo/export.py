@@ -19,6 +19,11 @@ writes the same function as an ONNX file for ONNX Runtime, the fast CPU path of 
 predict --runtime onnx`` (``mammo.runtimes``), checked against the eager network at export.
 ``publish_export`` is what the promoter calls to put the export (and its ONNX file) beside the
 production checkpoint.
+
+An ensemble of fold models (``mammo.ensemble``) is one file too (``write_ensemble``, format
+``ENSEMBLE_FORMAT``): every member's export, each at its own input size, the ensemble's
+threshold and breast rule. It is weights-only already, so it is its own export; it is what
+the evaluator offers for promotion, and production holds it as it holds a checkpoint.
 """
 
 from __future__ import annotations
@@ -41,6 +46,9 @@ from mammo.storage.integrity import sha256_file
 log = logging.getLogger(__name__)
 
 EXPORT_FORMAT = "mammo-weights/1"
+ENSEMBLE_FORMAT = "mammo-ensemble-weights/1"
+#: Why production holds no separate export and no ONNX file for an ensemble.
+ENSEMBLE_NO_EXPORT = "an ensemble's file is its members' weights-only exports (no separate export); its members run eager"
 #: Largest absolute difference allowed between the checkpoint's and an export's probabilities.
 TOLERANCE = 1e-5
 #: Largest absolute difference allowed between eager and ONNX Runtime probabilities: another
@@ -153,10 +161,66 @@ def is_program(path: str | Path) -> bool:
         return False
 
 
+def ensemble_payload(
+    members: list[tuple[dict[str, Any], str]], *, threshold: float | None, breast_aggregation: str,
+) -> dict[str, Any]:
+    """One file's content for an ensemble: ``members`` (a loaded checkpoint and its sha256, each)
+    as weights-only exports, combined by the mean image probability, then ``breast_aggregation``
+    and ``threshold``."""
+    if not members:
+        raise CheckpointError("an ensemble needs at least one member")
+    return {
+        "format": ENSEMBLE_FORMAT,
+        "combine": "mean image probability",
+        "members": [export_payload(checkpoint, threshold=None, breast_aggregation=breast_aggregation, source_sha256=sha)
+                    for checkpoint, sha in members],
+        "threshold": None if threshold is None else float(threshold),
+        "breast_aggregation": breast_aggregation,
+        "versions": library_versions(),
+    }
+
+
+def write_ensemble(
+    members: list[tuple[str | Path, str]], out_path: str | Path, *, threshold: float | None, breast_aggregation: str,
+) -> dict[str, Any]:
+    """Write the one file of an ensemble from its members' checkpoints (path and sha256 each,
+    every file hashed first: ``IntegrityError`` naming a member whose bytes changed); returns
+    its path, size and sha256."""
+    from mammo.storage.integrity import verify
+
+    loaded = []
+    for path, sha in members:
+        verify(str(path), sha256_file(path), sha)
+        loaded.append((load_checkpoint(path, needs=("image_size",)), sha))
+    return save_export(ensemble_payload(loaded, threshold=threshold, breast_aggregation=breast_aggregation), out_path)
+
+
+def check_ensemble(payload: dict[str, Any], where: str) -> dict[str, Any]:
+    """An ensemble file's content, checked: members that are each a complete export."""
+    members = payload.get("members")
+    if not isinstance(members, list) or not members:
+        raise CheckpointError(f"{where}: an ensemble file without members")
+    for i, member in enumerate(members, start=1):
+        if not isinstance(member, dict) or member.get("format") != EXPORT_FORMAT:
+            raise CheckpointError(f"{where}: ensemble member {i} is not a weights export")
+        check_payload(member, f"{where} (member {i})", ("image_size",))
+    return payload
+
+
+def is_ensemble_file(path: str | Path) -> bool:
+    """Whether ``path`` holds an ensemble's one file (``write_ensemble``)."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not a torch file, or another kind: the caller's loader reports it
+        return False
+    return isinstance(payload, dict) and payload.get("format") == ENSEMBLE_FORMAT
+
+
 def load_model_file(path: str | Path) -> tuple[dict[str, Any], str]:
     """A checkpoint or an export, as an export-shaped dict, and which it was (``checkpoint`` or
     ``export``); threshold None for a checkpoint (it does not know the threshold its
-    evaluation chose)."""
+    evaluation chose). An ensemble file (``write_ensemble``) comes back as it is, kind
+    ``ensemble``: its ``members`` are export-shaped."""
     path = Path(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
@@ -165,6 +229,8 @@ def load_model_file(path: str | Path) -> tuple[dict[str, Any], str]:
     if isinstance(payload, dict) and payload.get("format") == EXPORT_FORMAT:
         check_payload(payload, str(path), ("image_size",))
         return payload, "export"
+    if isinstance(payload, dict) and payload.get("format") == ENSEMBLE_FORMAT:
+        return check_ensemble(payload, str(path)), "ensemble"
     if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
         check_payload(payload, str(path), ("image_size",))
         return export_payload(payload, threshold=None), "checkpoint"
@@ -280,7 +346,8 @@ def publish_export(
     production manifest, and why there is no ONNX file (None when there is). The promoter
     calls this before it moves the production pointer, so the pointer never names a file that
     is not there. An ONNX file that cannot be made is left out, not fatal: eager scoring needs
-    only the weights."""
+    only the weights. An ensemble's file is weights-only already: nothing is written (an empty
+    list, and ``ENSEMBLE_NO_EXPORT`` as the reason there is no ONNX file)."""
     from mammo import storage
     from mammo.errors import MammoError
 
@@ -289,6 +356,8 @@ def publish_export(
     with tempfile.TemporaryDirectory(prefix="mammo-export-") as tmp:
         local = Path(tmp) / "checkpoint.pt"
         storage.get_file(checkpoint_uri, local, sha256=sha256)
+        if is_ensemble_file(local):
+            return [], ENSEMBLE_NO_EXPORT
         written = write_export(local, Path(tmp) / key, threshold=threshold,
                                breast_aggregation=breast_aggregation, source_sha256=sha256)
         info = storage.put_file(written["path"], storage.join(prefix_uri, key))

@@ -85,8 +85,9 @@ class ScoringModel:
 
 @dataclass(frozen=True)
 class EnsembleModel(ScoringModel):
-    """An ensemble (``mammo.ensemble``, ``ensemble.json``): its members, each a verified model,
-    scored alone and averaged per image; ``export`` is the first member's (its input size and
+    """An ensemble (``mammo.ensemble``: an ``ensemble.json`` whose members are each verified, or
+    the one file of their weights, ``ensemble.pt``, verified as a whole, as production holds
+    it): its members, scored alone and averaged per image; ``export`` is the first member's (its input size and
     channels describe the ensemble), the breast rule and threshold are the ensemble file's."""
 
     members: tuple[ScoringModel, ...] = ()
@@ -149,7 +150,7 @@ def resolve_model(ref: str, workdir: str | Path | None = None, threshold: float 
         uri = storage.join(ref, key)
         sha = manifest.objects[key].sha256
         path = _fetch(uri, work, sha)
-        export, _ = load_model_file(path)
+        export, held = load_model_file(path)
         recorded = meta.get("threshold", export.get("threshold"))
         kind = "production"
         onnx_key = onnx_name(str(meta.get("sha256") or ""))
@@ -159,6 +160,7 @@ def resolve_model(ref: str, workdir: str | Path | None = None, threshold: float 
         path = _fetch(ref, work, sha)
         uri = ref
         export, kind = load_model_file(path)
+        held = kind
         recorded = export.get("threshold")
         onnx = None
         if sha is None:
@@ -171,6 +173,11 @@ def resolve_model(ref: str, workdir: str | Path | None = None, threshold: float 
         chosen = None if recorded is None else _probability(recorded, f"{uri}: its recorded threshold")
     if chosen is None:
         log.warning("%s records no operating threshold: flags left empty (give --threshold)", ref)
+    if held == "ensemble":  # one file of members' exports (mammo.export.write_ensemble), verified above as a whole
+        members = tuple(ScoringModel(member, f"{uri}#member-{i}", member["source"].get("sha256"), "ensemble member", None)
+                        for i, member in enumerate(export["members"], start=1))
+        return EnsembleModel(members[0].export, uri, sha, kind, chosen, members=members,
+                             aggregation=str(export.get("breast_aggregation") or "mean"))
     return ScoringModel(export, uri, sha, kind, chosen, onnx)
 
 

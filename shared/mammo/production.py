@@ -267,7 +267,7 @@ def export_beside(prefix: str, digest: str, threshold: Any, result: dict[str, An
     file (``model-<sha12>.onnx``, for ``--runtime onnx``), written beside it for ``mammo
     predict`` and the scorer, the weights first; {} (and ``export_error`` in ``result``) when
     the export cannot be made: the checkpoint alone is still a complete production model.
-    Without an ONNX file ``onnx_error`` says why."""
+    Without an ONNX file ``onnx_error`` says why. An ensemble's file is its own export."""
     from mammo.export import publish_export
 
     try:
@@ -277,6 +277,9 @@ def export_beside(prefix: str, digest: str, threshold: Any, result: dict[str, An
     except (MammoError, OSError, RuntimeError) as err:
         log.warning("no weights-only export: %s", err)
         result["export_error"] = str(err)
+        return {}
+    if not published:  # an ensemble: its one file is weights-only already
+        result.update(export_uri=join(prefix, model_key(digest)), onnx_error=onnx_error)
         return {}
     result["export_uri"] = join(prefix, published[0][0])
     if onnx_error is None:
