@@ -53,3 +53,53 @@ def test_a_delong_interval_that_cannot_be_estimated_says_why(evaluation: Path, t
     assert ("DeLong's interval for the AUC (clustered by patient):\n"
             "n/a (one patient with a cancer: DeLong&#39;s variance needs at least two of each).") in html
     assert "n/a<br><small>(one patient with a cancer: DeLong&#39;s variance needs at least two of each)</small>" in html
+
+
+# --- the figures ---------------------------------------------------------------------------
+
+
+def _texts(fig) -> list[str]:
+    """Every piece of text of a figure: titles, axis labels, legend entries, annotations."""
+    from matplotlib.text import Text
+
+    return [t.get_text() for t in fig.findobj(Text) if t.get_text()]
+
+
+def _figures(evaluation: Path) -> dict:
+    import pandas as pd
+
+    from mammo.report import calibration_figure, pr_figure, roc_figure
+
+    metrics = json.loads((evaluation / "eval" / "metrics.json").read_text())
+    images = pd.read_csv(evaluation / "eval" / "predictions_image.csv")
+    breasts = pd.read_csv(evaluation / "eval" / "predictions_breast.csv")
+    assert {"val", "test"} <= set(breasts["split"]) and breasts.groupby("split")["label"].nunique().min() == 2
+    return {"roc": roc_figure(images, breasts, metrics), "pr": pr_figure(images, breasts, metrics),
+            "calibration": calibration_figure(breasts, metrics)}
+
+
+def test_legends_sit_outside_the_curves_and_chance_level_is_drawn_once(evaluation: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    figures = _figures(evaluation)
+    try:
+        for name in ("roc", "pr"):
+            fig = figures[name]
+            fig.canvas.draw()
+            renderer = fig.canvas.get_renderer()
+            (ax,) = fig.axes
+            legend = ax.get_legend()
+            labels = [t.get_text() for t in legend.get_texts()]
+            assert len(labels) >= 4, labels  # val and test, breast and image, chance, operating point
+            # Outside the axes (where the curves are), and not over the axis label either.
+            box = legend.get_window_extent(renderer)
+            assert not box.overlaps(ax.get_window_extent(renderer)), name
+            assert not box.overlaps(ax.xaxis.label.get_window_extent(renderer)), name
+            assert sum(label.startswith("Chance level") for label in labels) == 1, labels
+            assert sum("Chance level" in text for text in _texts(fig)) == 1
+        calibration = figures["calibration"]
+        assert not [t for t in _texts(calibration) if "Positive class" in t]
+        assert calibration.axes[-1].get_xlabel() == "predicted probability"
+    finally:
+        for fig in figures.values():
+            plt.close(fig)

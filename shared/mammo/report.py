@@ -2,9 +2,11 @@
 
 Curves are drawn with scikit-learn's displays: ROC (``RocCurveDisplay``, chance diagonal, the
 operating point marked), precision-recall (``PrecisionRecallDisplay``, step-wise as average
-precision integrates it, chance level = prevalence, operating point marked) and calibration
-(``CalibrationDisplay`` with the bins of ``mammo.stats.calibration``, each bin's count and the
-observed rate's interval, and a histogram of the predictions below). Training curves come from
+precision integrates it, one chance level: the test breasts' prevalence, operating point
+marked) and calibration (``CalibrationDisplay`` with the bins of ``mammo.stats.calibration``,
+each bin's count and the observed rate's interval, and a histogram of the predictions below;
+scikit-learn's "(Positive class: 1)" axis labels replaced). The ROC and PR legends sit below
+the axes, never over the curves. Training curves come from
 the candidates' histories (train and validation loss, validation AUC, learning rate per epoch;
 warm-up epochs shaded, the start of gradual unfreezing marked).
 """
@@ -66,7 +68,13 @@ def _operating_point(metrics: dict[str, Any]) -> tuple[float, float, float] | No
     return 1 - m["specificity"], m["sensitivity"], m.get("precision")
 
 
-def _roc(path: Path, images: pd.DataFrame, breasts: pd.DataFrame, metrics: dict[str, Any]) -> None:
+def _legend_below(ax: plt.Axes) -> None:
+    """The legend under the axes (outside them: it cannot cover a curve)."""
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), fontsize=9, ncols=2, frameon=False)
+
+
+def roc_figure(images: pd.DataFrame, breasts: pd.DataFrame, metrics: dict[str, Any]) -> plt.Figure:
+    """The ROC plot (``write_plots`` saves it as roc.png)."""
     fig, ax = plt.subplots(figsize=FIGSIZE)
     drawn = False
     for split, level, style, y, p in _curves(images, breasts):
@@ -83,19 +91,22 @@ def _roc(path: Path, images: pd.DataFrame, breasts: pd.DataFrame, metrics: dict[
         _no_data(ax, "ROC curve")
     ax.set(xlabel="1 - specificity (false positive rate)", ylabel="sensitivity (true positive rate)",
            title="ROC (solid: breast level, dashed: image level)", xlim=(-0.01, 1.01), ylim=(-0.01, 1.01))
-    ax.legend(loc="lower right", fontsize=9)
+    if ax.get_legend_handles_labels()[0]:
+        _legend_below(ax)
     ax.grid(alpha=0.3)
-    _save(fig, path)
+    return fig
 
 
-def _pr(path: Path, images: pd.DataFrame, breasts: pd.DataFrame, metrics: dict[str, Any]) -> None:
+def pr_figure(images: pd.DataFrame, breasts: pd.DataFrame, metrics: dict[str, Any]) -> plt.Figure:
+    """The precision-recall plot (pr.png): one chance level, the test breasts' prevalence (the
+    first curve drawn; the val breasts' when test lacks a class)."""
     fig, ax = plt.subplots(figsize=FIGSIZE)
     drawn = False
     for split, level, style, y, p in _curves(images, breasts):
         PrecisionRecallDisplay.from_predictions(
-            y, p, name=f"{split} {level}", ax=ax, plot_chance_level=(split == "test"),
+            y, p, name=f"{split} {level}", ax=ax, plot_chance_level=not drawn,
             curve_kwargs={"color": SPLIT_COLOURS[split], "linestyle": style},
-            chance_level_kw={"color": SPLIT_COLOURS[split], "linestyle": ":" if level == "breast" else "-.", "lw": 1},
+            chance_level_kw={"color": SPLIT_COLOURS[split], "linestyle": ":", "lw": 1},
         )
         drawn = True
     point = _operating_point(metrics)
@@ -105,12 +116,15 @@ def _pr(path: Path, images: pd.DataFrame, breasts: pd.DataFrame, metrics: dict[s
         _no_data(ax, "precision-recall curve")
     ax.set(xlabel="recall (sensitivity)", ylabel="precision (PPV)",
            title="Precision-recall, step-wise (dotted: chance = prevalence)", xlim=(-0.01, 1.01), ylim=(-0.01, 1.01))
-    ax.legend(loc="upper right", fontsize=9)
+    if ax.get_legend_handles_labels()[0]:
+        _legend_below(ax)
     ax.grid(alpha=0.3)
-    _save(fig, path)
+    return fig
 
 
-def _calibration(path: Path, breasts: pd.DataFrame, metrics: dict[str, Any]) -> None:
+def calibration_figure(breasts: pd.DataFrame, metrics: dict[str, Any]) -> plt.Figure:
+    """The reliability diagram of the test breasts over a histogram of their predictions
+    (calibration.png)."""
     fig, (ax, hist) = plt.subplots(2, 1, figsize=(FIGSIZE[0], FIGSIZE[1] * 1.25), height_ratios=(3, 1), sharex=True)
     test = breasts[breasts["split"] == "test"]
     cal = ((metrics.get("test") or {}).get("breast") or {}).get("calibration") or {}
@@ -143,10 +157,11 @@ def _calibration(path: Path, breasts: pd.DataFrame, metrics: dict[str, Any]) -> 
         _no_data(ax, "calibration")
         limit = 1.0
     pad = 0.01 * limit
-    ax.set(ylabel="observed cancer rate", xlim=(-pad, limit + pad), ylim=(-pad, limit + pad))
+    # The shared x axis is labelled under the histogram; scikit-learn's "(Positive class: 1)" labels go.
+    ax.set(xlabel="", ylabel="observed cancer rate", xlim=(-pad, limit + pad), ylim=(-pad, limit + pad))
     ax.grid(alpha=0.3)
     hist.set(xlabel="predicted probability", ylabel="breasts")
-    _save(fig, path)
+    return fig
 
 
 def _training(path: Path, metrics: dict[str, Any], histories: dict[str, list[dict[str, Any]]]) -> None:
@@ -201,9 +216,9 @@ def write_plots(
     """ROC, precision-recall, calibration and training plots of the best candidate (PNG in ``out``)."""
     metrics = metrics or {}
     paths = {name: out / f"{name}.png" for name in PLOT_NAMES}
-    _roc(paths["roc"], images, breasts, metrics)
-    _pr(paths["pr"], images, breasts, metrics)
-    _calibration(paths["calibration"], breasts, metrics)
+    _save(roc_figure(images, breasts, metrics), paths["roc"])
+    _save(pr_figure(images, breasts, metrics), paths["pr"])
+    _save(calibration_figure(breasts, metrics), paths["calibration"])
     _training(paths["training"], metrics, histories or {})
     return paths
 
