@@ -378,3 +378,34 @@ def test_the_ensemble_is_promoted_as_one_verified_file_served_and_re_evaluated(f
     mine = images[images["checkpoint"] == "production"].set_index(["split", "image_id"])["prob"].sort_index()
     theirs = before[before["checkpoint"] == "ensemble"].set_index(["split", "image_id"])["prob"].sort_index()
     assert np.allclose(mine.to_numpy(), theirs.reindex(mine.index).to_numpy(), atol=1e-6)
+
+
+@pytest.mark.slow
+def test_mammo_export_writes_an_ensemble_as_one_file_of_its_members(fold_run, tiny_dataset, tmp_path, capsys) -> None:
+    """``mammo export`` of an ensemble writes every member (not the first one alone) with the
+    ensemble's threshold; that file scores as the ensemble; --program is refused in one line."""
+    import json
+
+    from mammo.cli import main
+    from mammo.predict import images_path, resolve_model, run_predict
+
+    summary, _, work = fold_run
+    ensemble_json = work / "runs" / summary["run_id"] / "evaluator" / "ensemble.json"
+    out = tmp_path / "ensemble-export.pt"
+    assert main(["export", "--model", str(ensemble_json), "--out", str(out), "--workdir", str(tmp_path / "w")]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["members"] == 2
+    exported = resolve_model(str(out), tmp_path / "w")
+    assert len(exported.members) == 2  # type: ignore[attr-defined]
+    assert exported.threshold == pytest.approx(json.loads(ensemble_json.read_text())["threshold"])
+
+    def image_scores(ref: str, name: str) -> np.ndarray:
+        csv = tmp_path / f"{name}.csv"
+        run_predict(model=ref, data=str(tiny_dataset), out=str(csv), device="cpu", workers=0, workdir=tmp_path / "w")
+        return pd.read_csv(images_path(str(csv)), dtype={"image_id": str}).set_index("image_id")["prob"].sort_index().to_numpy()
+
+    assert np.allclose(image_scores(str(out), "exported"), image_scores(str(ensemble_json), "json"), atol=1e-6)
+    assert main(["export", "--model", str(ensemble_json), "--out", str(tmp_path / "again.pt"),
+                 "--program", str(tmp_path / "p.pt2"), "--workdir", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err
+    assert "ensemble of 2 networks" in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "again.pt").exists()

@@ -356,16 +356,27 @@ def _cmd_predict(args: argparse.Namespace) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
-    from mammo.export import is_export, is_program, save_export, write_program
+    from mammo.export import ensemble_payload, is_ensemble_file, is_export, is_program, save_export, write_program
     from mammo.outputs import check_output
-    from mammo.predict import resolve_model
+    from mammo.predict import EnsembleModel, resolve_model
 
     local_paths(args, "--out", "--program")
-    check_output(args.out, flag="--out", inputs=[args.model], what="weights export", ours=is_export)
+    check_output(args.out, flag="--out", inputs=[args.model], what="weights export",
+                 ours=lambda path: is_export(path) or is_ensemble_file(path))
     if args.program:
         check_output(args.program, flag="--program", inputs=[args.model, args.out], what="torch.export program",
                      ours=is_program)
     model = resolve_model(args.model, args.workdir, args.threshold)
+    if isinstance(model, EnsembleModel):  # one file of every member's export, the ensemble's threshold and rule
+        if args.program:
+            raise ConfigError(f"--program: {args.model} is an ensemble of {len(model.members)} networks; a "
+                              "torch.export program holds one (export the ensemble without --program)")
+        exports = [{**m.export, "source": {**m.export["source"], "sha256": m.export["source"].get("sha256") or m.sha256}}
+                   for m in model.members]
+        payload = ensemble_payload(exports, threshold=model.threshold,
+                                   breast_aggregation=model.breast_aggregation)
+        _print_json({"model": model.describe(), "members": len(model.members), "export": save_export(payload, args.out)})
+        return
     export = {**model.export, "threshold": model.threshold}
     export["source"] = {**export.get("source", {}), "sha256": export.get("source", {}).get("sha256") or model.sha256}
     result = {"model": model.describe(), "export": save_export(export, args.out)}
@@ -683,9 +694,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="Write a model's slim weights-only export (and optionally a torch.export program).",
         description="The export holds the weights, input size, preprocessing and threshold, and loads with "
         "torch.load(..., weights_only=True); --program adds a torch.export program (uint8 images in, "
-        "probabilities out), checked to give the model's outputs.",
+        "probabilities out), checked to give the model's outputs. An ensemble (ensemble.json, ensemble.pt or a "
+        "production ensemble) is exported as one file of its members' exports with its threshold and breast rule "
+        "(no --program).",
     )
-    export.add_argument("--model", required=True, metavar="URI_OR_PATH", help="Production pointer, checkpoint or export.")
+    export.add_argument("--model", required=True, metavar="URI_OR_PATH",
+                        help="Production pointer, checkpoint, export or ensemble.")
     export.add_argument("--out", required=True, metavar="FILE", help="The weights-only export to write.")
     export.add_argument("--program", metavar="FILE", help="Also write a torch.export program (.pt2).")
     export.add_argument("--threshold", type=float, metavar="P", help="Threshold to record (default: the model's).")

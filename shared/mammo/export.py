@@ -161,19 +161,15 @@ def is_program(path: str | Path) -> bool:
         return False
 
 
-def ensemble_payload(
-    members: list[tuple[dict[str, Any], str]], *, threshold: float | None, breast_aggregation: str,
-) -> dict[str, Any]:
-    """One file's content for an ensemble: ``members`` (a loaded checkpoint and its sha256, each)
-    as weights-only exports, combined by the mean image probability, then ``breast_aggregation``
-    and ``threshold``."""
+def ensemble_payload(members: list[dict[str, Any]], *, threshold: float | None, breast_aggregation: str) -> dict[str, Any]:
+    """One file's content for an ensemble: its ``members``' exports (``export_payload``),
+    combined by the mean image probability, then ``breast_aggregation`` and ``threshold``."""
     if not members:
         raise CheckpointError("an ensemble needs at least one member")
     return {
         "format": ENSEMBLE_FORMAT,
         "combine": "mean image probability",
-        "members": [export_payload(checkpoint, threshold=None, breast_aggregation=breast_aggregation, source_sha256=sha)
-                    for checkpoint, sha in members],
+        "members": [{**member, "threshold": None, "breast_aggregation": breast_aggregation} for member in members],
         "threshold": None if threshold is None else float(threshold),
         "breast_aggregation": breast_aggregation,
         "versions": library_versions(),
@@ -188,11 +184,11 @@ def write_ensemble(
     its path, size and sha256."""
     from mammo.storage.integrity import verify
 
-    loaded = []
+    exports = []
     for path, sha in members:
         verify(str(path), sha256_file(path), sha)
-        loaded.append((load_checkpoint(path, needs=("image_size",)), sha))
-    return save_export(ensemble_payload(loaded, threshold=threshold, breast_aggregation=breast_aggregation), out_path)
+        exports.append(export_payload(load_checkpoint(path, needs=("image_size",)), threshold=None, source_sha256=sha))
+    return save_export(ensemble_payload(exports, threshold=threshold, breast_aggregation=breast_aggregation), out_path)
 
 
 def check_ensemble(payload: dict[str, Any], where: str) -> dict[str, Any]:
