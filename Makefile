@@ -10,11 +10,9 @@ PY := $(VENV)/bin/python
 MAMMO := $(VENV)/bin/mammo
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
-# Test processes: PYTEST_WORKERS=auto runs pytest-xdist, one per core, each test handed to the
-# next free one (about 10 minutes instead of 16-19 on 2 cores). Not the default yet: under two
-# workers' load s3rver 3.7.1 crashed in 2 of 6 full runs (an unhandled ENOENT when a PUT races
-# the removal of a folder a DELETE emptied, in the lock's choosing/ objects), failing a test.
-PYTEST_WORKERS ?= 0
+# Test processes: pytest-xdist, one per core (auto), each test handed to the next free one:
+# about 7-10 minutes of pytest instead of 16-19 on 2 cores. PYTEST_WORKERS=0: one process.
+PYTEST_WORKERS ?= auto
 PYTEST_XDIST = $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist worksteal)
 S3RVER_VERSION := 3.7.1
 S3RVER_STAMP := .cache/s3rver/.installed-$(S3RVER_VERSION)
