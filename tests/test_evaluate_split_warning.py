@@ -69,3 +69,39 @@ def test_a_checkpoint_of_another_split_is_warned_about(
         metrics = _evaluate(tiny_dataset, split, same, tmp_path / "eval3")
     assert _split_lines(metrics["warnings"]) == []
     assert _split_lines([r.getMessage() for r in caplog.records]) == []
+
+
+def test_a_production_model_of_another_split_is_warned_about_too(tiny_dataset: Path, tmp_path: Path) -> None:
+    split = tmp_path / "split"
+    run_split(data=str(tiny_dataset), out=str(split), val_frac=0.3, test_frac=0.3, seed=1)
+    this = hashlib.sha256((split / "split.csv").read_bytes()).hexdigest()
+    candidate = fake_checkpoint(tmp_path / "candidate" / "model.pt", seed=1)
+    payload = torch.load(candidate, weights_only=False)
+    payload["split_fingerprint"] = this
+    torch.save(payload, candidate)
+    production = fake_checkpoint(tmp_path / "production" / "model.pt", seed=2)  # split_fingerprint "f" * 64
+    metrics = _evaluate(tiny_dataset, split, candidate, tmp_path / "eval", reference=production)
+    assert _split_lines(metrics["warnings"]) == [
+        f"production was trained on another split (split.csv sha256 {'f' * 12}, this one {this[:12]}), "
+        "which cannot be checked: its test figures may include patients it trained on"
+    ]
+
+
+def test_the_report_heads_warnings_without_a_small_sample_as_warnings(tiny_dataset: Path, tmp_path: Path) -> None:
+    import json
+
+    from mammo.report import PLOT_NAMES, write_report
+
+    split = tmp_path / "split"
+    run_split(data=str(tiny_dataset), out=str(split), val_frac=0.3, test_frac=0.3, seed=1)
+    _evaluate(tiny_dataset, split, fake_checkpoint(tmp_path / "model.pt"), tmp_path / "eval")
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    plots = {name: tmp_path / "eval" / f"{name}.png" for name in PLOT_NAMES}
+    summary = json.loads((split / "split.json").read_text())
+    assert any("cancer breast(s) (fewer than" in w for w in metrics["warnings"])  # the tiny split is small
+    write_report(tmp_path / "small.html", metrics, summary, plots)
+    assert "<b>Small sample.</b>" in (tmp_path / "small.html").read_text()
+    metrics["warnings"] = _split_lines(metrics["warnings"])
+    write_report(tmp_path / "split.html", metrics, summary, plots)
+    html = (tmp_path / "split.html").read_text()
+    assert "<b>Warnings.</b>" in html and "Small sample" not in html and "was trained on another split" in html

@@ -258,16 +258,20 @@ def _network_images(
 
 def _evaluate_ensemble_file(
     path: str | Path, name: str, data: SplitData, config: EvalConfig, runtime: Runtime, size_given: bool,
-    trained_patients: Callable[[str], set[str] | None] | None = None,
+    trained_patients: Callable[[str], set[str] | None] | None = None, warnings: list[str] | None = None,
 ) -> tuple[dict[str, Any], pd.DataFrame, list[dict[str, Any]]]:
     """An ensemble's one file (``mammo.export.write_ensemble``; a production ensemble) scored as
     the evaluation scores its ensemble candidate: each member alone, the mean image
     probability, then the threshold on val; the record and image predictions, as for a
-    checkpoint (no training history)."""
+    checkpoint (no training history). ``warnings`` gets the line of each member trained on
+    another split."""
     payload, _ = load_model_file(path)
     members, frames, sizes = payload["members"], [], []
     for i, member in enumerate(members, start=1):
-        check_trained_on(f"{name} (member {i})", str(member["source"].get("split_fingerprint")), data, trained_patients)
+        split_warning = check_trained_on(f"{name} (member {i})", str(member["source"].get("split_fingerprint")), data,
+                                         trained_patients)
+        if split_warning is not None and warnings is not None:
+            warnings.append(split_warning)
         images, image_size = _network_images(member, f"{path} (member {i})", f"{name} member {i}", data, config,
                                              runtime, size_given)
         frames.append(images.assign(checkpoint=f"member-{i}"))
@@ -310,7 +314,7 @@ def _run_evaluation(
     size_given = "image_size" in config.data.model_fields_set
 
     candidates, image_frames, histories = [], [], {}
-    split_warnings: list[str] = []  # checkpoints trained on another split (check_trained_on)
+    split_warnings: list[str] = []  # candidates or production trained on another split (check_trained_on)
     for path, name in zip(checkpoints, candidate_names(checkpoints)):
         record, images, history = _evaluate_checkpoint(path, name, data, config, runtime, size_given, trained_patients,
                                                        split_warnings)
@@ -326,7 +330,8 @@ def _run_evaluation(
     if reference is not None:
         try:
             scored = _evaluate_ensemble_file if is_ensemble_file(reference) else _evaluate_checkpoint
-            production, images, _ = scored(reference, PRODUCTION, data, config, runtime, size_given, trained_patients)
+            production, images, _ = scored(reference, PRODUCTION, data, config, runtime, size_given, trained_patients,
+                                           split_warnings)
             image_frames.append(images)
         except MammoError as err:  # e.g. a production model of an incompatible format
             production_error = str(err)
