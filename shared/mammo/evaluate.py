@@ -188,11 +188,12 @@ def run_evaluation(
 
 
 def check_trained_on(name: str, fingerprint: str, data: SplitData,
-                     trained_patients: Callable[[str], set[str] | None] | None) -> str | None:
+                     trained_patients: Callable[[str], set[str] | None] | None, *, fold_model: bool = False) -> str | None:
     """A model trained on another split than ``data``'s may have trained on its test patients:
     a ``DataError`` when ``trained_patients`` shows it did (its test figures would be inflated),
     else a one-line warning (logged, and returned for metrics.json's ``warnings``); None when
-    it was trained on this very split."""
+    it was trained on this very split, or when it is one of this split's fold models
+    (``fold_model``: trained on a fold split of it by design) and shown clean."""
     if fingerprint == data.fingerprint:
         return None
     seen = trained_patients(fingerprint) if trained_patients is not None else None
@@ -208,6 +209,9 @@ def check_trained_on(name: str, fingerprint: str, data: SplitData,
                 "test patients in train or val: its test figures would be inflated, so it is not scored on them"
             )
         warning = f"{other}; none of this split's {len(test)} test patients was in its train or val"
+        if fold_model:
+            log.info("%s (a fold model of this split)", warning)
+            return None
     log.warning("%s", warning)
     return warning
 
@@ -215,12 +219,13 @@ def check_trained_on(name: str, fingerprint: str, data: SplitData,
 def _evaluate_checkpoint(
     path: str | Path, name: str, data: SplitData, config: EvalConfig, runtime: Runtime, size_given: bool,
     trained_patients: Callable[[str], set[str] | None] | None = None, warnings: list[str] | None = None,
+    fold_model: bool = False,
 ) -> tuple[dict[str, Any], pd.DataFrame, list[dict[str, Any]]]:
     """One checkpoint on val and test: its record (threshold from val, figures), its image
     predictions and its training history (for the report's curves). ``warnings`` gets the
     line of a checkpoint trained on another split (``check_trained_on``)."""
     payload = load_checkpoint(path)
-    split_warning = check_trained_on(name, payload["split_fingerprint"], data, trained_patients)
+    split_warning = check_trained_on(name, payload["split_fingerprint"], data, trained_patients, fold_model=fold_model)
     if split_warning is not None and warnings is not None:
         warnings.append(split_warning)
     log.info("evaluating %s (%s, epoch %s)", name, payload["stage"], payload["epoch"])
@@ -315,9 +320,10 @@ def _run_evaluation(
 
     candidates, image_frames, histories = [], [], {}
     split_warnings: list[str] = []  # candidates or production trained on another split (check_trained_on)
+    fold_paths = {path for group in config.ensemble for path in group}
     for path, name in zip(checkpoints, candidate_names(checkpoints)):
         record, images, history = _evaluate_checkpoint(path, name, data, config, runtime, size_given, trained_patients,
-                                                       split_warnings)
+                                                       split_warnings, fold_model=path in fold_paths)
         candidates.append(record)
         image_frames.append(images)
         histories[name] = history
