@@ -297,3 +297,21 @@ def test_run_evaluation_returns_what_it_writes(learnable, baseline_run, tmp_path
     assert set(test["split"]) == {"test"} and set(test["checkpoint"]) == {evaluation.best}
     summary = evaluation.summary()
     assert summary["best"] == evaluation.best and summary["test"]["breast"]["auc"] == evaluation.metrics["test"]["breast"]["auc"]
+
+
+def test_the_demo_preset_unfreezes_blocks_within_its_unfreeze_epochs(small, small_init, tmp_path):
+    """``make run`` shows gradual unfreezing happen: the demo preset's schedule (its
+    unfreeze_set, for its unfreeze_epochs) unfreezes blocks whatever val does."""
+    from mammo.config import parse_value, split_pair
+    from mammo_pipelines.parameters import load_preset
+
+    params = load_preset("demo")["params"]
+    schedule = dict(split_pair(pair, "unfreeze_set", "key=value") for pair in params["unfreeze_set"])
+    overrides = {key: parse_value(value) for key, value in schedule.items()}
+    assert overrides["unfreeze.drop"] == 0
+    trainer = UnfreezeTrainer(unfreeze_config(small, small_init, tmp_path / "u", epochs=params["unfreeze_epochs"],
+                                              **overrides))
+    trainer.run()
+    history = load_checkpoint(tmp_path / "u" / "last.pt")["history"]
+    unfrozen = [block for epoch in history for block in epoch.get("unfrozen", [])]
+    assert len(unfrozen) == 2 and len(set(unfrozen)) == 2
