@@ -18,7 +18,7 @@ S3RVER_VERSION := 3.7.1
 S3RVER_STAMP := .cache/s3rver/.installed-$(S3RVER_VERSION)
 MOTO_STAMP := .cache/moto-server/.installed
 
-.PHONY: help venv run check test test-servers bench clean clean-venv gpu-check images-smoke images-tools
+.PHONY: help venv run check test test-servers bench clean clean-venv gpu-check images-smoke images-tools component-docs
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -88,6 +88,9 @@ images-tools: ## Install the image smoke test's tools (buildah, mmdebstrap) if m
 
 images-smoke: $(STAMP) test-servers images-tools ## Build both images with buildah and run the components inside them
 	scripts/images-smoke.sh
+
+component-docs: $(STAMP) ## Write each component README's Inputs table from its entrypoint.run declaration
+	$(PY) -m mammo_components.readmes
 
 bench: $(STAMP) ## Print data-path and training-step throughput figures (JSON)
 	$(MAMMO) data synth --out .cache/bench-data --patients 40 --image-size 512 --seed 1 >/dev/null

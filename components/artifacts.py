@@ -2,7 +2,7 @@
 
 Duck-typed on KFP's artifact classes (``metadata``, ``path``, ``log_metric``,
 ``log_roc_curve``, ``log_confusion_matrix``), so this package does not depend on kfp and these
-functions are tested without it. The pipeline's steps (``mammo_pipelines.steps``) call each
+functions are tested without it. The pipeline's steps (each folder's ``component.py``) call each
 component's ``step.run_step``, which uses them.
 """
 

@@ -1,10 +1,10 @@
 """``mammo component <name> ...``: run one component from the command line.
 
 The same entrypoint functions the containers run, so a step that failed in the cluster can be
-rerun on a laptop with the same URIs. Each component's flags mirror its entrypoint's keyword
-arguments; params come from ``--params-json FILE`` and ``--param key=value`` (later wins).
-The result is printed as JSON. Torch is imported only by the component that runs. The
-components and their flags come from ``mammo_components.COMPONENTS`` and each folder's ``SPEC``.
+rerun on a laptop with the same URIs. The components and their flags are found in the component
+folders (``mammo_components.spec``: each ``entrypoint.run`` declares its arguments); params come
+from ``--params-json FILE`` and ``--param key=value`` (later wins). The result is printed as
+JSON. Torch is imported only by the component that runs.
 """
 
 from __future__ import annotations
@@ -37,16 +37,19 @@ def build_parser() -> argparse.ArgumentParser:
         "MINIO_REGION (s3:// URIs), MAMMO_PUSHGATEWAY_URL (telemetry), MAMMO_CACHE_DIR."
     )
     for name, component in components().items():
-        spec = component.spec
-        if spec.cli is not None:  # flags of its own: its cli module parses the rest
-            own = sub.add_parser(name, help=spec.help, add_help=False, prefix_chars="\0")
+        if component.cli is not None:  # flags of its own: its cli module parses the rest
+            own = sub.add_parser(name, help=component.help, add_help=False, prefix_chars="\0")
             own.add_argument("rest", nargs=argparse.REMAINDER)
             continue
-        p = sub.add_parser(name, help=spec.help, description=spec.description, epilog=params_help)
-        for f in spec.flags:
+        p = sub.add_parser(name, help=component.help, description=f"{component.help} {component.description}".strip(),
+                           epilog=params_help)
+        for argument in component.flags:
+            default = "" if argument.required else " (optional)" if argument.default == "None" else \
+                f" (default: {argument.default})"
             p.add_argument(
-                f.flag, dest=f.dest, metavar=f.metavar, required=f.required, help=f.help,
-                action="append" if f.repeat else "store",
+                argument.flag, dest=argument.name, metavar=argument.metavar, required=argument.required,
+                help=(argument.help + default).replace("%", "%%"), action="append" if argument.repeat else "store",
+                default=argparse.SUPPRESS,  # left out: run()'s own default
             )
         p.add_argument(
             "--param", dest="param_pairs", action="append", default=[], metavar="KEY=VALUE",
@@ -85,10 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(args, int):
         return args
     component = components()[args.component]
-    if component.spec.cli is not None:
-        return import_module(component.spec.cli).main(args.rest)
+    if component.cli is not None:
+        return import_module(component.cli).main(args.rest)
     setup_logging()
-    kwargs = {f.dest: getattr(args, f.dest) for f in component.spec.flags}
+    kwargs = {a.name: getattr(args, a.name) for a in component.flags if hasattr(args, a.name)}
 
     def call() -> None:
         params = load_params(args.params_json, args.param_pairs)

@@ -180,7 +180,7 @@ def trainer_step(entrypoint: Callable[..., dict[str, Any]], component: str, *, s
     if processes > 1:
         result = run_on_local_gpus(component, processes, run_uri=run_uri, run_id=run_id, **kwargs)
     else:
-        result = entrypoint(run_uri=run_uri, **kwargs)
+        result = entrypoint(out_uri=run_uri, **kwargs)
     record_trainer_artifacts(result, model, metrics)
     model.metadata.update({"run_id": run_id, "run_uri": run_uri})  # which run made it, and its folder
     return result
@@ -197,7 +197,7 @@ def run_on_local_gpus(component: str, processes: int, *, run_uri: str, run_id: s
     from mammo_components.publishing import read_result
     from mammo_components.spec import component_args
 
-    args = component_args(component, uris={**uris, "run_uri": run_uri}, run_id=run_id, params=params)
+    args = component_args(component, uris={**uris, "out_uri": run_uri}, run_id=run_id, params=params)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
                "--max-restarts=0", "-m", f"mammo_components.{component}", *args]
     log.info("%s: %d processes (torchrun) on this pod's GPUs", component, processes)

@@ -28,7 +28,7 @@ from typing import Any, TextIO
 
 from mammo.console import environment
 from mammo.errors import MammoError
-from mammo_pipelines import steps
+from mammo_components.kfp_component import EVAL_IMAGE, TRAIN_IMAGE
 from mammo_pipelines.pipeline import build_pipeline
 from mammo_pipelines.profiles import Profile, Retry, get_profile
 
@@ -184,7 +184,7 @@ def local_profile() -> Profile:
     where the run stopped); no volumes or key files (kfp.local applies neither); and the folds
     (``folds`` > 1) train one after another, not all at once."""
     return dataclasses.replace(
-        get_profile("kind", train_image=steps.TRAIN_IMAGE, eval_image=steps.EVAL_IMAGE),
+        get_profile("kind", train_image=TRAIN_IMAGE, eval_image=EVAL_IMAGE),
         retry=Retry(attempts=0), data_mount=None, key_files=None, fold_parallelism=1,
     )
 

@@ -31,6 +31,7 @@ from mammo.config import (
     stage_configs,
 )
 from mammo.errors import ConfigError
+from mammo_components.kfp_component import STORE_URI_HELP
 
 #: Parameter types KFP knows (STRING, NUMBER_INTEGER, NUMBER_DOUBLE, BOOLEAN, LIST).
 ParamType = type
@@ -92,7 +93,7 @@ def pipeline_parameters(*, dataset_uri: str, with_gpus: bool) -> list[PipelinePa
             "Dataset prefix: train.csv + PNGs, or DICOM files with dataset_format dicom; s3://bucket/key or a local path.",
             "data",
         ),
-        PipelineParameter("store_uri", str, DEFAULT_STORE, "Root of splits/, runs/ and models/: s3://bucket[/prefix] or a local path."),
+        PipelineParameter("store_uri", str, DEFAULT_STORE, STORE_URI_HELP),
     ]
     tail = []
     if with_gpus:

@@ -32,7 +32,21 @@ from kfp.dsl import Model, PipelineTask
 
 import mammo
 from mammo.config import DATASET_FIELDS
-from mammo_pipelines import kfp_speed, steps  # noqa: F401 (kfp_speed: installed on import)
+from mammo_components.baseline_trainer.component import baseline_trainer
+from mammo_components.evaluator.component import evaluator
+from mammo_components.folds.component import (
+    fold_baseline_trainer,
+    fold_models,
+    fold_plan,
+    fold_unfreeze_trainer,
+    no_fold_models,
+)
+from mammo_components.preprocessor.component import png_dataset, preprocess_merge, preprocess_plan, preprocessor
+from mammo_components.promoter.component import promoter
+from mammo_components.split_builder.component import split_builder
+from mammo_components.trainjob.component import baseline_trainjob, unfreeze_trainjob
+from mammo_components.unfreeze_trainer.component import unfreeze_trainer
+from mammo_pipelines import kfp_speed  # noqa: F401 (installed on import)
 from mammo_pipelines.parameters import PipelineParameter, pipeline_parameters, preset_parameters
 from mammo_pipelines.profiles import CONFIG_MAP_KEYS, POD_LABEL, PSEUDONYM_KEY, SECRET_KEYS, Profile, Resources
 
@@ -164,9 +178,9 @@ def _bounded(task: PipelineTask, profile: Profile) -> None:
 def _pod_trainers(profile: Profile, shared: dict[str, Any], gpus: Any) -> tuple[Any, Any]:
     """The two trainers, each in its own pod; their Model outputs."""
     processes = gpus or 1  # one torchrun process per GPU of the pod
-    baseline = _trainer(steps.baseline_trainer(processes=processes, **shared), profile, gpus, "baseline trainer")
+    baseline = _trainer(baseline_trainer(processes=processes, **shared), profile, gpus, "baseline trainer")
     unfreeze = _trainer(
-        steps.unfreeze_trainer(init=baseline.outputs["model"], processes=processes, **shared),
+        unfreeze_trainer(init=baseline.outputs["model"], processes=processes, **shared),
         profile, gpus, "unfreeze trainer",
     )
     return baseline.outputs["model"], unfreeze.outputs["model"]
@@ -191,10 +205,10 @@ def _trainers_on_nodes(profile: Profile, shared: dict[str, Any], gpus: Any, node
     }
     with dsl.If(nodes > 1, name="several-nodes"):
         baseline_job = _launcher(
-            steps.baseline_trainjob(**shared, **launch), profile, "baseline trainer (TrainJob)"
+            baseline_trainjob(**shared, **launch), profile, "baseline trainer (TrainJob)"
         )
         unfreeze_job = _launcher(
-            steps.unfreeze_trainjob(init=baseline_job.outputs["model"], **shared, **launch),
+            unfreeze_trainjob(init=baseline_job.outputs["model"], **shared, **launch),
             profile, "unfreeze trainer (TrainJob)",
         )
     with dsl.Else(name="one-node"):
@@ -212,7 +226,7 @@ def _folds(profile: Profile, shared: dict[str, Any], gpus: Any, folds: Any) -> A
     evaluator; 1, no fold models. ``dsl.OneOf`` hands the evaluator either (a fan-in from inside
     a ``dsl.If`` can only leave it through a step inside it)."""
     with dsl.If(folds > 1, name="k-fold"):
-        plan = steps.fold_plan(
+        plan = fold_plan(
             split_uri=shared["split_uri"], store_uri=shared["store_uri"], run_id=shared["run_id"], params=shared["params"],
         )
         plan.set_display_name("fold plan").set_container_image(profile.eval_image)
@@ -221,19 +235,19 @@ def _folds(profile: Profile, shared: dict[str, Any], gpus: Any, folds: Any) -> A
         processes = gpus or 1
         with dsl.ParallelFor(plan.output, parallelism=profile.fold_parallelism or None, name="fold-training") as fold:
             baseline = _trainer(
-                steps.fold_baseline_trainer(fold=fold, processes=processes, **trained), profile, gpus, "fold baseline trainer",
+                fold_baseline_trainer(fold=fold, processes=processes, **trained), profile, gpus, "fold baseline trainer",
             )
             unfreeze = _trainer(
-                steps.fold_unfreeze_trainer(init=baseline.outputs["model"], fold=fold, processes=processes, **trained),
+                fold_unfreeze_trainer(init=baseline.outputs["model"], fold=fold, processes=processes, **trained),
                 profile, gpus, "fold unfreeze trainer",
             )
-        members = steps.fold_models(
+        members = fold_models(
             fold_baselines=dsl.Collected(baseline.outputs["model"]), fold_unfreezes=dsl.Collected(unfreeze.outputs["model"]),
         )
         members.set_display_name("fold models").set_container_image(profile.eval_image)
         _runtime(members, profile, profile.light).set_caching_options(False)
     with dsl.Else(name="one-split"):
-        none = steps.no_fold_models()
+        none = no_fold_models()
         none.set_display_name("no fold models").set_container_image(profile.eval_image)
         _runtime(none, profile, profile.light).set_caching_options(False)
     return dsl.OneOf(members.output, none.output)
@@ -260,18 +274,18 @@ def _dataset(profile: Profile, args: dict[str, Any]) -> Any:
         "image_size": args["image_size"], "preprocess_set": args["preprocess_set"],
     }
     with dsl.If(args["dataset_format"] == "dicom", name="dicom-input"):
-        plan = steps.preprocess_plan(preprocess_shards=args["preprocess_shards"], **source)
+        plan = preprocess_plan(preprocess_shards=args["preprocess_shards"], **source)
         plan.set_display_name("preprocess plan").set_container_image(profile.eval_image)
         _pseudonym_key(_runtime(plan, profile, profile.light), profile).set_caching_options(False)
         with dsl.ParallelFor(plan.output, name="preprocess-shards") as shard:
-            part = steps.preprocessor(shard=shard, shards=args["preprocess_shards"], **source)
+            part = preprocessor(shard=shard, shards=args["preprocess_shards"], **source)
             part.set_display_name("preprocessor").set_container_image(profile.eval_image)
             retried(_pseudonym_key(_runtime(part, profile, profile.evaluator), profile), profile).set_caching_options(False)
-        merged = steps.preprocess_merge(parts=dsl.Collected(part.output), **source)
+        merged = preprocess_merge(parts=dsl.Collected(part.output), **source)
         merged.set_display_name("preprocess merge").set_container_image(profile.eval_image)
         _pseudonym_key(_runtime(merged, profile, profile.light), profile).set_caching_options(False)
     with dsl.Else(name="png-input"):
-        png = steps.png_dataset(dataset_uri=args["dataset_uri"])
+        png = png_dataset(dataset_uri=args["dataset_uri"])
         png.set_display_name("PNG dataset").set_container_image(profile.eval_image)
         _runtime(png, profile, profile.light).set_caching_options(False)
     return dsl.OneOf(merged.output, png.output)
@@ -292,7 +306,7 @@ def _wire(profile: Profile, args: dict[str, Any]) -> Any:
     """The pipeline body: five steps, their data flow and their cluster settings. Returns the
     evaluator's best-candidate Model (the pipeline's output: metrics, report, verdict)."""
     dataset_uri = _dataset(profile, args)
-    split_task = steps.split_builder(
+    split_task = split_builder(
         code_version=code_version(profile),
         # KFP's id of this run, recorded in the run folder and the evaluation (lineage); it is
         # kept out of the trainers' inputs, which would otherwise never be served from cache.
@@ -316,12 +330,12 @@ def _wire(profile: Profile, args: dict[str, Any]) -> Any:
         baseline_model, unfreeze_model = _trainers_on_nodes(profile, shared, gpus, args["trainer_nodes"])
     else:
         baseline_model, unfreeze_model = _pod_trainers(profile, shared, gpus)
-    fold_models = _folds(profile, shared, gpus, args["folds"])
+    fold_members = _folds(profile, shared, gpus, args["folds"])
 
-    evaluation = steps.evaluator(
+    evaluation = evaluator(
         baseline=baseline_model,
         unfreeze=unfreeze_model,
-        fold_models=fold_models,
+        fold_models=fold_members,
         model_name=args["model_name"],
         promotion_metric=args["promotion_metric"],
         promotion_margin=args["promotion_margin"],
@@ -341,7 +355,7 @@ def _wire(profile: Profile, args: dict[str, Any]) -> Any:
     # promoted" - is recorded (models/<name>/promotions/); it takes the evaluator's verdict
     # from the candidate's metadata and switches production only when that verdict still
     # holds against production under the promotion lock.
-    promotion = steps.promoter(
+    promotion = promoter(
         candidate=evaluation.outputs["best"],
         store_uri=args["store_uri"],
         model_name=args["model_name"],

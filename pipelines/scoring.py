@@ -14,15 +14,16 @@ from pathlib import Path
 from typing import Any
 
 from kfp import compiler, dsl
-from kfp.dsl import Dataset, Output
+from kfp.dsl import Dataset
 from pydantic import ValidationError
 
 from mammo.config import PipelineParams, format_validation_error
 from mammo.errors import ConfigError
 from mammo.runtimes import DEFAULT_RUNTIME, RUNTIMES
+from mammo_components.kfp_component import STEP_INPUTS
+from mammo_components.scorer.component import scorer
 from mammo_pipelines.parameters import DEFAULT_STORE, PipelineParameter, preset_parameters
 from mammo_pipelines.profiles import Profile
-from mammo_pipelines.steps import EVAL_IMAGE, STEP_INPUTS, described
 
 PIPELINE_NAME = "mammo-scoring"
 DESCRIPTION = (
@@ -31,25 +32,6 @@ DESCRIPTION = (
 )
 #: Default dataset of new studies to score.
 DEFAULT_DATASET = "s3://mammo/datasets/incoming"
-
-
-@dsl.component(base_image=EVAL_IMAGE, install_kfp_package=False)
-@described
-def scorer(
-    dataset_uri: str,
-    store_uri: str,
-    model_name: str,
-    table: str,
-    params: dict,
-    runtime: str,
-    scores: Output[Dataset],
-) -> str:
-    """Scores the dataset's studies with <store>/models/<model_name>/production and publishes
-    breasts.csv and images.csv under <store>/scores/<model_name>/; returns that folder."""
-    from mammo_components.scorer.step import run_step
-
-    return run_step(dataset_uri=dataset_uri, store_uri=store_uri, model_name=model_name, table=table,
-                    params=params, runtime=runtime, scores=scores)
 
 
 def parameters_for(profile: Profile) -> list[PipelineParameter]:

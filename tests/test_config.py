@@ -150,6 +150,7 @@ def test_pipeline_params_carry_the_promotion_rule_and_a_description_each():
     params = load_config(PipelineParams, sets=["promotion_margin=0.01", "model_name=m2"])
     assert (params.promotion_margin, params.model_name, params.promotion_metric) == (0.01, "m2", "test.breast.auc")
     assert "promotion_margin" not in params.training_values()
+    assert "data" not in PipelineParams(data="s3://mammo/datasets/x").training_values()  # it is dataset_uri
     assert all(info.description for info in PipelineParams.model_fields.values())
     shown = dump_config(PipelineParams())
     for key in ("promotion_metric:", "promotion_margin:", "model_name:"):

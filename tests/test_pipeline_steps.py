@@ -1,5 +1,4 @@
-"""Each KFP step of ``mammo_pipelines.steps`` (and the scoring pipeline's) is import, call,
-return: it hands each of its inputs and outputs by name to its component's step function and
+"""Each KFP step (every ``mammo_components.<folder>.component``) is import, call, return: it hands each of its inputs and outputs by name to its component's step function and
 returns what that returns. The logic is tested in ``tests/components/test_component_steps.py``;
 here only the wiring, without KFP running anything."""
 
@@ -7,20 +6,30 @@ from __future__ import annotations
 
 import ast
 import inspect
+import pkgutil
 import textwrap
 from importlib import import_module
+from importlib.util import find_spec
 
 import pytest
 from kfp.dsl.python_component import PythonComponent
 
+import mammo_components
 from mammo.config import PipelineParams
-from mammo_pipelines import scoring, steps
 
-#: Every lightweight component the pipelines define, by name.
-COMPONENTS = {
-    **{name: obj for name, obj in vars(steps).items() if isinstance(obj, PythonComponent)},
-    "scorer": scoring.scorer,
-}
+
+def _lightweight_components() -> dict:
+    """Every lightweight component of every component folder's ``component.py``, by name."""
+    found = {}
+    for folder in pkgutil.iter_modules(mammo_components.__path__):
+        if folder.ispkg and find_spec(f"mammo_components.{folder.name}.component") is not None:
+            module = import_module(f"mammo_components.{folder.name}.component")
+            found.update({name: obj for name, obj in vars(module).items() if isinstance(obj, PythonComponent)})
+    return found
+
+
+#: Every lightweight component the pipelines can call, by name.
+COMPONENTS = _lightweight_components()
 #: What the TrainJob launchers add: which trainer the job runs.
 FIXED = {"baseline_trainjob": {"component": "baseline_trainer"}, "unfreeze_trainjob": {"component": "unfreeze_trainer"}}
 

@@ -1,4 +1,4 @@
-"""The baseline trainer's KFP step (``mammo_pipelines.steps.baseline_trainer`` calls ``run_step``)."""
+"""The baseline trainer's KFP step (``baseline_trainer.component.baseline_trainer`` calls ``run_step``)."""
 
 from __future__ import annotations
 

@@ -187,17 +187,45 @@ def run(
     run_id: str | None = None,
     folds: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate ``checkpoint_uris`` and publish the evaluation at ``out_uri``; return the result.
+    """Evaluate checkpoints on val and test; publish metrics, predictions, plots, report.
 
-    With ``production_uri`` (a production pointer, ``<store>/models/<name>/production``) the
-    production model is re-evaluated on the same splits and the promotion rule of ``params``
-    (``promotion_rule``, ``promotion_metric``, ``promotion_margin``, ``promotion_min``,
-    ``promotion_min_cancers``; see
-    ``mammo.promotion``) decides whether the best candidate beats it: ``result["decision"]``.
+    The threshold is chosen on val and applied unchanged to test; with several checkpoints the
+    best by the rank metric on val is named. Every figure comes with a patient-level bootstrap
+    interval. With `production_uri` the production model is re-evaluated on the same splits and the
+    promotion rule of `params` (`mammo.promotion`) decides whether the best candidate beats it:
+    the result's `decision`. Returns the result (README: Result).
 
-    ``folds`` (the pipeline's fold models, ``mammo_components.folds``: per fold both stages'
-    checkpoint URI and sha256) adds every fold checkpoint as a candidate and their ensemble
-    (``mammo.ensemble``), whose ``ensemble.json`` is published here and lists its members' URIs."""
+    Args:
+        dataset_uri: As for the trainers: `train.csv` and the PNGs.
+        split_uri: As for the trainers: the published split.
+        checkpoint_uris: Checkpoints to evaluate, e.g. both trainers' `best_uri`; each verified by sha256
+            before loading. They are named `<folder>/<file>` when file names collide
+            (`baseline_trainer/best_auc.pt`); two candidates that would get the same name are refused.
+        out_uri: Output folder, `<store>/runs/<run-id>/evaluator`.
+        params: `PipelineParams`: `threshold_metric`, `threshold_source`, `rank_metric`, `image_size`
+            (use the trainers' value), `batch_size`, `workers`, `device`, `evaluate_set` (any
+            `EvalConfig` key, e.g. `stats.resamples=500`), and the promotion rule: `promotion_rule`,
+            `promotion_metric`, `promotion_margin`, `promotion_min`, `promotion_min_cancers`.
+        production_uri: The production pointer `<store>/models/<name>/production`: its model (verified
+            against the manifest) is scored like a candidate, never ranked, and compared with the best
+            candidate. Nothing there yet: the candidate faces the floor alone. There but unreadable: not
+            promoted, and the report says why.
+        workdir: Local cache and scratch (default: `$MAMMO_CACHE_DIR` or `~/.cache/mammo`).
+        run_id: Telemetry label (default: `<run-id>` of `out_uri`).
+        folds: `folds` > 1: the fold models, one entry per fold with both stages' best checkpoint URI and
+            sha256 (the pipeline's fold models step). Each is verified and evaluated as a candidate
+            (`fold-<i>-baseline_trainer/...`), and so is their **ensemble**: each fold's best on val by
+            the rank metric is a member, its image probability the members' mean, then the breast rule
+            and the threshold on val as for any candidate. `ensemble.json` (format `mammo-ensemble`:
+            members' URIs and sha256, threshold) is published here, beside `ensemble.pt`, the one file
+            of the members' weights, threshold and breast rule, which is the ensemble candidate's URI
+            (what the promoter copies to production, verified by its sha256); `metrics.json`'s and the
+            result's `ensemble` hold every fold model's and the ensemble's test breast figures with
+            intervals and the paired bootstrap of the breast AUC, ensemble minus the best single fold
+            model on val. Each member also scores its fold's held-out training patients:
+            `predictions_oof.csv`; with `threshold_source: oof` the ensemble's threshold is chosen on
+            them.
+    """
     from mammo.evaluate import REPORT_NAME, candidate_names, run_evaluation
     from mammo.promotion import PromotionRule
 

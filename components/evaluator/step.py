@@ -1,4 +1,4 @@
-"""The evaluator's KFP step (``mammo_pipelines.steps.evaluator`` calls ``run_step``): evaluate
+"""The evaluator's KFP step (``evaluator.component.evaluator`` calls ``run_step``): evaluate
 both trainers' best checkpoints, decide whether the best candidate beats production (the verdict
 the promoter, which runs after every evaluation, records and acts on), and fill the step's
 artifacts for the KFP UI."""

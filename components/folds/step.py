@@ -1,4 +1,4 @@
-"""The k-fold steps of the pipeline (``mammo_pipelines.steps`` calls these), ``folds`` > 1.
+"""The k-fold steps of the pipeline (``folds.component`` calls these), ``folds`` > 1.
 
 Layout in the run folder, ``<store>/runs/<run-id>/folds-<k>/``:
 

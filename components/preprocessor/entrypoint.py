@@ -66,9 +66,32 @@ def run(
     pseudonym_key_file: str | None = None,
     identifier_map: str | None = None,
 ) -> dict[str, Any]:
-    """Convert (all, or shard ``shard`` of ``shards``) and/or merge; returns the counts. The
-    pseudonyms' key: ``pseudonym_key_file`` (a mounted Secret), else ``$MAMMO_PSEUDONYM_KEY``;
-    refused in one line without one unless ``keep_identifiers`` is set."""
+    """Convert DICOMs in storage to the PNG dataset the pipeline reads (all, one shard, or merge).
+
+    Converts (all, or shard `shard` of `shards`) and/or merges; returns the counts. Only new or
+    changed files are converted.
+
+    Args:
+        dataset_uri: Folder or prefix of the DICOM files (`--dataset`).
+        out_uri: Folder or prefix of the PNG dataset (`--out`; the pipeline: `output_uri(...)`, README).
+        options: The conversion settings and skip policy (`PreprocessConfig`, the options of
+            `mammo data dicom`: `--image-size`, `--bits`, `--no-crop`, `--margin`, `--align`, `--voi`,
+            `--window-index`, `--bad-files`, `--png-compression`, `--max-pixels`, `--views`,
+            `--view-modifiers`, `--implants`, `--for-processing`, `--keep-identifiers`; in the pipeline
+            its preprocess_set, e.g. `keep_identifiers=true` for RSNA).
+        csv_uri: Table of the images (`--csv`; default: `<dataset>/train.csv` when present).
+        shard: Convert only this shard (0-based) of `shards` (`--shard`).
+        shards: How many shards the files are divided into (`--shards`; default 1: everything).
+        merge_only: Only write the table, the record and the manifest, after every shard (`--merge-only`).
+        workers: Converting processes (`--workers`; default: the CPUs this pod may use).
+        workdir: Scratch folder (`--workdir`; default: `$MAMMO_CACHE_DIR` or the system's temp).
+        run_id: Telemetry label (`--run-id`).
+        pseudonym_key_file: File holding the site key of the pseudonyms, e.g. a mounted Secret
+            (`--pseudonym-key-file`); default: the environment variable `MAMMO_PSEUDONYM_KEY`. Without
+            either, refused in one line unless `keep_identifiers`.
+        identifier_map: Where to write the map from pseudonyms back to the original ids and UIDs, never
+            inside `out_uri` (`--identifier-map`; whole runs only).
+    """
     config = options if isinstance(options, PreprocessConfig) else PreprocessConfig.model_validate(options or {})
     source, out = normalize_uri(dataset_uri), normalize_uri(out_uri)
     count = available_cpus() if workers is None else workers

@@ -1,4 +1,4 @@
-"""The preprocessor's KFP steps (``mammo_pipelines.steps``): with ``dataset_format: dicom`` the
+"""The preprocessor's KFP steps (``preprocessor.component``): with ``dataset_format: dicom`` the
 pipeline runs ``run_plan_step`` (check the input, name the shards), one ``run_step`` per shard
 in a ``dsl.ParallelFor``, then ``run_merge_step``, whose output - the PNG dataset's URI - is what
 the split builder and the trainers read; with ``png``, ``run_png_step`` hands the dataset URI on.

@@ -128,20 +128,38 @@ def run(
     floor: float = DEFAULT_PROMOTION_MIN,
     min_cancers: int = DEFAULT_PROMOTION_MIN_CANCERS,
 ) -> dict[str, Any]:
-    """Promote ``candidate_uri`` if it (still) beats production; returns the decision, and the
-    new production checkpoint when promoted. ``provenance`` (run id, dataset fingerprint,
-    report URI, ...) is recorded in the production manifest and the decision record.
+    """Promote an evaluator run's best candidate to production.
 
-    ``verdict``: the evaluator's decision (``mammo.promotion.decide``; the pipeline step and
-    ``mammo component promoter`` always pass it). A "no" is recorded as it is; a "yes" is
-    decided again from its recorded figures under this promoter's rule (``metric``, ``margin``,
-    ``rule``, ``floor``, ``min_cancers``: ``mammo.promotion.confirm``) and still has to hold
-    against production under the lock. Without a verdict the headline figures are compared by
-    ``margin`` (``decide``; the switch's own tests). Whatever happens, the decision is
+    Promotes `candidate_uri` if it (still) beats production; returns the decision, and the new
+    production checkpoint when promoted. A "no" verdict is recorded as it is; a "yes" is decided
+    again from its recorded figures under this promoter's rule (`mammo.promotion.confirm`) and
+    still has to hold against production under the lock. Without a verdict the headline figures
+    are compared by `margin` (`decide`; the switch's own tests). Whatever happens, the decision is
     recorded; a refused promotion (checksum mismatch, lost lock) is recorded, then raised.
 
-    ``keep``: how many promoted models stay below production/ (None: the model's retention
-    setting, ``mammo.production.read_retention``, ``KEEP_PROMOTED`` when unset)."""
+    Args:
+        candidate_uri: The checkpoint to promote (the evaluator's `best_uri`).
+        candidate_metrics: The evaluator's `metrics` (`{"val"|"test": {"image"|"breast": {...}}}`).
+        store_uri: Storage root, e.g. `s3://mammo`.
+        model_name: `models/<name>/` (a plain name).
+        metric: The rule's metric (`promotion_metric`).
+        margin: The rule's margin (`promotion_margin`).
+        candidate_sha256: Its sha256 (the evaluator's `best_sha256`); must match the object's recorded
+            sha256.
+        provenance: Recorded in the production manifest and the decision record: the pipeline passes run
+            id, candidate name, threshold, report URI, dataset fingerprint.
+        verdict: The evaluator step's decision (`mammo.promotion.decide`: `promote`, `reason`, and for
+            the statistical rule `rule`, `production_sha256`, both figures with intervals); the pipeline
+            step and `mammo component promoter` always pass it. A "no" is recorded as it is, a "yes"
+            holds only against the production model it was decided against.
+        keep: How many promoted models stay below `production/` (the current one and those before it);
+            default None: the model's retention setting (`mammo models retention`), `KEEP_PROMOTED` (3)
+            when unset.
+        rule: The promotion rule (`mammo.promotion.PromotionRule`): `paired_bootstrap` or `margin`; the
+            evaluator's verdict must have been decided under the same rule.
+        floor: The rule's floor (`promotion_min`).
+        min_cancers: The rule's minimum of test cancers (`promotion_min_cancers`).
+    """
     check_name("model name", model_name)
     promotion_rule = check_rule(metric, margin, rule, floor, min_cancers)
     prefix = production_model_uri(store_uri, model_name)

@@ -1,4 +1,4 @@
-"""The promoter's KFP step (``mammo_pipelines.steps.promoter`` calls ``run_step``)."""
+"""The promoter's KFP step (``promoter.component.promoter`` calls ``run_step``)."""
 
 from __future__ import annotations
 

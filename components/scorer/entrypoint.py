@@ -110,8 +110,32 @@ def run(
     run_id: str | None = None,
     runtime: str = "eager",
 ) -> dict[str, Any]:
-    """Score ``dataset_uri`` with ``model_uri`` by ``runtime``; publish the CSVs at ``out_uri``;
-    return the result. ``params``: PipelineParams (``device``, ``batch_size``, ``workers`` are used)."""
+    """Score a dataset's studies with a model; publish breast- and image-level CSVs.
+
+    The model is a production pointer, a checkpoint or a weights-only export, verified by sha256;
+    flags use the threshold it records. Returns the result (README: Result).
+
+    Args:
+        dataset_uri: A folder with `test.csv` or `train.csv` (`patient_id`, `image_id`, `laterality`;
+            `view`, `age`, ... kept; `cancer` optional) and the PNGs in any RSNA layout; or a folder of
+            DICOM files without a table (an archive's export): converted for the run at the model's input
+            size, the outputs then carry the archive's patient and image ids, study and SOP instance UIDs
+            and accession numbers (as `mammo predict`, README: Using the production model).
+        model_uri: The production pointer `<store>/models/<name>/production` (its manifest names the
+            weights-only export, the checkpoint and the threshold), or any checkpoint or export.
+            Verified by sha256 before it is loaded.
+        out_uri: Output folder; the pipeline uses `<store>/scores/<name>/<UTC time>-<dataset>-<hash>`.
+        params: `PipelineParams`: `device`, `batch_size`, `workers`.
+        table: The CSV to score when the folder holds both `test.csv` and `train.csv` (default: the one
+            it holds).
+        workdir: Local scratch (default: `$MAMMO_CACHE_DIR` or the system's temp).
+        run_id: Telemetry label.
+        runtime: How the network runs, as `mammo predict --runtime`: `eager` (PyTorch, the computation
+            the threshold was chosen on) or `onnx` (ONNX Runtime on the CPU with the `model-<sha12>.onnx`
+            the production manifest lists, its sha256 checked before it is loaded; a model without one is
+            exported for the run). Faster on CPU nodes, probabilities within 1e-4 of eager (README:
+            Scoring on CPU nodes). `onnx` needs `device` `auto` or `cpu`.
+    """
     from mammo.runtimes import check_runtime
 
     from mammo.data.layout import resolve_image_paths

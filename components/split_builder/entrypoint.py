@@ -112,8 +112,22 @@ def run(
     workdir: str | None = None,
     run_id: str | None = None,
 ) -> dict[str, Any]:
-    """Build (or reuse) the split of ``<dataset_uri>/train.csv`` under ``<store_uri>/splits/``,
-    keeping the split ledger of ``params.model_name``; the ledger's lock is held throughout."""
+    """Build (or reuse) the fixed patient-level split of a dataset.
+
+    Reads `<dataset_uri>/train.csv`, validates it and writes split.csv/split.json to
+    `<store_uri>/splits/<dataset-fingerprint>/`; a dataset split before is reused, a grown one keeps
+    every earlier patient in its split (the split ledger of `params.model_name`, whose lock is held
+    throughout). Returns the result (README: Result).
+
+    Args:
+        dataset_uri: Dataset folder holding `train.csv` (`s3://mammo/datasets/rsna` or a local path).
+            Images are not needed.
+        store_uri: Storage root (`s3://mammo`); the split goes to `<store>/splits/<fingerprint>/`.
+        params: `PipelineParams`; used: `val_frac`, `test_frac`, `seed`, `warmup_ratio`, `model_name`
+            (whose ledger), `accept_fresh_split` (default false).
+        workdir: Local cache (default: `$MAMMO_CACHE_DIR` or `~/.cache/mammo`).
+        run_id: Telemetry label (no run id: no telemetry).
+    """
     with telemetry_step(COMPONENT, run_id):
         config = parse_params(params)
         work = resolve_workdir(workdir)

@@ -1,4 +1,4 @@
-"""The split builder's KFP step (``mammo_pipelines.steps.split_builder`` calls ``run_step``).
+"""The split builder's KFP step (``split_builder.component.split_builder`` calls ``run_step``).
 
 It validates the run's parameters (the promotion rule too, so a typo fails in seconds, not
 after training), builds or reuses the dataset's split (``entrypoint.run``), and names the run:
@@ -74,16 +74,17 @@ def derive_run_id(*, objects: list[list[Any]], split_sha256: str, params: dict[s
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:RUN_ID_LENGTH]
 
 
-def step_params(dataset_uri: str, values: dict[str, Any]) -> PipelineParams:
-    """``PipelineParams`` from the step's parameters (``data`` is ``dataset_uri``). KFP
-    parameters cannot be null, so an empty string stands for an unset optional value
-    (``weights``); a bad key or value is a one-line ``ConfigError``."""
+def step_params(values: dict[str, Any]) -> PipelineParams:
+    """``PipelineParams`` from the step's parameters (the dataset is the step's own
+    ``dataset_uri``, never a params value). KFP parameters cannot be null, so an empty string
+    stands for an unset optional value (``weights``); a bad key or value is a one-line
+    ``ConfigError``."""
     fields = PipelineParams.model_fields
     cleaned = {
         name: None if value == "" and name in fields and fields[name].default is None else value
         for name, value in values.items()
     }
-    return parse_params({**cleaned, "data": dataset_uri})
+    return parse_params(cleaned)
 
 
 #: Where the run folder lists the KFP runs that used it: ``runs/<run-id>/kfp-runs/<uuid>.json``.
@@ -110,7 +111,7 @@ def run_step(*, split: Any, dataset_uri: str, store_uri: str, code_version: str,
     output parameters; ``params`` is what the later steps get (the training values, JSON-ready)."""
     setup_logging()
     started = time.monotonic()
-    params = step_params(dataset_uri, values)
+    params = step_params(values)
     PromotionRule(params.promotion_metric, params.promotion_rule, params.promotion_margin, params.promotion_min,
                   params.promotion_min_cancers).check()
     training = params.training_values()

@@ -2,6 +2,6 @@
 ``TrainJob`` (``launcher``) that runs the trainer component under torchrun on every node, waits
 for it, and fills the step's KFP outputs from what the job published (``step``).
 
-Not a component of its own (it is not in ``mammo_components.COMPONENTS``): it launches the
+Not a component of its own (no ``entrypoint.py``): it launches the
 baseline and unfreeze trainer components elsewhere. See README.md.
 """

@@ -1,4 +1,4 @@
-"""A trainer's KFP step on several nodes (``mammo_pipelines.steps.baseline_trainjob`` and
+"""A trainer's KFP step on several nodes (``trainjob.component.baseline_trainjob`` and
 ``unfreeze_trainjob`` call ``run_step``): the step's own pod needs no GPU; it launches the
 trainer component as a TrainJob and fills the step's Model and Metrics artifacts from the
 result that the job's rank 0 published to ``<store>/runs/<run-id>/<component>/``, exactly as
@@ -83,7 +83,7 @@ def launch(
     ``model``/``metrics`` artifacts; return the trainer's result. A run folder that already
     holds a published result is reused without a job."""
     run_uri = storage.run_uri(store_uri, run_id, component)
-    uris = {"dataset_uri": dataset_uri, "split_uri": split_uri, "run_uri": run_uri}
+    uris = {"dataset_uri": dataset_uri, "split_uri": split_uri, "out_uri": run_uri}
     if init is not None:
         from mammo_components.unfreeze_trainer.step import verify_init
 
@@ -144,7 +144,7 @@ def run_step(
     labels: dict[str, str] | None = None,
     **options: Any,
 ) -> None:
-    """The KFP step (``mammo_pipelines.steps.baseline_trainjob``/``unfreeze_trainjob``):
+    """The KFP step (``trainjob.component.baseline_trainjob``/``unfreeze_trainjob``):
     ``launch`` with its errors as one line (``mammo: error: ...``) and a non-zero exit, never
     a traceback. ``options``: ``launch``'s namespace, timeout_hours, poll_seconds."""
     setup_logging()

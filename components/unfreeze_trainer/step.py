@@ -1,4 +1,4 @@
-"""The unfreeze trainer's KFP step (``mammo_pipelines.steps.unfreeze_trainer`` calls ``run_step``)."""
+"""The unfreeze trainer's KFP step (``unfreeze_trainer.component.unfreeze_trainer`` calls ``run_step``)."""
 
 from __future__ import annotations
 

@@ -756,9 +756,12 @@ class PipelineParams(_Strict):
         return self
 
     def training_values(self) -> dict[str, Any]:
-        """The values a run's results depend on (promotion settings left out), JSON-ready; KFP
-        struct parameters cannot hold null, so unset values are omitted."""
-        return self.model_dump(mode="json", exclude_none=True, exclude=set(PROMOTION_FIELDS) | set(DATASET_FIELDS) | set(LEDGER_FIELDS))
+        """The values a run's results depend on, JSON-ready: neither the dataset (each step gets
+        it as its ``dataset_uri``, and the run id names its objects) nor the promotion, dataset
+        format or ledger settings. KFP struct parameters cannot hold null, so unset values are
+        omitted."""
+        left_out = {"data", *PROMOTION_FIELDS, *DATASET_FIELDS, *LEDGER_FIELDS}
+        return self.model_dump(mode="json", exclude_none=True, exclude=left_out)
 
 
 #: The stages of a run, in order, each with its config model.

@@ -61,14 +61,14 @@ def test_chain_of_components_through_s3_only(
     assert sum(split["counts"][s]["patients"] for s in ("train", "val", "test")) == 36
 
     base = baseline_trainer.run(
-        dataset_uri=dataset_uri, split_uri=split["split_uri"], run_uri=f"{run}/baseline_trainer",
+        dataset_uri=dataset_uri, split_uri=split["split_uri"], out_uri=f"{run}/baseline_trainer",
         params=PARAMS, workdir=pod("baseline"),
     )
     assert_trainer_result(base, f"{run}/baseline_trainer", epochs=1)
 
     unfrozen = unfreeze_trainer.run(
         dataset_uri=dataset_uri, split_uri=split["split_uri"], init_uri=base["best_uri"],
-        run_uri=f"{run}/unfreeze_trainer", params=PARAMS, workdir=pod("unfreeze"),
+        out_uri=f"{run}/unfreeze_trainer", params=PARAMS, workdir=pod("unfreeze"),
     )
     assert_trainer_result(unfrozen, f"{run}/unfreeze_trainer", epochs=1)
     assert (unfrozen["init_uri"], unfrozen["init_sha256"]) == (base["best_uri"], base["best_sha256"])

@@ -33,7 +33,7 @@ def test_missing_split_fails_the_step_and_is_pushed_as_failure(
     run_uri = f"{staged.s3.uri}/runs/fail-1/baseline_trainer"
     with pytest.raises(ArtifactNotFoundError, match=f"^artifact not found: {split}/manifest.json "):
         baseline_trainer.run(
-            dataset_uri=staged.dataset_uri, split_uri=split, run_uri=run_uri, params=PARAMS, workdir=str(tmp_path)
+            dataset_uri=staged.dataset_uri, split_uri=split, out_uri=run_uri, params=PARAMS, workdir=str(tmp_path)
         )
     assert storage.list_objects(run_uri) == []
     pushed = {s.name: s.value for s in pushgateway.samples(component="baseline_trainer", run_id="fail-1")}
@@ -79,7 +79,7 @@ def test_corrupted_checkpoint_is_refused(staged: Staged, tmp_path: Path, compone
     common = {"dataset_uri": staged.dataset_uri, "split_uri": staged.split_uri, "params": PARAMS, "workdir": str(tmp_path / "pod")}
     with pytest.raises(IntegrityError, match=f"^integrity check failed for {uri}: "):
         if component == "unfreeze_trainer":
-            unfreeze_trainer.run(init_uri=uri, run_uri=f"{staged.s3.uri}/runs/r/unfreeze_trainer", **common)
+            unfreeze_trainer.run(init_uri=uri, out_uri=f"{staged.s3.uri}/runs/r/unfreeze_trainer", **common)
         else:
             evaluator.run(checkpoint_uris=[uri], out_uri=f"{staged.s3.uri}/runs/r/evaluator", **common)
     assert storage.list_objects(f"{staged.s3.uri}/runs/r/{component}") == []
@@ -92,7 +92,7 @@ def test_storage_down_mid_transfer_is_retried_then_a_clear_error(
     run_uri = f"{staged.s3.uri}/runs/r/baseline_trainer"
     with pytest.raises(StorageError, match=r"^storage endpoint unreachable: .* after \d+ attempts"):
         baseline_trainer.run(
-            dataset_uri=staged.dataset_uri, split_uri=staged.split_uri, run_uri=run_uri, params=PARAMS,
+            dataset_uri=staged.dataset_uri, split_uri=staged.split_uri, out_uri=run_uri, params=PARAMS,
             workdir=str(tmp_path),
         )
     s3_proxy.up()
@@ -118,7 +118,7 @@ def test_training_finishes_when_the_pushgateway_is_down(
     store = tmp_path / "store"  # the local backend: this is about telemetry, not S3
     split = split_builder.run(dataset_uri=str(synth_data), store_uri=str(store), params=PARAMS, workdir=str(tmp_path / "a"))
     result = baseline_trainer.run(
-        dataset_uri=str(synth_data), split_uri=split["split_uri"], run_uri=str(store / "runs" / "down-1" / "baseline_trainer"),
+        dataset_uri=str(synth_data), split_uri=split["split_uri"], out_uri=str(store / "runs" / "down-1" / "baseline_trainer"),
         params=PARAMS, workdir=str(tmp_path / "b"),
     )
     assert result["epochs_run"] == 1

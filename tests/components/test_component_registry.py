@@ -1,6 +1,7 @@
-"""A component is one folder plus its name in ``mammo_components.COMPONENTS``: everything that
-lists components (the command line, packaging) reads that list or finds the folders, and every
-component folder has what the others have."""
+"""A component is one folder: its ``entrypoint.run`` (typed keyword arguments, a docstring with
+an ``Args:`` section) is its one declaration. Everything that lists components (the command line,
+packaging, the pipelines' wiring test) finds the folders; the command line's flags and each
+README's Inputs table come from that declaration."""
 
 from __future__ import annotations
 
@@ -9,54 +10,85 @@ import re
 from importlib import import_module
 from pathlib import Path
 
+import pytest
+
 import mammo_components
-from mammo_components import COMPONENTS
+from mammo.errors import ConfigError
 from mammo_components.cli import build_parser
-from mammo_components.spec import ComponentSpec, components
+from mammo_components.readmes import main as readmes_main
+from mammo_components.readmes import with_inputs_table
+from mammo_components.spec import components, inputs_table, read_component
 
 ROOT = Path(mammo_components.__file__).resolve().parent
 
 
-def test_the_list_names_exactly_the_folders_with_an_entrypoint() -> None:
-    folders = {p.parent.name for p in ROOT.glob("*/entrypoint.py")}
-    assert set(COMPONENTS) == folders
-    assert len(COMPONENTS) == len(set(COMPONENTS))
+def _choices() -> dict:
+    return build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+
+
+def test_the_components_are_exactly_the_folders_with_an_entrypoint() -> None:
+    folders = sorted(p.parent.name for p in ROOT.glob("*/entrypoint.py"))
+    assert [c.folder for c in components().values()] == folders
+    assert list(_choices()) == [folder.replace("_", "-") for folder in folders]
 
 
 def test_every_component_folder_is_complete() -> None:
     listed_in_readme = (ROOT / "README.md").read_text()
-    for folder in COMPONENTS:
-        path = ROOT / folder
-        for name in ("README.md", "__init__.py", "__main__.py", "entrypoint.py", "step.py"):
-            assert (path / name).is_file(), f"{folder}/{name} is missing"
-        assert f"({folder}/README.md)" in listed_in_readme, f"components/README.md does not link {folder}"
-        assert isinstance(import_module(f"mammo_components.{folder}").SPEC, ComponentSpec)
-        assert callable(import_module(f"mammo_components.{folder}.entrypoint").run)
-        assert "run_module(__package__)" in (path / "__main__.py").read_text()
-
-
-def test_flags_mirror_the_entrypoint_arguments() -> None:
     for component in components().values():
-        if component.spec.cli is not None:
-            continue
+        path = ROOT / component.folder
+        for name in ("README.md", "__init__.py", "entrypoint.py", "component.py", "step.py"):
+            assert (path / name).is_file(), f"{component.folder}/{name} is missing"
+        assert f"({component.folder}/README.md)" in listed_in_readme, f"components/README.md does not link {component.folder}"
+        assert component.help and component.help.endswith("."), component.folder
+
+
+def test_the_declaration_is_the_entrypoint_s_real_signature() -> None:
+    """Read from the source (no import), the same names, defaults and order as the imported ``run``."""
+    for component in components().values():
         run = import_module(component.entrypoint).run
-        accepted = set(inspect.signature(run).parameters)
-        flags = {f.dest for f in component.spec.flags}
-        assert flags <= accepted, component.folder
-        required = {n for n, p in inspect.signature(run).parameters.items() if p.default is inspect.Parameter.empty}
-        assert required - {"params"} <= flags, component.folder
+        params = inspect.signature(run).parameters
+        assert [a.name for a in component.arguments] == list(params), component.folder
+        for argument in component.arguments:
+            assert argument.required == (params[argument.name].default is inspect.Parameter.empty)
+            assert params[argument.name].kind is inspect.Parameter.KEYWORD_ONLY
 
 
-def test_the_command_line_offers_every_component() -> None:
-    choices = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
-    assert list(choices) == [folder.replace("_", "-") for folder in COMPONENTS]
+def test_the_flags_are_the_entrypoint_s_arguments() -> None:
+    """Each argument the command line can carry is one flag, required when run() has no default,
+    repeatable for a list; the others are the shared flags or the pipeline's only."""
+    choices = _choices()
+    for component in components().values():
+        if component.cli is not None:
+            continue
+        actions = {a.dest: a for a in choices[component.command]._actions}
+        for argument in component.flags:
+            action = actions[argument.name]
+            assert action.option_strings == [argument.flag]
+            assert action.required == argument.required
+            assert (action.__class__.__name__ == "_AppendAction") == argument.repeat
+        own = {a.dest for a in choices[component.command]._actions} - {"help", "param_pairs", "params_json", "workdir", "run_id"}
+        assert own == {a.name for a in component.flags}, component.folder
 
 
 def test_packaging_finds_every_component_folder() -> None:
     from mammo_components import setup as packaging
 
-    assert set(COMPONENTS) <= set(packaging.SUBPACKAGES)
+    assert {c.folder for c in components().values()} <= set(packaging.SUBPACKAGES)
     assert not any("egg-info" in name or name.startswith("build") for name in packaging.SUBPACKAGES)
+
+
+def test_each_component_readme_s_inputs_table_is_its_declaration() -> None:
+    """The Inputs table is what ``python -m mammo_components.readmes`` writes from ``run``;
+    every flag a README names is one its command accepts."""
+    assert readmes_main(["--check"]) == 0, "run: python -m mammo_components.readmes"
+    choices = _choices()
+    for component in components().values():
+        text = component.readme.read_text()
+        assert with_inputs_table(text, inputs_table(component), component.folder) == text
+        parser = import_module(component.cli).build_parser() if component.cli else choices[component.command]
+        accepted = {s for action in parser._actions for s in action.option_strings}
+        flags = set(re.findall(r"`(--[a-z-]+)`", text.split("## Inputs", 1)[1].split("\n## ", 1)[0]))
+        assert flags <= accepted, f"{component.folder}/README.md names flags the command does not take: {flags - accepted}"
 
 
 def _signature_names(text: str) -> list[str]:
@@ -65,30 +97,23 @@ def _signature_names(text: str) -> list[str]:
     return [part.split("=")[0].strip() for part in inner.split(",") if part.strip() not in ("*", "")]
 
 
-def _inputs_table(readme: str) -> list[str]:
-    """The first cells of the rows of a README's ``## Inputs`` table."""
-    section = re.search(r"^## Inputs\n(.*?)(?=^## |\Z)", readme, re.S | re.M)
-    assert section, "no '## Inputs' section"
-    rows = [line for line in section.group(1).splitlines() if line.startswith("| ") and "---" not in line]
-    return [row.split("|")[1] for row in rows[1:]]  # past the header row
-
-
-def test_each_component_readme_lists_exactly_the_entrypoint_s_inputs_and_real_flags() -> None:
-    """The Inputs table of every component README names each argument of ``entrypoint.run``
-    once and nothing else, and every flag it names is one ``mammo component NAME`` accepts; the
-    signature in components/README.md's table is the real one."""
-    choices = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+def test_the_overview_table_writes_each_real_signature() -> None:
     overview = (ROOT / "README.md").read_text()
-    for folder in COMPONENTS:
-        params = list(inspect.signature(import_module(f"mammo_components.{folder}.entrypoint").run).parameters)
-        cells = _inputs_table((ROOT / folder / "README.md").read_text())
-        named = [name for cell in cells for name in re.findall(r"`([a-z][a-z0-9_]*)`", cell)]
-        assert sorted(named) == sorted(params), f"{folder}/README.md Inputs: {named} vs run{tuple(params)}"
-        flags = {flag for cell in cells for flag in re.findall(r"`(--[a-z-]+)`", cell)}
-        spec = import_module(f"mammo_components.{folder}").SPEC
-        parser = import_module(spec.cli).build_parser() if spec.cli else choices[folder.replace("_", "-")]
-        accepted = {s for action in parser._actions for s in action.option_strings}
-        assert flags <= accepted, f"{folder}/README.md names flags the command does not take: {flags - accepted}"
-        row = next(line for line in overview.splitlines() if line.startswith(f"| [") and f"({folder}/README.md)" in line)
+    for component in components().values():
+        row = next(line for line in overview.splitlines()
+                   if line.startswith("| [") and f"({component.folder}/README.md)" in line)
         written = re.search(r"`(run\(.*?\))`", row)
-        assert written and _signature_names(written.group(1)) == params, f"components/README.md row of {folder}"
+        assert written and _signature_names(written.group(1)) == [a.name for a in component.arguments], component.folder
+
+
+@pytest.mark.parametrize(("source", "message"), [
+    ("def other(*, a: str) -> dict:\n    '''X.'''\n", "no function run()"),
+    ("def run(a: str) -> dict:\n    '''X.\n\n    Args:\n        a: An input.\n    '''\n", "keyword-only"),
+    ("def run(*, a: str, b: int = 1) -> dict:\n    '''X.\n\n    Args:\n        a: An input.\n    '''\n",
+     "argument b has no line in its Args: section"),
+])
+def test_a_declaration_that_says_too_little_is_one_line(tmp_path: Path, source: str, message: str) -> None:
+    path = tmp_path / "entrypoint.py"
+    path.write_text(source)
+    with pytest.raises(ConfigError, match=message):
+        read_component("toy", path)

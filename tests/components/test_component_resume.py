@@ -84,7 +84,7 @@ def test_killed_trainer_resumes_from_storage(
 
     caplog.set_level("INFO")
     result = baseline_trainer.run(
-        dataset_uri=staged.dataset_uri, split_uri=staged.split_uri, run_uri=run_uri,
+        dataset_uri=staged.dataset_uri, split_uri=staged.split_uri, out_uri=run_uri,
         params=TWO_EPOCHS, workdir=str(tmp_path / "pod-2"),
     )
     assert any("resuming" in r.getMessage() and "after epoch 1" in r.getMessage() for r in caplog.records)

@@ -1,7 +1,7 @@
 """The logic of the pipeline's KFP steps, as ordinary functions (``mammo_components.<name>.step``
 and the helpers they share), tested without KFP: fake artifacts, the local store.
 
-The steps themselves (``mammo_pipelines.steps``) only import and call these; the whole chain
+The steps themselves (each folder's ``component.py``) only import and call these; the whole chain
 through kfp.local is in ``tests/test_pipeline_local.py``."""
 
 from __future__ import annotations
@@ -76,10 +76,12 @@ def test_run_id_changes_with_every_part_of_the_identity() -> None:
 
 
 def test_step_params_map_empty_strings_to_unset_and_refuse_unknown_keys() -> None:
-    params = split_step.step_params("s3://mammo/datasets/x", {"weights": "", "device": "cpu", "seed": 5})
-    assert params.weights is None and params.device == "cpu" and params.data == "s3://mammo/datasets/x"
+    params = split_step.step_params({"weights": "", "device": "cpu", "seed": 5})
+    assert params.weights is None and params.device == "cpu"
+    # the dataset is each step's dataset_uri: never also a params value the later steps get
+    assert params.data is None and "data" not in params.training_values()
     with pytest.raises(ConfigError, match="params: .*no_such_field"):
-        split_step.step_params("s3://mammo/datasets/x", {"no_such_field": 1})
+        split_step.step_params({"no_such_field": 1})
 
 
 # --- split builder step ---------------------------------------------------------------------
@@ -98,7 +100,7 @@ def test_split_step_builds_the_split_and_names_the_run_after_its_inputs(tiny_dat
 
     first, artifact = step()
     assert first.split_uri.startswith(f"{store}/splits/") and storage.read_manifest(first.split_uri)
-    assert "weights" not in first.params and first.params["data"] == str(data)
+    assert "weights" not in first.params and "data" not in first.params  # the dataset travels as dataset_uri
     assert not {"model_name", "promotion_metric", "promotion_margin"} & set(first.params)
     assert artifact.metadata["run_id"] == first.run_id and artifact.metadata["uri"] == first.split_uri
     assert artifact.metadata["reused"] is False and {"train", "val", "test"} <= set(artifact.metadata["counts"])

@@ -333,7 +333,7 @@ def test_every_trainjob_we_build_is_valid_for_the_crd(nodes: int, gpus: int) -> 
     body = build_trainjob(
         name=job_name(RUN_ID, "unfreeze_trainer"), image=IMAGE, nodes=nodes, gpus_per_node=gpus,
         command=trainer_command("unfreeze_trainer", run_id=RUN_ID, params=PipelineParams().training_values(),
-                                uris={"dataset_uri": "d", "split_uri": "s", "run_uri": "r", "init_uri": "i"}),
+                                uris={"dataset_uri": "d", "split_uri": "s", "out_uri": "r", "init_uri": "i"}),
         deadline_seconds=3600.5, env={"MAMMO_STORAGE_WORKERS": "8"}, labels={"app.kubernetes.io/part-of": "mammo-pipeline"},
     )
     assert validation_errors(body, schema) == []
@@ -361,7 +361,7 @@ def test_params_reach_the_component_with_their_types() -> None:
         "small": 1e-05, "numeric_text": "1.5", "bool_text": "true", "empty": "", "none": None,
         "sets": ["early_stopping.patience=3", "loss.name: focal", "x=[1, 2]"], "unicode": "Größe",
     }
-    command = trainer_command("baseline_trainer", uris={"dataset_uri": "d", "split_uri": "s", "run_uri": "r"},
+    command = trainer_command("baseline_trainer", uris={"dataset_uri": "d", "split_uri": "s", "out_uri": "r"},
                               run_id=RUN_ID, params=values)
     parsed = {}
     for arg in command:
@@ -378,7 +378,7 @@ def test_the_command_is_the_components_own_command_line(component: str) -> None:
     the package's __main__, which is that command) into the same URIs, run id and params."""
     from mammo_components.cli import build_parser, load_params
 
-    uris = {"dataset_uri": "s3://b/d", "split_uri": "s3://b/s", "run_uri": "s3://b/r", "init_uri": "s3://b/i.pt"}
+    uris = {"dataset_uri": "s3://b/d", "split_uri": "s3://b/s", "out_uri": "s3://b/r", "init_uri": "s3://b/i.pt"}
     params = {**PipelineParams().training_values(), **PARAMS}
     command = trainer_command(component, uris=uris, run_id=RUN_ID, params=params)
     assert command[:3] == ["torchrun", "-m", f"mammo_components.{component}"]
