@@ -75,11 +75,6 @@ def cache_dir(workdir: Path, kind: str, uri: str) -> Path:
     return workdir / kind / f"{last_segment(uri)}-{digest}"
 
 
-def local_stage_config(params: PipelineParams, stage: str, *, data: Path, split: Path, out: Path) -> RunConfig:
-    """One stage's config (``baseline``, ``unfreeze`` or ``evaluate``) on local copies."""
-    return stage_config(params.model_copy(update={"data": str(data)}), stage, split=str(split), out=str(out))
-
-
 # --- fetching -------------------------------------------------------------------------------
 
 
@@ -200,7 +195,12 @@ class StageInputs:
 
     def config(self, stage: str, out: Path) -> RunConfig:
         """The stage's config on these local copies, writing to ``out``."""
-        return local_stage_config(self.params, stage, data=self.data_dir, split=self.split_dir, out=out)
+        return self.localize(stage_config(self.params, stage, split="", out=""), out)
+
+    def localize(self, config: RunConfig, out: Path) -> RunConfig:
+        """``config`` (built from these params) reading these local copies and writing to ``out``."""
+        data = config.data.model_copy(update={"root": str(self.data_dir)})
+        return config.model_copy(update={"data": data, "split": str(self.split_dir), "out": str(out)})
 
     def out_dir(self, out_uri: str) -> Path:
         """The local folder of an output URI (under ``runs/``)."""
@@ -208,11 +208,11 @@ class StageInputs:
 
 
 def fetch_stage_inputs(
-    *, params: Mapping[str, Any] | None, workdir: str | Path | None, dataset_uri: str, split_uri: str
+    *, params: PipelineParams, workdir: str | Path | None, dataset_uri: str, split_uri: str
 ) -> StageInputs:
-    """Parse ``params``, make the work folder, fetch the split and the dataset with its images."""
-    parsed = parse_params(params)
+    """Make the work folder, fetch the split and the dataset with its images (``params``:
+    validated once, by the caller)."""
     work = resolve_workdir(workdir)
     split_dir = fetch_split(normalize_uri(split_uri), work)
     data_dir = fetch_dataset(normalize_uri(dataset_uri), work, images=True)
-    return StageInputs(parsed, work, data_dir, split_dir)
+    return StageInputs(params, work, data_dir, split_dir)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from mammo import metric_registry, storage
-from mammo.config import lookup_metric
+from mammo.config import lookup_metric, stage_config
 from mammo.console import setup_logging
 from mammo.storage.integrity import sha256_file
 from mammo.telemetry import Telemetry
@@ -21,7 +21,6 @@ from mammo_components.inputs import (
     StageInputs,
     fetch_checkpoint,
     fetch_stage_inputs,
-    local_stage_config,
     normalize_uri,
     parse_params,
 )
@@ -99,14 +98,14 @@ def run_trainer(
     from mammo.engine.runtime import runtime_for
 
     run_uri = normalize_uri(run_uri)
-    placeholder = Path(".")
-    layout = local_stage_config(parse_params(params), stage, data=placeholder, split=placeholder, out=placeholder)
-    with runtime_for(layout) as runtime, telemetry_step(
+    parsed = parse_params(params)  # validated once; the stage's config built once, then localized
+    planned = stage_config(parsed, stage, split="", out="")
+    with runtime_for(planned) as runtime, telemetry_step(
         component, (run_id or run_id_from_uri(run_uri)) if runtime.is_main else None, quiet=not runtime.is_main
     ) as telemetry:
 
         def fetch() -> tuple[StageInputs, dict[str, str]]:
-            inputs = fetch_stage_inputs(params=params, workdir=workdir, dataset_uri=dataset_uri, split_uri=split_uri)
+            inputs = fetch_stage_inputs(params=parsed, workdir=workdir, dataset_uri=dataset_uri, split_uri=split_uri)
             if init_uri is None:
                 return inputs, {}
             init_path, init_sha = fetch_checkpoint(normalize_uri(init_uri), inputs.work)
@@ -114,7 +113,7 @@ def run_trainer(
 
         inputs, init = node_leader_first(runtime, fetch)
         run_dir = inputs.out_dir(run_uri)
-        config = inputs.config(stage, run_dir)
+        config = inputs.localize(planned, run_dir)
         if init:
             config = config.model_copy(update={"init": init.pop("init_path")})
         if not runtime.is_main:

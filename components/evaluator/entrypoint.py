@@ -29,7 +29,14 @@ from mammo.errors import ConfigError, IntegrityError, MammoError
 from mammo.metrics import headline
 from mammo.split_ledger import trained_patients
 from mammo.storage.parallel import run_parallel
-from mammo_components.inputs import fetch_checkpoint, fetch_split, fetch_stage_inputs, normalize_uri, optional_manifest
+from mammo_components.inputs import (
+    fetch_checkpoint,
+    fetch_split,
+    fetch_stage_inputs,
+    normalize_uri,
+    optional_manifest,
+    parse_params,
+)
 from mammo_components.publishing import publish_outputs
 from mammo_components.telemetry import run_id_from_uri, telemetry_step
 
@@ -235,7 +242,7 @@ def run(
         out_uri = normalize_uri(out_uri)
         fold_uris = [[normalize_uri(member[stage]["uri"]) for stage in FOLD_STAGES] for member in folds or []]
         uris = [*(normalize_uri(uri) for uri in checkpoint_uris), *(uri for group in fold_uris for uri in group)]
-        inputs = fetch_stage_inputs(params=params, workdir=workdir, dataset_uri=dataset_uri, split_uri=split_uri)
+        inputs = fetch_stage_inputs(params=parse_params(params), workdir=workdir, dataset_uri=dataset_uri, split_uri=split_uri)
         fetched = dict(run_parallel(lambda uri: fetch_checkpoint(uri, inputs.work), uris, workers=4))
         paths = [fetched[uri][0] for uri in uris]
         check_fold_checkpoints(folds or [], fetched)
