@@ -16,7 +16,8 @@ from importlib import import_module
 from pathlib import Path
 from typing import Any
 
-from mammo.config import PipelineParams, parse_value, split_pair
+from mammo.config import PipelineParams
+from mammo.config_files import parse_value, split_pair
 from mammo.console import parse_command_line, run_guarded, setup_logging
 from mammo.errors import ConfigError
 from mammo_components.spec import command_name, components

@@ -20,7 +20,8 @@ import pandas as pd
 from pydantic import ValidationError
 
 from mammo import storage
-from mammo.config import PipelineParams, RunConfig, format_validation_error, stage_config
+from mammo.config import PipelineParams, RunConfig, stage_config
+from mammo.config_files import format_validation_error
 from mammo.data.layout import match_image_keys
 from mammo.data.table import TABLE_NAME, read_table
 from mammo.errors import ArtifactNotFoundError, ConfigError, DataError

@@ -183,7 +183,7 @@ def inputs_table(component: Component) -> str:
 
 
 def encode_value(value: Any) -> str:
-    """A params value as ``--param key=VALUE`` text that ``mammo.config.parse_value`` (YAML)
+    """A params value as ``--param key=VALUE`` text that ``mammo.config_files.parse_value`` (YAML)
     reads back as the same value: one-line YAML flow style (``1.0e-05``, not JSON's ``1e-05``,
     which YAML 1.1 reads as a string; strings that look like numbers quoted)."""
     text = yaml.safe_dump(value, default_flow_style=True, width=float("inf"), allow_unicode=True)

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 
-from mammo.config import PipelineParams, load_config
+from mammo.config import PipelineParams
+from mammo.config_files import load_config
 from mammo.data.layout import holds_dicoms
 from mammo.errors import ConfigError, MammoError
 from mammo.summaries import metric_columns

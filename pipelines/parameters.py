@@ -20,16 +20,8 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
-from mammo.config import (
-    PipelineParams,
-    format_validation_error,
-    load_yaml,
-    parse_value,
-    preprocess_config,
-    read_yaml_mapping,
-    split_pair,
-    stage_configs,
-)
+from mammo.config import PipelineParams, preprocess_config, stage_configs
+from mammo.config_files import format_validation_error, load_yaml, parse_value, read_yaml_mapping, split_pair
 from mammo.errors import ConfigError
 from mammo_components.kfp_component import STORE_URI_HELP
 

@@ -17,7 +17,8 @@ from kfp import compiler, dsl
 from kfp.dsl import Dataset
 from pydantic import ValidationError
 
-from mammo.config import PipelineParams, format_validation_error
+from mammo.config import PipelineParams
+from mammo.config_files import format_validation_error
 from mammo.errors import ConfigError
 from mammo.runtimes import DEFAULT_RUNTIME, RUNTIMES
 from mammo_components.kfp_component import STEP_INPUTS

@@ -37,7 +37,8 @@ def one(seed: int, root: Path) -> dict[str, float]:
     import test_engine
     from data_support import LEARNABLE, write_learnable
 
-    from mammo.config import EvalConfig, load_config
+    from mammo.config import EvalConfig
+    from mammo.config_files import load_config
     from mammo.engine.baseline import train_baseline
     from mammo.evaluate import run_evaluation
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import torch
 
-from mammo.config import TrainConfig, UnfreezeConfig, load_config
+from mammo.config import TrainConfig, UnfreezeConfig
+from mammo.config_files import load_config
 from mammo.engine.baseline import BaselineTrainer
 from mammo.engine.unfreeze import UnfreezeTrainer
 

@@ -13,7 +13,8 @@ import yaml
 
 from mammo.backbones import BACKBONES, FAMILIES, LADDER, default_schedule, family_of, ladder
 from mammo.cli import main
-from mammo.config import UnfreezeConfig, UnfreezeStep, load_config
+from mammo.config import UnfreezeConfig, UnfreezeStep
+from mammo.config_files import load_config
 from mammo.errors import ConfigError
 
 

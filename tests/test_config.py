@@ -13,12 +13,11 @@ from mammo.config import (
     PipelineParams,
     TrainConfig,
     UnfreezeConfig,
-    dump_config,
-    load_config,
     lookup_metric,
     metric_mode,
     stage_configs,
 )
+from mammo.config_files import dump_config, load_config
 from mammo.errors import ConfigError
 
 

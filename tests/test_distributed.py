@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mammo.config import EvalConfig, TrainConfig, load_config
+from mammo.config import EvalConfig, TrainConfig
+from mammo.config_files import load_config
 from mammo.engine.baseline import train_baseline
 from mammo.engine.checkpoint import load_checkpoint
 from mammo.evaluate import run_evaluation

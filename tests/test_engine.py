@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from mammo.backbones import family_of
-from mammo.config import EvalConfig, TrainConfig, UnfreezeConfig, load_config
+from mammo.config import EvalConfig, TrainConfig, UnfreezeConfig
+from mammo.config_files import load_config
 from mammo.engine.baseline import train_baseline
 from mammo.engine.checkpoint import BEST_CHECKPOINTS, load_checkpoint
 from mammo.engine.unfreeze import UnfreezeTrainer, train_unfreeze
@@ -302,7 +303,7 @@ def test_run_evaluation_returns_what_it_writes(learnable, baseline_run, tmp_path
 def test_the_demo_preset_unfreezes_blocks_within_its_unfreeze_epochs(small, small_init, tmp_path):
     """``make run`` shows gradual unfreezing happen: the demo preset's schedule (its
     unfreeze_set, for its unfreeze_epochs) unfreezes blocks whatever val does."""
-    from mammo.config import parse_value, split_pair
+    from mammo.config_files import parse_value, split_pair
     from mammo_pipelines.parameters import load_preset
 
     params = load_preset("demo")["params"]

@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 import torch
 
-from mammo.config import EvalConfig, load_config
+from mammo.config import EvalConfig
+from mammo.config_files import load_config
 from mammo.evaluate import run_evaluation
 from mammo.split import run_split
 from model_support import fake_checkpoint

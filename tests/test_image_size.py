@@ -14,7 +14,8 @@ import torch
 from PIL import Image
 
 from mammo.cli import main
-from mammo.config import AugmentConfig, DataConfig, PipelineParams, dump_config, load_config, TrainConfig
+from mammo.config import AugmentConfig, DataConfig, PipelineParams, TrainConfig
+from mammo.config_files import dump_config, load_config
 from mammo.data.augment import BatchTransform
 from mammo.data.decode import read_png
 from mammo.engine.checkpoint import load_checkpoint

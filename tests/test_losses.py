@@ -112,7 +112,8 @@ def test_the_drawn_cancer_share_is_the_rows_own_or_one_half_under_the_balanced_s
 def _train_capturing_losses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **extra) -> list[tuple[str, object, object]]:
     """A 3-epoch tinynet baseline (1 warm-up epoch) on a small synthetic split; per epoch: the
     phase, the cancer labels it trained on and the loss module its training step was given."""
-    from mammo.config import TrainConfig, load_config
+    from mammo.config import TrainConfig
+    from mammo.config_files import load_config
     from mammo.data.synth import write_synthetic_dataset
     from mammo.engine import trainer
     from mammo.engine.baseline import BaselineTrainer, train_baseline

@@ -48,7 +48,8 @@ def test_the_figures_equal_scikit_learn_s_and_their_own_intervals_point_values()
 
 
 def test_a_registered_metric_appears_everywhere(tiny_dataset: Path, tmp_path: Path, pushgateway, capsys) -> None:
-    from mammo.config import EvalConfig, load_config
+    from mammo.config import EvalConfig
+    from mammo.config_files import load_config
     from mammo.evaluate import run_evaluation
     from mammo.metrics import binary_metrics, headline_keys
     from mammo.promotion import PromotionRule, promotable_metrics

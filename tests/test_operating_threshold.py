@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 
 from mammo.cli import main
-from mammo.config import EvalConfig, PipelineParams, UnfreezeConfig, load_config, parse_threshold_metric
+from mammo.config import EvalConfig, PipelineParams, UnfreezeConfig, parse_threshold_metric
+from mammo.config_files import load_config
 from mammo.errors import ConfigError
 from mammo.evaluate import fixed_on_val, run_evaluation, threshold_choice
 from mammo.jsonio import to_jsonable

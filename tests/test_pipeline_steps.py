@@ -15,7 +15,7 @@ import pytest
 from kfp.dsl.python_component import PythonComponent
 
 import mammo_components
-from mammo.config import PipelineParams
+from mammo.config import DATASET_FIELDS, PipelineParams
 
 
 def _lightweight_components() -> dict:
@@ -92,3 +92,15 @@ def test_the_step_function_takes_the_step_signature(name: str) -> None:
         assert required <= step_params and step_params - named <= set(PipelineParams.model_fields)
     else:
         assert required <= step_params <= named
+
+
+def test_the_split_builder_takes_every_setting() -> None:
+    """Adding a setting is its ``PipelineParams`` field plus its line in the split builder's
+    signature and call (KFP copies a lightweight component's source into the pipeline, so that
+    signature cannot be generated, and kfp.local 2.17 passes a dict of pipeline parameters with
+    every value turned into a string, and fails on a list):
+    this names any such line a new field lacks. The pipeline hands the split builder every
+    parameter itself (``pipeline._wire``)."""
+    taken = set(inspect.signature(COMPONENTS["split_builder"].python_func).parameters)
+    settings = set(PipelineParams.model_fields) - {"data", *DATASET_FIELDS}  # data is dataset_uri
+    assert settings - taken == set(), "add these to split_builder/component.py (signature and call)"

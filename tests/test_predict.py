@@ -15,7 +15,8 @@ import torch
 
 from mammo import storage
 from mammo.cli import main
-from mammo.config import EvalConfig, TrainConfig, load_config
+from mammo.config import EvalConfig, TrainConfig
+from mammo.config_files import load_config
 from mammo.engine.baseline import train_baseline
 from mammo.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from mammo.errors import CheckpointError, ConfigError, IntegrityError

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from mammo.config import EvalConfig, load_config
+from mammo.config import EvalConfig
+from mammo.config_files import load_config
 from mammo.evaluate import run_evaluation
 from mammo.report import PLOT_NAMES, write_report
 from mammo.split import run_split

@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 
 from mammo.cli import main
-from mammo.config import EvalConfig, load_config
+from mammo.config import EvalConfig
+from mammo.config_files import load_config
 from mammo.evaluate import run_evaluation
 from mammo.prediction_stats import read_predictions, run_stats
 from mammo.promotion import PromotionRule

@@ -84,7 +84,8 @@ def _worker(options: dict[str, Any], result: Path) -> None:
     """One rank of the benchmark (started by torch.distributed.run)."""
     import torch
 
-    from mammo.config import TrainConfig, load_config
+    from mammo.config import TrainConfig
+    from mammo.config_files import load_config
     from mammo.data.augment import BatchTransform
     from mammo.data.layout import open_dataset
     from mammo.engine.data import reseed_loader, train_loader

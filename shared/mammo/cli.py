@@ -162,7 +162,8 @@ def _cmd_split(args: argparse.Namespace) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    from mammo.config import TrainConfig, load_config
+    from mammo.config import TrainConfig
+    from mammo.config_files import load_config
     from mammo.engine.baseline import train_baseline
 
     overrides = _common_overrides(args)
@@ -172,7 +173,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 
 def _cmd_unfreeze(args: argparse.Namespace) -> None:
-    from mammo.config import UnfreezeConfig, load_config
+    from mammo.config import UnfreezeConfig
+    from mammo.config_files import load_config
     from mammo.engine.unfreeze import train_unfreeze
 
     overrides = _common_overrides(args)
@@ -182,7 +184,8 @@ def _cmd_unfreeze(args: argparse.Namespace) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
-    from mammo.config import EvalConfig, load_config
+    from mammo.config import EvalConfig
+    from mammo.config_files import load_config
     from mammo.evaluate import evaluate
 
     overrides = _common_overrides(args)
@@ -194,7 +197,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def _cmd_stats(args: argparse.Namespace) -> None:
-    from mammo.config import EvalConfig, load_config
+    from mammo.config import EvalConfig
+    from mammo.config_files import load_config
     from mammo.prediction_stats import run_stats, stats_table
     from mammo.promotion import PromotionRule
 

@@ -26,7 +26,8 @@ from typing import Any
 
 import pandas as pd
 
-from mammo.config import EvalConfig, dump_config, lookup_metric, metric_mode
+from mammo.config import EvalConfig, lookup_metric, metric_mode
+from mammo.config_files import dump_config
 from mammo.data.augment import BatchTransform
 from mammo.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from mammo.engine.data import SplitData, eval_loader, load_split_data, require

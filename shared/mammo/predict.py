@@ -44,7 +44,8 @@ import numpy as np
 import pandas as pd
 
 from mammo import storage
-from mammo.config import EvalConfig, load_config
+from mammo.config import EvalConfig
+from mammo.config_files import load_config
 from mammo.data.layout import holds_dicoms, resolve_image_paths
 from mammo.data.table import load_csv, validate_table
 from mammo.ensemble import ENSEMBLE_FILE

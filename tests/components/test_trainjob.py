@@ -15,7 +15,8 @@ import pytest
 
 from fake_k8s import TRAINJOB_CRD, FakeKubernetes, Scenario, crd_schema, strict, validation_errors
 from mammo import storage
-from mammo.config import PipelineParams, parse_value
+from mammo.config import PipelineParams
+from mammo.config_files import parse_value
 from mammo.storage.integrity import sha256_file
 from mammo_components.publishing import publish_outputs
 from mammo_components.trainjob import launcher
@@ -354,7 +355,7 @@ def test_job_names_are_deterministic_dns_labels() -> None:
 
 
 def test_params_reach_the_component_with_their_types() -> None:
-    """--param values are read back with YAML (mammo.config.parse_value): every default and the
+    """--param values are read back with YAML (mammo.config_files.parse_value): every default and the
     awkward cases arrive as they left."""
     values = {
         **PipelineParams().training_values(),

@@ -19,7 +19,8 @@ import torchvision
 from pydantic import ValidationError
 
 from mammo import __version__
-from mammo.config import ModelConfig, format_validation_error, lookup_metric, metric_mode
+from mammo.config import ModelConfig, lookup_metric, metric_mode
+from mammo.config_files import format_validation_error
 from mammo.errors import CheckpointError
 from mammo.imagesize import parse_image_size
 from mammo.storage.atomic import atomic_path, link_or_copy

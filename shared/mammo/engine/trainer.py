@@ -19,7 +19,8 @@ import pandas as pd
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from mammo.config import PlateauConfig, TrainConfig, dump_config, lookup_metric, metric_mode
+from mammo.config import PlateauConfig, TrainConfig, lookup_metric, metric_mode
+from mammo.config_files import dump_config
 from mammo.data.augment import BatchTransform
 from mammo.engine.checkpoint import (
     BEST_CHECKPOINTS,
