@@ -211,7 +211,7 @@ def _cmd_stats(args: argparse.Namespace) -> None:
     _print_result(args, run_stats(args.predictions, config, rule, val=args.val, baseline=args.baseline), stats_table)
 
 
-def _add_stats_parser(sub: argparse._SubParsersAction) -> None:
+def _add_stats_command(sub: argparse._SubParsersAction) -> None:
     """``mammo stats``: the evaluator's figures for prediction CSVs from anywhere."""
     from mammo import config as cfg
 
@@ -404,15 +404,9 @@ def _cmd_config_show(args: argparse.Namespace) -> None:
 # --- parser ---------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="mammo",
-        description="Train and evaluate breast-cancer classifiers on screening mammograms.",
-    )
-    parser.add_argument("--version", action="version", version=f"mammo {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="Debug logging.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    from mammo import config as cfg
+def _add_data_commands(sub: argparse._SubParsersAction) -> None:
+    """``mammo data synth|dicom|cache``: datasets."""
+    from mammo.dicom.options import add_arguments as add_dicom_arguments
 
     data = sub.add_parser("data", help="Dataset utilities.")
     data_sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
@@ -438,7 +432,6 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--view-miss", type=float, default=0.0, metavar="F",
                        help="Chance that an image of another cancer breast does not show its lesion (default: %(default)s).")
     synth.set_defaults(handler=_cmd_synth)
-    from mammo.dicom.options import add_arguments as add_dicom_arguments
 
     dicom = data_sub.add_parser(
         "dicom",
@@ -472,6 +465,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Unreadable images: stop, or mark and count them (default: %(default)s).")
     cache.set_defaults(handler=_cmd_data_cache)
 
+
+def _add_split_command(sub: argparse._SubParsersAction) -> None:
+    """``mammo split``: the patient-level split."""
     split = sub.add_parser(
         "split",
         help="Build a patient-level, prevalence-stratified train/val/test split.",
@@ -491,6 +487,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="An earlier split: its patients keep their assignment.")
     _add_json_flag(split)
     split.set_defaults(handler=_cmd_split)
+
+
+def _add_training_commands(sub: argparse._SubParsersAction) -> None:
+    """``mammo train``, ``mammo unfreeze``, ``mammo evaluate``: the stages of a run."""
+    from mammo import config as cfg
 
     train = sub.add_parser(
         "train",
@@ -540,8 +541,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_launch_args(evaluate)
     evaluate.set_defaults(handler=_cmd_evaluate)
 
-    _add_stats_parser(sub)
 
+def _add_config_commands(sub: argparse._SubParsersAction) -> None:
+    """``mammo config show``: defaults and resolved configs."""
     config = sub.add_parser("config", help="Show configuration defaults and resolved configs.")
     config_sub = config.add_subparsers(dest="config_command", metavar="SUBCOMMAND", required=True)
     show = config_sub.add_parser(
@@ -553,6 +555,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(show)
     show.set_defaults(handler=_cmd_config_show)
 
+
+def _add_bench_commands(sub: argparse._SubParsersAction) -> None:
+    """``mammo bench ...``: benchmarks that print JSON figures."""
     bench = sub.add_parser("bench", help="Benchmarks that print figures.")
     bench_sub = bench.add_subparsers(dest="bench_command", metavar="SUBCOMMAND", required=True)
     bench_data = bench_sub.add_parser(
@@ -660,6 +665,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench_coverage.add_argument("--seed", type=int, default=0, metavar="N", help="Seed (default: %(default)s).")
     bench_coverage.set_defaults(handler=_cmd_bench_coverage)
 
+
+def _add_predict_command(sub: argparse._SubParsersAction) -> None:
+    """``mammo predict``: score studies with a model."""
     from mammo.runtimes import DEFAULT_RUNTIME, RUNTIMES
 
     predict = sub.add_parser(
@@ -693,6 +701,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_json_flag(predict)
     predict.set_defaults(handler=_cmd_predict)
 
+
+def _add_export_command(sub: argparse._SubParsersAction) -> None:
+    """``mammo export``: a model's weights-only export."""
     export = sub.add_parser(
         "export",
         help="Write a model's slim weights-only export (and optionally a torch.export program).",
@@ -710,6 +721,23 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--workdir", metavar="DIR", help="Where a remote model is cached (default: a temporary folder).")
     export.set_defaults(handler=_cmd_export)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mammo",
+        description="Train and evaluate breast-cancer classifiers on screening mammograms.",
+    )
+    parser.add_argument("--version", action="version", version=f"mammo {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="Debug logging.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_data_commands(sub)
+    _add_split_command(sub)
+    _add_training_commands(sub)
+    _add_stats_command(sub)
+    _add_config_commands(sub)
+    _add_bench_commands(sub)
+    _add_predict_command(sub)
+    _add_export_command(sub)
     add_command_family(sub, "models", "Production versions: list, show, rollback, freeze, unfreeze, retention.",
                        "mammo.model_versions")
 
