@@ -47,13 +47,15 @@ STEP_INPUTS = {
     "nodes": "Nodes of the TrainJob.", "gpus_per_node": "GPUs per node of the TrainJob.",
     "image": "The training image the TrainJob runs.", "labels": "Labels of the TrainJob (Kueue's queue and priority).",
     "init": "The baseline's Model: the checkpoint gradual unfreezing starts from (URI and sha256 in its metadata).",
-    "model": "The trainer's best checkpoint (metadata: URI, sha256, val metrics, run id and folder).",
+    "model": "The trainer's checkpoint of the epoch with the highest val image AUC, best_auc.pt (metadata: URI, "
+    "sha256, val metrics, run id and folder).",
     "metrics": "The step's figures (KFP Metrics).",
     "baseline": "The baseline trainer's Model (a candidate).", "unfreeze": "The unfreeze trainer's Model (a candidate).",
-    "best": "The best candidate on val with its test figures, intervals, report and promotion verdict.",
+    "best": "The candidate ranked first on val by rank_metric, with its test figures, intervals, report and "
+    "promotion verdict (promotion then compares promotion_metric, by default on test).",
     "classification": "Test ROC curve and confusion matrix at the val threshold (breast level).",
     "report": "The self-contained HTML evaluation report.",
-    "candidate": "The evaluator's best Model with its verdict.",
+    "candidate": "The evaluator's best Model (first on val by rank_metric) with its verdict.",
     "production": "The promotion decision and, when promoted, the production model's version.",
     "dataset_fingerprint": "Fingerprint of the dataset the split was built from.",
     "split": "The split (metadata: URI, sha256, fingerprint, counts, run id).",
