@@ -21,7 +21,7 @@ if [[ -n "${DATA:-}" ]]; then
   [[ -f "$DATA/train.csv" ]] || die "DATA=$DATA holds no train.csv: point DATA at an RSNA-layout dataset directory."
   data_dir="$DATA"
 else
-  # The kind preset's `synth` recipe (pipelines/presets/kind.yaml), the data its parameters
+  # The kind preset's `synth` recipe (pipelines/mammo_pipelines/presets/kind.yaml), the data its parameters
   # are sized for; generated once into a folder named after the recipe (as `mammo run` does).
   data_dir="$("$VENV_BIN/python" -c 'import sys
 from pathlib import Path

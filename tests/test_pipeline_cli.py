@@ -148,7 +148,7 @@ def test_config_file_and_params_become_the_run_arguments_over_the_presets_defaul
     [version] = kfp_server.state.versions.values()
     spec, _ = _package(kfp_server, version["pipeline_version_id"])
     defaults = {name: p.get("defaultValue") for name, p in spec["root"]["inputDefinitions"]["parameters"].items()}
-    kind = yaml.safe_load((Path(__file__).resolve().parents[1] / "pipelines/presets/kind.yaml").read_text())["params"]
+    kind = yaml.safe_load((Path(__file__).resolve().parents[1] / "pipelines/mammo_pipelines/presets/kind.yaml").read_text())["params"]
     assert defaults["backbone"] == kind["backbone"] and defaults["batch_size"] == kind["batch_size"]
     assert defaults["image_size"] == str(kind["image_size"]) and defaults["unfreeze_set"] == kind["unfreeze_set"]
 

@@ -366,7 +366,7 @@ def test_parameter_defaults_are_the_packages_under_the_profiles_preset(compiled)
     params = spec["root"]["inputDefinitions"]["parameters"]
     defaults = {name: p.get("defaultValue") for name, p in params.items()}
     preset = {} if profile == "gpu" else yaml.safe_load(
-        (Path(__file__).resolve().parents[1] / "pipelines/presets/kind.yaml").read_text())["params"]
+        (Path(__file__).resolve().parents[1] / "pipelines/mammo_pipelines/presets/kind.yaml").read_text())["params"]
     assert preset or profile == "gpu"
     for name, field in PipelineParams.model_fields.items():
         if name == "data":

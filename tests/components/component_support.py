@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from mammo import storage
 from mammo.storage import MANIFEST_NAME, Manifest
@@ -47,3 +48,14 @@ def assert_published(prefix: str, keys: set[str]) -> Manifest:
     stored = {uri[len(prefix) + 1 :] for uri in storage.list_objects(prefix)}
     assert stored == keys | {MANIFEST_NAME}
     return manifest
+
+
+def packaged(project: Path, pyproject: Path) -> list[str]:
+    """The packages a build of ``project`` holds: setuptools' own discovery with the include
+    pattern of ``pyproject`` (components/pyproject.toml) (no list of folders anywhere)."""
+    import tomllib
+
+    from setuptools import find_packages
+
+    config = tomllib.loads(pyproject.read_text())
+    return sorted(find_packages(where=str(project), **config["tool"]["setuptools"]["packages"]["find"]))

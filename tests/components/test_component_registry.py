@@ -17,9 +17,12 @@ from mammo.errors import ConfigError
 from mammo_components.cli import build_parser
 from mammo_components.readmes import main as readmes_main
 from mammo_components.readmes import with_inputs_table
+from component_support import packaged
 from mammo_components.spec import components, inputs_table, read_component
 
 ROOT = Path(mammo_components.__file__).resolve().parent
+#: components/README.md, the overview of every component (beside the package, not in it).
+OVERVIEW = ROOT.parent / "README.md"
 
 
 def _choices() -> dict:
@@ -33,12 +36,12 @@ def test_the_components_are_exactly_the_folders_with_an_entrypoint() -> None:
 
 
 def test_every_component_folder_is_complete() -> None:
-    listed_in_readme = (ROOT / "README.md").read_text()
+    listed_in_readme = OVERVIEW.read_text()
     for component in components().values():
         path = ROOT / component.folder
         for name in ("README.md", "__init__.py", "entrypoint.py", "component.py", "step.py"):
             assert (path / name).is_file(), f"{component.folder}/{name} is missing"
-        assert f"({component.folder}/README.md)" in listed_in_readme, f"components/README.md does not link {component.folder}"
+        assert f"(mammo_components/{component.folder}/README.md)" in listed_in_readme, f"components/README.md does not link {component.folder}"
         assert component.help and component.help.endswith("."), component.folder
 
 
@@ -71,10 +74,9 @@ def test_the_flags_are_the_entrypoint_s_arguments() -> None:
 
 
 def test_packaging_finds_every_component_folder() -> None:
-    from mammo_components import setup as packaging
-
-    assert {c.folder for c in components().values()} <= set(packaging.SUBPACKAGES)
-    assert not any("egg-info" in name or name.startswith("build") for name in packaging.SUBPACKAGES)
+    found = packaged(ROOT.parent, ROOT.parent / "pyproject.toml")
+    assert {f"mammo_components.{c.folder}" for c in components().values()} <= set(found)
+    assert all(name == "mammo_components" or name.startswith("mammo_components.") for name in found)
 
 
 def test_each_component_readme_s_inputs_table_is_its_declaration() -> None:
@@ -98,10 +100,10 @@ def _signature_names(text: str) -> list[str]:
 
 
 def test_the_overview_table_writes_each_real_signature() -> None:
-    overview = (ROOT / "README.md").read_text()
+    overview = OVERVIEW.read_text()
     for component in components().values():
         row = next(line for line in overview.splitlines()
-                   if line.startswith("| [") and f"({component.folder}/README.md)" in line)
+                   if line.startswith("| [") and f"(mammo_components/{component.folder}/README.md)" in line)
         written = re.search(r"`(run\(.*?\))`", row)
         assert written and _signature_names(written.group(1)) == [a.name for a in component.arguments], component.folder
 

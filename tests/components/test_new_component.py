@@ -165,10 +165,17 @@ def test_its_readme_table_is_written_from_its_declaration(toy: Path, capsys: pyt
     assert readme.endswith('## Outputs\n`<out>/result.json`: `{"words": N}`.\n')  # the prose around it kept
 
 
-def test_it_is_packaged(toy: Path) -> None:
-    from mammo_components.setup import subpackages
+def test_it_is_packaged(toy: Path, tmp_path: Path) -> None:
+    """A build finds the new folder by the include pattern of components/pyproject.toml."""
+    import shutil
 
-    assert subpackages(toy.parent) == ["word_counter"]
+    from component_support import packaged
+
+    project = tmp_path / "project"
+    shutil.copytree(toy, project / "mammo_components" / toy.name)
+    (project / "mammo_components" / "__init__.py").write_text("")
+    pyproject = Path(mammo_components.__file__).resolve().parents[1] / "pyproject.toml"
+    assert packaged(project, pyproject) == ["mammo_components", "mammo_components.word_counter"]
 
 
 def test_one_call_puts_it_in_a_pipeline(toy: Path, tmp_path: Path) -> None:

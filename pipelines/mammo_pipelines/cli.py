@@ -99,7 +99,7 @@ def _add_profile_args(p: argparse.ArgumentParser, *, default: str | None = "gpu"
                    help="gpu: CUDA trainers with GPUs; kind: CPU images for the kind cluster (default: %(default)s).")
     group = p.add_argument_group("profile overrides")
     group.add_argument("--preset", choices=preset_names(),
-                       help="Parameter defaults of the compiled pipeline (pipelines/presets/): full, the research "
+                       help="Parameter defaults of the compiled pipeline (pipelines/mammo_pipelines/presets/): full, the research "
                        "defaults; kind, sized for the kind profile's pods (default: gpu full, kind kind).")
     group.add_argument("--train-image", metavar="IMAGE", help="Trainers' image (default: images.env).")
     group.add_argument("--eval-image", metavar="IMAGE", help="Split builder/evaluator/promoter image (default: images.env).")

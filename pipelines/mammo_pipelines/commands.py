@@ -42,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     run.add_argument("--preset", choices=preset_names(), default="demo",
                      help="demo: small CPU-friendly settings and data; kind: the kind cluster's; full: the "
-                     "research defaults (pipelines/presets/).")
+                     "research defaults (pipelines/mammo_pipelines/presets/).")
     add_config_args(run)
     run.set_defaults(handler=_cmd_run)
     add_command_family(
