@@ -213,7 +213,8 @@ def parse_duration(text: str, what: str) -> int:
 
 def find_images_env(start: Path | None = None) -> Path | None:
     """``$MAMMO_IMAGES_ENV``, else ``images.env`` in the working directory or above it, else
-    next to this package's checkout (editable installs)."""
+    at the root of this package's checkout (editable installs: pipelines/mammo_pipelines/ is two
+    folders below it)."""
     explicit = os.environ.get("MAMMO_IMAGES_ENV")
     if explicit:
         path = Path(explicit)
@@ -221,7 +222,8 @@ def find_images_env(start: Path | None = None) -> Path | None:
             raise ConfigError(f"MAMMO_IMAGES_ENV: {path} does not exist")
         return path
     here = (start or Path.cwd()).resolve()
-    for folder in (here, *here.parents, Path(__file__).resolve().parent.parent):
+    checkout = Path(__file__).resolve().parents[2]
+    for folder in (here, *here.parents, checkout):
         candidate = folder / IMAGES_ENV
         if candidate.is_file():
             return candidate

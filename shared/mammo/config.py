@@ -111,6 +111,17 @@ MAX_SEED = 2**32 - 1
 DEFAULT_MAX_PIXELS = 100_000_000
 
 
+#: Settings a run's parameters (``PipelineParams``) and its stages' configs both carry, each
+#: declared once: type bounds, default and description.
+BATCH_SIZE = Field(
+    32, ge=1, le=65536,
+    description="Images per training step: the global batch, split evenly across the processes of a distributed run.",
+)
+WORKERS = Field(4, ge=0, le=MAX_WORKERS, description="DataLoader worker processes per process (0 = main process).")
+DEVICE = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
+IMAGE_SIZE_HELP = "Input size in pixels: S (square) or HxW, height first (e.g. 1024x512)."
+
+
 class _Strict(BaseModel):
     """Unknown keys are errors: a typo in a config file must not be silently ignored. Numbers
     must be finite: ``inf``/``nan`` (a learning rate of inf trains straight to NaN) are refused."""
@@ -123,13 +134,9 @@ class DataConfig(_Strict):
     images: str | None = Field(
         None, description="Image directory; default: detected under the dataset directory."
     )
-    image_size: InputSize = Field(
-        512, description="Input size in pixels: S (square) or HxW, height first (e.g. 1024x512)."
-    )
-    batch_size: int = Field(
-        32, ge=1, le=65536, description="Global batch: split evenly across the processes of a distributed run."
-    )
-    workers: int = Field(4, ge=0, le=MAX_WORKERS, description="DataLoader worker processes per process (0 = main process).")
+    image_size: InputSize = Field(512, description=IMAGE_SIZE_HELP)
+    batch_size: int = BATCH_SIZE
+    workers: int = WORKERS
     # YAML 1.1 (configs, --set) reads a bare off as false: that is the documented "off".
     cache: Annotated[str, BeforeValidator(lambda v: "off" if v is False else v)] = Field(
         "auto",
@@ -241,7 +248,7 @@ class RunConfig(_Strict):
 
     split: str | None = Field(None, description="Split directory written by `mammo split`.")
     out: str | None = Field(None, description="Output directory of this run.")
-    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
+    device: str = DEVICE
     seed: int = Field(defaults.SEED, ge=0, le=MAX_SEED, description="Seed of sampling, augmentation and initialisation.")
     deterministic: bool = Field(False, description="Deterministic kernels (slower).")
     amp: bool = Field(True, description="Mixed precision on CUDA (ignored on CPU).")
@@ -502,9 +509,7 @@ class PipelineParams(_Strict):
         default_factory=list,
         description='dicom only: preprocessor settings as key=value strings, e.g. ["align=left", "bits=16"].',
     )
-    image_size: InputSizeText = Field(
-        "512", description="Input size in pixels: S (square) or HxW, height first (e.g. 1024x512)."
-    )
+    image_size: InputSizeText = Field("512", description=IMAGE_SIZE_HELP)  # text: a pipeline parameter
     backbone: Backbone = Field("resnet50", description="Backbone network (see `mammo train --help`).")
     weights: str | None = Field(
         None,
@@ -514,9 +519,9 @@ class PipelineParams(_Strict):
     in_channels: Literal[1, 3] = Field(
         1, description="1 = grayscale input (stem weights summed), 3 = image repeated."
     )
-    batch_size: int = Field(32, ge=1, le=65536, description="Images per training step.")
-    workers: int = Field(4, ge=0, le=MAX_WORKERS, description="DataLoader worker processes per step (0 = main process).")
-    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
+    batch_size: int = BATCH_SIZE
+    workers: int = WORKERS
+    device: str = DEVICE
     seed: int = Field(defaults.SEED, ge=0, le=MAX_SEED, description="Seed of the split, the sampling and the initialisation.")
     val_frac: float = Field(
         defaults.VAL_FRAC, ge=0, lt=1,
