@@ -31,8 +31,9 @@ EVAL_IMAGE = "mammo-eval"
 #: The pipeline parameter ``store_uri`` (``mammo_pipelines.parameters``) and every step's input.
 STORE_URI_HELP = "Root of splits/, runs/ and models/: s3://bucket[/prefix] or a local path."
 
-#: What each step input and output is, for the KFP UI: the pipeline parameters' own
-#: descriptions, and the values the steps hand each other.
+#: What the step inputs and outputs that several steps share are, for the KFP UI: the pipeline
+#: parameters' own descriptions, and the values the steps hand each other. An input or output
+#: only one step has is described in that step function's own ``Args:`` section.
 STEP_INPUTS = {
     **{name: info.description or "" for name, info in PipelineParams.model_fields.items() if name != "data"},
     "store_uri": STORE_URI_HELP,
@@ -50,24 +51,10 @@ STEP_INPUTS = {
     "model": "The trainer's checkpoint of the epoch with the highest val image AUC, best_auc.pt (metadata: URI, "
     "sha256, val metrics, run id and folder).",
     "metrics": "The step's figures (KFP Metrics).",
-    "baseline": "The baseline trainer's Model (a candidate).", "unfreeze": "The unfreeze trainer's Model (a candidate).",
-    "best": "The candidate ranked first on val by rank_metric, with its test figures, intervals, report and "
-    "promotion verdict (promotion then compares promotion_metric, by default on test).",
-    "classification": "Test ROC curve and confusion matrix at the val threshold (breast level).",
-    "report": "The self-contained HTML evaluation report.",
-    "candidate": "The evaluator's best Model (first on val by rank_metric) with its verdict.",
-    "production": "The promotion decision and, when promoted, the production model's version.",
     "dataset_fingerprint": "Fingerprint of the dataset the split was built from.",
-    "split": "The split (metadata: URI, sha256, fingerprint, counts, run id).",
-    "shard": "This pod's shard of the DICOM files.", "shards": "How many shards the files are divided into.",
-    "parts": "The shards' results, collected.",
     "fold": "This fold's index (0 to folds - 1): the fold of training patients it holds out.",
     "fold_models": "folds > 1: each fold's baseline and unfreeze best checkpoints (URI, sha256), in fold order; "
     "empty with folds 1.",
-    "fold_baselines": "The fold baseline trainers' Models, collected from the ParallelFor.",
-    "fold_unfreezes": "The fold unfreeze trainers' Models, collected from the ParallelFor.",
-    "table": "The CSV of dataset_uri to score; empty: the one of test.csv and train.csv there.",
-    "scores": "Where the scores are (breasts.csv, images.csv) and their counts.",
     "runtime": "How the network runs: eager (PyTorch) or onnx (ONNX Runtime on the CPU, from the production "
                "model's verified ONNX file: within 1e-4 of eager, several times faster on CPU nodes; README, "
                "Scoring on CPU nodes).",

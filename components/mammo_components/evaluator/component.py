@@ -34,7 +34,17 @@ def evaluator(
     """Evaluates both trainers' best checkpoints (and with folds > 1 the fold models and their
     ensemble) on val and test, publishes the report, and
     returns whether the best candidate should replace the production model (its verdict, also
-    in the ``best`` Model's metadata, which the promoter step acts on). Never cached: the answer depends on the current production model."""
+    in the ``best`` Model's metadata, which the promoter step acts on). Never cached: the answer depends on the current production model.
+
+    Args:
+        baseline: The baseline trainer's Model (a candidate).
+        unfreeze: The unfreeze trainer's Model (a candidate).
+        best: The candidate ranked first on val by rank_metric, with its test figures, intervals,
+            report and promotion verdict (promotion then compares promotion_metric, by default on
+            test).
+        classification: Test ROC curve and confusion matrix at the val threshold (breast level).
+        report: The self-contained HTML evaluation report.
+    """
     from mammo_components.evaluator.step import run_step
 
     return run_step(

@@ -69,7 +69,12 @@ def fold_unfreeze_trainer(
 @dsl.component(base_image=EVAL_IMAGE, install_kfp_package=False)
 @described
 def fold_models(fold_baselines: Input[List[Model]], fold_unfreezes: Input[List[Model]]) -> list:
-    """Collects the fold trainers' Models into the evaluator's fold_models (one entry per fold)."""
+    """Collects the fold trainers' Models into the evaluator's fold_models (one entry per fold).
+
+    Args:
+        fold_baselines: The fold baseline trainers' Models, collected from the ParallelFor.
+        fold_unfreezes: The fold unfreeze trainers' Models, collected from the ParallelFor.
+    """
     from mammo_components.folds.step import run_members_step
 
     return run_members_step(fold_baselines=fold_baselines, fold_unfreezes=fold_unfreezes)

@@ -39,7 +39,12 @@ def preprocessor(
 ) -> dict:
     """One shard of the DICOM conversion: decodes, windows, crops and resizes its share of the
     files that are new or changed into <store>/datasets/<name>-<hash>/png-<HxW>-<settings>/,
-    recording its progress there (a retried pod goes on where it stopped). Never cached."""
+    recording its progress there (a retried pod goes on where it stopped). Never cached.
+
+    Args:
+        shard: This pod's shard of the DICOM files.
+        shards: How many shards the files are divided into.
+    """
     from mammo_components.preprocessor.step import run_step
 
     return run_step(
@@ -58,7 +63,11 @@ def preprocess_merge(
     parts: list,
 ) -> str:
     """Writes the PNG dataset's train.csv, preprocess.json and manifest from what the shards
-    recorded; returns its URI, the dataset the split builder and the trainers read."""
+    recorded; returns its URI, the dataset the split builder and the trainers read.
+
+    Args:
+        parts: The shards' results, collected.
+    """
     from mammo_components.preprocessor.step import run_merge_step
 
     return run_merge_step(

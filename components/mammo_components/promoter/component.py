@@ -25,7 +25,12 @@ def promoter(
     """Records the promotion decision for the evaluator's best candidate and, when it beats
     production, copies it (verified) to <store>/models/<name>/production/ and switches the
     production manifest under the promotion lock (see the promoter's README). Runs after every
-    evaluation; never cached."""
+    evaluation; never cached.
+
+    Args:
+        candidate: The evaluator's best Model (first on val by rank_metric) with its verdict.
+        production: The promotion decision and, when promoted, the production model's version.
+    """
     from mammo_components.promoter.step import run_step
 
     run_step(

@@ -21,7 +21,12 @@ def scorer(
     scores: Output[Dataset],
 ) -> str:
     """Scores the dataset's studies with <store>/models/<model_name>/production and publishes
-    breasts.csv and images.csv under <store>/scores/<model_name>/; returns that folder."""
+    breasts.csv and images.csv under <store>/scores/<model_name>/; returns that folder.
+
+    Args:
+        table: The CSV of dataset_uri to score; empty: the one of test.csv and train.csv there.
+        scores: Where the scores are (breasts.csv, images.csv) and their counts.
+    """
     from mammo_components.scorer.step import run_step
 
     return run_step(dataset_uri=dataset_uri, store_uri=store_uri, model_name=model_name, table=table,

@@ -56,7 +56,11 @@ def split_builder(
     the run after everything its results depend on: dataset objects (names, sizes, ETags),
     split, parameters, images and the installed code. Never cached: it reads data that can
     change behind its URI. Its telemetry is pushed once that run id exists (a failure before
-    it shows in KFP only)."""
+    it shows in KFP only).
+
+    Args:
+        split: The split (metadata: URI, sha256, fingerprint, counts, run id).
+    """
     from mammo_components.split_builder.step import run_step
 
     return run_step(
