@@ -391,6 +391,7 @@ def _cmd_export(args: argparse.Namespace) -> None:
 
 def _cmd_config_show(args: argparse.Namespace) -> None:
     from mammo import config as cfg
+    from mammo.config_files import dump_config, load_config
 
     model = {
         "train": cfg.TrainConfig,
@@ -398,7 +399,7 @@ def _cmd_config_show(args: argparse.Namespace) -> None:
         "evaluate": cfg.EvalConfig,
         "pipeline": cfg.PipelineParams,
     }[args.stage]
-    print(cfg.dump_config(cfg.load_config(model, args.config, args.sets)), end="")
+    print(dump_config(load_config(model, args.config, args.sets)), end="")
 
 
 # --- parser ---------------------------------------------------------------------------------
