@@ -83,7 +83,7 @@ def test_the_card_of_a_promoted_version_has_the_figures_of_metrics_json(tiny_dat
     assert facts["data"]["dataset_fingerprint"] == fingerprint
     assert facts["lineage"]["verdict"] == evaluation["decision"]["reason"] and facts["lineage"]["run_id"] == "r1"
     for section in ("Intended use", "Not for", "Training data", "Model and training", "Operating point",
-                    "Calibration", "Subgroups (test split)", "Small-sample warnings", "Lineage"):
+                    "Calibration", "Subgroups (test split)", "Warnings of the evaluation", "Lineage"):
         assert f"## {section}" in markdown and f"<h2>{section}</h2>" in page
     # Self-contained: nothing to fetch, nothing to run.
     assert page.startswith("<!DOCTYPE html>")

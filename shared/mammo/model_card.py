@@ -253,7 +253,7 @@ def _sections(card: dict[str, Any]) -> list[tuple[str, list[str] | list[list[str
         ], "list"),
         ("Calibration", calibration or ["not recorded"], "list"),
         ("Subgroups (test split)", subgroups, "table"),
-        ("Small-sample warnings", card["warnings"] or ["none"], "list"),
+        ("Warnings of the evaluation", card["warnings"] or ["none"], "list"),  # small samples, splits, sampling
         ("Interval methods", [f"{k}: {v}" for k, v in (intervals.get("method") or {}).items()] or ["not recorded"], "list"),
         ("Lineage", [
             f"Version {_value(card['version'])}, sha256 {card['sha256']}",
