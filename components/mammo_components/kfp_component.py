@@ -19,10 +19,10 @@ import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import docstring_parser
 from kfp.dsl.types.type_annotations import is_artifact_wrapped_in_Output
 
 from mammo.config import PipelineParams
+from mammo_components.spec import argument_descriptions, one_line, parse_docstring
 
 #: Placeholder images, replaced by the compile profile (images.env).
 TRAIN_IMAGE = "mammo-train"
@@ -59,7 +59,6 @@ STEP_INPUTS = {
                "model's verified ONNX file: within 1e-4 of eager, several times faster on CPU nodes; README, "
                "Scoring on CPU nodes).",
 }
-GOOGLE = docstring_parser.DocstringStyle.GOOGLE
 StepFunction = TypeVar("StepFunction", bound=Callable[..., Any])
 
 
@@ -72,7 +71,7 @@ def described(func: StepFunction) -> StepFunction:
     outputs = [n for n, p in signature.parameters.items() if is_artifact_wrapped_in_Output(p.annotation)]
     outputs += list(getattr(signature.return_annotation, "_fields", ()))  # a NamedTuple's output parameters
     text = inspect.cleandoc(func.__doc__ or "")
-    own = {p.arg_name: p.description or "" for p in docstring_parser.parse(text, style=GOOGLE).params}
+    own = argument_descriptions(parse_docstring(text))
     if own:
         text = text.split("\nArgs:", 1)[0].rstrip()
     descriptions = {**STEP_INPUTS, **own}
@@ -81,7 +80,7 @@ def described(func: StepFunction) -> StepFunction:
         raise TypeError(f"{func.__name__}: no description in its Args: section or STEP_INPUTS for {', '.join(missing)}")
 
     def section(title: str, names: list[str]) -> str:
-        lines = "".join(f"    {name}: {' '.join(descriptions[name].split())}\n" for name in names)
+        lines = "".join(f"    {name}: {one_line(descriptions[name])}\n" for name in names)
         return f"\n\n{title}:\n{lines}" if names else ""
 
     # Inputs under Args, outputs under Returns: where KFP's docstring parser looks for each.

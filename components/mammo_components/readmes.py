@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from pathlib import Path
 
 from mammo_components.spec import components, inputs_table
 
@@ -29,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     stale = []
     for component in components().values():
-        path = Path(component.readme)
+        path = component.readme
         text = path.read_text(encoding="utf-8")
         wanted = with_inputs_table(text, inputs_table(component), str(path))
         if wanted != text:

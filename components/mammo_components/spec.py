@@ -105,6 +105,21 @@ def _default_text(node: ast.expr | None) -> str | None:
     return None if node is None else ast.unparse(node)
 
 
+def one_line(text: str | None) -> str:
+    """``text`` with every run of whitespace (a docstring's line breaks, indents) one space."""
+    return " ".join((text or "").split())
+
+
+def argument_descriptions(doc: docstring_parser.Docstring) -> dict[str, str]:
+    """Each argument of a parsed docstring's ``Args:`` section and its description, one line each."""
+    return {param.arg_name: one_line(param.description) for param in doc.params}
+
+
+def parse_docstring(text: str) -> docstring_parser.Docstring:
+    """A Google-style docstring, as KFP reads a component's."""
+    return docstring_parser.parse(text, style=docstring_parser.DocstringStyle.GOOGLE)
+
+
 def read_component(folder: str, entrypoint: Path) -> Component:
     """The component ``entrypoint.py`` declares: ``run``'s keyword-only arguments, their
     types and defaults as written, and its docstring. A missing ``run``, an argument that is not
@@ -116,8 +131,8 @@ def read_component(folder: str, entrypoint: Path) -> Component:
     func = found[0].args
     if func.posonlyargs or func.args or func.vararg or func.kwarg:
         raise ConfigError(f"{entrypoint}: {ENTRYPOINT_FUNCTION}() takes keyword-only arguments (def run(*, ...))")
-    doc = docstring_parser.parse(ast.get_docstring(found[0]) or "", style=docstring_parser.DocstringStyle.GOOGLE)
-    described = {param.arg_name: " ".join((param.description or "").split()) for param in doc.params}
+    doc = parse_docstring(ast.get_docstring(found[0]) or "")
+    described = argument_descriptions(doc)
     arguments = []
     for arg, default in zip(func.kwonlyargs, func.kw_defaults):
         if not described.get(arg.arg):
@@ -127,8 +142,8 @@ def read_component(folder: str, entrypoint: Path) -> Component:
     cli = f"mammo_components.{folder}.cli" if (entrypoint.parent / "cli.py").is_file() else None
     return Component(
         folder=folder,
-        help=" ".join((doc.short_description or "").split()),
-        description=" ".join((doc.long_description or "").split()),
+        help=one_line(doc.short_description),
+        description=one_line(doc.long_description),
         arguments=tuple(arguments),
         readme=entrypoint.parent / "README.md",
         cli=cli,

@@ -112,7 +112,7 @@ DEFAULT_MAX_PIXELS = 100_000_000
 
 
 #: Settings a run's parameters (``PipelineParams``) and its stages' configs both carry, each
-#: declared once: type bounds, default and description.
+#: declared once: bounds, default and description.
 BATCH_SIZE = Field(
     32, ge=1, le=65536,
     description="Images per training step: the global batch, split evenly across the processes of a distributed run.",
